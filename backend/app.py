@@ -1,0 +1,140 @@
+"""Flask app factory: ``create_app(settings)`` wires services, blueprints and error handling."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, Unauthorized
+
+from backend.inbox import ApplyReport, InboxWorker
+from backend.metrics import Metrics
+from backend.models_registry import ModelRegistry
+from backend.settings import Settings
+from backend.store.db import Store
+
+log = logging.getLogger(__name__)
+EXTENSION = "labelloop"
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once per app and kept in ``app.extensions``."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    models: ModelRegistry
+    worker: InboxWorker | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def events_applied(self, report: ApplyReport) -> None:
+        for (project, action), count in report.applied.items():
+            self.metrics.events_applied.labels(str(project), action).inc(count)
+
+
+def services() -> Services:
+    """The services of the app handling the current request."""
+    return cast(Services, current_app.extensions[EXTENSION])
+
+
+def error_response(status: int, error: str, detail: str) -> Response:
+    response = jsonify({"error": error, "detail": detail})
+    response.status_code = status
+    return response
+
+
+def _handle_http(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    name = (exc.name or "error").lower().replace(" ", "_")
+    response = error_response(status, name, exc.description or name)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Basic realm="labelloop"'
+    return response
+
+
+def _handle_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", f"{type(exc).__name__}; see the server log")
+
+
+def _check_auth() -> Response | None:
+    expected = services().settings.server.basic_auth
+    if expected is None or request.endpoint == "static":
+        return None
+    auth = request.authorization
+    ok = (
+        auth is not None
+        and auth.type == "basic"
+        and hmac.compare_digest((auth.username or "").encode(), expected[0].encode())
+        and hmac.compare_digest((auth.password or "").encode(), expected[1].encode())
+    )
+    if ok:
+        return None
+    response = error_response(401, "unauthorized", "valid HTTP basic auth credentials required")
+    response.headers["WWW-Authenticate"] = 'Basic realm="labelloop"'
+    return response
+
+
+def _start_timer() -> Response | None:
+    g.started = time.perf_counter()
+    return _check_auth()
+
+
+def _observe(response: Response) -> Response:
+    svc = services()
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    svc.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+    svc.metrics.latency.labels(endpoint).observe(elapsed)
+    return response
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    start_worker: bool = False,
+    upgrade: bool = True,
+) -> Flask:
+    """Build the Flask app.
+
+    Args:
+        settings: the one settings object.
+        store: an open store to use (tests share one); a new one from settings otherwise.
+        start_worker: run the inbox worker thread (``labelloop serve`` does; tests apply inline).
+        upgrade: migrate the schema to the newest version first.
+    """
+    from backend.api.ml import bp as ml_bp
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    store = store or Store(settings.store.url)
+    if upgrade:
+        store.upgrade()
+    svc = Services(settings, store, Metrics(), ModelRegistry(store))
+    if start_worker:
+        svc.worker = InboxWorker(store, on_applied=svc.events_applied)
+        svc.worker.start()
+    app.extensions[EXTENSION] = svc
+    app.before_request(_start_timer)
+    app.after_request(_observe)
+    app.register_error_handler(HTTPException, _handle_http)
+    app.register_error_handler(Exception, _handle_unexpected)
+    app.register_blueprint(ml_bp)
+    return app
+
+
+def shutdown(app: Flask) -> None:
+    """Stop background threads and release the database."""
+    svc: Any = app.extensions.get(EXTENSION)
+    if svc is None:
+        return
+    if svc.worker is not None:
+        svc.worker.stop()
+    svc.store.dispose()

@@ -1,0 +1,189 @@
+"""``labelloop`` command line: serve, connect, sync, status, train, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from backend.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("labelloop")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _label_studio(settings: Settings) -> Any:
+    from backend.labelstudio.client import LabelStudio
+
+    if settings.label_studio.token is None:
+        raise CliError(
+            "no Label Studio token: set label_studio.token in your config file or "
+            "LABELLOOP_LABEL_STUDIO__TOKEN (a personal access token or a legacy token)"
+        )
+    return LabelStudio(settings.label_studio)
+
+
+def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    from werkzeug.serving import make_server
+
+    from backend.app import create_app, shutdown
+
+    app = create_app(settings, start_worker=True)
+    server = make_server(settings.server.host, settings.server.port, app, threaded=True)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("labelloop serving on http://%s:%d", settings.server.host, server.server_port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        server.server_close()
+        shutdown(app)
+    return 0
+
+
+def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.store.db import Store
+    from backend.sync import reconcile
+
+    ls = _label_studio(settings)
+    backend = ls.connect_ml_backend(
+        args.project,
+        url=settings.server.public_url,
+        title=settings.server.title,
+        basic_auth=settings.server.basic_auth,
+    )
+    ls.set_sampling(args.project, "Uncertainty sampling")
+    store = Store(settings.store.url)
+    store.upgrade()
+    report = reconcile(store, ls, args.project)
+    print(
+        f"connected Label Studio project {args.project} to {settings.server.public_url} "
+        f"(ML backend id {backend.get('id')}, title {settings.server.title!r}); "
+        f"sampling set to uncertainty; synced {report.tasks} tasks, "
+        f"{report.annotations} annotations"
+    )
+    return 0
+
+
+def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.store.db import Store
+    from backend.sync import reconcile
+
+    store = Store(settings.store.url)
+    store.upgrade()
+    report = reconcile(store, _label_studio(settings), args.project)
+    print(report.summary())
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.store import repo
+    from backend.store.db import Store
+
+    store = Store(settings.store.url)
+    store.upgrade()
+    with store.session() as session:
+        projects = [p for p in repo.list_projects(session) if args.project in (None, p.id)]
+        if args.project is not None and not projects:
+            raise CliError(f"project {args.project} is not known to this backend; run connect")
+        rows = []
+        for p in projects:
+            counts = repo.project_counts(session, p.id)
+            rows.append(
+                {
+                    "project": p.id,
+                    "title": p.title,
+                    "labels": p.labels,
+                    "config_error": p.config_error,
+                    "model_version": p.model_version,
+                    "last_synced_at": p.last_synced_at.isoformat() if p.last_synced_at else None,
+                    **counts.__dict__,
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows or [{"project": None}]:
+            print("  ".join(f"{k}={v}" for k, v in row.items()) if row["project"] else "no projects")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labelloop", description=__doc__)
+    parser.add_argument("--config", type=Path, help="a YAML file overriding config/labelloop.yaml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the ML backend server (embedded mode)")
+    for name, text in (
+        ("connect", "register this backend in a Label Studio project and sync it"),
+        ("sync", "reconcile the store with Label Studio (tasks and annotations)"),
+        ("train", "featurize what is missing, train a model version and print its metrics"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    status = sub.add_parser("status", help="what the store holds per project")
+    status.add_argument("--project", type=int)
+    status.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="local Label Studio + labelloop with a demo project")
+    demo.add_argument("--port", type=int, default=8080, help="Label Studio port")
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where demo data lives")
+    demo.add_argument("--check", action="store_true", help="start, verify, stop (no waiting)")
+    demo.add_argument(
+        "--ls-bin",
+        default=".cache/ls-venv/bin/label-studio",
+        help="the label-studio executable (make run installs it in .cache/ls-venv)",
+    )
+    return parser
+
+
+def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
+    from backend.demo import cmd_demo
+    from backend.train_cli import cmd_train
+
+    return {
+        "serve": cmd_serve,
+        "connect": cmd_connect,
+        "sync": cmd_sync,
+        "status": cmd_status,
+        "train": cmd_train,
+        "demo": cmd_demo,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"labelloop: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.server.log_level)
+    try:
+        return _commands()[args.command](settings, args)
+    except CliError as exc:
+        print(f"labelloop: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

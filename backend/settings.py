@@ -1,0 +1,252 @@
+"""The one typed settings object, and the only code that reads the environment.
+
+Settings are layered, later layers winning:
+
+1. ``config/labelloop.yaml`` (documented defaults, shipped with the project);
+2. an optional user config file (``--config FILE`` or ``LABELLOOP_CONFIG``);
+3. ``LABELLOOP_*`` environment variables, nested with ``__``
+   (``LABELLOOP_LABEL_STUDIO__URL``, ``LABELLOOP_MODEL__BACKBONE``).
+
+A bad value fails at start with :class:`SettingsError`, whose message names the setting and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "LABELLOOP_"
+ENV_NESTED = "__"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "labelloop.yaml"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or out of range; the message says which and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelStudioSettings(_Section):
+    url: str = "http://127.0.0.1:8080"
+    public_url: str | None = None
+    token: SecretStr | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    page_size: int = Field(1000, ge=1, le=10000)
+
+    @field_validator("url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @property
+    def browser_url(self) -> str:
+        """The Label Studio URL a person's browser uses (links on the dashboard)."""
+        return self.public_url or self.url
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:9090"
+    title: str = Field("labelloop", min_length=1, max_length=100)
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user and self.basic_auth_password:
+            return self.basic_auth_user, self.basic_auth_password.get_secret_value()
+        return None
+
+
+class StoreSettings(_Section):
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL; SQLite under ``data_dir`` unless one is set."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'labelloop.db').resolve()}"
+
+
+class ImageSettings(_Section):
+    allowed_hosts: tuple[str, ...] = ()
+    local_root: Path | None = None
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=64)
+    timeout_s: float = Field(20.0, gt=0)
+
+
+class ModelSettings(_Section):
+    backbone: Literal["efficientnet_lite0", "timm", "small_cnn"] = "efficientnet_lite0"
+    timm_name: str = "resnet18"
+    image_size: int = Field(224, ge=32, le=1024)
+    batch_size: int = Field(32, ge=1, le=4096)
+    num_threads: int = Field(0, ge=0)
+    channels_last: bool = True
+    head: Literal["linear", "mlp"] = "linear"
+    hidden_dim: int = Field(256, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_epochs: int = Field(200, ge=1)
+    learning_rate: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    early_stopping_min_labels: int = Field(100, ge=2)
+    patience: int = Field(10, ge=1)
+    class_weighting: bool = True
+    committee_size: int = Field(5, ge=1, le=50)
+    committee_mode: Literal["bootstrap", "mc_dropout"] = "bootstrap"
+    cv_folds: int = Field(5, ge=2, le=20)
+    calibrate: bool = True
+    multilabel_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    fine_tune: bool = False
+    seed: int = 0
+    keep_versions: int = Field(3, ge=1)
+
+
+class StrategySettings(_Section):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"entropy": 1.0, "coverage": 0.5, "balance": 0.25}
+    )
+    batch_size: int = Field(100, ge=1)
+    review_share: float = Field(0.1, ge=0.0, le=1.0)
+    diversity: Literal["round_robin", "ranked_batch", "none"] = "round_robin"
+    n_clusters: int | None = Field(None, ge=2)
+    cold_start_labels: int = Field(20, ge=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_signals(cls, value: dict[str, float]) -> dict[str, float]:
+        from strategies import REGISTRY
+
+        unknown = sorted(set(value) - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"unknown signal(s) {unknown}; allowed: {sorted(REGISTRY)}")
+        negative = sorted(k for k, w in value.items() if w < 0)
+        if negative:
+            raise ValueError(f"weights must be >= 0, negative for {negative}")
+        return value
+
+
+class Settings(_Section):
+    label_studio: LabelStudioSettings = LabelStudioSettings()
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    images: ImageSettings = ImageSettings()
+    model: ModelSettings = ModelSettings()
+    strategy: StrategySettings = StrategySettings()
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        # YAML scalars, so LABELLOOP_MODEL__FINE_TUNE=true and lists like [a, b] work.
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return tree
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"setting '{where}' is unknown")
+            continue
+        got = err.get("input")
+        shown = "***" if "token" in where or "password" in where else repr(got)
+        lines.append(f"setting '{where}': {err['msg']} (got {shown})")
+    return f"invalid settings ({source}):\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    defaults_file: Path | None = DEFAULT_CONFIG,
+) -> Settings:
+    """Build the settings from the defaults file, an optional user file and the environment.
+
+    Args:
+        config_file: a user YAML file; falls back to ``LABELLOOP_CONFIG``.
+        environ: the environment to read (``os.environ`` when None); tests pass a dict.
+        defaults_file: the documented defaults; None uses the built-in defaults only.
+
+    Raises:
+        SettingsError: a file is unreadable or a value is not allowed.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    sources = []
+    if defaults_file is not None and defaults_file.exists():
+        data = _read_yaml(defaults_file)
+        sources.append(str(defaults_file))
+    user = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    if user:
+        data = _deep_merge(data, _read_yaml(Path(user)))
+        sources.append(str(user))
+    env_tree = _from_env(env)
+    if env_tree:
+        data = _deep_merge(data, env_tree)
+        sources.append("environment")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_format_errors(exc, " + ".join(sources) or "defaults")) from None
+
+
+def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    """A copy of ``settings`` with nested overrides applied and validated again."""
+    data = _deep_merge(settings.model_dump(mode="python"), overrides)
+    for section in ("label_studio", "server"):
+        for key in ("token", "basic_auth_password"):
+            value = data.get(section, {}).get(key)
+            if isinstance(value, SecretStr):
+                data[section][key] = value.get_secret_value()
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_format_errors(exc, "overrides")) from None

@@ -1,0 +1,273 @@
+"""Repository functions over the state store: the only code that writes its rows.
+
+The ordering rule lives here: a task or annotation row is only overwritten by data whose Label Studio
+``updated_at`` is at least as new as what is stored, and a deleted annotation stays deleted unless a
+full reconcile sees it in Label Studio again. That makes applying events idempotent and safe in any
+order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backend.labelstudio.config import LabelConfig, UnsupportedConfig, parse_label_config
+from backend.labelstudio.convert import annotation_labels, task_image_ref
+from backend.store.models import Annotation, InboxEvent, ModelVersion, Project, Task, utcnow
+
+Outcome = Literal["created", "updated", "unchanged", "stale", "ignored"]
+
+
+def parse_ts(value: Any) -> datetime | None:
+    """Label Studio's ISO timestamps (``...Z`` or with offset) as aware UTC datetimes."""
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _newer_or_equal(incoming: datetime | None, stored: datetime | None) -> bool:
+    return stored is None or incoming is None or incoming >= stored
+
+
+# ---------------------------------------------------------------- projects
+
+
+def ensure_project(session: Session, project_id: int) -> Project:
+    """The project row, created bare when a webhook or sync names an unknown project."""
+    project = session.get(Project, project_id)
+    if project is None:
+        project = Project(id=project_id, labels=[], settings={})
+        session.add(project)
+        session.flush()
+    return project
+
+
+def set_label_config(session: Session, project: Project, label_config: str) -> LabelConfig | None:
+    """Store and parse a project's label config; an unsupported one is kept with its reason."""
+    if project.label_config == label_config and project.config_error is None and project.labels:
+        return project_config(project)
+    project.label_config = label_config
+    try:
+        cfg = parse_label_config(label_config)
+    except UnsupportedConfig as exc:
+        project.config_error = str(exc)
+        return None
+    project.config_error = None
+    project.from_name, project.to_name = cfg.from_name, cfg.to_name
+    project.value_key, project.labels, project.multiple = cfg.value_key, list(cfg.labels), cfg.multiple
+    return cfg
+
+
+def project_config(project: Project) -> LabelConfig | None:
+    """The parsed label config of a project, or None when it has none we support."""
+    if project.config_error or not project.from_name or not project.to_name:
+        return None
+    return LabelConfig(
+        from_name=project.from_name,
+        to_name=project.to_name,
+        value_key=project.value_key or "image",
+        labels=tuple(project.labels),
+        multiple=project.multiple,
+    )
+
+
+def list_projects(session: Session) -> list[Project]:
+    return list(session.scalars(select(Project).order_by(Project.id)))
+
+
+# ---------------------------------------------------------------- tasks and annotations
+
+
+def upsert_task(session: Session, project: Project, data: Mapping[str, Any]) -> Outcome:
+    """Insert or refresh one task from Label Studio's task JSON."""
+    task_id = int(data["id"])
+    cfg = project_config(project)
+    ref = task_image_ref(dict(data), cfg) if cfg is not None else None
+    updated = parse_ts(data.get("updated_at"))
+    row = session.get(Task, task_id)
+    if row is None:
+        session.add(
+            Task(
+                id=task_id,
+                project_id=project.id,
+                image_ref=ref,
+                ls_created_at=parse_ts(data.get("created_at")),
+                ls_updated_at=updated,
+            )
+        )
+        return "created"
+    if not _newer_or_equal(updated, row.ls_updated_at):
+        return "stale"
+    changed = row.image_ref != ref or row.deleted
+    if row.image_ref != ref:
+        row.image_error = None
+    row.image_ref, row.deleted, row.ls_updated_at = ref, False, updated or row.ls_updated_at
+    return "updated" if changed else "unchanged"
+
+
+def upsert_annotation(
+    session: Session,
+    project: Project,
+    task_id: int,
+    data: Mapping[str, Any],
+    *,
+    from_reconcile: bool = False,
+) -> Outcome:
+    """Insert or update one annotation, never letting older data overwrite newer data.
+
+    A deleted annotation is only brought back by a reconcile (Label Studio still lists it); a
+    webhook about it that arrives after its deletion is ignored.
+    """
+    ann_id = int(data["id"])
+    cfg = project_config(project)
+    labels = list(annotation_labels(dict(data), cfg)) if cfg is not None else []
+    updated = parse_ts(data.get("updated_at")) or parse_ts(data.get("created_at"))
+    fields = {
+        "task_id": task_id,
+        "annotator": _annotator(data.get("completed_by")),
+        "labels": labels,
+        "was_cancelled": bool(data.get("was_cancelled", False)),
+        "ls_created_at": parse_ts(data.get("created_at")),
+        "ls_updated_at": updated,
+    }
+    row = session.get(Annotation, ann_id)
+    if row is None:
+        session.add(Annotation(id=ann_id, project_id=project.id, **fields))
+        return "created"
+    if row.deleted and not from_reconcile:
+        return "ignored"
+    if not _newer_or_equal(updated, row.ls_updated_at):
+        return "stale"
+    same = all(getattr(row, key) == value for key, value in fields.items()) and not row.deleted
+    for key, value in fields.items():
+        setattr(row, key, value)
+    row.deleted, row.deleted_at = False, None
+    return "unchanged" if same else "updated"
+
+
+def _annotator(value: Any) -> int | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def delete_annotations(session: Session, ids: Iterable[int], *, at: datetime | None = None) -> int:
+    """Mark annotations deleted (tombstones keep the history); returns how many changed."""
+    wanted = [int(i) for i in ids]
+    if not wanted:
+        return 0
+    result = session.execute(
+        update(Annotation)
+        .where(Annotation.id.in_(wanted), Annotation.deleted.is_(False))
+        .values(deleted=True, deleted_at=at or utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def live_annotations(session: Session, project_id: int) -> list[Annotation]:
+    """Annotations that count as labels: not deleted, not skipped."""
+    stmt = select(Annotation).where(
+        Annotation.project_id == project_id,
+        Annotation.deleted.is_(False),
+        Annotation.was_cancelled.is_(False),
+    )
+    return list(session.scalars(stmt.order_by(Annotation.task_id, Annotation.id)))
+
+
+def live_tasks(session: Session, project_id: int) -> list[Task]:
+    stmt = select(Task).where(Task.project_id == project_id, Task.deleted.is_(False))
+    return list(session.scalars(stmt.order_by(Task.id)))
+
+
+@dataclass(frozen=True)
+class ProjectCounts:
+    tasks: int
+    annotations: int
+    labeled_tasks: int
+    deleted_annotations: int
+    pending_events: int
+
+
+def project_counts(session: Session, project_id: int) -> ProjectCounts:
+    def count(stmt: Any) -> int:
+        return int(session.scalar(stmt) or 0)
+
+    ann = select(func.count()).select_from(Annotation).where(Annotation.project_id == project_id)
+    return ProjectCounts(
+        tasks=count(
+            select(func.count())
+            .select_from(Task)
+            .where(Task.project_id == project_id, Task.deleted.is_(False))
+        ),
+        annotations=count(ann.where(Annotation.deleted.is_(False))),
+        labeled_tasks=count(
+            select(func.count(func.distinct(Annotation.task_id))).where(
+                Annotation.project_id == project_id,
+                Annotation.deleted.is_(False),
+                Annotation.was_cancelled.is_(False),
+            )
+        ),
+        deleted_annotations=count(ann.where(Annotation.deleted.is_(True))),
+        pending_events=count(
+            select(func.count())
+            .select_from(InboxEvent)
+            .where(InboxEvent.project_id == project_id, InboxEvent.applied_at.is_(None))
+        ),
+    )
+
+
+# ---------------------------------------------------------------- inbox
+
+
+def delivery_key(body: bytes) -> str:
+    """Identity of a delivery: the same bytes delivered twice are the same event."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def record_delivery(
+    session: Session, *, key: str, action: str, project_id: int | None, payload: dict[str, Any]
+) -> bool:
+    """Store a webhook delivery; returns False when the same delivery was already stored."""
+    if session.scalar(select(InboxEvent.id).where(InboxEvent.delivery_key == key)) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(
+                InboxEvent(delivery_key=key, action=action, project_id=project_id, payload=payload)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def pending_events(
+    session: Session, *, limit: int = 500, project_id: int | None = None
+) -> list[InboxEvent]:
+    stmt = select(InboxEvent).where(InboxEvent.applied_at.is_(None))
+    if project_id is not None:
+        stmt = stmt.where(InboxEvent.project_id == project_id)
+    return list(session.scalars(stmt.order_by(InboxEvent.id).limit(limit)))
+
+
+# ---------------------------------------------------------------- model versions
+
+
+def current_model(session: Session, project_id: int) -> ModelVersion | None:
+    project = session.get(Project, project_id)
+    if project is None or not project.model_version:
+        return None
+    return session.scalar(select(ModelVersion).where(ModelVersion.version == project.model_version))

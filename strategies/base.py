@@ -1,0 +1,282 @@
+"""What a strategy sees (a validated, read-only :class:`Pool`) and what it returns (:class:`Selection`).
+
+Every strategy is a pure function ``fn(pool, k, *, rng, **options) -> Selection``. The pool is
+validated once, when it is built; strategies and scoring kernels trust it afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.floating[Any]]
+IntArray = NDArray[np.int64]
+Kind = Literal["label", "review"]
+
+UNLABELED = -1
+#: Row sums of class probabilities may deviate this much from 1 (float32 softmax output).
+PROB_SUM_TOL = 1e-3
+#: Rows processed per chunk by the row-wise kernels; keeps temporaries inside the CPU cache.
+CHUNK_ROWS = 16_384
+#: Names of the optional arrays a strategy may need (``StrategyInfo.needs``).
+INPUTS = frozenset({"probs", "committee", "embeddings", "oos_probs", "annotations", "clusters"})
+
+
+def _readonly(array: NDArray[Any]) -> NDArray[Any]:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _as_float(name: str, value: Any, ndim: int) -> FloatArray:
+    array = np.asarray(value)
+    if array.dtype not in (np.float32, np.float64):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise ValueError(f"{name} must be a numeric array, got dtype {array.dtype}")
+        array = array.astype(np.float64)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _as_int(name: str, value: Any, ndim: int) -> IntArray:
+    array = np.asarray(value)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must be an integer array, got dtype {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {array.shape}")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_probs(name: str, probs: FloatArray, *, multilabel: bool) -> None:
+    if probs.size == 0:
+        return
+    if probs.min() < 0.0 or probs.max() > 1.0:
+        raise ValueError(f"{name} must lie in [0, 1]")
+    if not multilabel:
+        sums = probs.sum(axis=-1)
+        if np.abs(sums - 1.0).max() > PROB_SUM_TOL:
+            raise ValueError(f"{name} rows must sum to 1 (max deviation {np.abs(sums - 1).max():.3g})")
+
+
+def _check_classes(name: str, values: IntArray, n_classes: int | None) -> None:
+    if values.size == 0:
+        return
+    if values.min() < UNLABELED:
+        raise ValueError(f"{name} must be >= -1 (-1 means none), got {values.min()}")
+    if n_classes is not None and values.max() >= n_classes:
+        raise ValueError(f"{name} has class {values.max()} but probabilities have {n_classes}")
+
+
+@dataclass(frozen=True, eq=False)
+class Pool:
+    """The arrays a strategy sees, validated once and read-only.
+
+    Attributes:
+        labels: (n,) int64 class index per item, -1 for unlabeled. In multi-label projects any
+            value >= 0 only marks the item as labeled.
+        probs: (n, C) calibrated class probabilities, or per-label sigmoid probabilities when
+            ``multilabel``; None before a model exists.
+        committee: (M, n, C) member probabilities (bootstrap committee or MC-dropout samples).
+        embeddings: (n, d) feature vectors.
+        oos_probs: (n, C) out-of-sample probabilities (cross-fitted); the rows of labeled items are
+            the ones used, pass ``probs`` rows for unlabeled items.
+        annotations: (n, A) int64 per-annotator labels, -1 where an annotator gave none.
+        clusters: (n,) int64 precomputed cluster ids (ids >= 0); computed from ``embeddings``
+            by the coverage strategies when None.
+        multilabel: ``probs`` are independent per-label probabilities.
+    """
+
+    labels: IntArray
+    probs: FloatArray | None = None
+    committee: FloatArray | None = None
+    embeddings: FloatArray | None = None
+    oos_probs: FloatArray | None = None
+    annotations: IntArray | None = None
+    clusters: IntArray | None = None
+    multilabel: bool = False
+    n_classes: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        labels = _as_int("labels", self.labels, 1)
+        arrays: dict[str, NDArray[Any]] = {"labels": labels}
+        n = labels.shape[0]
+        shapes = {"probs": 2, "committee": 3, "embeddings": 2, "oos_probs": 2}
+        for name, ndim in shapes.items():
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = _as_float(name, value, ndim)
+        for name in ("annotations", "clusters"):
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = _as_int(name, value, 2 if name == "annotations" else 1)
+        n_classes = self._check_shapes(arrays, n)
+        _check_classes("labels", labels, None if self.multilabel else n_classes)
+        if "annotations" in arrays:
+            _check_classes("annotations", arrays["annotations"], n_classes)
+        if "clusters" in arrays and arrays["clusters"].size and arrays["clusters"].min() < 0:
+            raise ValueError("clusters must be >= 0")
+        for name, array in arrays.items():
+            object.__setattr__(self, name, _readonly(array))
+        object.__setattr__(self, "n_classes", n_classes)
+
+    def _check_shapes(self, arrays: dict[str, NDArray[Any]], n: int) -> int | None:
+        item_axis = {"committee": 1}
+        for name, array in arrays.items():
+            if array.shape[item_axis.get(name, 0)] != n:
+                raise ValueError(f"{name} has {array.shape} but labels has {n} items")
+        class_counts = {
+            name: arrays[name].shape[-1]
+            for name in ("probs", "committee", "oos_probs")
+            if name in arrays
+        }
+        if len(set(class_counts.values())) > 1:
+            raise ValueError(f"class counts disagree: {class_counts}")
+        for name in class_counts:
+            _check_probs(name, arrays[name], multilabel=self.multilabel and name != "oos_probs")
+        if self.multilabel and "oos_probs" in arrays:
+            raise ValueError("label-quality review (oos_probs) is not supported for multilabel pools")
+        return next(iter(class_counts.values()), None)
+
+    @property
+    def n(self) -> int:
+        """Number of items."""
+        return int(self.labels.shape[0])
+
+    @property
+    def labeled(self) -> NDArray[np.bool_]:
+        """(n,) True where the item has a label."""
+        return self.labels > UNLABELED
+
+    def has(self, name: str) -> bool:
+        """Whether the optional input ``name`` is present (clusters count as present with embeddings)."""
+        if name == "clusters":
+            return self.clusters is not None or self.embeddings is not None
+        return getattr(self, name) is not None
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """What a strategy returns: items, most important first.
+
+    Attributes:
+        indices: (k,) int64 item indices into the pool, unique.
+        scores: (k,) float64 strategy scores of those items, higher = more important.
+    """
+
+    indices: IntArray
+    scores: NDArray[np.float64]
+
+    def __post_init__(self) -> None:
+        indices = np.asarray(self.indices, dtype=np.int64)
+        scores = np.asarray(self.scores, dtype=np.float64)
+        if indices.ndim != 1 or indices.shape != scores.shape:
+            raise ValueError(f"indices {indices.shape} and scores {scores.shape} must be equal 1-D")
+        object.__setattr__(self, "indices", _readonly(indices))
+        object.__setattr__(self, "scores", _readonly(scores))
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+class Strategy(Protocol):
+    """The call signature every registry entry has."""
+
+    def __call__(
+        self, pool: Pool, k: int, *, rng: np.random.Generator, **options: Any
+    ) -> Selection: ...
+
+
+ScoreFn = Callable[..., NDArray[np.float64]]
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """One registry entry: the strategy, what it selects and what it needs.
+
+    Calling the entry calls ``fn``; ``score`` gives every item's score (n,) for the combination,
+    higher = more important, meaningful on the items of ``kind`` (unlabeled for "label", labeled
+    for "review").
+    """
+
+    fn: Strategy
+    score: ScoreFn
+    kind: Kind
+    needs: frozenset[str]
+    summary: str
+
+    def __call__(
+        self, pool: Pool, k: int, *, rng: np.random.Generator, **options: Any
+    ) -> Selection:
+        return self.fn(pool, k, rng=rng, **options)
+
+    def missing(self, pool: Pool) -> frozenset[str]:
+        """The inputs this strategy needs that ``pool`` lacks."""
+        return frozenset(name for name in self.needs if not pool.has(name))
+
+
+def check_k(k: int) -> int:
+    """Return ``k`` as int after checking it is a non-negative integer."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    return int(k)
+
+
+def need(pool: Pool, strategy: str, name: str) -> NDArray[Any]:
+    """The pool's array ``name``; ValueError naming ``strategy`` when the pool has none."""
+    value: NDArray[Any] | None = getattr(pool, name)
+    if value is None:
+        raise ValueError(f"strategy {strategy!r} needs {name}; the pool has none")
+    return value
+
+
+def eligible(pool: Pool, kind: Kind) -> IntArray:
+    """(m,) indices a strategy of ``kind`` may return: unlabeled for "label", labeled for "review"."""
+    mask = pool.labeled if kind == "review" else ~pool.labeled
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def top_k(
+    scores: NDArray[np.floating[Any]], candidates: IntArray, k: int, *, rng: np.random.Generator
+) -> Selection:
+    """The ``k`` highest-scoring candidates, best first, ties broken at random by ``rng``.
+
+    Args:
+        scores: (n,) scores over the whole pool, higher = more important.
+        candidates: (m,) indices allowed in the selection.
+        k: how many to return; all candidates when fewer.
+        rng: breaks ties, so equal scores do not favour low indices.
+    """
+    k = min(check_k(k), candidates.shape[0])
+    shuffled = candidates[rng.permutation(candidates.shape[0])]
+    values = np.asarray(scores, dtype=np.float64)[shuffled]
+    if k < shuffled.shape[0]:
+        part = np.argpartition(-values, k - 1)[:k] if k else np.empty(0, dtype=np.int64)
+        shuffled, values = shuffled[part], values[part]
+    order = np.argsort(-values, kind="stable")
+    return Selection(shuffled[order], values[order])
+
+
+def rowwise(
+    kernel: Callable[[FloatArray], NDArray[np.floating[Any]]],
+    array: FloatArray,
+    *,
+    axis_items: int = 0,
+) -> NDArray[np.float64]:
+    """Apply a row kernel chunk by chunk and return (n,) float64.
+
+    Large temporaries (a 1M x 100 log) cost more in page faults than in arithmetic; chunks of
+    :data:`CHUNK_ROWS` rows keep them small. The loop is over chunks, never over items.
+    """
+    n = array.shape[axis_items]
+    out = np.empty(n, dtype=np.float64)
+    for start in range(0, n, CHUNK_ROWS):
+        block = array[start : start + CHUNK_ROWS] if axis_items == 0 else array[:, start : start + CHUNK_ROWS]
+        out[start : start + CHUNK_ROWS] = kernel(block)
+    return out

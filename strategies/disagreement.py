@@ -1,0 +1,279 @@
+"""Disagreement: within a committee (labeling signals) and against the given labels (review signals).
+
+- Committee vote entropy and max KL divergence to the consensus, on unlabeled items.
+- Model vs annotation on labeled items, from out-of-sample probabilities: self-confidence,
+  normalized margin and confident learning (per-class thresholds, the off-diagonals of the
+  confident joint; the same mask as ``cleanlab.filter.find_label_issues(filter_by=
+  "confident_learning")``).
+- Annotator vs annotator on items with several annotations, optionally with the model as one more
+  (soft) voter.
+
+Kernels return (n,) float64, higher = more disagreement / more likely a wrong label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from strategies.base import FloatArray, IntArray, Pool, Selection, eligible, need, rowwise, top_k
+
+#: cleanlab's clip for confident thresholds and its fuzzy comparison, for an identical mask.
+_THRESHOLD_FLOOR = 2e-6
+_FUZZ = 1e-6
+
+
+def _entropy_rows(p: FloatArray) -> FloatArray:
+    return -(p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))).sum(axis=-1)
+
+
+def vote_entropy_scores(committee: FloatArray) -> NDArray[np.float64]:
+    """Entropy of the members' hard votes.
+
+    Args:
+        committee: (M, n, C) member probabilities; each member votes for its argmax class.
+
+    Returns:
+        (n,) float64 in [0, log(min(M, C))], higher = members vote more differently.
+    """
+
+    def kernel(block: FloatArray) -> FloatArray:
+        n_members, n, n_classes = block.shape
+        votes = block.argmax(axis=2) + np.arange(n)[None, :] * n_classes
+        counts = np.bincount(votes.ravel(), minlength=n * n_classes).reshape(n, n_classes)
+        return _entropy_rows(counts / n_members)
+
+    return rowwise(kernel, committee, axis_items=1)
+
+
+def kl_consensus_scores(committee: FloatArray) -> NDArray[np.float64]:
+    """Largest KL divergence of a member from the consensus (mean) distribution.
+
+    Args:
+        committee: (M, n, C) member probabilities.
+
+    Returns:
+        (n,) float64 >= 0, higher = some member disagrees more with the consensus.
+    """
+
+    def kernel(block: FloatArray) -> FloatArray:
+        tiny = np.finfo(block.dtype).tiny
+        consensus = np.maximum(block.mean(axis=0, keepdims=True), tiny)
+        ratio = np.log(np.maximum(block, tiny) / consensus)
+        return np.maximum((block * ratio).sum(axis=2), 0.0).max(axis=0)
+
+    return rowwise(kernel, committee, axis_items=1)
+
+
+def given_label_probs(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+    """(n,) probability of each item's given label (0 where unlabeled)."""
+    rows = np.arange(labels.shape[0])
+    return np.where(labels >= 0, probs[rows, np.maximum(labels, 0)], 0.0).astype(np.float64)
+
+
+def self_confidence_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+    """1 - out-of-sample probability of the given label (cleanlab's self-confidence, flipped).
+
+    Args:
+        labels: (n,) given class, -1 unlabeled (scored 0).
+        probs: (n, C) out-of-sample probabilities.
+
+    Returns:
+        (n,) float64 in [0, 1], higher = more likely mislabeled.
+    """
+    return np.where(labels >= 0, 1.0 - given_label_probs(labels, probs), 0.0)
+
+
+def normalized_margin_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+    """1 - cleanlab's normalized margin ``(p_given - max_other + 1) / 2``.
+
+    Args:
+        labels: (n,) given class, -1 unlabeled (scored 0).
+        probs: (n, C) out-of-sample probabilities.
+
+    Returns:
+        (n,) float64 in [0, 1], higher = another class beats the given one by more.
+    """
+    given = given_label_probs(labels, probs)
+    others = np.array(probs, dtype=np.float64)
+    others[np.arange(labels.shape[0]), np.maximum(labels, 0)] = -np.inf
+    best_other = others.max(axis=1, initial=0.0)
+    return np.where(labels >= 0, 1.0 - (given - best_other + 1.0) / 2.0, 0.0)
+
+
+def confident_thresholds(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+    """(C,) per-class threshold: mean probability of class c over items labeled c.
+
+    Classes with no labeled item get 2.0, so nothing is ever confidently predicted as them.
+    """
+    n_classes = probs.shape[1]
+    mask = labels >= 0
+    counts = np.bincount(labels[mask], minlength=n_classes)
+    sums = np.bincount(labels[mask], weights=probs[mask, labels[mask]], minlength=n_classes)
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), 2.0)
+    return np.maximum(thresholds, _THRESHOLD_FLOOR)
+
+
+def confident_learning_mask(labels: IntArray, probs: FloatArray) -> NDArray[np.bool_]:
+    """Items counted off the diagonal of the confident joint, as in cleanlab's confident learning.
+
+    An item is flagged when some class clears its per-class threshold, the class it is confidently
+    assigned to differs from the given label, and the given label is not the argmax prediction.
+
+    Args:
+        labels: (n,) given class, -1 unlabeled (never flagged).
+        probs: (n, C) out-of-sample probabilities.
+
+    Returns:
+        (n,) bool, True = likely label issue.
+    """
+    confident = probs >= confident_thresholds(labels, probs) - _FUZZ
+    n_confident = confident.sum(axis=1)
+    guess = np.where(n_confident > 1, probs.argmax(axis=1), confident.argmax(axis=1))
+    rows = np.arange(labels.shape[0])
+    bumped = np.array(probs, dtype=np.float64)
+    bumped[rows, np.maximum(labels, 0)] += _FUZZ
+    predicted_given = bumped.argmax(axis=1) == labels
+    return (labels >= 0) & (n_confident > 0) & (guess != labels) & ~predicted_given
+
+
+def confident_learning_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+    """Flagged items first (score 1 + normalized-margin score), then the rest by normalized margin.
+
+    Returns:
+        (n,) float64 in [0, 2], higher = more likely mislabeled.
+    """
+    return confident_learning_mask(labels, probs) + normalized_margin_scores(labels, probs)
+
+
+def annotation_counts(annotations: IntArray, n_classes: int) -> NDArray[np.float64]:
+    """(n, C) number of annotators choosing each class per item."""
+    n = annotations.shape[0]
+    rows = np.broadcast_to(np.arange(n)[:, None], annotations.shape)
+    valid = annotations >= 0
+    flat = rows[valid] * n_classes + annotations[valid]
+    return np.bincount(flat, minlength=n * n_classes).reshape(n, n_classes).astype(np.float64)
+
+
+def annotator_disagreement_scores(
+    annotations: IntArray,
+    n_classes: int,
+    *,
+    model_probs: FloatArray | None = None,
+    model_weight: float = 1.0,
+) -> NDArray[np.float64]:
+    """Entropy of the annotators' votes, optionally with the model as one more soft voter.
+
+    Args:
+        annotations: (n, A) per-annotator class, -1 where none.
+        n_classes: C.
+        model_probs: (n, C) out-of-sample probabilities to add as a voter; None = annotators only.
+        model_weight: weight of the model's vote relative to one annotator.
+
+    Returns:
+        (n,) float64 >= 0; 0 for items with fewer than two votes.
+    """
+    votes = annotation_counts(annotations, n_classes)
+    if model_probs is not None:
+        has_vote = votes.sum(axis=1, keepdims=True) > 0
+        votes = votes + np.where(has_vote, model_weight * model_probs, 0.0)
+    total = votes.sum(axis=1, keepdims=True)
+    enough = (total[:, 0] >= 2.0 - 1e-9) if model_probs is None else (total[:, 0] > 1.0)
+    return np.where(enough, _entropy_rows(votes / np.maximum(total, 1e-12)), 0.0)
+
+
+def _review_labels(pool: Pool) -> IntArray:
+    if pool.multilabel:
+        raise ValueError("label-quality review is not supported for multilabel pools")
+    return pool.labels
+
+
+def vote_entropy_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) committee vote entropy."""
+    return vote_entropy_scores(need(pool, "vote_entropy", "committee"))
+
+
+def kl_consensus_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) max KL divergence of a committee member from the consensus."""
+    return kl_consensus_scores(need(pool, "kl_consensus", "committee"))
+
+
+def self_confidence_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) 1 - out-of-sample probability of the given label."""
+    return self_confidence_scores(_review_labels(pool), need(pool, "self_confidence", "oos_probs"))
+
+
+def normalized_margin_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) 1 - normalized margin of the given label."""
+    probs = need(pool, "normalized_margin", "oos_probs")
+    return normalized_margin_scores(_review_labels(pool), probs)
+
+
+def confident_learning_pool_scores(
+    pool: Pool, *, rng: np.random.Generator
+) -> NDArray[np.float64]:
+    """(n,) confident-learning flag plus normalized-margin score."""
+    probs = need(pool, "confident_learning", "oos_probs")
+    return confident_learning_scores(_review_labels(pool), probs)
+
+
+def _annotator_scores(pool: Pool, name: str, *, with_model: bool) -> NDArray[np.float64]:
+    annotations = need(pool, name, "annotations")
+    model = pool.oos_probs if pool.oos_probs is not None else pool.probs
+    if with_model and model is None:
+        raise ValueError(f"strategy {name!r} needs oos_probs or probs; the pool has none")
+    if pool.n_classes is not None:
+        n_classes = pool.n_classes
+    else:
+        n_classes = int(max(annotations.max(initial=-1), pool.labels.max(initial=-1))) + 1
+    return annotator_disagreement_scores(
+        annotations, n_classes, model_probs=model if with_model else None
+    )
+
+
+def annotator_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) entropy of the annotators' votes."""
+    return _annotator_scores(pool, "annotator_disagreement", with_model=False)
+
+
+def annotator_model_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) entropy of the annotators' votes plus the model's soft vote."""
+    return _annotator_scores(pool, "annotator_model_disagreement", with_model=True)
+
+
+def vote_entropy(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k unlabeled items whose committee members vote most differently (needs committee)."""
+    return top_k(vote_entropy_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+
+
+def kl_consensus(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k unlabeled items with the largest member-to-consensus KL (needs committee)."""
+    return top_k(kl_consensus_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+
+
+def self_confidence(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k labeled items whose given label the model believes least (needs oos_probs)."""
+    return top_k(self_confidence_pool_scores(pool, rng=rng), eligible(pool, "review"), k, rng=rng)
+
+
+def normalized_margin(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k labeled items where another class beats the given label most (needs oos_probs)."""
+    scores = normalized_margin_pool_scores(pool, rng=rng)
+    return top_k(scores, eligible(pool, "review"), k, rng=rng)
+
+
+def confident_learning(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """Confident-learning label issues first, then the least plausible labels (needs oos_probs)."""
+    scores = confident_learning_pool_scores(pool, rng=rng)
+    return top_k(scores, eligible(pool, "review"), k, rng=rng)
+
+
+def annotator_disagreement(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k labeled items whose annotators disagree most (needs annotations)."""
+    return top_k(annotator_pool_scores(pool, rng=rng), eligible(pool, "review"), k, rng=rng)
+
+
+def annotator_model_disagreement(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """Like annotator_disagreement, with the model's probabilities as one more voter."""
+    scores = annotator_model_pool_scores(pool, rng=rng)
+    return top_k(scores, eligible(pool, "review"), k, rng=rng)

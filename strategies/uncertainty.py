@@ -1,0 +1,131 @@
+"""Uncertainty of the model on unlabeled items: least confidence, margin, entropy, BALD.
+
+Kernels take arrays and return (n,) float64 scores, higher = more uncertain. Multi-label pools
+(per-label sigmoid probabilities) are scored per label as binary problems and then aggregated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from strategies.base import FloatArray, Pool, Selection, eligible, need, rowwise, top_k
+
+
+def _xlogx(p: FloatArray) -> FloatArray:
+    return p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))
+
+
+def _entropy_rows(p: FloatArray) -> FloatArray:
+    return -_xlogx(p).sum(axis=-1)
+
+
+def _binary_entropy_rows(p: FloatArray) -> FloatArray:
+    return -(_xlogx(p) + _xlogx(1.0 - p)).sum(axis=-1)
+
+
+def _margin_rows(p: FloatArray) -> FloatArray:
+    if p.shape[1] < 2:
+        return np.ones(p.shape[0], dtype=p.dtype)
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    return 1.0 - (top2[:, 1] - top2[:, 0])
+
+
+def least_confidence_scores(probs: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
+    """1 - the top class probability; multi-label: mean over labels of min(p, 1 - p).
+
+    Args:
+        probs: (n, C) class probabilities (or per-label probabilities when ``multilabel``).
+
+    Returns:
+        (n,) float64, higher = less confident.
+    """
+    if multilabel:
+        return rowwise(lambda p: np.minimum(p, 1.0 - p).mean(axis=1), probs)
+    return rowwise(lambda p: 1.0 - p.max(axis=1, initial=0.0), probs)
+
+
+def margin_scores(probs: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
+    """1 - (top1 - top2) probability; multi-label: 1 - min over labels of |2p - 1|.
+
+    Args:
+        probs: (n, C) class probabilities (or per-label probabilities when ``multilabel``).
+
+    Returns:
+        (n,) float64 in [0, 1], higher = smaller margin.
+    """
+    if multilabel:
+        return rowwise(lambda p: 1.0 - np.abs(2.0 * p - 1.0).min(axis=1, initial=1.0), probs)
+    return rowwise(_margin_rows, probs)
+
+
+def entropy_scores(probs: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
+    """Shannon entropy in nats; multi-label: sum of per-label binary entropies.
+
+    Args:
+        probs: (n, C) class probabilities (or per-label probabilities when ``multilabel``).
+
+    Returns:
+        (n,) float64 >= 0, higher = more uncertain.
+    """
+    return rowwise(_binary_entropy_rows if multilabel else _entropy_rows, probs)
+
+
+def bald_scores(committee: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
+    """BALD mutual information: H(mean of members) - mean of member entropies.
+
+    Args:
+        committee: (M, n, C) member probabilities (bootstrap members or MC-dropout samples).
+
+    Returns:
+        (n,) float64 >= 0 (clipped), higher = members disagree more.
+    """
+    entropy = _binary_entropy_rows if multilabel else _entropy_rows
+
+    def kernel(block: FloatArray) -> FloatArray:
+        return np.maximum(entropy(block.mean(axis=0)) - entropy(block).mean(axis=0), 0.0)
+
+    return rowwise(kernel, committee, axis_items=1)
+
+
+def least_confidence_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) least-confidence scores of the pool's probs."""
+    probs = need(pool, "least_confidence", "probs")
+    return least_confidence_scores(probs, multilabel=pool.multilabel)
+
+
+def margin_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) margin scores of the pool's probs."""
+    return margin_scores(need(pool, "margin", "probs"), multilabel=pool.multilabel)
+
+
+def entropy_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) entropy scores of the pool's probs."""
+    return entropy_scores(need(pool, "entropy", "probs"), multilabel=pool.multilabel)
+
+
+def bald_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) BALD scores of the pool's committee."""
+    return bald_scores(need(pool, "bald", "committee"), multilabel=pool.multilabel)
+
+
+def least_confidence(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k unlabeled items whose top class probability is lowest (needs probs)."""
+    return top_k(least_confidence_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+
+
+def margin(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k unlabeled items with the smallest top-1 minus top-2 margin (needs probs)."""
+    return top_k(margin_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+
+
+def entropy(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k unlabeled items with the highest predictive entropy (needs probs)."""
+    return top_k(entropy_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+
+
+def bald(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k unlabeled items with the highest BALD mutual information (needs committee)."""
+    return top_k(bald_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)

@@ -1,0 +1,160 @@
+"""Applying webhook events: idempotent, order-safe, and never blocked by one bad event."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from backend.inbox import BadEvent, apply_pending, parse_event
+from backend.store import repo
+from backend.store.db import Store
+from backend.store.models import Annotation, InboxEvent, Task
+from tests.conftest import SINGLE_CONFIG
+
+PROJECT = {"id": 7, "title": "pets", "label_config": SINGLE_CONFIG}
+
+
+def _ann(ann_id: int, task: int, label: str, updated: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": ann_id,
+        "task": task,
+        "completed_by": 3,
+        "result": [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": [label]},
+            }
+        ],
+        "created_at": "2026-01-01T10:00:00.000000Z",
+        "updated_at": updated,
+        "was_cancelled": False,
+        **extra,
+    }
+
+
+def _task(task_id: int) -> dict[str, Any]:
+    return {"id": task_id, "project": 7, "data": {"image": f"/data/upload/7/{task_id}.png"}}
+
+
+def ev(action: str, **body: Any) -> dict[str, Any]:
+    return {"action": action, "project": PROJECT, **body}
+
+
+def deliver(store: Store, *events: dict[str, Any]) -> None:
+    import json
+
+    with store.session() as session:
+        for event in events:
+            parsed = parse_event(event)
+            repo.record_delivery(
+                session,
+                key=repo.delivery_key(json.dumps(event, sort_keys=True).encode()),
+                action=parsed.action,
+                project_id=parsed.project_id,
+                payload=parsed.payload,
+            )
+
+
+def labels_of(store: Store) -> dict[int, tuple[list[str], bool]]:
+    with store.session() as session:
+        rows = session.query(Annotation).order_by(Annotation.id).all()
+        return {r.id: (r.labels, r.deleted) for r in rows}
+
+
+@pytest.fixture
+def project_store(store: Store) -> Store:
+    deliver(store, ev("PROJECT_UPDATED"), ev("TASKS_CREATED", tasks=[_task(1), _task(2)]))
+    apply_pending(store)
+    return store
+
+
+def test_tasks_and_config_come_from_events(project_store: Store) -> None:
+    with project_store.session() as session:
+        tasks = session.query(Task).order_by(Task.id).all()
+        project = repo.ensure_project(session, 7)
+        assert [(t.id, t.image_ref) for t in tasks] == [
+            (1, "/data/upload/7/1.png"),
+            (2, "/data/upload/7/2.png"),
+        ]
+        assert project.labels == ["cat", "dog", "bird"]
+        assert (project.from_name, project.to_name) == ("label", "image")
+
+
+def test_same_delivery_twice_changes_nothing(project_store: Store) -> None:
+    event = ev("ANNOTATION_CREATED", annotation=_ann(10, 1, "cat", "2026-01-01T10:00:00Z"))
+    deliver(project_store, event, event)
+    with project_store.session() as session:
+        assert session.query(InboxEvent).filter_by(action="ANNOTATION_CREATED").count() == 1
+    first = apply_pending(project_store)
+    second = apply_pending(project_store)
+    assert first.total == 1 and second.total == 0
+    assert labels_of(project_store) == {10: (["cat"], False)}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_any_arrival_order_ends_in_the_newest_state(project_store: Store, order: tuple[int]) -> None:
+    events = [
+        ev("ANNOTATION_CREATED", annotation=_ann(10, 1, "cat", "2026-01-01T10:00:00Z")),
+        ev("ANNOTATION_UPDATED", annotation=_ann(10, 1, "dog", "2026-01-01T11:00:00Z")),
+        ev("ANNOTATION_UPDATED", annotation=_ann(10, 1, "bird", "2026-01-01T12:00:00Z")),
+    ]
+    for i in order:  # each delivery applied as it arrives
+        deliver(project_store, events[i])
+        apply_pending(project_store)
+    assert labels_of(project_store) == {10: (["bird"], False)}
+
+
+def test_deletion_is_final_for_late_updates(project_store: Store) -> None:
+    deliver(
+        project_store,
+        ev("ANNOTATION_CREATED", annotation=_ann(10, 1, "cat", "2026-01-01T10:00:00Z")),
+        ev("ANNOTATION_CREATED", annotation=_ann(11, 2, "dog", "2026-01-01T10:00:00Z")),
+        ev("ANNOTATIONS_DELETED", annotations=[{"id": 10}]),
+    )
+    apply_pending(project_store)
+    late = ev("ANNOTATION_UPDATED", annotation=_ann(10, 1, "bird", "2026-01-01T09:00:00Z"))
+    deliver(project_store, late)
+    report = apply_pending(project_store)
+    assert report.outcomes["ignored"] == 1
+    assert labels_of(project_store) == {10: (["cat"], True), 11: (["dog"], False)}
+    with project_store.session() as session:
+        assert [a.id for a in repo.live_annotations(session, 7)] == [11]
+
+
+def test_start_training_is_reported_and_unknown_actions_are_not_applied(store: Store) -> None:
+    deliver(store, ev("START_TRAINING"))
+    report = apply_pending(store)
+    assert report.train_requested == {7}
+
+
+def test_a_poison_event_does_not_block_later_ones(
+    project_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = ev("ANNOTATION_CREATED", annotation=_ann(20, 1, "cat", "2026-01-01T10:00:00Z"))
+    bad["annotation"]["completed_by"] = {"id": "x"}
+    bad["annotation"]["id"] = "not-a-number"
+    good = ev("ANNOTATION_CREATED", annotation=_ann(21, 2, "dog", "2026-01-01T10:00:00Z"))
+    deliver(project_store, bad, good)
+    report = apply_pending(project_store)
+    assert report.outcomes["error"] == 1
+    assert labels_of(project_store) == {21: (["dog"], False)}
+    with project_store.session() as session:
+        assert not repo.pending_events(session)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], "JSON object"),
+        ({"project": {"id": 1}}, "action"),
+        ({"action": "ANNOTATION_CREATED"}, "project.id"),
+        ({"action": "ANNOTATION_CREATED", "project": {"id": "7"}}, "integer"),
+    ],
+)
+def test_malformed_events_are_rejected(body: Any, message: str) -> None:
+    with pytest.raises(BadEvent, match=message):
+        parse_event(body)
