@@ -117,7 +117,7 @@ def create_app(
     store = store or Store(settings.store.url)
     if upgrade:
         store.upgrade()
-    svc = Services(settings, store, Metrics(), ModelRegistry(store))
+    svc = Services(settings, store, Metrics(), ModelRegistry(store, settings.model))
     if start_worker:
         svc.worker = InboxWorker(store, on_applied=svc.events_applied)
         svc.worker.start()

@@ -125,7 +125,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows or [{"project": None}]:
-            print("  ".join(f"{k}={v}" for k, v in row.items()) if row["project"] else "no projects")
+            print(
+                "  ".join(f"{k}={v}" for k, v in row.items()) if row["project"] else "no projects"
+            )
     return 0
 
 

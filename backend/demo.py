@@ -101,8 +101,9 @@ def ensure_demo_project(client: Any, *, count: int = 300) -> int:
 
 
 @contextmanager
-def running_demo(settings: Settings, root: Path, ls_binary: str, ls_port: int
-                 ) -> Iterator[tuple[LabelStudioProcess, ServedBackend, int]]:
+def running_demo(
+    settings: Settings, root: Path, ls_binary: str, ls_port: int
+) -> Iterator[tuple[LabelStudioProcess, ServedBackend, int]]:
     from backend.cli import cmd_connect
     from backend.labelstudio.client import LabelStudio
 

@@ -1,9 +1,9 @@
 """The webhook inbox: accept a delivery in one durable write, apply it later.
 
-Label Studio sends webhooks synchronously inside the annotator's save request, with a 1 s timeout and
-no retry. So ``/webhook`` only validates and stores; :func:`apply_pending` (run by the worker thread,
-by ``labelloop sync`` and at the start of every cycle) turns stored events into task and annotation
-rows. Applying is idempotent and order-safe (see :mod:`backend.store.repo`).
+Label Studio sends webhooks synchronously inside the annotator's save request, with a 1 s
+timeout and no retry. So ``/webhook`` only validates and stores; :func:`apply_pending` (run by the
+worker thread, by ``labelloop sync`` and at the start of every cycle) turns stored events into task
+and annotation rows. Applying is idempotent and order-safe (see :mod:`backend.store.repo`).
 """
 
 from __future__ import annotations
@@ -100,19 +100,26 @@ def _apply_tasks(session: Session, payload: Mapping[str, Any], project_id: int) 
     return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "no tasks"
 
 
-def _apply_project(session: Session, payload: Mapping[str, Any], project_id: int) -> str:
+def _refresh_project(session: Session, payload: Mapping[str, Any], project_id: int) -> None:
+    """Every event carries the project; keep its title and label config current."""
     project = repo.ensure_project(session, project_id)
     body = payload.get("project")
     if isinstance(body, dict):
         project.title = body.get("title") or project.title
         if isinstance(body.get("label_config"), str):
             repo.set_label_config(session, project, body["label_config"])
+
+
+def _apply_project(session: Session, project_id: int) -> str:
+    project = repo.ensure_project(session, project_id)
     return "project updated" if project.config_error is None else "unsupported config"
 
 
 def apply_event(session: Session, event: InboxEvent, report: ApplyReport) -> None:
     """Apply one stored event inside the caller's transaction and mark it applied."""
     payload, pid, action = event.payload, event.project_id, event.action
+    if action in HANDLED_ACTIONS and pid is not None:
+        _refresh_project(session, payload, pid)
     if action not in HANDLED_ACTIONS or pid is None:
         outcome = "ignored: action not handled"
     elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
@@ -122,7 +129,7 @@ def apply_event(session: Session, event: InboxEvent, report: ApplyReport) -> Non
     elif action == "TASKS_CREATED":
         outcome = _apply_tasks(session, payload, pid)
     elif action == "PROJECT_UPDATED":
-        outcome = _apply_project(session, payload, pid)
+        outcome = _apply_project(session, pid)
     else:  # START_TRAINING
         repo.ensure_project(session, pid)
         report.train_requested.add(pid)

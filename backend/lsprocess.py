@@ -89,8 +89,9 @@ def label_studio_env(data_dir: Path, username: str, password: str, token: str) -
     return env
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float
-                  ) -> None:
+def _wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.settings import ModelSettings
 from backend.store import repo
 from backend.store.db import Store
 
@@ -28,10 +29,21 @@ class ModelRegistry:
     swapped in, so ``/predict`` never waits on a checkpoint being read.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, model_settings: ModelSettings) -> None:
         self._store = store
+        self._settings = model_settings
         self._lock = threading.Lock()
         self._served: dict[int, ServedModel] = {}
+        self._backbone: Any = None
+
+    def backbone(self) -> Any:
+        """The feature extractor, built once per process on first use."""
+        with self._lock:
+            if self._backbone is None:
+                from backend.model.backbones import build_backbone
+
+                self._backbone = build_backbone(self._settings)
+            return self._backbone
 
     def current_version(self, project_id: int) -> str | None:
         with self._store.session() as session:

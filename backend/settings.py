@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "LABELLOOP_"
 ENV_NESTED = "__"
@@ -103,6 +111,8 @@ class ModelSettings(_Section):
     learning_rate: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     early_stopping_min_labels: int = Field(100, ge=2)
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    train_batch_size: int = Field(2048, ge=1)
     patience: int = Field(10, ge=1)
     class_weighting: bool = True
     committee_size: int = Field(5, ge=1, le=50)
@@ -139,6 +149,41 @@ class StrategySettings(_Section):
         return value
 
 
+class LoopSettings(_Section):
+    """When cycles run. Per-project values come from ``LoopScheduler(settings_for=...)``."""
+
+    retrain_after: int = Field(default=20, ge=1)
+    debounce_s: float = Field(default=30.0, ge=0)
+    max_delay_s: float = Field(default=300.0, ge=0)
+    schedule_interval_minutes: int | None = Field(default=60, ge=1)
+    schedule_cron: str | None = None
+    misfire_grace_s: int = Field(default=600, ge=1)
+    run_scheduler: bool = True
+    poll_s: float = Field(default=5.0, gt=0)
+    lease_s: float = Field(default=120.0, ge=1)
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _crontab(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression like '0 */6 * * *': {exc}") from None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _delay_covers_debounce(self) -> LoopSettings:
+        if self.max_delay_s < self.debounce_s:
+            raise ValueError(
+                f"max_delay_s ({self.max_delay_s}) must be >= debounce_s ({self.debounce_s})"
+            )
+        return self
+
+
 class Settings(_Section):
     label_studio: LabelStudioSettings = LabelStudioSettings()
     server: ServerSettings = ServerSettings()
@@ -146,6 +191,7 @@ class Settings(_Section):
     images: ImageSettings = ImageSettings()
     model: ModelSettings = ModelSettings()
     strategy: StrategySettings = StrategySettings()
+    loop: LoopSettings = LoopSettings()
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

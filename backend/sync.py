@@ -87,25 +87,32 @@ def _sync_chunk(
             changes[1][outcome] += 1
 
 
-def _tombstone(session: Session, project_id: int, seen: tuple[set[int], set[int]], started: datetime
-               ) -> tuple[int, int]:
+def _tombstone(
+    session: Session, project_id: int, seen: tuple[set[int], set[int]], started: datetime
+) -> tuple[int, int]:
     """Delete what Label Studio no longer lists; rows written during this sync are left alone."""
-    task_ids = set(
-        session.scalars(
-            select(Task.id).where(
-                Task.project_id == project_id, Task.deleted.is_(False), Task.synced_at < started
+    task_ids = (
+        set(
+            session.scalars(
+                select(Task.id).where(
+                    Task.project_id == project_id, Task.deleted.is_(False), Task.synced_at < started
+                )
             )
         )
-    ) - seen[0]
-    ann_ids = set(
-        session.scalars(
-            select(Annotation.id).where(
-                Annotation.project_id == project_id,
-                Annotation.deleted.is_(False),
-                Annotation.synced_at < started,
+        - seen[0]
+    )
+    ann_ids = (
+        set(
+            session.scalars(
+                select(Annotation.id).where(
+                    Annotation.project_id == project_id,
+                    Annotation.deleted.is_(False),
+                    Annotation.synced_at < started,
+                )
             )
         )
-    ) - seen[1]
+        - seen[1]
+    )
     for chunk in _chunks(({"id": i} for i in sorted(task_ids)), CHUNK):
         session.execute(
             update(Task).where(Task.id.in_([c["id"] for c in chunk])).values(deleted=True)

@@ -1,4 +1,4 @@
-"""What a strategy sees (a validated, read-only :class:`Pool`) and what it returns (:class:`Selection`).
+"""What a strategy sees (a validated, read-only :class:`Pool`) and returns (:class:`Selection`).
 
 Every strategy is a pure function ``fn(pool, k, *, rng, **options) -> Selection``. The pool is
 validated once, when it is built; strategies and scoring kernels trust it afterwards.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,8 +20,8 @@ Kind = Literal["label", "review"]
 UNLABELED = -1
 #: Row sums of class probabilities may deviate this much from 1 (float32 softmax output).
 PROB_SUM_TOL = 1e-3
-#: Rows processed per chunk by the row-wise kernels; keeps temporaries inside the CPU cache.
-CHUNK_ROWS = 16_384
+#: Elements per chunk of the row-wise kernels (about 2 MB of float64): temporaries stay in cache.
+CHUNK_ELEMENTS = 262_144
 #: Names of the optional arrays a strategy may need (``StrategyInfo.needs``).
 INPUTS = frozenset({"probs", "committee", "embeddings", "oos_probs", "annotations", "clusters"})
 
@@ -62,7 +62,9 @@ def _check_probs(name: str, probs: FloatArray, *, multilabel: bool) -> None:
     if not multilabel:
         sums = probs.sum(axis=-1)
         if np.abs(sums - 1.0).max() > PROB_SUM_TOL:
-            raise ValueError(f"{name} rows must sum to 1 (max deviation {np.abs(sums - 1).max():.3g})")
+            raise ValueError(
+                f"{name} rows must sum to 1 (max deviation {np.abs(sums - 1).max():.3g})"
+            )
 
 
 def _check_classes(name: str, values: IntArray, n_classes: int | None) -> None:
@@ -141,7 +143,9 @@ class Pool:
         for name in class_counts:
             _check_probs(name, arrays[name], multilabel=self.multilabel and name != "oos_probs")
         if self.multilabel and "oos_probs" in arrays:
-            raise ValueError("label-quality review (oos_probs) is not supported for multilabel pools")
+            raise ValueError(
+                "label-quality review (oos_probs) is not supported for multilabel pools"
+            )
         return next(iter(class_counts.values()), None)
 
     @property
@@ -155,7 +159,7 @@ class Pool:
         return self.labels > UNLABELED
 
     def has(self, name: str) -> bool:
-        """Whether the optional input ``name`` is present (clusters count as present with embeddings)."""
+        """Whether the optional input ``name`` is present (embeddings also provide clusters)."""
         if name == "clusters":
             return self.clusters is not None or self.embeddings is not None
         return getattr(self, name) is not None
@@ -185,14 +189,8 @@ class Selection:
         return int(self.indices.shape[0])
 
 
-class Strategy(Protocol):
-    """The call signature every registry entry has."""
-
-    def __call__(
-        self, pool: Pool, k: int, *, rng: np.random.Generator, **options: Any
-    ) -> Selection: ...
-
-
+#: ``fn(pool, k, *, rng, **options) -> Selection``.
+Strategy = Callable[..., Selection]
 ScoreFn = Callable[..., NDArray[np.float64]]
 
 
@@ -200,9 +198,11 @@ ScoreFn = Callable[..., NDArray[np.float64]]
 class StrategyInfo:
     """One registry entry: the strategy, what it selects and what it needs.
 
-    Calling the entry calls ``fn``; ``score`` gives every item's score (n,) for the combination,
-    higher = more important, meaningful on the items of ``kind`` (unlabeled for "label", labeled
-    for "review").
+    Calling the entry calls ``fn``; ``score(pool, *, rng)`` gives every item's score (n,) for the
+    combination, higher = more important, meaningful on the items of ``kind`` (unlabeled for
+    "label", labeled for "review"). ``multilabel``: works on multi-label pools. ``alarm``: for
+    review signals, the raw score above which an item is evidence of a problem (a relabel
+    candidate).
     """
 
     fn: Strategy
@@ -210,15 +210,25 @@ class StrategyInfo:
     kind: Kind
     needs: frozenset[str]
     summary: str
+    multilabel: bool = True
+    alarm: float | None = None
 
     def __call__(
         self, pool: Pool, k: int, *, rng: np.random.Generator, **options: Any
     ) -> Selection:
+        reason = self.unavailable(pool)
+        if reason is not None:
+            raise ValueError(f"strategy {self.fn.__name__!r} {reason}")
         return self.fn(pool, k, rng=rng, **options)
 
-    def missing(self, pool: Pool) -> frozenset[str]:
-        """The inputs this strategy needs that ``pool`` lacks."""
-        return frozenset(name for name in self.needs if not pool.has(name))
+    def unavailable(self, pool: Pool) -> str | None:
+        """Why this strategy cannot score ``pool`` (missing inputs, multi-label), or None."""
+        missing = sorted(name for name in self.needs if not pool.has(name))
+        if missing:
+            return f"needs {', '.join(missing)}, which the pool lacks"
+        if pool.multilabel and not self.multilabel:
+            return "is not defined for multi-label pools"
+        return None
 
 
 def check_k(k: int) -> int:
@@ -237,7 +247,7 @@ def need(pool: Pool, strategy: str, name: str) -> NDArray[Any]:
 
 
 def eligible(pool: Pool, kind: Kind) -> IntArray:
-    """(m,) indices a strategy of ``kind`` may return: unlabeled for "label", labeled for "review"."""
+    """(m,) indices a ``kind`` strategy may return: unlabeled for "label", labeled for "review"."""
     mask = pool.labeled if kind == "review" else ~pool.labeled
     return np.flatnonzero(mask).astype(np.int64)
 
@@ -272,11 +282,12 @@ def rowwise(
     """Apply a row kernel chunk by chunk and return (n,) float64.
 
     Large temporaries (a 1M x 100 log) cost more in page faults than in arithmetic; chunks of
-    :data:`CHUNK_ROWS` rows keep them small. The loop is over chunks, never over items.
+    about :data:`CHUNK_ELEMENTS` elements keep them small. The loop is over chunks, never items.
     """
     n = array.shape[axis_items]
+    rows = max(64, CHUNK_ELEMENTS // max(1, array.size // max(n, 1)))
     out = np.empty(n, dtype=np.float64)
-    for start in range(0, n, CHUNK_ROWS):
-        block = array[start : start + CHUNK_ROWS] if axis_items == 0 else array[:, start : start + CHUNK_ROWS]
-        out[start : start + CHUNK_ROWS] = kernel(block)
+    for start in range(0, n, rows):
+        block = array[start : start + rows] if axis_items == 0 else array[:, start : start + rows]
+        out[start : start + rows] = kernel(block)
     return out

@@ -1,4 +1,4 @@
-"""Disagreement: within a committee (labeling signals) and against the given labels (review signals).
+"""Disagreement: within a committee (labeling) and against the given labels (review).
 
 - Committee vote entropy and max KL divergence to the consensus, on unlabeled items.
 - Model vs annotation on labeled items, from out-of-sample probabilities: self-confidence,
@@ -209,9 +209,7 @@ def normalized_margin_pool_scores(pool: Pool, *, rng: np.random.Generator) -> ND
     return normalized_margin_scores(_review_labels(pool), probs)
 
 
-def confident_learning_pool_scores(
-    pool: Pool, *, rng: np.random.Generator
-) -> NDArray[np.float64]:
+def confident_learning_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
     """(n,) confident-learning flag plus normalized-margin score."""
     probs = need(pool, "confident_learning", "oos_probs")
     return confident_learning_scores(_review_labels(pool), probs)
@@ -219,16 +217,13 @@ def confident_learning_pool_scores(
 
 def _annotator_scores(pool: Pool, name: str, *, with_model: bool) -> NDArray[np.float64]:
     annotations = need(pool, name, "annotations")
-    model = pool.oos_probs if pool.oos_probs is not None else pool.probs
-    if with_model and model is None:
-        raise ValueError(f"strategy {name!r} needs oos_probs or probs; the pool has none")
+    # Only out-of-sample probabilities: in-sample ones have already learned the given labels.
+    model = need(pool, name, "oos_probs") if with_model else None
     if pool.n_classes is not None:
         n_classes = pool.n_classes
     else:
         n_classes = int(max(annotations.max(initial=-1), pool.labels.max(initial=-1))) + 1
-    return annotator_disagreement_scores(
-        annotations, n_classes, model_probs=model if with_model else None
-    )
+    return annotator_disagreement_scores(annotations, n_classes, model_probs=model)
 
 
 def annotator_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:

@@ -6,8 +6,6 @@ Kernels take arrays and return (n,) float64 scores, higher = more uncertain. Mul
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sklearn  # noqa: F401  (imported first: it sets KMP_* variables once, at import)
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -41,10 +42,11 @@ MULTI_CONFIG = """
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     """A test that leaves threads running or changes the environment fails."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     threads = {t.ident for t in threading.enumerate()}
     yield
-    assert dict(os.environ) == env, "test leaked environment changes"
+    after = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    assert after == env, "test leaked environment changes"
     leaked = [
         t.name
         for t in threading.enumerate()

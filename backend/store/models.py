@@ -136,3 +136,52 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     train_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Cycle(Base):
+    """One retrain-and-requeue cycle of a project: queued -> running -> succeeded | failed.
+
+    A project has at most one queued cycle: every trigger that arrives while one waits is folded
+    into it. There is no foreign key to ``projects``: a cycle can be requested (API, CLI) before the
+    first reconcile has created the project's row.
+    """
+
+    __tablename__ = "cycles"
+    __table_args__ = (
+        Index("ix_cycles_project", "project_id", "id"),
+        Index("ix_cycles_state", "state", "project_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigInteger)
+    trigger: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str | None] = mapped_column(String(100))
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    stage_timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    model_version: Mapped[str | None] = mapped_column(String(200))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    due_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+
+
+class LoopState(Base):
+    """Per-project loop state: the debounce counter and the lease that keeps cycles exclusive.
+
+    The lease is taken with one conditional UPDATE (free or expired -> ours), so two processes can
+    never both hold it; a heartbeat renews it and a crashed holder's lease simply expires.
+    """
+
+    __tablename__ = "loop_state"
+
+    project_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    triggered_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_cycle_id: Mapped[int | None] = mapped_column(Integer)
+    lease_expires_at: Mapped[datetime | None]

@@ -1,9 +1,9 @@
 """Repository functions over the state store: the only code that writes its rows.
 
-The ordering rule lives here: a task or annotation row is only overwritten by data whose Label Studio
-``updated_at`` is at least as new as what is stored, and a deleted annotation stays deleted unless a
-full reconcile sees it in Label Studio again. That makes applying events idempotent and safe in any
-order.
+The ordering rule lives here: a task or annotation row is only overwritten by data whose Label
+Studio ``updated_at`` is at least as new as what is stored, and a deleted annotation stays deleted
+unless a full reconcile sees it in Label Studio again. That makes applying events idempotent and
+safe in any order.
 """
 
 from __future__ import annotations
@@ -65,7 +65,11 @@ def set_label_config(session: Session, project: Project, label_config: str) -> L
         return None
     project.config_error = None
     project.from_name, project.to_name = cfg.from_name, cfg.to_name
-    project.value_key, project.labels, project.multiple = cfg.value_key, list(cfg.labels), cfg.multiple
+    project.value_key, project.labels, project.multiple = (
+        cfg.value_key,
+        list(cfg.labels),
+        cfg.multiple,
+    )
     return cfg
 
 

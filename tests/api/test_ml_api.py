@@ -29,8 +29,12 @@ def _annotation(ann_id: int = 1, label: str = "cat") -> dict[str, Any]:
         "task": 5,
         "completed_by": 1,
         "result": [
-            {"from_name": "label", "to_name": "image", "type": "choices",
-             "value": {"choices": [label]}}
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": [label]},
+            }
         ],
         "created_at": "2026-01-01T10:00:00Z",
         "updated_at": "2026-01-01T10:00:00Z",
@@ -39,7 +43,9 @@ def _annotation(ann_id: int = 1, label: str = "cat") -> dict[str, Any]:
 
 def test_health_lists_projects_and_versions(client: FlaskClient, store: Store) -> None:
     assert client.get("/health").get_json() == {
-        "status": "UP", "model_class": "labelloop", "projects": {}
+        "status": "UP",
+        "model_class": "labelloop",
+        "projects": {},
     }
     with store.session() as session:
         repo.ensure_project(session, 4).model_version = "labelloop-4-v2"
@@ -51,8 +57,12 @@ def test_health_lists_projects_and_versions(client: FlaskClient, store: Store) -
 def test_setup_stores_the_parsed_config(client: FlaskClient, store: Store) -> None:
     response = client.post(
         "/setup",
-        json={"project": "12.1767225600", "schema": MULTI_CONFIG, "hostname": "http://ls:8080",
-              "access_token": "legacy-token-never-stored"},
+        json={
+            "project": "12.1767225600",
+            "schema": MULTI_CONFIG,
+            "hostname": "http://ls:8080",
+            "access_token": "legacy-token-never-stored",
+        },
     )
     assert response.status_code == 200
     assert response.get_json() == {"model_version": "untrained"}
@@ -67,8 +77,10 @@ def test_setup_stores_the_parsed_config(client: FlaskClient, store: Store) -> No
 
 
 def test_setup_refuses_unsupported_configs_naming_them(client: FlaskClient) -> None:
-    config = '<View><Image name="i" value="$image"/><RectangleLabels name="b" toName="i">' \
-             '<Label value="car"/></RectangleLabels></View>'
+    config = (
+        '<View><Image name="i" value="$image"/><RectangleLabels name="b" toName="i">'
+        '<Label value="car"/></RectangleLabels></View>'
+    )
     response = client.post("/setup", json={"project": "1.1", "schema": config})
     assert response.status_code == 422
     body = response.get_json()
@@ -188,7 +200,8 @@ def test_unexpected_errors_are_json_without_traceback(
 @pytest.fixture
 def auth_app(tmp_path: Path) -> Any:
     settings = make_settings(
-        tmp_path, server={"basic_auth_user": "ls", "basic_auth_password": "pw", "max_body_bytes": 2048}
+        tmp_path,
+        server={"basic_auth_user": "ls", "basic_auth_password": "pw", "max_body_bytes": 2048},
     )
     app = create_app(settings)
     yield app

@@ -96,7 +96,9 @@ def test_same_delivery_twice_changes_nothing(project_store: Store) -> None:
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
-def test_any_arrival_order_ends_in_the_newest_state(project_store: Store, order: tuple[int]) -> None:
+def test_any_arrival_order_ends_in_the_newest_state(
+    project_store: Store, order: tuple[int]
+) -> None:
     events = [
         ev("ANNOTATION_CREATED", annotation=_ann(10, 1, "cat", "2026-01-01T10:00:00Z")),
         ev("ANNOTATION_UPDATED", annotation=_ann(10, 1, "dog", "2026-01-01T11:00:00Z")),

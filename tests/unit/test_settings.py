@@ -84,7 +84,7 @@ def test_token_is_secret_and_overrides_keep_it() -> None:
     assert changed.model.head == "mlp"
     assert changed.label_studio.token is not None
     assert changed.label_studio.token.get_secret_value() == "s3cret"
-    with pytest.raises(SettingsError, match="model.head"):
+    with pytest.raises(SettingsError, match=r"model\.head"):
         with_overrides(settings, {"model": {"head": "transformer"}})
 
 

@@ -1,0 +1,437 @@
+"""The Label Studio API as labelloop uses it; the only module that imports ``label_studio_sdk``.
+
+The SDK handles authentication: a legacy token is sent as ``Token <t>``; a personal access token
+(a JWT refresh token) is exchanged for 5-minute access tokens sent as ``Bearer <a>``, refreshed
+when they expire. Raw ``requests`` calls share that same header through :class:`SdkAuth`, for the
+endpoints where the raw API is faster or returns exactly Label Studio's JSON.
+
+Every failure is a :class:`LabelStudioError` carrying the HTTP status and Label Studio's message.
+Nothing here logs tokens or bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import httpx
+import requests
+from label_studio_sdk.client import LabelStudio as SdkClient
+from label_studio_sdk.core.api_error import ApiError
+
+from backend.labelstudio.convert import ls_datetime
+from backend.labelstudio.images import ImageResolver
+from backend.settings import ImageSettings, LabelStudioSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Sampling = Literal["Sequential sampling", "Uniform sampling", "Uncertainty sampling"]
+# What iter_tasks asks for: with these fields a page of 1,000 tasks is ~3x faster than fields=all.
+TASK_FIELDS = "id,data,meta,created_at,updated_at,annotations"
+UPLOAD_BATCH = 100
+PREDICTION_BATCH = 5000
+
+
+class LabelStudioError(Exception):
+    """A Label Studio call failed. ``status`` is None when no HTTP answer came back."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"Label Studio {status or 'unreachable'}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _error_text(body: Any) -> str:
+    if not isinstance(body, dict):
+        return (
+            str(body)[:300] if isinstance(body, str) and not body.lstrip().startswith("<") else ""
+        )
+    detail = str(body.get("detail") or body.get("error") or "")
+    errors = body.get("validation_errors")
+    if errors:
+        detail = f"{detail}: {json.dumps(errors)}" if detail else json.dumps(errors)
+    return detail[:500]
+
+
+def _response_error(response: requests.Response) -> LabelStudioError:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    return LabelStudioError(response.status_code, _error_text(body) or response.reason or "")
+
+
+def make_sdk(ls: LabelStudioSettings, http: httpx.Client | None = None) -> SdkClient:
+    """The SDK client for ``ls``; no request is made until it is used."""
+    if ls.token is None:
+        raise LabelStudioError(None, "no API token configured (label_studio.token)")
+    try:
+        return SdkClient(
+            base_url=ls.url,
+            api_key=ls.token.get_secret_value(),
+            timeout=ls.timeout_s,
+            max_retries=0,  # the SDK would retry POSTs on 5xx and create duplicates
+            httpx_client=http or httpx.Client(timeout=ls.timeout_s, follow_redirects=True),
+        )
+    except ApiError as exc:  # an expired personal access token is refused up front
+        raise LabelStudioError(exc.status_code, _error_text(exc.body)) from None
+
+
+class SdkAuth(requests.auth.AuthBase):
+    """Puts the SDK's current ``Authorization`` header (legacy or refreshed JWT) on a request."""
+
+    def __init__(self, sdk: SdkClient, owned: httpx.Client | None = None) -> None:
+        # The SDK keeps its token logic on the client wrapper; sharing it means one access
+        # token cache for SDK and raw calls.
+        self._wrapper = sdk._client_wrapper
+        self._owned = owned
+
+    def close(self) -> None:
+        """Close the HTTP client used for token refreshes, when this auth owns it."""
+        if self._owned is not None:
+            self._owned.close()
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        try:
+            request.headers["Authorization"] = self._wrapper.get_headers()["Authorization"]
+        except ApiError as exc:
+            raise LabelStudioError(exc.status_code, _error_text(exc.body)) from None
+        except httpx.HTTPError as exc:
+            raise LabelStudioError(None, f"token refresh failed: {type(exc).__name__}") from None
+        return request
+
+
+def token_auth(ls: LabelStudioSettings) -> SdkAuth:
+    """A ``requests`` auth for Label Studio built from the configured token; close it after use."""
+    http = httpx.Client(timeout=ls.timeout_s)
+    return SdkAuth(make_sdk(ls, http), owned=http)
+
+
+def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _task_query(after_id: int, updated_since: datetime | None) -> str:
+    items: list[dict[str, Any]] = [
+        {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after_id}
+    ]
+    if updated_since is not None:
+        items.append(
+            {
+                "filter": "filter:tasks:updated_at",
+                "operator": "greater",
+                "type": "Datetime",
+                "value": ls_datetime(updated_since),
+            }
+        )
+    return json.dumps({"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]})
+
+
+class LabelStudio:
+    """Label Studio's API for one server and token.
+
+    Args:
+        settings: URL, token (legacy or personal access token), timeout and page size.
+        session: a ``requests`` session to reuse; a private one when None.
+    """
+
+    def __init__(self, settings: LabelStudioSettings, session: requests.Session | None = None):
+        self.settings = settings
+        self.url = settings.url
+        self._http = httpx.Client(timeout=settings.timeout_s, follow_redirects=True)
+        try:
+            self.sdk = make_sdk(settings, self._http)
+        except LabelStudioError:
+            self._http.close()
+            raise
+        self.auth = SdkAuth(self.sdk)
+        self.session = session or requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
+        self._http.close()
+
+    def __enter__(self) -> LabelStudio:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def image_resolver(self, images: ImageSettings) -> ImageResolver:
+        """An :class:`ImageResolver` that authenticates to this server with this client's token."""
+        return ImageResolver(self.settings, images, auth=self.auth)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, method: str, path: str, ok: Sequence[int] = (200, 201), **kw: Any) -> Any:
+        """One raw request; the decoded JSON body (None when empty)."""
+        try:
+            response = self.session.request(
+                method, self.url + path, auth=self.auth, timeout=self.settings.timeout_s, **kw
+            )
+        except requests.RequestException as exc:
+            raise LabelStudioError(None, f"cannot reach {self.url}: {type(exc).__name__}") from None
+        if response.status_code not in ok:
+            raise _response_error(response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise LabelStudioError(response.status_code, "answer is not JSON") from None
+
+    def _sdk(self, call: Callable[[], T]) -> T:
+        """Run an SDK call, turning its errors into :class:`LabelStudioError`."""
+        try:
+            return call()
+        except ApiError as exc:
+            raise LabelStudioError(exc.status_code, _error_text(exc.body)) from None
+        except httpx.HTTPError as exc:
+            raise LabelStudioError(None, f"cannot reach {self.url}: {type(exc).__name__}") from None
+
+    # ------------------------------------------------------------------ server and projects
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health`` (``{"status": "UP"}``); raises when the server does not answer 200."""
+        return dict(self._call("GET", "/health") or {})
+
+    def version(self) -> str:
+        """The server's release, e.g. ``1.23.2``."""
+        return str((self._call("GET", "/api/version") or {}).get("release", ""))
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        projects: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            body = self._call("GET", "/api/projects", params={"page": page, "page_size": 100})
+            projects.extend(body.get("results", []) if isinstance(body, dict) else body)
+            if not isinstance(body, dict) or not body.get("next"):
+                return projects
+            page += 1
+
+    def get_project(self, project: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/projects/{project}"))
+
+    def create_project(self, title: str, label_config: str, **fields: Any) -> int:
+        """Create a project; ``fields`` are other project settings (``description``...)."""
+        created = self._sdk(
+            lambda: self.sdk.projects.create(title=title, label_config=label_config, **fields)
+        )
+        if created.id is None:
+            raise LabelStudioError(None, "project created without an id")
+        return int(created.id)
+
+    def update_project(self, project: int, **fields: Any) -> dict[str, Any]:
+        """PATCH project settings (``model_version``, ``sampling``, ``description``...)."""
+        return dict(self._call("PATCH", f"/api/projects/{project}", json=fields))
+
+    def set_model_version(self, project: int, version: str) -> None:
+        """Make ``version`` the project's current predictions (it must already have some)."""
+        self.update_project(project, model_version=version)
+
+    def set_sampling(self, project: int, sampling: Sampling) -> None:
+        self.update_project(project, sampling=sampling)
+
+    def model_versions(self, project: int) -> dict[str, int]:
+        """Prediction counts per model version."""
+        body = self._call("GET", f"/api/projects/{project}/model-versions")
+        return {str(k): int(v) for k, v in (body or {}).items()}
+
+    # ------------------------------------------------------------------ tasks
+
+    def iter_tasks(
+        self, project: int, *, updated_since: datetime | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every task of ``project`` in id order, each with ``annotations`` inline.
+
+        Keyset pagination (``id > last seen``, ``settings.page_size`` per page) rather than page
+        numbers, so tasks created or deleted meanwhile never shift a page. Each task holds
+        ``id, data, meta, created_at, updated_at, annotations``; each annotation its ``id``,
+        ``completed_by``, ``result``, ``was_cancelled``, ``created_at`` and ``updated_at``.
+
+        Args:
+            project: the project id.
+            updated_since: only tasks whose ``updated_at`` is strictly later (aware datetime).
+                Label Studio bumps a task's ``updated_at`` when one of its annotations is
+                created, updated or deleted, so this catches all annotation changes; it cannot
+                report tasks that were deleted (do a full pass for that).
+        """
+        after, size = 0, self.settings.page_size
+        while True:
+            params = {
+                "project": project,
+                "page": 1,
+                "page_size": size,
+                "fields": "all",
+                "include": TASK_FIELDS,
+                "query": _task_query(after, updated_since),
+            }
+            tasks = self._call("GET", "/api/tasks", params=params).get("tasks", [])
+            for task in tasks:
+                if int(task["id"]) <= after:
+                    raise LabelStudioError(None, "task listing is not in id order")
+                after = int(task["id"])
+                yield task
+            if len(tasks) < size:
+                return
+
+    def get_task(self, task: int) -> dict[str, Any]:
+        """One task with its ``annotations`` and ``predictions``."""
+        return dict(self._call("GET", f"/api/tasks/{task}"))
+
+    def import_tasks(self, project: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
+        """Import tasks (``{"data": {...}}`` or bare data dicts); their new ids, in order."""
+        body = self._call(
+            "POST",
+            f"/api/projects/{project}/import",
+            params={"return_task_ids": "true", "commit_to_project": "true"},
+            json=list(tasks),
+        )
+        return [int(i) for i in body.get("task_ids", [])]
+
+    def upload_images(self, project: int, files: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Upload image files as tasks (``data`` gets ``/data/upload/...``); the new task ids.
+
+        Label Studio keeps one file per form field name, so each file gets its own field.
+        """
+        ids: list[int] = []
+        for batch in _batches(files, UPLOAD_BATCH):
+            form = {f"file{i}": (name, data) for i, (name, data) in enumerate(batch)}
+            body = self._call(
+                "POST",
+                f"/api/projects/{project}/import",
+                params={"return_task_ids": "true", "commit_to_project": "true"},
+                files=form,
+            )
+            ids.extend(int(i) for i in body.get("task_ids", []))
+        return ids
+
+    def next_task(self, project: int) -> dict[str, Any] | None:
+        """The task "Label All Tasks" would serve now, or None when there is none left."""
+        body = self._call("GET", f"/api/projects/{project}/next", ok=(200, 404))
+        return dict(body) if isinstance(body, dict) and "id" in body else None
+
+    def sdk_default_listing_count(self, project: int) -> int:
+        """Count tasks with the SDK's default pager (pages of 100); for benchmarks only."""
+        return self._sdk(lambda: sum(1 for _ in self.sdk.tasks.list(project=project)))
+
+    # ------------------------------------------------------------------ annotations
+
+    def create_annotation(
+        self, task: int, result: list[dict[str, Any]], **fields: Any
+    ) -> dict[str, Any]:
+        """Annotate ``task`` as the token's user; ``fields``: ``was_cancelled``, ``lead_time``..."""
+        created = self._sdk(lambda: self.sdk.annotations.create(id=task, result=result, **fields))
+        return created.model_dump(mode="json")
+
+    def update_annotation(
+        self, annotation: int, result: list[dict[str, Any]], **fields: Any
+    ) -> dict[str, Any]:
+        updated = self._sdk(
+            lambda: self.sdk.annotations.update(id=annotation, result=result, **fields)
+        )
+        return updated.model_dump(mode="json")
+
+    def delete_annotation(self, annotation: int) -> None:
+        self._sdk(lambda: self.sdk.annotations.delete(id=annotation))
+
+    # ------------------------------------------------------------------ predictions
+
+    def import_predictions(self, project: int, predictions: Sequence[dict[str, Any]]) -> int:
+        """Bulk-create predictions (each with ``task``, ``result``, ``score``, ``model_version``
+        and optionally ``cluster``); how many were created. Thousands per request is fine."""
+        created = 0
+        for batch in _batches(predictions, PREDICTION_BATCH):
+            body = self._call(
+                "POST", f"/api/projects/{project}/import/predictions", json=list(batch)
+            )
+            created += int((body or {}).get("created", len(batch)))
+        return created
+
+    def list_predictions(self, task: int) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/predictions", params={"task": task}) or [])
+
+    def retrieve_predictions(
+        self, project: int, task_ids: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """The Data Manager action "Retrieve predictions": LS calls the backend's ``/predict``
+        once for the tasks (all tasks when ``task_ids`` is None) and stores what it answers."""
+        return self.run_action(project, "retrieve_tasks_predictions", task_ids)
+
+    def run_action(
+        self, project: int, action: str, task_ids: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """Run a Data Manager action (``delete_tasks_predictions``...) on tasks or all tasks."""
+        selected: dict[str, Any] = (
+            {"all": True, "excluded": []}
+            if task_ids is None
+            else {"all": False, "included": [int(t) for t in task_ids]}
+        )
+        body = self._call(
+            "POST",
+            "/api/dm/actions",
+            params={"id": action, "project": project},
+            json={"selectedItems": selected},
+        )
+        return dict(body or {})
+
+    # ------------------------------------------------------------------ ML backends and views
+
+    def list_ml_backends(self, project: int) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/ml", params={"project": project}) or [])
+
+    def connect_ml_backend(
+        self,
+        project: int,
+        url: str,
+        title: str,
+        basic_auth: tuple[str, str] | None = None,
+        *,
+        is_interactive: bool = False,
+    ) -> dict[str, Any]:
+        """Connect the backend at ``url`` to ``project``, idempotently.
+
+        An existing backend of the project with the same URL (or, failing that, the same title)
+        is updated instead of adding a second one. Label Studio then calls the backend's
+        ``/health`` and ``/setup``, so the backend must be up. Answers LS's backend JSON.
+        """
+        body: dict[str, Any] = {
+            "project": project,  # PATCH answers 500 without both project and url
+            "url": url,
+            "title": title,
+            "is_interactive": is_interactive,
+            "auth_method": "BASIC_AUTH" if basic_auth else "NONE",
+        }
+        if basic_auth:
+            body["basic_auth_user"], body["basic_auth_pass"] = basic_auth
+        existing = self.list_ml_backends(project)
+        match = [b for b in existing if b.get("url") == url] or [
+            b for b in existing if b.get("title") == title
+        ]
+        if match:
+            return dict(self._call("PATCH", f"/api/ml/{match[0]['id']}", json=body))
+        return dict(self._call("POST", "/api/ml", json=body))
+
+    def create_view(
+        self,
+        project: int,
+        title: str,
+        filters: dict[str, Any] | None = None,
+        ordering: Sequence[str] = (),
+    ) -> int:
+        """A Data Manager tab; ``filters`` as ``{"conjunction", "items": [...]}``, ``ordering``
+        like ``["tasks:predictions_score"]`` (``-`` prefix for descending)."""
+        data: dict[str, Any] = {"title": title, "ordering": list(ordering)}
+        if filters is not None:
+            data["filters"] = filters
+        view = self._sdk(lambda: self.sdk.views.create(project=project, data=data))
+        if view.id is None:
+            raise LabelStudioError(None, "view created without an id")
+        return int(view.id)
+
+    def list_views(self, project: int) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/dm/views", params={"project": project}) or [])

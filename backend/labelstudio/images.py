@@ -1,0 +1,235 @@
+"""Turn a task's image reference into bytes or a decoded image, refusing what we were not told
+to fetch.
+
+Rules:
+
+- Label Studio relative URLs (``/data/upload/...``, ``/data/local-files/?d=...``, ``/tasks/...``,
+  ``/storage-data/...``) and absolute URLs on Label Studio's own address are fetched from the
+  configured ``label_studio.url`` with the API token. The token goes to Label Studio only.
+- ``data:`` URLs are decoded in memory.
+- Other ``http(s)`` URLs only from ``images.allowed_hosts``; redirects are followed one hop at a
+  time and each hop is checked again, so an allowed host cannot bounce us elsewhere.
+- Local paths (absolute, relative or ``file://``) only under ``images.local_root``, symlinks
+  resolved first.
+- At most ``images.max_bytes`` are read (the body is streamed, never slurped) and at most
+  ``images.max_pixels`` decoded; the size is checked from the header before decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+import requests
+from PIL import Image
+
+from backend.settings import ImageSettings, LabelStudioSettings
+
+LS_PREFIXES = ("/data/upload/", "/data/local-files", "/tasks/", "/storage-data/")
+MAX_REDIRECTS = 5
+CHUNK = 64 * 1024
+REDIRECTS = {301, 302, 303, 307, 308}
+
+
+class ImageError(Exception):
+    """An image reference could not be turned into an image; ``reason`` says why, briefly."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+class ImageResolver:
+    """Fetch and decode task images under the configured limits.
+
+    Args:
+        ls: where Label Studio is and the token to send it.
+        images: allowed hosts, local root and limits.
+        session: reused for connection pooling; a private one when None.
+        auth: adds Label Studio's ``Authorization`` header; built from ``ls.token`` when None
+            (a personal access token is exchanged for access tokens as needed).
+    """
+
+    def __init__(
+        self,
+        ls: LabelStudioSettings,
+        images: ImageSettings,
+        session: requests.Session | None = None,
+        *,
+        auth: requests.auth.AuthBase | None = None,
+    ) -> None:
+        self._ls = ls
+        self._images = images
+        self._session = session or requests.Session()
+        self._auth = auth
+        self._ls_origins = {_origin(u) for u in (ls.url, ls.public_url) if u}
+
+    def _ls_auth(self) -> requests.auth.AuthBase | None:
+        if self._auth is None and self._ls.token is not None:
+            from backend.labelstudio.client import token_auth
+
+            self._auth = token_auth(self._ls)
+        return self._auth
+
+    def fetch(self, ref: str) -> bytes:
+        """The raw bytes behind ``ref``. Raises :class:`ImageError`."""
+        ref = (ref or "").strip()
+        if not ref:
+            raise ImageError("empty image reference")
+        if ref.startswith("data:"):
+            return self._data_url(ref)
+        if ref.startswith(LS_PREFIXES):
+            return self._http(self._ls.url + ref)
+        scheme = urlsplit(ref).scheme.lower()
+        if scheme in ("http", "https"):
+            return self._http(ref)
+        if scheme == "file":
+            return self._local(unquote_to_bytes(urlsplit(ref).path).decode())
+        if scheme and len(scheme) > 1:
+            raise ImageError(f"unsupported URL scheme {scheme}://")
+        return self._local(ref)
+
+    def load(self, ref: str) -> Image.Image:
+        """The decoded RGB image behind ``ref``. Raises :class:`ImageError`."""
+        return decode_image(self.fetch(ref), max_pixels=self._images.max_pixels)
+
+    # ------------------------------------------------------------------ sources
+
+    def _check_size(self, size: int) -> None:
+        if size > self._images.max_bytes:
+            raise ImageError(f"image too big ({size} bytes > {self._images.max_bytes})")
+
+    def _data_url(self, ref: str) -> bytes:
+        header, sep, payload = ref.partition(",")
+        if not sep:
+            raise ImageError("malformed data: URL")
+        base64_encoded = header.endswith(";base64")
+        self._check_size(len(payload) * 3 // 4 if base64_encoded else len(payload) // 3)
+        try:
+            raw = (
+                base64.b64decode(payload, validate=False)
+                if base64_encoded
+                else unquote_to_bytes(payload)
+            )
+        except (binascii.Error, ValueError):
+            raise ImageError("malformed data: URL") from None
+        self._check_size(len(raw))
+        return raw
+
+    def _local(self, ref: str) -> bytes:
+        root = self._images.local_root
+        if root is None:
+            raise ImageError("local files are not allowed (images.local_root is not set)")
+        base = root.resolve()
+        try:
+            path = (base / ref).resolve()
+        except (OSError, RuntimeError):
+            raise ImageError("local path cannot be resolved") from None
+        if not path.is_relative_to(base):
+            raise ImageError("local path is outside images.local_root")
+        if not path.is_file():
+            raise ImageError("local file not found")
+        return self._read_file(path)
+
+    def _read_file(self, path: Path) -> bytes:
+        self._check_size(path.stat().st_size)
+        with path.open("rb") as handle:
+            data = handle.read(self._images.max_bytes + 1)
+        self._check_size(len(data))
+        return data
+
+    # ------------------------------------------------------------------ http
+
+    def _allowed(self, url: str) -> bool:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        if _origin(url) in self._ls_origins:
+            return True
+        allowed = {h.lower() for h in self._images.allowed_hosts}
+        return parts.hostname.lower() in allowed or parts.netloc.lower() in allowed
+
+    def _to_internal(self, url: str) -> str:
+        """A URL on Label Studio's public address, rewritten to the address we reach it on."""
+        public = self._ls.public_url
+        if public and _origin(url) == _origin(public):
+            return _origin(self._ls.url) + url[len(_origin(public)) :]
+        return url
+
+    def _http(self, url: str) -> bytes:
+        for _ in range(MAX_REDIRECTS + 1):
+            url = self._to_internal(url)
+            if not self._allowed(url):
+                raise ImageError(
+                    f"host {urlsplit(url).netloc or '?'} is not in images.allowed_hosts"
+                )
+            response = self._get(url)
+            with response:
+                if response.status_code in REDIRECTS and "Location" in response.headers:
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                if response.status_code != 200:
+                    raise ImageError(f"HTTP {response.status_code} from {urlsplit(url).netloc}")
+                return self._read_body(response)
+        raise ImageError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _get(self, url: str) -> requests.Response:
+        auth = self._ls_auth() if _origin(url) in self._ls_origins else None
+        try:
+            return self._session.get(
+                url,
+                auth=auth,
+                stream=True,
+                allow_redirects=False,
+                timeout=self._images.timeout_s,
+            )
+        except requests.RequestException as exc:
+            raise ImageError(
+                f"cannot fetch from {urlsplit(url).netloc}: {type(exc).__name__}"
+            ) from None
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit():
+            self._check_size(int(declared))
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(CHUNK):
+                body.extend(chunk)
+                self._check_size(len(body))
+        except requests.RequestException as exc:
+            raise ImageError(f"download failed: {type(exc).__name__}") from None
+        return bytes(body)
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode ``data`` into an RGB image, checking the pixel count before decoding.
+
+    Raises:
+        ImageError: not an image, corrupt, or more than ``max_pixels`` pixels.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            _check_pixels(probe, max_pixels)
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"too many pixels (> {max_pixels})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"corrupt or unsupported image ({type(exc).__name__})") from None
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"too many pixels ({width}x{height} > {max_pixels})")

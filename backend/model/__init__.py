@@ -1,0 +1,46 @@
+"""Image embeddings, trained heads, committees and calibrated probabilities.
+
+The loop calls, in order: :func:`build_backbone`, :func:`featurize` (through an
+:class:`EmbeddingCache`), :func:`train_model`, :func:`save_checkpoint`, then ``ModelHolder.swap``;
+``/predict`` calls ``ModelHolder.get``, ``TrainedModel.predict_proba`` and
+:func:`predict_annotation`.
+"""
+
+from backend.model.backbones import (
+    Backbone,
+    BackboneUnavailableError,
+    TorchBackbone,
+    build_backbone,
+)
+from backend.model.cache import EmbeddingCache, content_hash
+from backend.model.checkpoint import (
+    CheckpointError,
+    ModelHolder,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from backend.model.featurize import FeaturizeResult, featurize
+from backend.model.finetune import fine_tune_backbone
+from backend.model.predict import predict_annotation
+from backend.model.train import TrainedModel, train_model
+
+__all__ = [
+    "Backbone",
+    "BackboneUnavailableError",
+    "CheckpointError",
+    "EmbeddingCache",
+    "FeaturizeResult",
+    "ModelHolder",
+    "TorchBackbone",
+    "TrainedModel",
+    "build_backbone",
+    "content_hash",
+    "featurize",
+    "fine_tune_backbone",
+    "load_checkpoint",
+    "predict_annotation",
+    "prune_checkpoints",
+    "save_checkpoint",
+    "train_model",
+]

@@ -1,0 +1,394 @@
+"""Training heads over embeddings: cross-fitting, committee, calibration, metrics.
+
+One call, :func:`train_model`, fits in a single Lightning run (see :mod:`backend.model.module`):
+
+- K cross-fitting heads, head k trained without fold k: the out-of-sample probabilities of fold k's
+  items come from head k only, so no item is ever scored by a model that saw its label;
+- M committee heads on bootstrap resamples with their own initialisation (``bootstrap`` mode), or
+  none when the committee is MC dropout over the main head;
+- the main head on all labels, which serves ``predict_proba``.
+
+A temperature is then fit on the out-of-sample logits, and metrics are computed from them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from backend.model.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    probabilities,
+)
+from backend.model.metrics import classification_metrics, multilabel_thresholds
+from backend.model.module import (
+    EmbeddingDataModule,
+    HeadModule,
+    PerHeadEarlyStopping,
+    StackedHead,
+)
+from backend.settings import ModelSettings
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedModel:
+    """A trained head with everything the loop and the dashboard need.
+
+    Attributes:
+        classes: label names, in logit order.
+        multilabel: sigmoid per label (True) or softmax over labels (False).
+        head: the main head (a stack of one), trained on every label.
+        committee: bootstrap members (a stack of M), or None for MC dropout over ``head``.
+        committee_size: M, the number of committee members ``committee_proba`` returns.
+        temperature: divides logits before softmax / sigmoid (1.0: not calibrated).
+        feature_mean, feature_std: (d,) standardisation of embeddings, applied before the head.
+        oos_probs: (n, C) calibrated out-of-sample probabilities of the training items, in the
+            order they were passed.
+        folds: (n,) the cross-fitting fold of each training item.
+        fold_seen: (n, K) whether fold k's head used item i (for training or early stopping).
+        thresholds: (C,) per-label decision thresholds when multilabel, else None.
+        metrics: cross-validated metrics (see :func:`backend.model.metrics.classification_metrics`)
+            plus ``ece_before``, ``ece_after``, ``temperature``, ``n_labels``, ``train_seconds``.
+        backbone: name of the backbone whose embeddings the head expects.
+        seed: the seed it was trained with (MC dropout draws from it too).
+    """
+
+    classes: tuple[str, ...]
+    multilabel: bool
+    head: StackedHead
+    committee: StackedHead | None
+    committee_size: int
+    temperature: float
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    oos_probs: np.ndarray
+    folds: np.ndarray
+    fold_seen: np.ndarray
+    thresholds: np.ndarray | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    backbone: str = ""
+    seed: int = 0
+
+    def _inputs(self, embeddings: np.ndarray) -> torch.Tensor:
+        x = (np.asarray(embeddings, dtype=np.float32) - self.feature_mean) / self.feature_std
+        return torch.from_numpy(x.astype(np.float32, copy=False))
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, d) embeddings to (n, C) uncalibrated logits of the main head."""
+        self.head.eval()
+        with torch.inference_mode():
+            return self.head(self._inputs(embeddings))[0].numpy().astype(np.float64)
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, d) embeddings to (n, C) calibrated probabilities."""
+        return probabilities(self.logits(embeddings), self.temperature, multilabel=self.multilabel)
+
+    def committee_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, d) embeddings to (M, n, C) calibrated probabilities, one slice per member.
+
+        Bootstrap members are separate heads; MC dropout runs the main head M times with dropout
+        on, drawing masks from a generator seeded with ``seed`` (same input, same output).
+        """
+        x = self._inputs(embeddings)
+        with torch.inference_mode():
+            if self.committee is not None:
+                logits = self.committee.eval()(x)
+            else:
+                gen = torch.Generator().manual_seed(self.seed)
+                head = self.head.eval()
+                logits = torch.stack(
+                    [head(x, mc_generator=gen)[0] for _ in range(self.committee_size)]
+                )
+        return probabilities(
+            logits.numpy().astype(np.float64), self.temperature, multilabel=self.multilabel
+        )
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """Which items each head trains and validates on. Head order: folds, committee, main."""
+
+    train_weights: np.ndarray  # (n, H) sample weights (bootstrap counts for committee heads)
+    val_weights: np.ndarray  # (n, H) 0/1 early-stopping masks
+    folds: np.ndarray  # (n,)
+    n_folds: int
+    n_committee: int
+
+    @property
+    def main(self) -> int:
+        return self.n_folds + self.n_committee
+
+    @property
+    def committee(self) -> list[int]:
+        return list(range(self.n_folds, self.n_folds + self.n_committee))
+
+
+def strata(targets: np.ndarray, *, multilabel: bool) -> np.ndarray:
+    """(n,) group of each item for stratified folds: its class, or its rarest positive label."""
+    if not multilabel:
+        return targets.astype(np.int64)
+    freq = targets.sum(axis=0)
+    rarity = np.where(targets > 0, freq[None, :], np.inf)
+    none = targets.sum(axis=1) == 0
+    return np.where(none, targets.shape[1], rarity.argmin(axis=1)).astype(np.int64)
+
+
+def assign_folds(groups: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratified fold ids: each group is shuffled and dealt round-robin, continuing the deal
+    across groups so every fold gets a near-equal share. Works for groups smaller than K."""
+    folds = np.empty(len(groups), dtype=np.int64)
+    offset = 0
+    for group in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        folds[members] = (offset + np.arange(len(members))) % n_folds
+        offset += len(members)
+    return folds
+
+
+def plan_heads(
+    folds: np.ndarray,
+    n_folds: int,
+    n_committee: int,
+    *,
+    val_fraction: float,
+    rng: np.random.Generator,
+) -> HeadPlan:
+    """Train/validation weights for K fold heads, M bootstrap heads and the main head."""
+    n = len(folds)
+    pools = [folds != k for k in range(n_folds)] + [np.ones(n, bool)] * (n_committee + 1)
+    train = np.zeros((n, len(pools)))
+    val = np.zeros((n, len(pools)))
+    for h, pool in enumerate(pools):
+        held = pool & (rng.random(n) < val_fraction)
+        if held.sum() >= pool.sum() - 1:  # always leave something to train on
+            held[:] = False
+        fit = np.flatnonzero(pool & ~held)
+        if n_folds <= h < n_folds + n_committee:
+            train[:, h] = np.bincount(rng.choice(fit, size=len(fit)), minlength=n)
+        else:
+            train[fit, h] = 1.0
+        val[held, h] = 1.0
+    return HeadPlan(train, val, folds, n_folds, n_committee)
+
+
+def class_weights(
+    targets: np.ndarray, weights: np.ndarray, n_classes: int, *, multilabel: bool, balance: bool
+) -> np.ndarray:
+    """(H, C) per-head class weights from each head's own training weights.
+
+    Single-label: "balanced" weights total / (classes present * class total), 0 for absent classes.
+    Multi-label: positive-class weights negatives / positives, clipped to [0.1, 10].
+    """
+    heads = weights.shape[1]
+    if not balance:
+        return np.ones((heads, n_classes))
+    if multilabel:
+        pos = weights.T @ targets
+        neg = weights.sum(axis=0)[:, None] - pos
+        ratio = np.divide(neg, pos, out=np.ones_like(pos), where=pos > 0)
+        return np.clip(ratio, 0.1, 10.0)
+    counts = weights.T @ np.eye(n_classes)[targets]
+    present = (counts > 0).sum(axis=1, keepdims=True)
+    total = counts.sum(axis=1, keepdims=True)
+    return np.divide(total, present * counts, out=np.zeros_like(counts), where=counts > 0)
+
+
+def _trainer(settings: ModelSettings, validate: bool) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=settings.max_epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=None if validate else 0.0,
+        log_every_n_steps=1,
+        callbacks=[PerHeadEarlyStopping(settings.patience)] if validate else [],
+    )
+
+
+def fit_heads(
+    x: np.ndarray,
+    targets: np.ndarray,
+    plan: HeadPlan,
+    *,
+    n_classes: int,
+    multilabel: bool,
+    settings: ModelSettings,
+) -> StackedHead:
+    """Train every head of ``plan`` in one Lightning run; the global RNG is left untouched."""
+    weights = class_weights(
+        targets,
+        plan.train_weights,
+        n_classes,
+        multilabel=multilabel,
+        balance=settings.class_weighting,
+    )
+    y = torch.from_numpy(targets.astype(np.float32 if multilabel else np.int64))
+    data = EmbeddingDataModule(
+        torch.from_numpy(x.astype(np.float32)),
+        y,
+        torch.from_numpy(plan.train_weights.astype(np.float32)),
+        torch.from_numpy(plan.val_weights.astype(np.float32)),
+        batch_size=settings.train_batch_size,
+        seed=settings.seed,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)  # dropout masks during training
+        net = StackedHead(
+            x.shape[1],
+            n_classes,
+            plan.train_weights.shape[1],
+            kind=settings.head,
+            hidden_dim=settings.hidden_dim,
+            dropout=settings.dropout,
+            seed=settings.seed,
+        )
+        module = HeadModule(
+            net,
+            torch.from_numpy(weights.astype(np.float32)),
+            multilabel=multilabel,
+            learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+        )
+        _trainer(settings, data.has_validation).fit(module, datamodule=data)
+    return net.eval()
+
+
+def _validate(
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    n_classes: int,
+    multilabel: bool,
+    folds: np.ndarray | None,
+) -> None:
+    if embeddings.ndim != 2 or len(embeddings) != len(targets):
+        raise ValueError("embeddings must be (n, d) with one target per row")
+    if len(targets) < 2:
+        raise ValueError(f"need at least 2 labeled items to train, got {len(targets)}")
+    if multilabel and (targets.ndim != 2 or targets.shape[1] != n_classes):
+        raise ValueError(f"multi-label targets must be (n, {n_classes}) of 0/1")
+    if folds is not None and (folds.shape != (len(targets),) or folds.min() < 0):
+        raise ValueError("folds must be (n,) non-negative fold ids")
+    if not multilabel and (targets.ndim != 1 or targets.min() < 0 or targets.max() >= n_classes):
+        raise ValueError(f"single-label targets must be (n,) ints in [0, {n_classes})")
+
+
+def _oos_logits(net: StackedHead, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        all_logits = net(torch.from_numpy(x.astype(np.float32))).numpy().astype(np.float64)
+    return all_logits[folds, np.arange(len(folds))]
+
+
+def _calibrate_and_score(
+    oos: np.ndarray,
+    targets: np.ndarray,
+    *,
+    classes: Sequence[str],
+    multilabel: bool,
+    settings: ModelSettings,
+) -> tuple[float, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Temperature, calibrated probabilities, thresholds and metrics from out-of-sample logits."""
+    temperature = 1.0
+    if settings.calibrate:
+        temperature = fit_temperature(oos, targets, multilabel=multilabel)
+    probs = probabilities(oos, temperature, multilabel=multilabel)
+    thresholds = None
+    if multilabel:
+        thresholds = multilabel_thresholds(probs, targets, default=settings.multilabel_threshold)
+    metrics = classification_metrics(
+        probs, targets, classes=classes, multilabel=multilabel, thresholds=thresholds
+    )
+    raw = probabilities(oos, 1.0, multilabel=multilabel)
+    metrics.update(
+        temperature=temperature,
+        ece_before=expected_calibration_error(raw, targets, multilabel=multilabel),
+        ece_after=expected_calibration_error(probs, targets, multilabel=multilabel),
+        nll_before=negative_log_likelihood(oos, targets, 1.0, multilabel=multilabel),
+        nll_after=negative_log_likelihood(oos, targets, temperature, multilabel=multilabel),
+    )
+    return temperature, probs, thresholds, metrics
+
+
+def train_model(
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    *,
+    classes: Sequence[str],
+    multilabel: bool,
+    settings: ModelSettings,
+    backbone: str = "",
+    folds: np.ndarray | None = None,
+) -> TrainedModel:
+    """Train the main head, the committee and the cross-fitting heads; calibrate; score.
+
+    Args:
+        embeddings: (n, d) embeddings of the labeled items.
+        targets: (n,) class indices, or (n, C) {0, 1} when ``multilabel``.
+        classes: the C label names, in target-index order.
+        multilabel: sigmoid outputs with per-label thresholds instead of softmax.
+        settings: the model section of the settings.
+        backbone: name of the backbone that made ``embeddings`` (recorded on the model).
+        folds: (n,) fixed cross-fitting fold ids in [0, K) (e.g. to keep an item's fold stable
+            across cycles); default: stratified folds drawn from ``settings.seed``.
+
+    Raises:
+        ValueError: shapes disagree, targets are out of range, or fewer than 2 labels.
+    """
+    started = time.perf_counter()
+    targets = np.asarray(targets).astype(np.int64)
+    _validate(embeddings, targets, len(classes), multilabel, folds)
+    rng = np.random.default_rng(settings.seed)
+    mean = embeddings.mean(axis=0).astype(np.float32)
+    std = np.maximum(embeddings.std(axis=0), 1e-6).astype(np.float32)
+    x = (embeddings - mean) / std
+    if folds is None:
+        n_folds = min(settings.cv_folds, len(targets))
+        folds = assign_folds(strata(targets, multilabel=multilabel), n_folds, rng)
+    else:
+        folds = np.asarray(folds, dtype=np.int64)
+        n_folds = int(folds.max()) + 1
+    bootstrap = settings.committee_size if settings.committee_mode == "bootstrap" else 0
+    early = len(targets) >= settings.early_stopping_min_labels
+    val_fraction = settings.val_fraction if early else 0.0
+    plan = plan_heads(folds, n_folds, bootstrap, val_fraction=val_fraction, rng=rng)
+    net = fit_heads(
+        x, targets, plan, n_classes=len(classes), multilabel=multilabel, settings=settings
+    )
+    temperature, oos_probs, thresholds, metrics = _calibrate_and_score(
+        _oos_logits(net, x, folds),
+        targets,
+        classes=classes,
+        multilabel=multilabel,
+        settings=settings,
+    )
+    metrics.update(
+        n_labels=len(targets), n_folds=n_folds, train_seconds=time.perf_counter() - started
+    )
+    return TrainedModel(
+        classes=tuple(classes),
+        multilabel=multilabel,
+        head=net.select([plan.main]),
+        committee=net.select(plan.committee) if bootstrap else None,
+        committee_size=settings.committee_size,
+        temperature=temperature,
+        feature_mean=mean,
+        feature_std=std,
+        oos_probs=oos_probs,
+        folds=folds,
+        fold_seen=(plan.train_weights[:, :n_folds] + plan.val_weights[:, :n_folds]) > 0,
+        thresholds=thresholds,
+        metrics=metrics,
+        backbone=backbone,
+        seed=settings.seed,
+    )

@@ -1,0 +1,67 @@
+"""``/predict`` with a trained model: embed each task's image, return the top label(s)."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backend.labelstudio.config import LabelConfig
+from backend.labelstudio.convert import prediction_item, task_image_ref
+from backend.labelstudio.images import ImageResolver
+from backend.model.cache import EmbeddingCache
+from backend.model.featurize import featurize
+from backend.model.predict import predict_annotation
+from backend.models_registry import ServedModel
+
+if TYPE_CHECKING:
+    from backend.app import Services
+
+log = logging.getLogger(__name__)
+
+
+def _missing_ref(ref: str | None) -> bytes:
+    raise ValueError("task has no image reference")
+
+
+def predict_with_model(
+    svc: Services, served: ServedModel, cfg: LabelConfig, tasks: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One prediction per task, in order; a task whose image fails gets an empty result."""
+    settings = svc.settings
+    resolver = ImageResolver(settings.label_studio, settings.images)
+    items = []
+    for task in tasks:
+        ref = task_image_ref(task, cfg)
+        items.append(
+            (int(task["id"]), partial(resolver.fetch, ref) if ref else partial(_missing_ref, ref))
+        )
+    cache = EmbeddingCache(settings.store.data_dir / "embeddings")
+    result = featurize(
+        items, svc.models.backbone(), cache, batch_size=settings.model.batch_size, log_every=0
+    )
+    ok = [int(t["id"]) for t in tasks if int(t["id"]) in result.embeddings]
+    probs = served.model.predict_proba(np.stack([result.embeddings[i] for i in ok])) if ok else []
+    by_task = dict(zip(ok, probs, strict=True))
+    out = []
+    for task in tasks:
+        row = by_task.get(int(task["id"]))
+        if row is None:
+            out.append({"result": [], "score": 0.0, "model_version": served.version})
+            continue
+        labels, score = predict_annotation(
+            row,
+            served.model.classes,
+            multilabel=served.model.multilabel,
+            thresholds=served.model.thresholds,
+        )
+        out.append(prediction_item(labels, score, served.version, cfg))
+    log.info(
+        "predict project %d: %d tasks, %d images failed",
+        served.project_id,
+        len(tasks),
+        len(result.failures),
+    )
+    return out

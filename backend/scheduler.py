@@ -1,0 +1,720 @@
+"""When cycles run: triggers, the one scheduler of a deployment, and the wrapper around a cycle.
+
+Four triggers ask for a project's cycle: N annotation changes (debounced), START_TRAINING, a
+schedule (interval or cron) and a manual request. Each writes or joins the project's one *queued*
+cycle record in the state database (:mod:`backend.store.cycles`), then sets the project's single
+APScheduler job ``cycle:<project>`` to the record's due time. The record is the request; the job
+is only the alarm clock. So triggers from other processes (an API worker, the CLI) are never lost:
+the scheduler's housekeeping pass (every ``loop.poll_s``) gives every waiting record a job.
+
+When the job fires, :func:`run_cycle_once` takes the project's lease (exclusive across processes),
+marks the record running, calls the injected runner with a :class:`CycleContext`, and closes the
+record as succeeded or failed with the error. The runner is the lead's cycle function::
+
+    def run_cycle(ctx: CycleContext, project_id: int) -> CycleResult | None:
+        with ctx.stage("reconcile") as counts:
+            counts["tasks"] = ...
+        with ctx.stage("featurize"):
+            for done in ...:
+                ctx.progress(done, total)
+        ...
+        return CycleResult(model_version="...", metrics={...})
+
+How a persisted job reaches the runner: APScheduler stores a job as a textual reference to a
+module-level function plus picklable arguments, so a job carries only
+``(scheduler_id, project_id)``.
+A running :class:`LoopScheduler` registers itself under its ``scheduler_id`` in :data:`_LIVE`, an
+explicit, lock-protected registry, and the job functions look it up there. This is the one piece of
+module-level mutable state, and it is deliberate: it also refuses a second live scheduler with the
+same id in one process. ``scheduler_id`` must stay the same across restarts (it is in stored jobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from backend.settings import LoopSettings, Settings
+from backend.store import cycles
+from backend.store.db import Store, make_engine
+from backend.store.models import Project, utcnow
+
+if TYPE_CHECKING:
+    from backend.inbox import ApplyReport
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+CHANGE_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"})
+JOB_TABLE = "apscheduler_jobs"
+VOLATILE = "volatile"  # in-memory job store for the housekeeping job (rebuilt at every start)
+PROGRESS_EVERY_S = 0.5  # at most this often a progress report is written to the database
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What a successful cycle reports for its record."""
+
+    model_version: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+class LeaseLost(RuntimeError):
+    """Another process took over this project's lease (ours expired); the cycle must stop."""
+
+
+class CycleContext:
+    """What a running cycle sees of its own record: stages, counts and progress.
+
+    Every call writes to the cycle record at once (progress at most every ``PROGRESS_EVERY_S``), so
+    ``GET /api/projects/<id>/cycles`` shows it live. Calls raise :class:`LeaseLost` when the lease
+    was taken over, stopping a cycle that another process is now entitled to run.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cycle_id: int,
+        project_id: int,
+        trigger: str,
+        lease_lost: threading.Event | None = None,
+    ) -> None:
+        self.cycle_id, self.project_id, self.trigger = cycle_id, project_id, trigger
+        self._store = store
+        self._lost = lease_lost or threading.Event()
+        self._last_progress = 0.0
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, int]]:
+        """Run one stage: records it as the current stage, then its seconds and counts.
+
+        Yields:
+            a dict the stage fills with its counts (``counts["tasks"] = 1000``); it is stored
+            under the stage's name when the stage ends, also when it raised.
+        """
+        self.check()
+        with self._store.session() as session:
+            cycles.enter_stage(session, self.cycle_id, name)
+        counts: dict[str, int] = {}
+        started = time.perf_counter()
+        try:
+            yield counts
+        finally:
+            seconds = time.perf_counter() - started
+            with self._store.session() as session:
+                cycles.end_stage(session, self.cycle_id, name, seconds=seconds, counts=counts)
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report progress inside the current stage (``done`` of ``total`` items)."""
+        self.check()
+        clock = time.monotonic()
+        if clock - self._last_progress < PROGRESS_EVERY_S and done != total:
+            return
+        self._last_progress = clock
+        with self._store.session() as session:
+            cycles.set_progress(session, self.cycle_id, done, total)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` when this cycle may no longer run."""
+        if self._lost.is_set():
+            raise LeaseLost(f"project {self.project_id}: the cycle lease was taken over")
+
+
+CycleRunner = Callable[[CycleContext, int], CycleResult | None]
+"""The cycle itself, injected: ``runner(ctx, project_id)``; raising marks the cycle failed."""
+RunnerFactory = Callable[[Settings, Store], CycleRunner]
+"""Builds the runner for a process (``backend.cycle.make_runner``)."""
+SettingsFor = Callable[[int], LoopSettings]
+"""Per-project loop settings (issue 6 reads overrides from the database)."""
+
+
+# ---------------------------------------------------------------- pure trigger logic
+
+
+@dataclass(frozen=True)
+class DebounceDecision:
+    triggered_at: datetime  # when the count first reached retrain_after
+    due_at: datetime  # when the cycle should start
+
+
+def debounce(
+    changes: int, triggered_at: datetime | None, *, now: datetime, settings: LoopSettings
+) -> DebounceDecision | None:
+    """When a project with ``changes`` changes since its last cycle should run, if at all.
+
+    Below ``retrain_after`` nothing is due. From then on each change sets the start to
+    ``now + debounce_s`` (a quiet period), but never later than ``max_delay_s`` after the moment the
+    threshold was first reached, so a steady stream of annotations cannot postpone it for ever.
+    """
+    if changes < settings.retrain_after:
+        return None
+    first = triggered_at or now
+    due = min(
+        now + timedelta(seconds=settings.debounce_s),
+        first + timedelta(seconds=settings.max_delay_s),
+    )
+    return DebounceDecision(triggered_at=first, due_at=due)
+
+
+def changes_per_project(report: ApplyReport) -> dict[int, int]:
+    """Annotation events per project in an inbox report (created, updated, deleted)."""
+    counts: dict[int, int] = {}
+    for (project_id, action), n in report.applied.items():
+        if project_id is not None and action in CHANGE_ACTIONS:
+            counts[project_id] = counts.get(project_id, 0) + n
+    return counts
+
+
+def schedule_trigger(settings: LoopSettings) -> BaseTrigger | None:
+    """The project's recurring trigger: cron when set, else the interval, else none (UTC)."""
+    if settings.schedule_cron:
+        return CronTrigger.from_crontab(settings.schedule_cron, timezone=UTC)
+    if settings.schedule_interval_minutes:
+        return IntervalTrigger(minutes=settings.schedule_interval_minutes, timezone=UTC)
+    return None
+
+
+def cycle_job_id(project_id: int) -> str:
+    return f"cycle:{project_id}"
+
+
+def schedule_job_id(project_id: int) -> str:
+    return f"schedule:{project_id}"
+
+
+# ---------------------------------------------------------------- running one cycle
+
+
+@dataclass(frozen=True)
+class CycleRun:
+    cycle_id: int
+    state: Literal["succeeded", "failed"]
+    error: str | None = None
+
+
+def new_owner() -> str:
+    """A lease owner name that says which process holds it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class _Heartbeat:
+    """A thread renewing the lease every ``interval_s``; sets ``lost`` when renewal is refused."""
+
+    def __init__(self, renew: Callable[[], bool], interval_s: float, lost: threading.Event) -> None:
+        self._renew, self._interval, self._lost = renew, interval_s, lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labelloop-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                renewed = self._renew()
+            except SQLAlchemyError:  # a busy database must not kill the cycle; retry next beat
+                log.warning("could not renew a cycle lease; retrying", exc_info=True)
+                continue
+            if not renewed:
+                self._lost.set()
+                return
+
+
+def _claim(
+    store: Store, project_id: int, owner: str, trigger: str | None, lease_s: float, now: datetime
+) -> tuple[int, str] | None:
+    with store.session() as session:
+        cycles.reap_interrupted(session, now=now)
+        if not cycles.acquire_lease(session, project_id, owner, now=now, ttl_s=lease_s):
+            return None
+        cycle = cycles.start(session, project_id, trigger=trigger, now=now)
+        if cycle is None:
+            cycles.release_lease(session, project_id, owner)
+            return None
+        return cycle.id, cycle.trigger
+
+
+def _describe(exc: Exception, stage: str | None) -> str:
+    where = f"in stage {stage}: " if stage else ""
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
+def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock) -> CycleRun:
+    try:
+        result = runner(ctx, ctx.project_id) or CycleResult()
+    except Exception as exc:  # any failure of the cycle is recorded; the next cycle retries
+        with store.session() as session:
+            cycle = session.get(cycles.Cycle, ctx.cycle_id)
+            error = _describe(exc, cycle.stage if cycle else None)
+            cycles.fail(session, ctx.cycle_id, error, now=clock())
+        log.exception("cycle %d of project %d failed", ctx.cycle_id, ctx.project_id)
+        return CycleRun(ctx.cycle_id, "failed", error)
+    with store.session() as session:
+        cycles.succeed(
+            session,
+            ctx.cycle_id,
+            now=clock(),
+            model_version=result.model_version,
+            metrics=result.metrics,
+        )
+    log.info("cycle %d of project %d succeeded", ctx.cycle_id, ctx.project_id)
+    return CycleRun(ctx.cycle_id, "succeeded")
+
+
+def run_cycle_once(
+    store: Store,
+    runner: CycleRunner,
+    project_id: int,
+    *,
+    trigger: str | None = None,
+    lease_s: float = 120.0,
+    clock: Clock = utcnow,
+) -> CycleRun | None:
+    """Run the project's cycle now under its lease, recording it from running to its outcome.
+
+    Used by the scheduler's job and by ``labelloop cycle --project ID``.
+
+    Args:
+        trigger: record a cycle with this trigger even when none is queued (a manual run);
+            None runs only a queued cycle.
+        lease_s: how long the lease lasts without a heartbeat (renewed every ``lease_s / 4``).
+
+    Returns:
+        the outcome, or None when nothing ran: another process holds the project's lease, or
+        nothing was queued and no trigger given.
+    """
+    owner = new_owner()
+    claimed = _claim(store, project_id, owner, trigger, lease_s, clock())
+    if claimed is None:
+        return None
+    cycle_id, recorded_trigger = claimed
+    lost = threading.Event()
+    ctx = CycleContext(
+        store, cycle_id=cycle_id, project_id=project_id, trigger=recorded_trigger, lease_lost=lost
+    )
+
+    def renew() -> bool:
+        with store.session() as session:
+            return cycles.renew_lease(session, project_id, owner, now=clock(), ttl_s=lease_s)
+
+    try:
+        with _Heartbeat(renew, lease_s / 4, lost):
+            return _execute(store, runner, ctx, clock)
+    finally:
+        with store.session() as session:
+            cycles.release_lease(session, project_id, owner)
+
+
+# ---------------------------------------------------------------- the registry of live schedulers
+
+
+class _Registry:
+    """Live schedulers by id, so a job loaded from the database reaches the runner in memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, LoopScheduler] = {}
+
+    def add(self, scheduler_id: str, scheduler: LoopScheduler) -> None:
+        with self._lock:
+            if scheduler_id in self._live:
+                raise RuntimeError(f"a scheduler with id {scheduler_id!r} already runs here")
+            self._live[scheduler_id] = scheduler
+
+    def remove(self, scheduler_id: str, scheduler: LoopScheduler) -> None:
+        with self._lock:
+            if self._live.get(scheduler_id) is scheduler:
+                del self._live[scheduler_id]
+
+    def get(self, scheduler_id: str) -> LoopScheduler:
+        with self._lock:
+            scheduler = self._live.get(scheduler_id)
+        if scheduler is None:
+            raise LookupError(f"no live scheduler {scheduler_id!r}; the job stays queued")
+        return scheduler
+
+
+_LIVE = _Registry()
+
+
+def fire_cycle(scheduler_id: str, project_id: int) -> None:
+    """Job function of ``cycle:<project>`` (stored by reference): run the waiting cycle."""
+    _LIVE.get(scheduler_id).run_due(project_id)
+
+
+def fire_schedule(scheduler_id: str, project_id: int) -> None:
+    """Job function of ``schedule:<project>`` (stored by reference): request a cycle."""
+    _LIVE.get(scheduler_id).run_scheduled(project_id)
+
+
+# ---------------------------------------------------------------- the scheduler
+
+
+class _Background(BackgroundScheduler):
+    """APScheduler's BackgroundScheduler without its last pass after ``shutdown()``.
+
+    In 3.11, ``shutdown()`` marks the scheduler stopped, closes executors and stores, then wakes its
+    thread, which processes due jobs once more: a job due at that moment meets the closed executor
+    and the thread dies with a JobLookupError. Checking the state under the job-store lock (which
+    ``shutdown()`` also takes, after setting the state) closes that window.
+    """
+
+    def _process_jobs(self) -> float | None:
+        with self._jobstores_lock:
+            if self.state == STATE_STOPPED:
+                return None
+            result: float | None = super()._process_jobs()
+            return result
+
+
+class LoopScheduler:
+    """The deployment's one scheduler: APScheduler with its jobs in the state database.
+
+    Args:
+        store: the state store; jobs go to its database (table ``apscheduler_jobs``).
+        runner: the cycle, ``runner(ctx, project_id)``.
+        settings: the deployment's loop settings (``poll_s``, ``lease_s``, ``misfire_grace_s``).
+        settings_for: per-project loop settings (``retrain_after``, ``debounce_s``,
+            ``max_delay_s``, schedule); defaults to ``settings`` for every project.
+        scheduler_id: the name stored jobs use to find this scheduler; keep it across restarts.
+        apply_inbox: also apply the webhook inbox every ``poll_s`` and feed it to the triggers
+            (``labelloop scheduler``; in ``labelloop serve`` the inbox worker does that).
+        clock: the time triggers and records use (tests pass a controllable one).
+        max_workers: cycles of different projects that may run at the same time.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        runner: CycleRunner,
+        settings: LoopSettings,
+        *,
+        settings_for: SettingsFor | None = None,
+        scheduler_id: str = "labelloop",
+        apply_inbox: bool = False,
+        clock: Clock = utcnow,
+        max_workers: int = 4,
+    ) -> None:
+        self.scheduler_id = scheduler_id
+        self._store, self._runner, self._settings = store, runner, settings
+        self._settings_for: SettingsFor = settings_for or (lambda _project_id: settings)
+        self._apply_inbox, self._clock = apply_inbox, clock
+        jobs = SQLAlchemyJobStore(engine=make_engine(store.url), tablename=JOB_TABLE)
+        self._aps = _Background(
+            jobstores={"default": jobs, VOLATILE: MemoryJobStore()},
+            executors={"default": ThreadPoolExecutor(max_workers)},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": settings.misfire_grace_s,
+            },
+            timezone=UTC,
+        )
+        self._aps.add_listener(self._job_finished, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._closing = False
+
+    # -- life
+
+    def start(self, *, paused: bool = False) -> None:
+        """Register, start APScheduler and run one housekeeping pass (``paused``: fire nothing)."""
+        _LIVE.add(self.scheduler_id, self)
+        try:
+            self._aps.start(paused=paused)
+            self._aps.add_job(
+                self.tick,
+                "interval",
+                seconds=self._settings.poll_s,
+                id="housekeeping",
+                jobstore=VOLATILE,
+                replace_existing=True,
+            )
+            self.tick()
+        except BaseException:
+            self.shutdown()
+            raise
+        log.info("scheduler %r started (paused=%s)", self.scheduler_id, paused)
+
+    def resume(self) -> None:
+        self._aps.resume()
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop firing, wait for running cycles (``wait``) and unregister."""
+        with self._idle:
+            self._closing = True
+            if wait:  # before APScheduler takes its locks: see _guarded
+                self._idle.wait_for(lambda: self._in_flight == 0)
+        if self._aps.running:
+            self._aps.shutdown(wait=wait)
+        _LIVE.remove(self.scheduler_id, self)
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run work from a job or listener unless shutting down; ``shutdown`` waits for it.
+
+        APScheduler's ``shutdown(wait=True)`` holds its job-store lock while it joins the worker
+        threads, so a job that called ``add_job``/``get_job`` then would wait for ever. Jobs that
+        started before shutdown finish first; later ones do nothing.
+        """
+        with self._idle:
+            if self._closing:
+                return
+            self._in_flight += 1
+        try:
+            work()
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    # -- triggers
+
+    def on_applied(self, report: ApplyReport) -> None:
+        """Feed an inbox report: START_TRAINING runs at once, annotation changes debounce."""
+        for project_id in sorted(report.train_requested):
+            self.request(project_id, "start_training")
+        for project_id, n in sorted(changes_per_project(report).items()):
+            self.note_changes(project_id, n)
+
+    def note_changes(self, project_id: int, n: int) -> datetime | None:
+        """Count ``n`` annotation changes; returns when the project's cycle is due, if it is."""
+        now, settings = self._clock(), self._settings_for(project_id)
+        with self._store.session() as session:
+            state = cycles.add_changes(session, project_id, n)
+            decision = debounce(state.changes, state.triggered_at, now=now, settings=settings)
+            if decision is None:
+                return None
+            state.triggered_at = decision.triggered_at
+            cycle = cycles.request(session, project_id, "debounce", due_at=decision.due_at, now=now)
+            due = cycle.due_at or now
+        self._schedule_run(project_id, due)
+        return due
+
+    def request(self, project_id: int, trigger: str = "manual") -> int:
+        """Ask for a cycle now (manual, START_TRAINING, schedule); returns the queued cycle id."""
+        now = self._clock()
+        with self._store.session() as session:
+            cycle = cycles.request(session, project_id, trigger, due_at=now, now=now)
+            cycle_id, due = cycle.id, cycle.due_at or now
+        self._schedule_run(project_id, due)
+        log.info("cycle %d of project %d requested (%s)", cycle_id, project_id, trigger)
+        return cycle_id
+
+    # -- jobs
+
+    def run_due(self, project_id: int) -> None:
+        """What ``cycle:<project>`` does when it fires: run the waiting cycle under the lease."""
+        self._guarded(lambda: self._run_due(project_id))
+
+    def run_scheduled(self, project_id: int) -> None:
+        """What ``schedule:<project>`` does when it fires: request a cycle."""
+        self._guarded(lambda: self._request_scheduled(project_id))
+
+    def _request_scheduled(self, project_id: int) -> None:
+        self.request(project_id, "schedule")
+
+    def _run_due(self, project_id: int) -> None:
+        now = self._clock()
+        with self._store.session() as session:
+            waiting = cycles.queued_cycle(session, project_id)
+            due = waiting.due_at if waiting is not None else None
+        if waiting is None:
+            return  # already run (by another process or ``labelloop cycle``)
+        if due is not None and due > now:
+            self._schedule_run(project_id, due)  # a stale alarm; the record wants later
+            return
+        run = run_cycle_once(
+            self._store, self._runner, project_id, lease_s=self._settings.lease_s, clock=self._clock
+        )
+        if run is None:  # another process runs this project now: look again after a while
+            self._schedule_run(project_id, now + timedelta(seconds=self._settings.poll_s))
+
+    def next_run(self, project_id: int) -> datetime | None:
+        """When the project's waiting cycle is set to start (None: nothing scheduled)."""
+        job = self._aps.get_job(cycle_job_id(project_id))
+        return job.next_run_time if job is not None else None
+
+    def schedule_of(self, project_id: int) -> tuple[BaseTrigger, datetime] | None:
+        """The project's recurring trigger and its next run, as stored (None: no schedule)."""
+        job = self._aps.get_job(schedule_job_id(project_id))
+        return (job.trigger, job.next_run_time) if job is not None else None
+
+    def _schedule_run(self, project_id: int, at: datetime) -> None:
+        self._aps.add_job(
+            f"{__name__}:fire_cycle",
+            DateTrigger(run_date=max(at, self._clock()), timezone=UTC),
+            args=(self.scheduler_id, project_id),
+            id=cycle_job_id(project_id),
+            name=f"cycle of project {project_id}",
+            replace_existing=True,
+        )
+
+    def _ensure_job(self, project_id: int, due: datetime | None, scheduled: set[str]) -> None:
+        if cycle_job_id(project_id) not in scheduled:
+            self._schedule_run(project_id, due or self._clock())
+
+    def _job_finished(self, event: JobExecutionEvent) -> None:
+        # Runs after APScheduler counted the instance as done, so a trigger that arrived during
+        # the run (and was skipped as a second instance) gets its job here without a race.
+        if event.job_id.startswith("cycle:"):
+            self._guarded(lambda: self._rearm(event.job_id))
+
+    def _rearm(self, job_id: str) -> None:
+        project_id = int(job_id.split(":", 1)[1])
+        with self._store.session() as session:
+            waiting = cycles.queued_cycle(session, project_id)
+            due = waiting.due_at if waiting is not None else None
+        if waiting is not None:
+            scheduled = {job_id} if self._aps.get_job(job_id) else set()
+            self._ensure_job(project_id, due, scheduled)
+
+    # -- housekeeping
+
+    def tick(self) -> None:
+        """Apply the inbox (when asked), reap dead cycles, refresh schedules, arm waiting cycles."""
+        self._guarded(self._tick)
+
+    def _tick(self) -> None:
+        if self._apply_inbox:
+            from backend.inbox import apply_pending
+
+            self.on_applied(apply_pending(self._store))
+        with self._store.session() as session:
+            reaped = cycles.reap_interrupted(session, now=self._clock())
+        if reaped:
+            log.warning("marked interrupted cycles failed: %s", reaped)
+        self.sync_schedules()
+        self.ensure_jobs()
+
+    def ensure_jobs(self) -> None:
+        """Give every waiting cycle (from any process) its job."""
+        with self._store.session() as session:
+            waiting = [(c.project_id, c.due_at) for c in cycles.queued_cycles(session)]
+        scheduled = {job.id for job in self._aps.get_jobs(jobstore="default")}
+        for project_id, due in waiting:
+            self._ensure_job(project_id, due, scheduled)
+            scheduled.add(cycle_job_id(project_id))
+
+    def sync_schedules(self) -> None:
+        """Make every known project's recurring job match its settings (kept when unchanged)."""
+        with self._store.session() as session:
+            project_ids = list(session.scalars(select(Project.id).order_by(Project.id)))
+        jobs = {job.id: job for job in self._aps.get_jobs(jobstore="default")}
+        for project_id in project_ids:
+            job = jobs.get(schedule_job_id(project_id))
+            trigger = schedule_trigger(self._settings_for(project_id))
+            if trigger is None:
+                if job is not None:
+                    self._aps.remove_job(job.id)
+                continue
+            unchanged = job is not None and str(job.trigger) == str(trigger)
+            if unchanged and job is not None and job.args[:1] == (self.scheduler_id,):
+                continue
+            self._aps.add_job(
+                f"{__name__}:fire_schedule",
+                trigger,
+                args=(self.scheduler_id, project_id),
+                id=schedule_job_id(project_id),
+                name=f"schedule of project {project_id}",
+                replace_existing=True,
+            )
+
+
+# ---------------------------------------------------------------- processes
+
+
+def start_embedded_scheduler(
+    settings: Settings,
+    store: Store,
+    runner: CycleRunner,
+    *,
+    settings_for: SettingsFor | None = None,
+) -> LoopScheduler | None:
+    """The scheduler of ``labelloop serve``, or None when ``loop.run_scheduler`` is false.
+
+    The embedded inbox worker applies webhooks; pass its reports to ``scheduler.on_applied``.
+    """
+    if not settings.loop.run_scheduler:
+        log.info("loop.run_scheduler is false: a separate `labelloop scheduler` runs cycles")
+        return None
+    scheduler = LoopScheduler(store, runner, settings.loop, settings_for=settings_for)
+    scheduler.start()
+    return scheduler
+
+
+def run_scheduler_process(
+    settings: Settings,
+    make_runner: RunnerFactory,
+    *,
+    stop: threading.Event,
+    settings_for: SettingsFor | None = None,
+) -> int:
+    """``labelloop scheduler``: the one scheduler, applying the inbox itself, until ``stop``."""
+    store = Store(settings.store.url)
+    store.upgrade()
+    scheduler = LoopScheduler(
+        store,
+        make_runner(settings, store),
+        settings.loop,
+        settings_for=settings_for,
+        apply_inbox=True,
+    )
+    try:
+        scheduler.start()
+        log.info("labelloop scheduler running (poll every %.1f s)", settings.loop.poll_s)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        scheduler.shutdown()
+        store.dispose()
+    return 0
+
+
+def cmd_scheduler(settings: Settings, _args: argparse.Namespace) -> int:
+    """``labelloop scheduler``: run until SIGTERM or Ctrl-C."""
+    from backend.cycle import make_runner  # the cycle is the lead's; imported only when run
+
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return run_scheduler_process(settings, make_runner, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

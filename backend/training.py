@@ -1,0 +1,233 @@
+"""Train a project's model from the store: labels, featurize, fit, store the version.
+
+Used by ``labelloop train`` and by the cycle. Label Studio stays the source of truth; this reads the
+store (call reconcile first) and writes a checkpoint plus a ``model_versions`` row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from backend.labelstudio.config import LabelConfig
+from backend.model.backbones import build_backbone
+from backend.model.cache import EmbeddingCache
+from backend.model.checkpoint import save_checkpoint
+from backend.model.featurize import FeaturizeResult, featurize
+from backend.model.train import TrainedModel, train_model
+from backend.settings import Settings
+from backend.store import repo
+from backend.store.db import Store
+from backend.store.models import Annotation, ModelVersion, Project, Task
+
+log = logging.getLogger(__name__)
+
+
+class NotEnoughLabels(ValueError):
+    """Too few usable labels to train; the message says how many there are and what is needed."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Training targets, one row per labeled task.
+
+    Attributes:
+        task_ids: (n,) task ids, ascending.
+        y: (n,) class indices (single-label) or (n, C) {0, 1} (multi-label).
+    """
+
+    task_ids: np.ndarray
+    y: np.ndarray
+
+
+def _votes(annotations: Sequence[Annotation], classes: Sequence[str]) -> dict[int, list[list[str]]]:
+    known = set(classes)
+    votes: dict[int, list[list[str]]] = defaultdict(list)
+    for ann in annotations:
+        labels = [label for label in ann.labels if label in known]
+        if labels:
+            votes[ann.task_id].append(labels)
+    return votes
+
+
+def consensus_targets(annotations: Sequence[Annotation], cfg: LabelConfig) -> Targets:
+    """One target per task from its live annotations.
+
+    Single-label: the most common label; a tie goes to the label chosen most recently (annotations
+    arrive ordered by id). Multi-label: a label is on when at least half the annotators chose it.
+    """
+    classes = list(cfg.labels)
+    index = {label: i for i, label in enumerate(classes)}
+    votes = _votes(annotations, classes)
+    task_ids = np.array(sorted(votes), dtype=np.int64)
+    if cfg.multiple:
+        multi = np.zeros((len(task_ids), len(classes)), dtype=np.float32)
+        for row, task in enumerate(task_ids):
+            counts = Counter(label for vote in votes[int(task)] for label in set(vote))
+            for label, count in counts.items():
+                multi[row, index[label]] = float(2 * count >= len(votes[int(task)]))
+        return Targets(task_ids, multi)
+    y = np.empty(len(task_ids), dtype=np.int64)
+    for row, task in enumerate(task_ids):
+        firsts = [vote[0] for vote in votes[int(task)]]
+        counts = Counter(firsts)
+        best = max(counts.values())
+        y[row] = index[next(label for label in reversed(firsts) if counts[label] == best)]
+    return Targets(task_ids, y)
+
+
+def embed_tasks(
+    settings: Settings,
+    store: Store,
+    tasks: Sequence[Task],
+    fetch: Callable[[str], bytes],
+) -> tuple[FeaturizeResult, str]:
+    """Embeddings for ``tasks`` (cached by image content) and the backbone's name.
+
+    Failures are recorded on the task rows (``image_error``) and skipped.
+    """
+    backbone = build_backbone(settings.model)
+    cache = EmbeddingCache(settings.store.data_dir / "embeddings")
+    items = [(t.id, partial(fetch, t.image_ref)) for t in tasks if t.image_ref]
+    result = featurize(items, backbone, cache, batch_size=settings.model.batch_size)
+    missing = {t.id: "task has no image reference" for t in tasks if not t.image_ref}
+    failures = {**result.failures, **missing}
+    with store.session() as session:
+        for task in session.scalars(select(Task).where(Task.id.in_([t.id for t in tasks]))):
+            task.image_error = failures.get(task.id)
+    return result, backbone.name
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    version: str
+    path: Path
+    model: TrainedModel
+    n_labels: int
+    n_failed: int
+    featurize_seconds: float
+    train_seconds: float
+
+
+def new_version(settings: Settings, project_id: int) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{settings.server.title}-p{project_id}-{stamp}"
+
+
+def _load_inputs(store: Store, project_id: int) -> tuple[LabelConfig, list[Task], Targets]:
+    with store.session() as session:
+        project = session.get(Project, project_id)
+        if project is None:
+            raise NotEnoughLabels(f"project {project_id} is not known; run connect or sync first")
+        cfg = repo.project_config(project)
+        if cfg is None:
+            raise NotEnoughLabels(
+                f"project {project_id} has no supported label config: {project.config_error}"
+            )
+        targets = consensus_targets(repo.live_annotations(session, project_id), cfg)
+        wanted = set(targets.task_ids.tolist())
+        tasks = [t for t in repo.live_tasks(session, project_id) if t.id in wanted]
+    return cfg, tasks, targets
+
+
+def _check_enough(targets: Targets, multiple: bool) -> None:
+    n = len(targets.task_ids)
+    distinct = int((targets.y.sum(axis=0) > 0).sum()) if multiple else len(np.unique(targets.y))
+    if n < 4 or distinct < 2:
+        raise NotEnoughLabels(
+            f"{n} labeled tasks covering {distinct} classes; at least 4 labeled tasks "
+            "and 2 classes are needed to train"
+        )
+
+
+def train_project(
+    settings: Settings, store: Store, project_id: int, fetch: Callable[[str], bytes]
+) -> TrainOutcome:
+    """Featurize the labeled tasks, train, write the checkpoint and make it the current model."""
+    cfg, tasks, targets = _load_inputs(store, project_id)
+    _check_enough(targets, cfg.multiple)
+    result, backbone = embed_tasks(settings, store, tasks, fetch)
+    keep = np.array([int(t) in result.embeddings for t in targets.task_ids])
+    targets = Targets(targets.task_ids[keep], targets.y[keep])
+    _check_enough(targets, cfg.multiple)
+    x = np.stack([result.embeddings[int(t)] for t in targets.task_ids])
+    t0 = time.perf_counter()
+    model = train_model(
+        x,
+        targets.y,
+        classes=list(cfg.labels),
+        multilabel=cfg.multiple,
+        settings=settings.model,
+        backbone=backbone,
+    )
+    train_seconds = time.perf_counter() - t0
+    version = new_version(settings, project_id)
+    path = settings.store.data_dir / "models" / f"p{project_id}" / f"{version}.ckpt"
+    save_checkpoint(model, path)
+    _record_version(store, project_id, version, path, model, len(targets.task_ids), train_seconds)
+    prune_versions(settings, store, project_id)
+    return TrainOutcome(
+        version,
+        path,
+        model,
+        len(targets.task_ids),
+        len(result.failures),
+        result.seconds,
+        train_seconds,
+    )
+
+
+def _record_version(
+    store: Store,
+    project_id: int,
+    version: str,
+    path: Path,
+    model: TrainedModel,
+    n_labels: int,
+    train_seconds: float,
+) -> None:
+    metrics: dict[str, Any] = dict(model.metrics)
+    with store.session() as session:
+        session.add(
+            ModelVersion(
+                project_id=project_id,
+                version=version,
+                path=str(path),
+                backbone=model.backbone,
+                n_labels=n_labels,
+                metrics=metrics,
+                train_seconds=train_seconds,
+            )
+        )
+        repo.ensure_project(session, project_id).model_version = version
+
+
+def prune_versions(settings: Settings, store: Store, project_id: int) -> list[str]:
+    """Delete checkpoints beyond ``model.keep_versions``; never the current one."""
+    with store.session() as session:
+        current = repo.ensure_project(session, project_id).model_version
+        rows = list(
+            session.scalars(
+                select(ModelVersion)
+                .where(ModelVersion.project_id == project_id)
+                .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+            )
+        )
+        removed = []
+        for row in rows[settings.model.keep_versions :]:
+            if row.version == current:
+                continue
+            Path(row.path).unlink(missing_ok=True)
+            row.path = ""
+            removed.append(row.version)
+    return removed

@@ -1,0 +1,287 @@
+"""Coverage of the embedding space: clusters, under-covered clusters, core-set distance, outliers.
+
+Number of clusters (when not set): ``K = clip(round(sqrt(n / 2)), 2, 256)``, never more than n,
+the usual square-root rule capped so clustering a million items stays in seconds.
+
+Under-coverage of cluster c, with n_c items of which l_c labeled, in a pool of n items of which L
+labeled and K clusters: ``u_c = (n_c / (l_c + 1)) / (n / (L + K))``, the items per label in the
+cluster (one pseudo-label each, so empty clusters are finite) relative to the pool average. u_c > 1:
+the cluster has fewer labels than its size deserves; it is 1 when labels are spread evenly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.metrics import pairwise_distances_argmin_min
+from sklearn.neighbors import NearestNeighbors
+
+from strategies.base import FloatArray, IntArray, Pool, Selection, check_k, eligible, need, top_k
+
+MAX_DEFAULT_CLUSTERS = 256
+#: Above this many items k-means runs mini-batch (a few passes) instead of full Lloyd iterations.
+FULL_KMEANS_MAX = 20_000
+#: Above this many items typicality uses the distance to the cluster centre instead of k-NN.
+KNN_MAX = 20_000
+
+
+@dataclass(frozen=True, eq=False)
+class Clustering:
+    """A k-means clustering of the pool.
+
+    Attributes:
+        labels: (n,) int64 cluster id per item, in [0, K).
+        centers: (K, d) float64 cluster centres.
+        distances: (n,) float64 distance of each item to its centre.
+    """
+
+    labels: IntArray
+    centers: NDArray[np.float64]
+    distances: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class ClusterCoverage:
+    """One row of the coverage table for the dashboard."""
+
+    cluster: int
+    size: int
+    labeled: int
+    share: float
+    under_coverage: float
+
+
+def default_n_clusters(n: int) -> int:
+    """K = clip(round(sqrt(n / 2)), 2, 256), at most n (0 for an empty pool)."""
+    return int(min(n, np.clip(round(np.sqrt(n / 2)), 2, MAX_DEFAULT_CLUSTERS)))
+
+
+def _seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31 - 1))
+
+
+def cluster_embeddings(
+    embeddings: FloatArray, *, n_clusters: int | None = None, rng: np.random.Generator
+) -> Clustering:
+    """k-means on the embeddings; mini-batch above :data:`FULL_KMEANS_MAX` items.
+
+    Args:
+        embeddings: (n, d) feature vectors.
+        n_clusters: K; :func:`default_n_clusters` when None; clipped to n.
+        rng: seeds k-means.
+    """
+    n = embeddings.shape[0]
+    k = min(n, default_n_clusters(n) if n_clusters is None else int(n_clusters))
+    if k <= 1:
+        center = embeddings.mean(axis=0, keepdims=True) if n else embeddings[:0]
+        labels = np.zeros(n, dtype=np.int64)
+        dist = np.linalg.norm(embeddings - center, axis=1) if n else np.zeros(0)
+        return Clustering(labels, center.astype(np.float64), dist.astype(np.float64))
+    if n <= FULL_KMEANS_MAX:
+        model: KMeans | MiniBatchKMeans = KMeans(k, n_init=3, random_state=_seed(rng))
+    else:
+        model = MiniBatchKMeans(k, batch_size=4096, n_init=1, max_iter=3, random_state=_seed(rng))
+    model.fit(embeddings)
+    labels, dist = pairwise_distances_argmin_min(embeddings, model.cluster_centers_)
+    return Clustering(
+        labels.astype(np.int64), model.cluster_centers_.astype(np.float64), dist.astype(np.float64)
+    )
+
+
+def pool_clusters(
+    pool: Pool, *, rng: np.random.Generator, n_clusters: int | None = None
+) -> IntArray:
+    """The pool's precomputed clusters, else k-means on its embeddings."""
+    if pool.clusters is not None:
+        return pool.clusters
+    embeddings = need(pool, "coverage", "embeddings")
+    return cluster_embeddings(embeddings, n_clusters=n_clusters, rng=rng).labels
+
+
+def _coverage_arrays(
+    clusters: IntArray, labeled: NDArray[np.bool_]
+) -> tuple[IntArray, IntArray, NDArray[np.float64]]:
+    n_clusters = int(clusters.max(initial=-1)) + 1
+    sizes = np.bincount(clusters, minlength=n_clusters)
+    n_labeled = np.bincount(clusters[labeled], minlength=n_clusters)
+    present = int((sizes > 0).sum())
+    average = clusters.shape[0] / (int(labeled.sum()) + present)
+    under = np.where(sizes > 0, sizes / (n_labeled + 1.0) / max(average, 1e-12), 0.0)
+    return sizes, n_labeled, under
+
+
+def coverage_scores(clusters: IntArray, labeled: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """(n,) under-coverage u_c of each item's cluster (see the module docstring)."""
+    _, _, under = _coverage_arrays(clusters, labeled)
+    return under[clusters] if clusters.size else np.zeros(0)
+
+
+def cluster_coverage(clusters: IntArray, labeled: NDArray[np.bool_]) -> tuple[ClusterCoverage, ...]:
+    """Coverage of every non-empty cluster, most under-covered first.
+
+    Args:
+        clusters: (n,) cluster id per item.
+        labeled: (n,) True where labeled.
+    """
+    sizes, n_labeled, under = _coverage_arrays(clusters, labeled)
+    ids = np.flatnonzero(sizes)
+    ids = ids[np.lexsort((ids, -under[ids]))]
+    return tuple(
+        ClusterCoverage(int(c), int(sizes[c]), int(n_labeled[c]), n_labeled[c] / sizes[c], under[c])
+        for c in ids
+    )
+
+
+def under_covered_clusters(
+    clusters: IntArray, labeled: NDArray[np.bool_], *, min_under_coverage: float = 1.0
+) -> tuple[ClusterCoverage, ...]:
+    """Clusters whose under-coverage exceeds ``min_under_coverage``, most under-covered first."""
+    table = cluster_coverage(clusters, labeled)
+    return tuple(row for row in table if row.under_coverage > min_under_coverage)
+
+
+def nearest_labeled_distance(
+    embeddings: FloatArray, labeled: NDArray[np.bool_]
+) -> NDArray[np.float64]:
+    """(n,) Euclidean distance to the nearest labeled item (0 for labeled items).
+
+    With no labeled item, the distance to the pool mean, so the first core-set pick is the item
+    farthest from the bulk (the usual k-center start).
+    """
+    if embeddings.shape[0] == 0:
+        return np.zeros(0)
+    if not labeled.any():
+        return np.linalg.norm(embeddings - embeddings.mean(axis=0), axis=1).astype(np.float64)
+    _, dist = pairwise_distances_argmin_min(embeddings, embeddings[labeled])
+    return np.where(labeled, 0.0, dist).astype(np.float64)
+
+
+def greedy_k_center(
+    embeddings: FloatArray, labeled: NDArray[np.bool_], k: int
+) -> tuple[IntArray, NDArray[np.float64]]:
+    """Core-set selection: repeatedly take the item farthest from everything labeled or taken.
+
+    Args:
+        embeddings: (n, d) feature vectors.
+        labeled: (n,) True where labeled (never selected).
+        k: how many to take; all unlabeled items when fewer.
+
+    Returns:
+        (k,) selected indices in pick order and (k,) their distance when picked.
+    """
+    dist = nearest_labeled_distance(embeddings, labeled)
+    dist[labeled] = -np.inf
+    k = min(check_k(k), int((~labeled).sum()))
+    picked = np.empty(k, dtype=np.int64)
+    gaps = np.empty(k, dtype=np.float64)
+    for step in range(k):  # k picks, each one vectorized pass over the pool
+        best = int(np.argmax(dist))
+        picked[step], gaps[step] = best, dist[best]
+        dist = np.minimum(dist, np.linalg.norm(embeddings - embeddings[best], axis=1))
+        dist[picked[: step + 1]] = -np.inf
+    return picked, gaps
+
+
+def outlier_scores(
+    embeddings: FloatArray,
+    *,
+    clustering: Clustering | None = None,
+    method: Literal["centroid", "knn"] = "centroid",
+    n_neighbors: int = 10,
+) -> NDArray[np.float64]:
+    """(n,) how far each item lies from the rest, higher = more of an outlier.
+
+    ``"centroid"``: distance to the item's cluster centre divided by the median distance in that
+    cluster (1 = typical for its cluster). ``"knn"``: mean distance to the ``n_neighbors`` nearest
+    other items.
+
+    Args:
+        embeddings: (n, d) feature vectors.
+        clustering: the pool's clustering; required for ``"centroid"``.
+    """
+    n = embeddings.shape[0]
+    if n < 2:
+        return np.zeros(n)
+    if method == "knn":
+        return mean_knn_distance(embeddings, n_neighbors=n_neighbors)
+    if clustering is None:
+        raise ValueError("outlier_scores(method='centroid') needs the pool's clustering")
+    labels, dist = clustering.labels, clustering.distances
+    order = np.lexsort((dist, labels))
+    sizes = np.bincount(labels)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    medians = (dist[order][starts + (sizes - 1) // 2] + dist[order][starts + sizes // 2]) / 2
+    return dist / np.maximum(medians[labels], 1e-12)
+
+
+def mean_knn_distance(embeddings: FloatArray, *, n_neighbors: int = 10) -> NDArray[np.float64]:
+    """(n,) mean Euclidean distance to the ``n_neighbors`` nearest other items."""
+    n = embeddings.shape[0]
+    k = min(n_neighbors, n - 1)
+    if k < 1:
+        return np.zeros(n)
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(embeddings).kneighbors(embeddings)
+    return dist[:, 1:].mean(axis=1).astype(np.float64)
+
+
+def coverage_pool_scores(
+    pool: Pool, *, rng: np.random.Generator, n_clusters: int | None = None
+) -> NDArray[np.float64]:
+    """(n,) under-coverage of each item's cluster (clusters from the pool or k-means)."""
+    return coverage_scores(pool_clusters(pool, rng=rng, n_clusters=n_clusters), pool.labeled)
+
+
+def coreset_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) distance to the nearest labeled item."""
+    return nearest_labeled_distance(need(pool, "coreset", "embeddings"), pool.labeled)
+
+
+def coverage(
+    pool: Pool, k: int, *, rng: np.random.Generator, n_clusters: int | None = None
+) -> Selection:
+    """Spread k new labels over clusters in proportion to how under-covered they are.
+
+    Allocation is Sainte-Laguë style: an item that would be the r-th new pick (random order) in
+    a cluster with l_c labels and n_c items gets ``(n_c / n) / (l_c + r + 0.5)``; the k highest
+    win, so never-labeled large clusters come first and no cluster takes the whole batch.
+    """
+    clusters = pool_clusters(pool, rng=rng, n_clusters=n_clusters)
+    within = within_cluster_rank(rng.random(pool.n), clusters, eligible(pool, "label"))
+    return top_k(
+        allocation_scores(clusters, pool.labeled, within), eligible(pool, "label"), k, rng=rng
+    )
+
+
+def coreset(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """Greedy k-center (core-set) picks among unlabeled items (needs embeddings)."""
+    embeddings = need(pool, "coreset", "embeddings")
+    picked, gaps = greedy_k_center(embeddings, pool.labeled, k)
+    return Selection(picked, gaps)
+
+
+def within_cluster_rank(
+    scores: NDArray[np.floating[Any]], clusters: IntArray, candidates: IntArray
+) -> NDArray[np.float64]:
+    """(n,) 0-based rank of each candidate in its cluster by descending score (inf elsewhere)."""
+    rank = np.full(clusters.shape[0], np.inf)
+    order = candidates[np.lexsort((-scores[candidates], clusters[candidates]))]
+    sorted_clusters = clusters[order]
+    first = np.searchsorted(sorted_clusters, sorted_clusters, side="left")
+    rank[order] = np.arange(order.shape[0]) - first
+    return rank
+
+
+def allocation_scores(
+    clusters: IntArray, labeled: NDArray[np.bool_], within: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """(n,) Sainte-Laguë quotient ``share_c / (l_c + r + 0.5)`` of an item of in-cluster rank r."""
+    if clusters.size == 0:
+        return np.zeros(0)
+    sizes = np.bincount(clusters)
+    n_labeled = np.bincount(clusters[labeled], minlength=sizes.shape[0])
+    share = sizes[clusters] / clusters.shape[0]
+    return share / (n_labeled[clusters] + within + 0.5)

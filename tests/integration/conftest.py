@@ -1,0 +1,32 @@
+"""One real Label Studio for the whole integration session (see ``lsserver.py``).
+
+Every test in this directory is marked ``integration``; ``pytest -m "not integration"`` skips
+them and the server is then never started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.lsserver import LabelStudioServer, start_server
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A running Label Studio 1.23.2 on 127.0.0.1 with a temporary data dir."""
+    server = start_server(tmp_path_factory.mktemp("label-studio"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,104 @@
+"""A real Label Studio 1.23.2 for the integration tests.
+
+The server runs from its own venv: ``$LABELLOOP_TEST_LS_BIN`` when set, else
+``<repo>/.cache/ls-venv/bin/label-studio``, created with ``pip install label-studio==1.23.2`` on
+first use (about a minute). It binds 127.0.0.1 on a free port, keeps its data in a temporary
+directory, and is stopped with its whole process group. Starting and stopping are delegated to
+:mod:`backend.lsprocess`, which ``make run`` uses too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from backend.lsprocess import LabelStudioProcess, start_label_studio
+
+LS_VERSION = "1.23.2"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_VENV = REPO / ".cache" / "ls-venv"
+
+
+def label_studio_binary() -> Path:
+    """The ``label-studio`` executable, installing it into ``.cache/ls-venv`` when missing."""
+    configured = os.environ.get("LABELLOOP_TEST_LS_BIN")
+    if configured:
+        return Path(configured)
+    binary = DEFAULT_VENV / "bin" / "label-studio"
+    if not binary.exists():
+        _install(DEFAULT_VENV)
+    return binary
+
+
+def _install(target: Path) -> None:
+    print(f"\n[lsserver] installing label-studio=={LS_VERSION} into {target} (~1 min)...")
+    sys.stdout.flush()
+    venv.EnvBuilder(with_pip=True, clear=True).create(target)
+    pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off"]
+    subprocess.run([*pip, f"label-studio=={LS_VERSION}"], check=True)
+    print("[lsserver] label-studio installed")
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    """A running server: its URL, the admin login and its legacy API token."""
+
+    process: LabelStudioProcess
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def token(self) -> str:
+        return self.process.token
+
+    @property
+    def username(self) -> str:
+        return self.process.username
+
+    @property
+    def password(self) -> str:
+        return self.process.password
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def personal_access_token(self) -> str:
+        """The admin's personal access token (a JWT refresh token), created on first call.
+
+        Label Studio allows one live PAT per user: a second create answers 409, so an existing
+        one is read back from the token list instead.
+        """
+        headers = {"Authorization": f"Token {self.token}"}
+        created = requests.post(f"{self.url}/api/token/", headers=headers, timeout=30)
+        if created.status_code == 409:
+            listed = requests.get(f"{self.url}/api/token/", headers=headers, timeout=30)
+            listed.raise_for_status()
+            return str(listed.json()[0]["token"])
+        created.raise_for_status()
+        return str(created.json()["token"])
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_server(data_dir: Path, *, timeout: float = 300.0) -> LabelStudioServer:
+    """Start Label Studio with a fresh data dir and a random legacy token; wait for /health."""
+    process = start_label_studio(
+        label_studio_binary(),
+        data_dir,
+        username="admin@labelloop.test",
+        password=secrets.token_urlsafe(12),
+        token=secrets.token_hex(20),
+        timeout=timeout,
+    )
+    return LabelStudioServer(process)

@@ -1,0 +1,33 @@
+"""Pre-annotations and their scores from one row of probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.model.predict import predict_annotation
+
+
+def test_single_label_takes_the_top_class_and_its_probability() -> None:
+    labels, score = predict_annotation(
+        np.array([0.1, 0.7, 0.2]), ["cat", "dog", "bird"], multilabel=False
+    )
+    assert labels == ["dog"]
+    assert score == pytest.approx(0.7)
+
+
+def test_multilabel_uses_per_label_thresholds_and_mean_decision_confidence() -> None:
+    labels, score = predict_annotation(
+        np.array([0.9, 0.35, 0.2]),
+        ["indoor", "person", "car"],
+        multilabel=True,
+        thresholds=np.array([0.5, 0.3, 0.5]),
+    )
+    assert labels == ["indoor", "person"]
+    assert score == pytest.approx((0.9 + 0.35 + 0.8) / 3)
+
+
+def test_multilabel_may_suggest_nothing() -> None:
+    labels, score = predict_annotation(np.array([0.1, 0.2]), ["a", "b"], multilabel=True)
+    assert labels == []
+    assert score == pytest.approx(0.85)

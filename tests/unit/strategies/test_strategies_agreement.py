@@ -1,0 +1,146 @@
+"""Where we compute what modAL or cleanlab compute, we agree with them on random inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+from modAL.disagreement import KL_max_disagreement, vote_entropy
+from modAL.models import ActiveLearner, Committee
+from modAL.uncertainty import (
+    classifier_entropy,
+    classifier_margin,
+    classifier_uncertainty,
+    entropy_sampling,
+    margin_sampling,
+    uncertainty_sampling,
+)
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from strategies import REGISTRY, Pool
+from strategies.disagreement import (
+    confident_learning_mask,
+    kl_consensus_scores,
+    normalized_margin_scores,
+    self_confidence_scores,
+    vote_entropy_scores,
+)
+from strategies.uncertainty import entropy_scores, least_confidence_scores, margin_scores
+
+SEEDS = range(5)
+
+
+class FixedProba(ClassifierMixin, BaseEstimator):
+    """A 'fitted' classifier whose predictions are given arrays; X holds item indices."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs = probs
+
+    def fit(self, X: Any, y: Any) -> FixedProba:
+        self.classes_ = np.arange(self.probs.shape[1])
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.probs[X[:, 0].astype(int)]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def _random_probs(seed: int, n: int = 300, n_classes: int = 6) -> np.ndarray:
+    return np.random.default_rng(seed).dirichlet(np.full(n_classes, 0.7), size=n)
+
+
+def _fitted(probs: np.ndarray) -> FixedProba:
+    return FixedProba(probs).fit(None, None)
+
+
+def _index(n: int) -> np.ndarray:
+    return np.arange(n, dtype=float)[:, None]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_uncertainty_scores_equal_modal(seed: int) -> None:
+    probs = _random_probs(seed)
+    clf, X = _fitted(probs), _index(len(probs))
+    np.testing.assert_allclose(least_confidence_scores(probs), classifier_uncertainty(clf, X))
+    np.testing.assert_allclose(margin_scores(probs), 1.0 - classifier_margin(clf, X))
+    np.testing.assert_allclose(entropy_scores(probs), classifier_entropy(clf, X), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(
+    ("name", "modal_query"),
+    [
+        ("least_confidence", uncertainty_sampling),
+        ("margin", margin_sampling),
+        ("entropy", entropy_sampling),
+    ],
+)
+def test_uncertainty_selection_equals_modal(seed: int, name: str, modal_query: Any) -> None:
+    probs = _random_probs(seed)
+    theirs = modal_query(_fitted(probs), _index(len(probs)), n_instances=25)
+    theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    ours = REGISTRY[name](
+        Pool(labels=np.full(300, -1), probs=probs), 25, rng=np.random.default_rng(0)
+    )
+    assert set(ours.indices.tolist()) == set(np.asarray(theirs).tolist())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_committee_scores_equal_modal(seed: int) -> None:
+    members = np.stack([_random_probs(seed * 10 + m, n=200, n_classes=4) for m in range(4)])
+    committee = Committee([ActiveLearner(estimator=_fitted(p)) for p in members])
+    X = _index(200)
+    np.testing.assert_allclose(vote_entropy_scores(members), vote_entropy(committee, X), atol=1e-12)
+    np.testing.assert_allclose(
+        kl_consensus_scores(members), KL_max_disagreement(committee, X), atol=1e-10
+    )
+
+
+def _noisy_labels(seed: int, n: int = 400, n_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(n_classes, size=n)
+    logits = rng.normal(size=(n, n_classes)) + 2.5 * np.eye(n_classes)[truth]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = truth.copy()
+    flip = rng.random(n) < 0.15
+    labels[flip] = rng.integers(n_classes, size=int(flip.sum()))
+    return labels.astype(np.int64), probs
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_confident_learning_mask_equals_cleanlab(seed: int) -> None:
+    labels, probs = _noisy_labels(seed)
+    theirs = find_label_issues(labels, probs, filter_by="confident_learning", n_jobs=1)
+    ours = confident_learning_mask(labels, probs)
+    assert ours.sum() > 10
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(
+    ("method", "ours"),
+    [("self_confidence", self_confidence_scores), ("normalized_margin", normalized_margin_scores)],
+)
+def test_label_quality_scores_equal_cleanlab(seed: int, method: str, ours: Any) -> None:
+    labels, probs = _noisy_labels(seed)
+    theirs = get_label_quality_scores(labels, probs, method=method)
+    np.testing.assert_allclose(ours(labels, probs), 1.0 - theirs, atol=1e-12)
+    np.testing.assert_array_equal(
+        np.argsort(-ours(labels, probs), kind="stable"), np.argsort(theirs, kind="stable")
+    )
+
+
+def test_confident_learning_mask_ignores_unlabeled_items() -> None:
+    labels, probs = _noisy_labels(0)
+    hidden = labels.copy()
+    hidden[::3] = -1
+    kept = hidden >= 0
+    theirs = find_label_issues(hidden[kept], probs[kept], filter_by="confident_learning", n_jobs=1)
+    mask = confident_learning_mask(hidden, probs)
+    assert not mask[~kept].any()
+    np.testing.assert_array_equal(mask[kept], theirs)

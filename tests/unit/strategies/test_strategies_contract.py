@@ -1,0 +1,170 @@
+"""One contract suite over every entry of the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import N_ANNOTATORS, N_CLASSES, N_DIMS, N_MEMBERS, make_arrays
+
+from strategies import REGISTRY, Pool, Selection, StrategyInfo
+
+NAMES = sorted(REGISTRY)
+
+
+def _eligible(pool: Pool, info: StrategyInfo) -> np.ndarray:
+    return np.flatnonzero(pool.labeled if info.kind == "review" else ~pool.labeled)
+
+
+def _select(name: str, pool: Pool, k: int, seed: int = 0) -> Selection:
+    return REGISTRY[name](pool, k, rng=np.random.default_rng(seed))
+
+
+def test_registry_is_read_only_and_documents_each_entry() -> None:
+    with pytest.raises(TypeError):
+        REGISTRY["new"] = REGISTRY["entropy"]  # type: ignore[index]
+    for info in REGISTRY.values():
+        assert info.kind in ("label", "review")
+        assert info.needs <= {
+            "probs",
+            "committee",
+            "embeddings",
+            "oos_probs",
+            "annotations",
+            "clusters",
+        }
+        assert info.summary
+
+
+def test_settings_default_signals_exist() -> None:
+    for name in ("entropy", "coverage", "balance"):
+        assert REGISTRY[name].kind == "label"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("k", [0, 1, 7, 1000])
+def test_returns_k_unique_in_range_items_of_its_kind(name: str, k: int, full_pool: Pool) -> None:
+    info = REGISTRY[name]
+    selection = _select(name, full_pool, k)
+    allowed = _eligible(full_pool, info)
+    assert len(selection) == min(k, allowed.shape[0])
+    assert np.unique(selection.indices).shape == selection.indices.shape
+    assert np.isin(selection.indices, allowed).all()
+    assert selection.indices.dtype == np.int64 and selection.scores.dtype == np.float64
+    assert np.isfinite(selection.scores).all()
+    assert (np.diff(selection.scores) <= 1e-12).all() or name == "coreset"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_label_signals_never_return_labeled_items(name: str, arrays: dict[str, Any]) -> None:
+    arrays["labels"][:100] = np.arange(100) % N_CLASSES
+    pool = Pool(**arrays)
+    selection = _select(name, pool, 50)
+    if REGISTRY[name].kind == "label":
+        assert len(selection) == 20
+        assert not pool.labeled[selection.indices].any()
+    else:
+        assert pool.labeled[selection.indices].all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_rng_same_output(name: str, full_pool: Pool) -> None:
+    first, second = _select(name, full_pool, 9, seed=3), _select(name, full_pool, 9, seed=3)
+    np.testing.assert_array_equal(first.indices, second.indices)
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_not_mutated(name: str, arrays: dict[str, Any]) -> None:
+    before = {key: np.copy(value) for key, value in arrays.items()}
+    _select(name, Pool(**arrays), 11)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+        assert value.flags.writeable, key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_pool(name: str) -> None:
+    pool = Pool(
+        labels=np.zeros(0, dtype=np.int64),
+        probs=np.zeros((0, N_CLASSES)),
+        committee=np.zeros((N_MEMBERS, 0, N_CLASSES)),
+        embeddings=np.zeros((0, N_DIMS)),
+        oos_probs=np.zeros((0, N_CLASSES)),
+        annotations=np.zeros((0, N_ANNOTATORS), dtype=np.int64),
+    )
+    assert len(_select(name, pool, 5)) == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_tiny_pools_and_k_larger_than_pool(name: str, n: int) -> None:
+    pool = Pool(**make_arrays(n, n_labeled=1))
+    selection = _select(name, pool, 10)
+    assert len(selection) == _eligible(pool, REGISTRY[name]).shape[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_input_is_a_clear_value_error(name: str, arrays: dict[str, Any]) -> None:
+    for needed in REGISTRY[name].needs - {"clusters"}:
+        partial = {key: value for key, value in arrays.items() if key != needed}
+        with pytest.raises(ValueError, match=f"{name}.*needs.*{needed}"):
+            _select(name, Pool(**partial), 3)
+    if "clusters" in REGISTRY[name].needs:
+        partial = {key: value for key, value in arrays.items() if key != "embeddings"}
+        with pytest.raises(ValueError, match="needs clusters"):
+            _select(name, Pool(**partial), 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_negative_or_fractional_k_rejected(name: str, full_pool: Pool) -> None:
+    for k in (-1, 2.5):
+        with pytest.raises(ValueError, match="k must be a non-negative integer"):
+            _select(name, full_pool, k)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "message"),
+    [
+        ("probs", lambda a: np.where(a == a.max(), np.nan, a), "probs contains NaN"),
+        ("embeddings", lambda a: np.where(a == a.max(), np.inf, a), "embeddings contains NaN"),
+        ("committee", lambda a: a[:, :-1], r"committee has \(3, 119, 4\)"),
+        ("oos_probs", lambda a: a[:, :-1], "class counts disagree"),
+        ("probs", lambda a: a * 2.0, r"probs must lie in \[0, 1\]"),
+        ("oos_probs", lambda a: a * 0.5, "oos_probs rows must sum to 1"),
+        ("probs", lambda a: a[:, :, None], "probs must be 2-D"),
+        ("labels", lambda a: a.astype(np.float64), "labels must be an integer array"),
+        ("labels", lambda a: np.where(a == 0, N_CLASSES, a), "labels has class 4"),
+        ("labels", lambda a: np.where(a == 0, -2, a), "labels must be >= -1"),
+        ("annotations", lambda a: a[:-2], r"annotations has \(118, 3\)"),
+        ("embeddings", lambda a: a.astype(str), "embeddings must be a numeric array"),
+    ],
+)
+def test_bad_input_rejected_with_clear_message(
+    arrays: dict[str, Any], key: str, bad: Any, message: str
+) -> None:
+    arrays[key] = bad(arrays[key])
+    with pytest.raises(ValueError, match=message):
+        Pool(**arrays)
+
+
+def test_pool_arrays_are_read_only(full_pool: Pool) -> None:
+    assert full_pool.probs is not None
+    with pytest.raises(ValueError, match="read-only"):
+        full_pool.probs[0, 0] = 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_multilabel_pools_supported_or_rejected_clearly(name: str, arrays: dict[str, Any]) -> None:
+    rng = np.random.default_rng(5)
+    arrays["probs"] = rng.random(arrays["probs"].shape)
+    arrays["committee"] = rng.random(arrays["committee"].shape)
+    arrays.pop("oos_probs")
+    pool = Pool(**arrays, multilabel=True)
+    info = REGISTRY[name]
+    if info.multilabel and "oos_probs" not in info.needs:
+        assert len(_select(name, pool, 5)) == 5
+    else:
+        with pytest.raises(ValueError, match=name):
+            _select(name, pool, 5)
