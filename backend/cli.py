@@ -92,7 +92,7 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 
     store = Store(settings.store.url)
     store.upgrade()
-    report = reconcile(store, _label_studio(settings), args.project)
+    report = reconcile(store, _label_studio(settings), args.project, incremental=args.incremental)
     print(report.summary())
     return 0
 
@@ -143,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    sub.choices["sync"].add_argument(
+        "--incremental",
+        action="store_true",
+        help="only tasks changed since the last sync (deleted tasks need a full sync)",
+    )
     status = sub.add_parser("status", help="what the store holds per project")
     status.add_argument("--project", type=int)
     status.add_argument("--json", action="store_true")
@@ -180,9 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"labelloop: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.server.log_level)
+    from backend.labelstudio.client import LabelStudioError
+
     try:
         return _commands()[args.command](settings, args)
-    except CliError as exc:
+    except (CliError, LabelStudioError) as exc:
         print(f"labelloop: {exc}", file=sys.stderr)
         return 2
 

@@ -13,11 +13,11 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from backend.inbox import apply_pending
@@ -27,6 +27,7 @@ from backend.store.models import Annotation, Project, Task, utcnow
 
 log = logging.getLogger(__name__)
 CHUNK = 1000
+SKEW = timedelta(minutes=2)  # Label Studio's clock may differ from ours
 
 
 class TaskSource(Protocol):
@@ -34,7 +35,9 @@ class TaskSource(Protocol):
 
     def get_project(self, project: int) -> dict[str, Any]: ...
 
-    def iter_tasks(self, project: int) -> Iterator[dict[str, Any]]: ...
+    def iter_tasks(
+        self, project: int, *, updated_since: datetime | None = None
+    ) -> Iterator[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,12 @@ class SyncReport:
     annotations_deleted: int
     events_applied: int
     seconds: float
+    incremental: bool = False
 
     def summary(self) -> str:
         return (
-            f"project {self.project_id}: {self.tasks} tasks, {self.annotations} annotations in "
+            f"project {self.project_id} ({'incremental' if self.incremental else 'full'}): "
+            f"{self.tasks} tasks, {self.annotations} annotations in "
             f"Label Studio; tasks {dict(self.tasks_changed)}, annotations "
             f"{dict(self.annotations_changed)}; deleted {self.tasks_deleted} tasks and "
             f"{self.annotations_deleted} annotations; {self.events_applied} inbox events applied; "
@@ -60,6 +65,7 @@ class SyncReport:
 
 
 def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
@@ -87,58 +93,74 @@ def _sync_chunk(
             changes[1][outcome] += 1
 
 
+def _stale_ids(session: Session, stmt: Select[int], seen: set[int]) -> list[int]:
+    return sorted(set(session.scalars(stmt)) - seen)
+
+
 def _tombstone(
-    session: Session, project_id: int, seen: tuple[set[int], set[int]], started: datetime
+    session: Session,
+    project_id: int,
+    seen: tuple[set[int], set[int]],
+    started: datetime,
+    *,
+    full: bool,
 ) -> tuple[int, int]:
-    """Delete what Label Studio no longer lists; rows written during this sync are left alone."""
-    task_ids = (
-        set(
-            session.scalars(
-                select(Task.id).where(
-                    Task.project_id == project_id, Task.deleted.is_(False), Task.synced_at < started
-                )
-            )
-        )
-        - seen[0]
+    """Delete what Label Studio no longer lists; rows written during this sync are left alone.
+
+    A full pass can see every deletion. An incremental pass only lists changed tasks, so it can
+    only see annotations deleted from those (Label Studio bumps a task's ``updated_at`` when one of
+    its annotations is deleted); deleted tasks wait for the next full pass.
+    """
+    anns = select(Annotation.id).where(
+        Annotation.project_id == project_id,
+        Annotation.deleted.is_(False),
+        Annotation.synced_at < started,
     )
-    ann_ids = (
-        set(
-            session.scalars(
-                select(Annotation.id).where(
-                    Annotation.project_id == project_id,
-                    Annotation.deleted.is_(False),
-                    Annotation.synced_at < started,
-                )
-            )
+    if not full:
+        anns = anns.where(Annotation.task_id.in_(sorted(seen[0])))
+    ann_ids = _stale_ids(session, anns, seen[1])
+    task_ids: list[int] = []
+    if full:
+        tasks = select(Task.id).where(
+            Task.project_id == project_id, Task.deleted.is_(False), Task.synced_at < started
         )
-        - seen[1]
-    )
-    for chunk in _chunks(({"id": i} for i in sorted(task_ids)), CHUNK):
-        session.execute(
-            update(Task).where(Task.id.in_([c["id"] for c in chunk])).values(deleted=True)
-        )
-    deleted_anns = repo.delete_annotations(session, sorted(ann_ids), at=started)
-    return len(task_ids), deleted_anns
+        task_ids = _stale_ids(session, tasks, seen[0])
+        for start in range(0, len(task_ids), CHUNK):
+            chunk = task_ids[start : start + CHUNK]
+            session.execute(update(Task).where(Task.id.in_(chunk)).values(deleted=True))
+    return len(task_ids), repo.delete_annotations(session, ann_ids, at=started)
 
 
-def reconcile(store: Store, ls: TaskSource, project_id: int) -> SyncReport:
-    """Full sync of one project from the Label Studio API into the store."""
+def reconcile(
+    store: Store, ls: TaskSource, project_id: int, *, incremental: bool = False
+) -> SyncReport:
+    """Sync one project from the Label Studio API into the store.
+
+    Args:
+        store: the state store.
+        ls: the Label Studio client.
+        project_id: the Label Studio project.
+        incremental: list only tasks changed since the last sync (minus a margin for clock
+            skew); falls back to a full pass when the project was never synced. Deleted tasks
+            are only found by a full pass.
+    """
     t0, started = time.perf_counter(), utcnow()
     applied = apply_pending(store, project_id=project_id).total
     info = ls.get_project(project_id)
     with store.session() as session:
         project = repo.ensure_project(session, project_id)
+        since = project.last_synced_at - SKEW if incremental and project.last_synced_at else None
         project.title = info.get("title") or project.title
         if isinstance(info.get("label_config"), str):
             repo.set_label_config(session, project, info["label_config"])
     seen: tuple[set[int], set[int]] = (set(), set())
     changes: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
-    for chunk in _chunks(ls.iter_tasks(project_id), CHUNK):
+    for chunk in _chunks(ls.iter_tasks(project_id, updated_since=since), CHUNK):
         with store.session() as session:
             project = repo.ensure_project(session, project_id)
             _sync_chunk(session, project, chunk, seen, changes)
     with store.session() as session:
-        deleted = _tombstone(session, project_id, seen, started)
+        deleted = _tombstone(session, project_id, seen, started, full=since is None)
         repo.ensure_project(session, project_id).last_synced_at = utcnow()
     report = SyncReport(
         project_id=project_id,
@@ -150,6 +172,7 @@ def reconcile(store: Store, ls: TaskSource, project_id: int) -> SyncReport:
         annotations_deleted=deleted[1],
         events_applied=applied,
         seconds=time.perf_counter() - t0,
+        incremental=since is not None,
     )
     log.info("reconciled %s", report.summary())
     return report

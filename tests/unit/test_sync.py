@@ -1,0 +1,112 @@
+"""Reconcile logic against a scripted Label Studio (the real one is in tests/integration)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from backend.store import repo
+from backend.store.db import Store
+from backend.sync import reconcile
+from tests.conftest import SINGLE_CONFIG
+
+
+def _ann(ann_id: int, label: str, updated: str = "2026-01-01T10:00:00Z") -> dict[str, Any]:
+    return {
+        "id": ann_id,
+        "completed_by": 1,
+        "result": [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": [label]},
+            }
+        ],
+        "created_at": "2026-01-01T09:00:00Z",
+        "updated_at": updated,
+    }
+
+
+class ScriptedLabelStudio:
+    """The two calls reconcile makes, over tasks held in memory."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.calls: list[datetime | None] = []
+
+    def add(
+        self, task_id: int, *anns: dict[str, Any], updated: str = "2026-01-01T10:00:00Z"
+    ) -> None:
+        self.tasks[task_id] = {
+            "id": task_id,
+            "data": {"image": f"/data/upload/1/{task_id}.png"},
+            "updated_at": updated,
+            "annotations": list(anns),
+        }
+
+    def get_project(self, project: int) -> dict[str, Any]:
+        return {"id": project, "title": "pets", "label_config": SINGLE_CONFIG}
+
+    def iter_tasks(
+        self, project: int, *, updated_since: datetime | None = None
+    ) -> Iterator[dict[str, Any]]:
+        self.calls.append(updated_since)
+        for task_id in sorted(self.tasks):
+            task = self.tasks[task_id]
+            stamp = repo.parse_ts(task["updated_at"])
+            if updated_since is None or (stamp is not None and stamp > updated_since):
+                yield copy.deepcopy(task)
+
+
+def _state(store: Store) -> tuple[list[int], dict[int, list[str]]]:
+    with store.session() as session:
+        tasks = [t.id for t in repo.live_tasks(session, 1)]
+        anns = {a.id: a.labels for a in repo.live_annotations(session, 1)}
+    return tasks, anns
+
+
+@pytest.fixture
+def ls() -> ScriptedLabelStudio:
+    fake = ScriptedLabelStudio()
+    fake.add(1, _ann(10, "cat"))
+    fake.add(2, _ann(11, "dog"), _ann(12, "bird"))
+    fake.add(3)
+    return fake
+
+
+def test_full_sync_makes_the_store_equal(store: Store, ls: ScriptedLabelStudio) -> None:
+    report = reconcile(store, ls, 1)
+    assert _state(store) == ([1, 2, 3], {10: ["cat"], 11: ["dog"], 12: ["bird"]})
+    assert report.tasks == 3 and report.annotations == 3
+    # What Label Studio lost meanwhile (a task, an annotation) is tombstoned; edits land.
+    del ls.tasks[3]
+    ls.add(2, _ann(11, "cat", updated="2026-01-02T10:00:00Z"), updated="2026-01-02T10:00:00Z")
+    report = reconcile(store, ls, 1)
+    assert _state(store) == ([1, 2], {10: ["cat"], 11: ["cat"]})
+    assert (report.tasks_deleted, report.annotations_deleted) == (1, 1)
+    again = reconcile(store, ls, 1)
+    assert (again.tasks_deleted, again.annotations_deleted) == (0, 0)
+    assert set(again.annotations_changed) == {"unchanged"}
+
+
+def test_incremental_sync_lists_only_changed_tasks(store: Store, ls: ScriptedLabelStudio) -> None:
+    reconcile(store, ls, 1)
+    with store.session() as session:
+        repo.ensure_project(session, 1).last_synced_at = repo.parse_ts("2026-01-01T12:00:00Z")
+    ls.add(2, _ann(11, "bird", updated="2026-01-03T10:00:00Z"), updated="2026-01-03T10:00:00Z")
+    report = reconcile(store, ls, 1, incremental=True)
+    assert report.incremental and report.tasks == 1
+    assert ls.calls[-1] is not None and ls.calls[-1] < repo.parse_ts("2026-01-01T12:00:00Z")
+    # Annotation 12 vanished from the changed task: deleted. Task 1 was not listed: kept.
+    assert _state(store) == ([1, 2, 3], {10: ["cat"], 11: ["bird"]})
+
+
+def test_incremental_without_a_previous_sync_is_full(store: Store, ls: ScriptedLabelStudio) -> None:
+    report = reconcile(store, ls, 1, incremental=True)
+    assert not report.incremental and ls.calls == [None]
+    assert report.tasks == 3
