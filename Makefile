@@ -36,10 +36,10 @@ unit: install
 	$(VENV)/bin/pytest -m "not integration" -q
 
 integration: install ls
-	LABELLOOP_TEST_LS_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -m integration -q
+	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -m integration -q
 
 test: install ls lint typecheck
-	LABELLOOP_TEST_LS_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -q
+	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -q
 
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(VENV)/bin/python $$f --quick || exit 1; done

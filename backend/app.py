@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -31,6 +32,17 @@ class Services:
     models: ModelRegistry
     worker: InboxWorker | None = None
     started_at: float = field(default_factory=time.time)
+    _resolver: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def image_resolver(self) -> Any:
+        """One image resolver per process (it holds Label Studio auth and a connection pool)."""
+        with self._lock:
+            if self._resolver is None:
+                from backend.labelstudio.images import ImageResolver
+
+                self._resolver = ImageResolver(self.settings.label_studio, self.settings.images)
+            return self._resolver
 
     def events_applied(self, report: ApplyReport) -> None:
         for (project, action), count in report.applied.items():

@@ -66,17 +66,18 @@ def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
     from backend.store.db import Store
     from backend.sync import reconcile
 
-    ls = _label_studio(settings)
-    backend = ls.connect_ml_backend(
-        args.project,
-        url=settings.server.public_url,
-        title=settings.server.title,
-        basic_auth=settings.server.basic_auth,
-    )
-    ls.set_sampling(args.project, "Uncertainty sampling")
     store = Store(settings.store.url)
     store.upgrade()
-    report = reconcile(store, ls, args.project)
+    with _label_studio(settings) as ls:
+        backend = ls.connect_ml_backend(
+            args.project,
+            url=settings.server.public_url,
+            title=settings.server.title,
+            basic_auth=settings.server.basic_auth,
+        )
+        ls.set_sampling(args.project, "Uncertainty sampling")
+        report = reconcile(store, ls, args.project)
+    store.dispose()
     print(
         f"connected Label Studio project {args.project} to {settings.server.public_url} "
         f"(ML backend id {backend.get('id')}, title {settings.server.title!r}); "
@@ -121,6 +122,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                     **counts.__dict__,
                 }
             )
+    store.dispose()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

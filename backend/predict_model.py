@@ -10,7 +10,6 @@ import numpy as np
 
 from backend.labelstudio.config import LabelConfig
 from backend.labelstudio.convert import prediction_item, task_image_ref
-from backend.labelstudio.images import ImageResolver
 from backend.model.cache import EmbeddingCache
 from backend.model.featurize import featurize
 from backend.model.predict import predict_annotation
@@ -31,7 +30,7 @@ def predict_with_model(
 ) -> list[dict[str, Any]]:
     """One prediction per task, in order; a task whose image fails gets an empty result."""
     settings = svc.settings
-    resolver = ImageResolver(settings.label_studio, settings.images)
+    resolver = svc.image_resolver()
     items = []
     for task in tasks:
         ref = task_image_ref(task, cfg)

@@ -447,6 +447,7 @@ class LoopScheduler:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._closing = False
+        self._running: set[int] = set()  # projects whose cycle runs in this process now
 
     # -- life
 
@@ -556,9 +557,19 @@ class LoopScheduler:
         if due is not None and due > now:
             self._schedule_run(project_id, due)  # a stale alarm; the record wants later
             return
-        run = run_cycle_once(
-            self._store, self._runner, project_id, lease_s=self._settings.lease_s, clock=self._clock
-        )
+        with self._idle:
+            self._running.add(project_id)
+        try:
+            run = run_cycle_once(
+                self._store,
+                self._runner,
+                project_id,
+                lease_s=self._settings.lease_s,
+                clock=self._clock,
+            )
+        finally:
+            with self._idle:
+                self._running.discard(project_id)
         if run is None:  # another process runs this project now: look again after a while
             self._schedule_run(project_id, now + timedelta(seconds=self._settings.poll_s))
 
@@ -573,6 +584,9 @@ class LoopScheduler:
         return (job.trigger, job.next_run_time) if job is not None else None
 
     def _schedule_run(self, project_id: int, at: datetime) -> None:
+        with self._idle:
+            if project_id in self._running:
+                return  # it would only be skipped as a second instance; _rearm sets it after
         self._aps.add_job(
             f"{__name__}:fire_cycle",
             DateTrigger(run_date=max(at, self._clock()), timezone=UTC),

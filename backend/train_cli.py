@@ -10,21 +10,22 @@ from backend.settings import Settings
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from backend.cli import CliError, _label_studio
-    from backend.labelstudio.images import ImageResolver
     from backend.store.db import Store
     from backend.sync import reconcile
     from backend.training import NotEnoughLabels, train_project
 
-    ls = _label_studio(settings)
     store = Store(settings.store.url)
     store.upgrade()
-    report = reconcile(store, ls, args.project)
-    print(report.summary())
-    resolver = ImageResolver(settings.label_studio, settings.images)
-    try:
-        outcome = train_project(settings, store, args.project, resolver.fetch)
-    except NotEnoughLabels as exc:
-        raise CliError(str(exc)) from None
+    with _label_studio(settings) as ls:
+        report = reconcile(store, ls, args.project)
+        print(report.summary())
+        resolver = ls.image_resolver(settings.images)
+        try:
+            outcome = train_project(settings, store, args.project, resolver.fetch)
+        except NotEnoughLabels as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            store.dispose()
     metrics = outcome.model.metrics
     print(
         f"model {outcome.version}: {outcome.n_labels} labels, {outcome.n_failed} images failed, "

@@ -29,8 +29,14 @@ from backend.settings import ImageSettings, LabelStudioSettings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Sampling = Literal["Sequential sampling", "Uniform sampling", "Uncertainty sampling"]
-# What iter_tasks asks for: with these fields a page of 1,000 tasks is ~3x faster than fields=all.
-TASK_FIELDS = "id,data,meta,created_at,updated_at,annotations"
+# What iter_tasks asks for. ``include`` also filters the nested annotations, so their fields are
+# listed too. Measured on 1.23.2: ~3x faster than plain ``fields=all``.
+TASK_FIELDS = ",".join(
+    [
+        *("id", "data", "meta", "created_at", "updated_at", "annotations"),
+        *("result", "completed_by", "was_cancelled", "ground_truth", "lead_time", "task"),
+    ]
+)
 UPLOAD_BATCH = 100
 PREDICTION_BATCH = 5000
 

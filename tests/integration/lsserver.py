@@ -1,6 +1,6 @@
 """A real Label Studio 1.23.2 for the integration tests.
 
-The server runs from its own venv: ``$LABELLOOP_TEST_LS_BIN`` when set, else
+The server runs from its own venv: ``$TEST_LABEL_STUDIO_BIN`` when set, else
 ``<repo>/.cache/ls-venv/bin/label-studio``, created with ``pip install label-studio==1.23.2`` on
 first use (about a minute). It binds 127.0.0.1 on a free port, keeps its data in a temporary
 directory, and is stopped with its whole process group. Starting and stopping are delegated to
@@ -28,7 +28,7 @@ DEFAULT_VENV = REPO / ".cache" / "ls-venv"
 
 def label_studio_binary() -> Path:
     """The ``label-studio`` executable, installing it into ``.cache/ls-venv`` when missing."""
-    configured = os.environ.get("LABELLOOP_TEST_LS_BIN")
+    configured = os.environ.get("TEST_LABEL_STUDIO_BIN")
     if configured:
         return Path(configured)
     binary = DEFAULT_VENV / "bin" / "label-studio"

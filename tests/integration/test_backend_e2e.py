@@ -99,6 +99,7 @@ def env(label_studio: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield env
     env.stop()
     env.store.dispose()
+    env.ls.close()
 
 
 @pytest.fixture(scope="module")

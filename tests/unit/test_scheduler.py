@@ -83,10 +83,10 @@ class FakeCycle:
             self.calls.append((project_id, ctx.trigger))
             self.active += 1
             self.max_active = max(self.max_active, self.active)
-        self.started.set()
         try:
             with ctx.stage("train") as counts:
                 counts["labels"] = 3
+                self.started.set()
                 self.release.wait(10)
                 if self.failures:
                     raise self.failures.pop(0)
