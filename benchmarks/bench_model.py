@@ -35,9 +35,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.model import EmbeddingCache, build_backbone, featurize, train_model  # noqa: E402
-from backend.model.backbones import TorchBackbone  # noqa: E402
-from backend.settings import ModelSettings  # noqa: E402
+from backend.model import EmbeddingCache, build_backbone, featurize, train_model
+from backend.model.backbones import TorchBackbone
+from backend.settings import ModelSettings
 
 BUDGETS = (20, 50, 100, 200, 300)
 TRAIN_SIZES = (100, 1_000, 10_000)
@@ -222,7 +222,7 @@ def speed_rows(images: list[bytes], threads: int) -> list[list[str]]:
 
     rows.append(
         [
-            f"after, end to end: featurize() incl. PNG decode + resize + cache writes",
+            "after, end to end: featurize() incl. PNG decode + resize + cache writes",
             _throughput(end_to_end, len(items)),
         ]
     )
@@ -255,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sets, one repeat")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--cache", type=Path, help="embedding cache to reuse between runs")
+    parser.add_argument("--skip-speed", action="store_true", help="skip the featurization timing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -263,18 +265,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     repeats = 1 if args.quick else 3
     settings = ModelSettings(num_threads=args.threads)
     backbone = build_backbone(settings)
-    print(
-        f"# bench_model ({'quick' if args.quick else 'full'}; torch {torch.__version__}, {args.threads} threads)\n"
-    )
+    mode = "quick" if args.quick else "full"
+    load = os.getloadavg()[0]
+    print(f"# bench_model ({mode}; torch {torch.__version__}; {args.threads} threads)\n")
+    print(f"1-minute load average at start: {load:.1f} on {os.cpu_count()} cores\n")
+    if not args.skip_speed:
+        speed_section(digits_set(32 if args.quick else 96).images, args.threads)
+    accuracy_section(args, backbone, settings, repeats)
+    train_section(args, settings)
 
-    speed_images = digits_set(32 if args.quick else 96).images
+
+def speed_section(speed_images: list[bytes], threads: int) -> None:
     gflops = matmul_gflops()
     print(f"## Featurization speed, EfficientNet-Lite0 at 224 px ({len(speed_images)} images)\n")
-    print(
-        f"Machine float32 GEMM: {gflops:.0f} GFLOP/s -> FLOP ceiling ~{gflops * 1e3 / LITE0_MFLOPS:.0f} images/s\n"
-    )
-    print(table(["configuration", "images/s"], speed_rows(speed_images, args.threads)) + "\n")
+    ceiling = gflops * 1e3 / LITE0_MFLOPS
+    print(f"float32 GEMM here: {gflops:.0f} GFLOP/s, so at most ~{ceiling:.0f} images/s\n")
+    print(table(["configuration", "images/s"], speed_rows(speed_images, threads)) + "\n")
 
+
+def accuracy_section(
+    args: argparse.Namespace, backbone: TorchBackbone, settings: ModelSettings, repeats: int
+) -> None:
     sets = [
         digits_set(600 if args.quick else None),
         textures_set(450 if args.quick else None),
@@ -282,12 +293,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = args.cache or Path(tmp)
         for dataset in sets:
             started = time.perf_counter()
-            embeddings = embed_set(dataset, backbone, Path(tmp))
+            embeddings = embed_set(dataset, backbone, cache_dir)
+            seconds = time.perf_counter() - started
             print(
-                f"embedded {dataset.name}: {len(dataset.labels)} images in {time.perf_counter() - started:.1f}s",
-                file=sys.stderr,
+                f"embedded {dataset.name}: {len(dataset.labels)} in {seconds:.1f}s", file=sys.stderr
             )
             rows += accuracy_rows(dataset, embeddings, repeats, settings)
     print(f"## Test accuracy by number of random labels (mean of {repeats} draw(s))\n")
@@ -305,10 +317,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         + "\n"
     )
 
+
+def train_section(args: argparse.Namespace, settings: ModelSettings) -> None:
     sizes = TRAIN_SIZES[:2] + ((3_000,) if args.quick else (10_000,))
-    print(
-        "## Training time per cycle (train_model: 5 folds + 5 bootstrap members + main head, d=1280, 10 classes)\n"
-    )
+    print("## Training time per cycle (5 fold heads + 5 bootstrap heads + main head; d=1280)\n")
     print(table(["labels", "seconds", "cv accuracy"], train_rows(sizes, settings)))
 
 

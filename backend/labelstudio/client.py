@@ -173,8 +173,7 @@ class LabelStudio:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, method: str, path: str, ok: Sequence[int] = (200, 201), **kw: Any) -> Any:
-        """One raw request; the decoded JSON body (None when empty)."""
+    def _send(self, method: str, path: str, ok: Sequence[int], **kw: Any) -> requests.Response:
         try:
             response = self.session.request(
                 method, self.url + path, auth=self.auth, timeout=self.settings.timeout_s, **kw
@@ -183,6 +182,11 @@ class LabelStudio:
             raise LabelStudioError(None, f"cannot reach {self.url}: {type(exc).__name__}") from None
         if response.status_code not in ok:
             raise _response_error(response)
+        return response
+
+    def _call(self, method: str, path: str, ok: Sequence[int] = (200, 201), **kw: Any) -> Any:
+        """One raw request; the decoded JSON body (None when empty)."""
+        response = self._send(method, path, ok, **kw)
         if not response.content:
             return None
         try:
@@ -318,8 +322,8 @@ class LabelStudio:
 
     def next_task(self, project: int) -> dict[str, Any] | None:
         """The task "Label All Tasks" would serve now, or None when there is none left."""
-        body = self._call("GET", f"/api/projects/{project}/next", ok=(200, 404))
-        return dict(body) if isinstance(body, dict) and "id" in body else None
+        response = self._send("GET", f"/api/projects/{project}/next", ok=(200, 404))
+        return None if response.status_code == 404 else dict(response.json())
 
     def sdk_default_listing_count(self, project: int) -> int:
         """Count tasks with the SDK's default pager (pages of 100); for benchmarks only."""

@@ -1,7 +1,8 @@
 """One real Label Studio for the whole integration session (see ``lsserver.py``).
 
-Every test in this directory is marked ``integration``; ``pytest -m "not integration"`` skips
-them and the server is then never started.
+Set ``LABELLOOP_TEST_LS_URL`` and ``LABELLOOP_TEST_LS_TOKEN`` to reuse a server that is already
+running (it is then left running). Every test in this directory is marked ``integration``;
+``pytest -m "not integration"`` skips them and the server is then never started.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.lsserver import LabelStudioServer, start_server
+from tests.integration.lsserver import LabelStudioServer, running_server, start_server
 
 HERE = Path(__file__).parent
 
@@ -25,7 +26,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
     """A running Label Studio 1.23.2 on 127.0.0.1 with a temporary data dir."""
-    server = start_server(tmp_path_factory.mktemp("label-studio"))
+    server = running_server() or start_server(tmp_path_factory.mktemp("label-studio"))
     try:
         yield server
     finally:

@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 import venv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -46,49 +46,43 @@ def _install(target: Path) -> None:
     print("[lsserver] label-studio installed")
 
 
+class PersonalTokenTaken(RuntimeError):
+    """Label Studio already issued this user's one personal access token (answers 409)."""
+
+
 @dataclass(frozen=True)
 class LabelStudioServer:
-    """A running server: its URL, the admin login and its legacy API token."""
+    """A running server: its URL, the admin login and its legacy API token.
 
-    process: LabelStudioProcess
+    ``process`` is None for a server this session did not start (``LABELLOOP_TEST_LS_URL``).
+    """
 
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    @property
-    def token(self) -> str:
-        return self.process.token
-
-    @property
-    def username(self) -> str:
-        return self.process.username
-
-    @property
-    def password(self) -> str:
-        return self.process.password
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
+    url: str
+    token: str
+    username: str = ""
+    password: str = ""
+    process: LabelStudioProcess | None = None
+    _cache: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def personal_access_token(self) -> str:
         """The admin's personal access token (a JWT refresh token), created on first call.
 
-        Label Studio allows one live PAT per user: a second create answers 409, so an existing
-        one is read back from the token list instead.
+        Label Studio allows one live PAT per user and lists existing ones without their
+        signature, so the token is kept here; a server that already issued one (a reused
+        server) raises :class:`PersonalTokenTaken`.
         """
-        headers = {"Authorization": f"Token {self.token}"}
-        created = requests.post(f"{self.url}/api/token/", headers=headers, timeout=30)
-        if created.status_code == 409:
-            listed = requests.get(f"{self.url}/api/token/", headers=headers, timeout=30)
-            listed.raise_for_status()
-            return str(listed.json()[0]["token"])
-        created.raise_for_status()
-        return str(created.json()["token"])
+        if "pat" not in self._cache:
+            headers = {"Authorization": f"Token {self.token}"}
+            created = requests.post(f"{self.url}/api/token/", headers=headers, timeout=30)
+            if created.status_code == 409:
+                raise PersonalTokenTaken("this user already has a personal access token")
+            created.raise_for_status()
+            self._cache["pat"] = str(created.json()["token"])
+        return self._cache["pat"]
 
     def stop(self) -> None:
-        self.process.stop()
+        if self.process is not None:
+            self.process.stop()
 
 
 def start_server(data_dir: Path, *, timeout: float = 300.0) -> LabelStudioServer:
@@ -101,4 +95,15 @@ def start_server(data_dir: Path, *, timeout: float = 300.0) -> LabelStudioServer
         token=secrets.token_hex(20),
         timeout=timeout,
     )
-    return LabelStudioServer(process)
+    return LabelStudioServer(
+        process.url, process.token, process.username, process.password, process
+    )
+
+
+def running_server() -> LabelStudioServer | None:
+    """An already running server named by ``LABELLOOP_TEST_LS_URL`` and ``..._TOKEN`` (a legacy
+    token), to skip the start-up while iterating on tests; None when not set."""
+    url = os.environ.get("LABELLOOP_TEST_LS_URL")
+    if not url:
+        return None
+    return LabelStudioServer(url.rstrip("/"), os.environ.get("LABELLOOP_TEST_LS_TOKEN", ""))

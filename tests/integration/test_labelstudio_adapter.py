@@ -24,7 +24,7 @@ from backend.labelstudio.convert import (
 from backend.labelstudio.images import ImageError, ImageResolver
 from backend.settings import ImageSettings, LabelStudioSettings
 from tests.conftest import SINGLE_CONFIG
-from tests.integration.lsserver import LabelStudioServer
+from tests.integration.lsserver import LabelStudioServer, PersonalTokenTaken
 
 CFG = parse_label_config(SINGLE_CONFIG)
 COLORS = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0), (0, 200, 200)]
@@ -189,11 +189,16 @@ def test_views_can_be_created(ls: LabelStudio, project: tuple[int, list[int]]) -
     assert listed["data"]["ordering"] == ["tasks:predictions_score"]
 
 
+# The SDK's token refresh calls pydantic's deprecated parse_obj (label-studio-sdk 2.1.2).
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:label_studio_sdk.*")
 def test_personal_access_token_and_legacy_token_both_work(
     label_studio: LabelStudioServer, project: tuple[int, list[int]]
 ) -> None:
     project_id, ids = project
-    pat = label_studio.personal_access_token()
+    try:
+        pat = label_studio.personal_access_token()
+    except PersonalTokenTaken:
+        pytest.skip("the reused server already issued its personal access token")
     assert pat.count(".") == 2  # a JWT, not a legacy token
     with client(label_studio, pat) as by_pat:
         assert len(list(by_pat.iter_tasks(project_id))) == 5  # raw endpoint, Bearer header

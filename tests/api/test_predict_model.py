@@ -1,0 +1,173 @@
+"""/predict and `train` with a real (small) model: labels from the store, one result per task."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+
+from backend.app import create_app, shutdown
+from backend.labelstudio.images import ImageResolver
+from backend.settings import Settings
+from backend.store import repo
+from backend.store.db import Store
+from backend.store.models import ModelVersion
+from backend.training import NotEnoughLabels, consensus_targets, train_project
+from tests.conftest import MULTI_CONFIG, SINGLE_CONFIG, make_settings
+
+COLORS = {"cat": (220, 30, 30), "dog": (30, 30, 220), "bird": (30, 200, 30)}
+
+
+def _data_url(color: tuple[int, int, int], seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(color) + rng.normal(0, 12, (24, 24, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _annotation(
+    ann_id: int, task: int, labels: list[str], from_name: str = "label"
+) -> dict[str, Any]:
+    return {
+        "id": ann_id,
+        "completed_by": 1,
+        "result": [
+            {
+                "from_name": from_name,
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": labels},
+            }
+        ],
+        "created_at": "2026-01-01T10:00:00Z",
+        "updated_at": "2026-01-01T10:00:00Z",
+    }
+
+
+def _seed_project(store: Store, project_id: int, per_class: int) -> dict[int, str]:
+    """Tasks with coloured images; the first ``per_class`` of each colour are labeled."""
+    truth = {}
+    with store.session() as session:
+        project = repo.ensure_project(session, project_id)
+        repo.set_label_config(session, project, SINGLE_CONFIG)
+        task_id = 1
+        for label, color in COLORS.items():
+            for i in range(per_class + 2):
+                task = {"id": task_id, "data": {"image": _data_url(color, task_id)}}
+                repo.upsert_task(session, project, task)
+                if i < per_class:
+                    repo.upsert_annotation(
+                        session, project, task_id, _annotation(100 + task_id, task_id, [label])
+                    )
+                truth[task_id] = label
+                task_id += 1
+    return truth
+
+
+@pytest.fixture
+def small_settings(tmp_path: Path) -> Settings:
+    return make_settings(
+        tmp_path,
+        model={
+            "backbone": "small_cnn",
+            "image_size": 32,
+            "committee_size": 2,
+            "cv_folds": 3,
+            "max_epochs": 60,
+            "keep_versions": 2,
+        },
+    )
+
+
+def test_train_then_predict_serves_the_model(small_settings: Settings, tmp_path: Path) -> None:
+    store = Store(small_settings.store.url)
+    store.upgrade()
+    truth = _seed_project(store, 9, per_class=4)
+    resolver = ImageResolver(small_settings.label_studio, small_settings.images)
+    outcome = train_project(small_settings, store, 9, resolver.fetch)
+    assert outcome.n_labels == 12 and outcome.path.exists()
+    with store.session() as session:
+        row = session.query(ModelVersion).one()
+        assert row.version == outcome.version and row.n_labels == 12
+        assert row.metrics["n_labels"] == 12 and "ece_after" in row.metrics
+    app = create_app(small_settings, store=store)
+    client: FlaskClient = app.test_client()
+    try:
+        assert client.get("/health").get_json()["projects"] == {"9": outcome.version}
+        tasks = [
+            {"id": t, "data": {"image": _data_url(COLORS[label], 1000 + t)}}
+            for t, label in truth.items()
+        ]
+        tasks.append({"id": 999, "data": {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}})
+        body = client.post("/predict", json={"tasks": tasks, "project": "9.1"}).get_json()
+    finally:
+        shutdown(app)
+    results = body["results"]
+    assert len(results) == len(tasks)  # one per task, in order, even for a broken image
+    predicted = [r["result"][0]["value"]["choices"][0] for r in results[:-1]]
+    accuracy = np.mean([p == truth[t["id"]] for p, t in zip(predicted, tasks, strict=False)])
+    assert accuracy >= 0.9
+    first = results[0]
+    assert first["model_version"] == outcome.version
+    assert first["result"][0]["from_name"] == "label" and first["result"][0]["to_name"] == "image"
+    assert 1 / 3 <= first["score"] <= 1.0
+    assert results[-1] == {"result": [], "score": 0.0, "model_version": outcome.version}
+
+
+def test_versions_are_pruned_but_never_the_current(small_settings: Settings) -> None:
+    store = Store(small_settings.store.url)
+    store.upgrade()
+    _seed_project(store, 9, per_class=3)
+    resolver = ImageResolver(small_settings.label_studio, small_settings.images)
+    outcomes = [train_project(small_settings, store, 9, resolver.fetch) for _ in range(3)]
+    assert [o.path.exists() for o in outcomes] == [False, True, True]
+    with store.session() as session:
+        assert repo.ensure_project(session, 9).model_version == outcomes[-1].version
+        assert session.query(ModelVersion).count() == 3  # history kept, checkpoint removed
+    store.dispose()
+
+
+def test_too_few_labels_is_a_clear_error(small_settings: Settings) -> None:
+    store = Store(small_settings.store.url)
+    store.upgrade()
+    with store.session() as session:
+        project = repo.ensure_project(session, 4)
+        repo.set_label_config(session, project, SINGLE_CONFIG)
+        repo.upsert_task(session, project, {"id": 1, "data": {"image": "data:,x"}})
+        repo.upsert_annotation(session, project, 1, _annotation(1, 1, ["cat"]))
+    with pytest.raises(NotEnoughLabels, match="1 labeled tasks covering 1 classes"):
+        train_project(small_settings, store, 4, lambda ref: b"")
+    store.dispose()
+
+
+def test_consensus_targets_single_and_multi() -> None:
+    from backend.labelstudio.config import parse_label_config
+    from backend.store.models import Annotation
+
+    single = parse_label_config(SINGLE_CONFIG)
+
+    def ann(i: int, task: int, labels: list[str]) -> Annotation:
+        return Annotation(id=i, project_id=1, task_id=task, labels=labels)
+
+    votes = [
+        ann(1, 5, ["cat"]),
+        ann(2, 5, ["dog"]),
+        ann(3, 5, ["dog"]),  # majority
+        ann(4, 6, ["cat"]),
+        ann(5, 6, ["bird"]),  # tie: the later one wins
+        ann(6, 7, ["unknown"]),
+    ]  # not a label of the config: ignored
+    targets = consensus_targets(votes, single)
+    assert targets.task_ids.tolist() == [5, 6]
+    assert targets.y.tolist() == [1, 2]
+    multi = parse_label_config(MULTI_CONFIG)
+    mvotes = [ann(1, 5, ["indoor", "person"]), ann(2, 5, ["indoor"]), ann(3, 6, ["person"])]
+    mtargets = consensus_targets(mvotes, multi)
+    assert mtargets.y.tolist() == [[1.0, 1.0], [0.0, 1.0]]
