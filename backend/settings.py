@@ -128,7 +128,7 @@ class ModelSettings(_Section):
 
 class StrategySettings(_Section):
     weights: dict[str, float] = Field(
-        default_factory=lambda: {"entropy": 1.0, "coverage": 0.5, "balance": 0.25}
+        default_factory=lambda: {"margin": 1.0, "coverage": 0.5}
     )
     batch_size: int = Field(100, ge=1)
     review_share: float = Field(0.1, ge=0.0, le=1.0)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -150,53 +149,52 @@ def _check_enough(targets: Targets, multiple: bool) -> None:
         )
 
 
-def train_project(
-    settings: Settings, store: Store, project_id: int, fetch: Callable[[str], bytes]
-) -> TrainOutcome:
-    """Featurize the labeled tasks, train, write the checkpoint and make it the current model."""
-    cfg, tasks, targets = _load_inputs(store, project_id)
-    _check_enough(targets, cfg.multiple)
-    result, backbone = embed_tasks(settings, store, tasks, fetch)
-    keep = np.array([int(t) in result.embeddings for t in targets.task_ids])
-    targets = Targets(targets.task_ids[keep], targets.y[keep])
-    _check_enough(targets, cfg.multiple)
-    x = np.stack([result.embeddings[int(t)] for t in targets.task_ids])
+def fit(
+    settings: Settings,
+    cfg: LabelConfig,
+    targets: Targets,
+    embeddings: dict[int, np.ndarray],
+    backbone: str,
+) -> tuple[TrainedModel, Targets, float]:
+    """Train on the labeled tasks that have embeddings.
+
+    Returns:
+        the model, the targets it was trained on (row order of ``model.oos_probs``) and the
+        training time in seconds.
+
+    Raises:
+        NotEnoughLabels: fewer than 4 usable labels or fewer than 2 classes among them.
+    """
+    keep = np.array([int(t) in embeddings for t in targets.task_ids], dtype=bool)
+    used = Targets(targets.task_ids[keep], targets.y[keep])
+    _check_enough(used, cfg.multiple)
+    x = np.stack([embeddings[int(t)] for t in used.task_ids])
     t0 = time.perf_counter()
     model = train_model(
         x,
-        targets.y,
+        used.y,
         classes=list(cfg.labels),
         multilabel=cfg.multiple,
         settings=settings.model,
         backbone=backbone,
     )
-    train_seconds = time.perf_counter() - t0
+    return model, used, time.perf_counter() - t0
+
+
+def store_version(
+    settings: Settings,
+    store: Store,
+    project_id: int,
+    model: TrainedModel,
+    *,
+    n_labels: int,
+    train_seconds: float,
+    activate: bool,
+) -> tuple[str, Path]:
+    """Write the checkpoint atomically and record the version; make it current if ``activate``."""
     version = new_version(settings, project_id)
     path = settings.store.data_dir / "models" / f"p{project_id}" / f"{version}.ckpt"
     save_checkpoint(model, path)
-    _record_version(store, project_id, version, path, model, len(targets.task_ids), train_seconds)
-    prune_versions(settings, store, project_id)
-    return TrainOutcome(
-        version,
-        path,
-        model,
-        len(targets.task_ids),
-        len(result.failures),
-        result.seconds,
-        train_seconds,
-    )
-
-
-def _record_version(
-    store: Store,
-    project_id: int,
-    version: str,
-    path: Path,
-    model: TrainedModel,
-    n_labels: int,
-    train_seconds: float,
-) -> None:
-    metrics: dict[str, Any] = dict(model.metrics)
     with store.session() as session:
         session.add(
             ModelVersion(
@@ -205,11 +203,48 @@ def _record_version(
                 path=str(path),
                 backbone=model.backbone,
                 n_labels=n_labels,
-                metrics=metrics,
+                metrics=dict(model.metrics),
                 train_seconds=train_seconds,
             )
         )
+    if activate:
+        activate_version(settings, store, project_id, version)
+    return version, path
+
+
+def activate_version(settings: Settings, store: Store, project_id: int, version: str) -> None:
+    """Serve ``version`` for the project from now on, then prune old checkpoints."""
+    with store.session() as session:
         repo.ensure_project(session, project_id).model_version = version
+    prune_versions(settings, store, project_id)
+
+
+def train_project(
+    settings: Settings, store: Store, project_id: int, fetch: Callable[[str], bytes]
+) -> TrainOutcome:
+    """Featurize the labeled tasks, train, write the checkpoint and make it the current model."""
+    cfg, tasks, targets = _load_inputs(store, project_id)
+    _check_enough(targets, cfg.multiple)
+    result, backbone = embed_tasks(settings, store, tasks, fetch)
+    model, used, train_seconds = fit(settings, cfg, targets, result.embeddings, backbone)
+    version, path = store_version(
+        settings,
+        store,
+        project_id,
+        model,
+        n_labels=len(used.task_ids),
+        train_seconds=train_seconds,
+        activate=True,
+    )
+    return TrainOutcome(
+        version,
+        path,
+        model,
+        len(used.task_ids),
+        len(result.failures),
+        result.seconds,
+        train_seconds,
+    )
 
 
 def prune_versions(settings: Settings, store: Store, project_id: int) -> list[str]:

@@ -113,7 +113,11 @@ class SdkAuth(requests.auth.AuthBase):
 def token_auth(ls: LabelStudioSettings) -> SdkAuth:
     """A ``requests`` auth for Label Studio built from the configured token; close it after use."""
     http = httpx.Client(timeout=ls.timeout_s)
-    return SdkAuth(make_sdk(ls, http), owned=http)
+    try:
+        return SdkAuth(make_sdk(ls, http), owned=http)
+    except LabelStudioError:
+        http.close()
+        raise
 
 
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

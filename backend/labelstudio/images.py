@@ -21,12 +21,16 @@ import base64
 import binascii
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import requests
 from PIL import Image
 
 from backend.settings import ImageSettings, LabelStudioSettings
+
+if TYPE_CHECKING:
+    from backend.labelstudio.client import SdkAuth
 
 LS_PREFIXES = ("/data/upload/", "/data/local-files", "/tasks/", "/storage-data/")
 MAX_REDIRECTS = 5
@@ -68,15 +72,30 @@ class ImageResolver:
     ) -> None:
         self._ls = ls
         self._images = images
+        self._owned_session = session is None
         self._session = session or requests.Session()
         self._auth = auth
+        self._owned_auth: SdkAuth | None = None
         self._ls_origins = {_origin(u) for u in (ls.url, ls.public_url) if u}
+
+    def close(self) -> None:
+        """Release the connections this resolver opened itself."""
+        if self._owned_session:
+            self._session.close()
+        if self._owned_auth is not None:
+            self._owned_auth.close()
+
+    def __enter__(self) -> ImageResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _ls_auth(self) -> requests.auth.AuthBase | None:
         if self._auth is None and self._ls.token is not None:
             from backend.labelstudio.client import token_auth
 
-            self._auth = token_auth(self._ls)
+            self._auth = self._owned_auth = token_auth(self._ls)
         return self._auth
 
     def fetch(self, ref: str) -> bytes:

@@ -81,6 +81,8 @@ class Task(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     image_ref: Mapped[str | None] = mapped_column(Text)
     image_error: Mapped[str | None] = mapped_column(Text)
+    # Label Studio's task data as last seen: review flags PATCH it, and PATCH replaces it whole.
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     ls_created_at: Mapped[datetime | None]
     ls_updated_at: Mapped[datetime | None]
@@ -185,3 +187,30 @@ class LoopState(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_cycle_id: Mapped[int | None] = mapped_column(Integer)
     lease_expires_at: Mapped[datetime | None]
+
+
+class ReviewFlag(Base):
+    """A task flagged for review (suspected label error or annotator disagreement).
+
+    ``pushed`` says the flag is written into the task's data in Label Studio (where the review
+    views filter and order on it); ``reviewed_at`` is set when an annotation of the task changed
+    after ``flagged_at``, which takes the task out of the queue for good.
+    """
+
+    __tablename__ = "review_flags"
+    __table_args__ = (Index("ix_review_flags_project", "project_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigInteger)
+    task_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    annotated_label: Mapped[str | None] = mapped_column(String(500))
+    model_label: Mapped[str | None] = mapped_column(String(500))
+    model_confidence: Mapped[float | None] = mapped_column(Float)
+    flagged_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reviewed_at: Mapped[datetime | None]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    pushed: Mapped[bool] = mapped_column(Boolean, default=False)

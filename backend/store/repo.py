@@ -106,6 +106,7 @@ def upsert_task(session: Session, project: Project, data: Mapping[str, Any]) -> 
                 id=task_id,
                 project_id=project.id,
                 image_ref=ref,
+                data=data.get("data"),
                 ls_created_at=parse_ts(data.get("created_at")),
                 ls_updated_at=updated,
             )
@@ -113,10 +114,11 @@ def upsert_task(session: Session, project: Project, data: Mapping[str, Any]) -> 
         return "created"
     if not _newer_or_equal(updated, row.ls_updated_at):
         return "stale"
-    changed = row.image_ref != ref or row.deleted
+    changed = row.image_ref != ref or row.deleted or row.data != data.get("data", row.data)
     if row.image_ref != ref:
         row.image_error = None
     row.image_ref, row.deleted, row.ls_updated_at = ref, False, updated or row.ls_updated_at
+    row.data = data.get("data", row.data)
     return "updated" if changed else "unchanged"
 
 

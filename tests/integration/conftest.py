@@ -1,6 +1,6 @@
 """One real Label Studio for the whole integration session (see ``lsserver.py``).
 
-Set ``LABELLOOP_TEST_LS_URL`` and ``LABELLOOP_TEST_LS_TOKEN`` to reuse a server that is already
+Set ``TEST_LABEL_STUDIO_URL`` and ``TEST_LABEL_STUDIO_TOKEN`` to reuse a server that is already
 running (it is then left running). Every test in this directory is marked ``integration``;
 ``pytest -m "not integration"`` skips them and the server is then never started.
 """

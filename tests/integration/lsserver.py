@@ -54,7 +54,7 @@ class PersonalTokenTaken(RuntimeError):
 class LabelStudioServer:
     """A running server: its URL, the admin login and its legacy API token.
 
-    ``process`` is None for a server this session did not start (``LABELLOOP_TEST_LS_URL``).
+    ``process`` is None for a server this session did not start (``TEST_LABEL_STUDIO_URL``).
     """
 
     url: str
@@ -101,9 +101,12 @@ def start_server(data_dir: Path, *, timeout: float = 300.0) -> LabelStudioServer
 
 
 def running_server() -> LabelStudioServer | None:
-    """An already running server named by ``LABELLOOP_TEST_LS_URL`` and ``..._TOKEN`` (a legacy
-    token), to skip the start-up while iterating on tests; None when not set."""
-    url = os.environ.get("LABELLOOP_TEST_LS_URL")
+    """An already running server, to skip the start-up while iterating on tests.
+
+    Named by ``TEST_LABEL_STUDIO_URL`` and ``TEST_LABEL_STUDIO_TOKEN`` (a legacy token); None
+    when not set.
+    """
+    url = os.environ.get("TEST_LABEL_STUDIO_URL")
     if not url:
         return None
-    return LabelStudioServer(url.rstrip("/"), os.environ.get("LABELLOOP_TEST_LS_TOKEN", ""))
+    return LabelStudioServer(url.rstrip("/"), os.environ.get("TEST_LABEL_STUDIO_TOKEN", ""))

@@ -88,12 +88,14 @@ def test_image_resolver_fetches_uploads_through_label_studio(
 ) -> None:
     ref = task_image_ref(ls.get_task(project[1][2]), CFG)
     assert ref is not None
-    image = ls.image_resolver(ImageSettings()).load(ref)
+    with ls.image_resolver(ImageSettings()) as shared_auth:
+        image = shared_auth.load(ref)
     assert (image.size, image.getpixel((0, 0))) == ((12, 8), COLORS[2])
     settings = LabelStudioSettings(url=label_studio.url, token=SecretStr(label_studio.token))
-    assert ImageResolver(settings, ImageSettings()).fetch(ref) == png(COLORS[2])
+    with ImageResolver(settings, ImageSettings()) as own_auth:
+        assert own_auth.fetch(ref) == png(COLORS[2])
     anonymous = ImageResolver(LabelStudioSettings(url=label_studio.url), ImageSettings())
-    with pytest.raises(ImageError, match="HTTP 401"):
+    with anonymous, pytest.raises(ImageError, match="HTTP 401"):
         anonymous.fetch(ref)
 
 
@@ -203,7 +205,12 @@ def test_personal_access_token_and_legacy_token_both_work(
     with client(label_studio, pat) as by_pat:
         assert len(list(by_pat.iter_tasks(project_id))) == 5  # raw endpoint, Bearer header
         made = by_pat.create_annotation(ids[4], result("bird"))  # SDK endpoint
-        assert by_pat.get_task(ids[4])["annotations"][0]["id"] == made["id"]
+        task = by_pat.get_task(ids[4])
+        assert task["annotations"][0]["id"] == made["id"]
+        ref = task_image_ref(task, CFG)
+        assert ref is not None
+        with by_pat.image_resolver(ImageSettings()) as resolver:
+            assert resolver.fetch(ref) == png(COLORS[4])
 
 
 def test_bad_token_and_missing_project_raise_with_status(
