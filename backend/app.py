@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, Unauthorized
 from backend.inbox import ApplyReport, InboxWorker
 from backend.metrics import Metrics
 from backend.models_registry import ModelRegistry
+from backend.scheduler import CycleRunner, LoopScheduler, start_embedded_scheduler
 from backend.settings import Settings
 from backend.store.db import Store
 
@@ -31,6 +32,7 @@ class Services:
     metrics: Metrics
     models: ModelRegistry
     worker: InboxWorker | None = None
+    loop: LoopScheduler | None = None
     started_at: float = field(default_factory=time.time)
     _resolver: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,6 +49,8 @@ class Services:
     def events_applied(self, report: ApplyReport) -> None:
         for (project, action), count in report.applied.items():
             self.metrics.events_applied.labels(str(project), action).inc(count)
+        if self.loop is not None:
+            self.loop.on_applied(report)
 
 
 def services() -> Services:
@@ -112,6 +116,7 @@ def create_app(
     store: Store | None = None,
     start_worker: bool = False,
     upgrade: bool = True,
+    runner: CycleRunner | None = None,
 ) -> Flask:
     """Build the Flask app.
 
@@ -120,7 +125,10 @@ def create_app(
         store: an open store to use (tests share one); a new one from settings otherwise.
         start_worker: run the inbox worker thread (``labelloop serve`` does; tests apply inline).
         upgrade: migrate the schema to the newest version first.
+        runner: the cycle; with it (and ``loop.run_scheduler``) this process runs the one
+            scheduler of the deployment (``labelloop serve``).
     """
+    from backend.api.cycles import bp as cycles_bp
     from backend.api.ml import bp as ml_bp
 
     app = Flask(__name__)
@@ -130,6 +138,8 @@ def create_app(
     if upgrade:
         store.upgrade()
     svc = Services(settings, store, Metrics(), ModelRegistry(store, settings.model))
+    if runner is not None:
+        svc.loop = start_embedded_scheduler(settings, store, runner)
     if start_worker:
         svc.worker = InboxWorker(store, on_applied=svc.events_applied)
         svc.worker.start()
@@ -139,6 +149,7 @@ def create_app(
     app.register_error_handler(HTTPException, _handle_http)
     app.register_error_handler(Exception, _handle_unexpected)
     app.register_blueprint(ml_bp)
+    app.register_blueprint(cycles_bp)
     return app
 
 
@@ -149,4 +160,6 @@ def shutdown(app: Flask) -> None:
         return
     if svc.worker is not None:
         svc.worker.stop()
+    if svc.loop is not None:
+        svc.loop.shutdown()
     svc.store.dispose()

@@ -43,8 +43,12 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
     from werkzeug.serving import make_server
 
     from backend.app import create_app, shutdown
+    from backend.cycle import make_runner
+    from backend.store.db import Store
 
-    app = create_app(settings, start_worker=True)
+    store = Store(settings.store.url)
+    store.upgrade()
+    app = create_app(settings, store=store, start_worker=True, runner=make_runner(settings, store))
     server = make_server(settings.server.host, settings.server.port, app, threaded=True)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -98,9 +102,44 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.store import repo
+def cmd_cycle(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one cycle now in this process (or only queue it for the running scheduler)."""
+    from backend.cycle import make_runner
+    from backend.scheduler import run_cycle_once
+    from backend.store import cycles
     from backend.store.db import Store
+    from backend.store.models import utcnow
+
+    store = Store(settings.store.url)
+    store.upgrade()
+    try:
+        if args.queue:
+            now = utcnow()
+            with store.session() as session:
+                cycle_id = cycles.request(session, args.project, "manual", due_at=now, now=now).id
+            print(f"queued cycle {cycle_id} of project {args.project}")
+            return 0
+        run = run_cycle_once(
+            store,
+            make_runner(settings, store),
+            args.project,
+            trigger="manual",
+            lease_s=settings.loop.lease_s,
+        )
+        if run is None:
+            raise CliError(f"a cycle of project {args.project} is already running")
+        with store.session() as session:
+            record = cycles.history(session, args.project, 1)[0]
+            print(json.dumps(cycles.to_dict(record), indent=2, default=str))
+        return 0 if run.state == "succeeded" else 1
+    finally:
+        store.dispose()
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.store import cycles, repo
+    from backend.store.db import Store
+    from backend.store.models import utcnow
 
     store = Store(settings.store.url)
     store.upgrade()
@@ -120,6 +159,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                     "model_version": p.model_version,
                     "last_synced_at": p.last_synced_at.isoformat() if p.last_synced_at else None,
                     **counts.__dict__,
+                    "cycle": cycles.current_state(session, p.id, now=utcnow()).to_dict(),
+                    "recent_cycles": [cycles.to_dict(c) for c in cycles.history(session, p.id, 5)],
                 }
             )
     store.dispose()
@@ -142,9 +183,17 @@ def _parser() -> argparse.ArgumentParser:
         ("connect", "register this backend in a Label Studio project and sync it"),
         ("sync", "reconcile the store with Label Studio (tasks and annotations)"),
         ("train", "featurize what is missing, train a model version and print its metrics"),
+        ("cycle", "run one retrain-and-requeue cycle now (reconcile, train, score, push)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    sub.choices["cycle"].add_argument(
+        "--queue", action="store_true", help="only queue it for the running scheduler"
+    )
+    sub.add_parser(
+        "scheduler",
+        help="the one scheduler of a scale-out deployment: applies the inbox, runs cycles",
+    )
     sub.choices["sync"].add_argument(
         "--incremental",
         action="store_true",
@@ -167,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
     from backend.demo import cmd_demo
+    from backend.scheduler import cmd_scheduler
     from backend.train_cli import cmd_train
 
     return {
@@ -175,6 +225,8 @@ def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
         "sync": cmd_sync,
         "status": cmd_status,
         "train": cmd_train,
+        "cycle": cmd_cycle,
+        "scheduler": cmd_scheduler,
         "demo": cmd_demo,
     }
 

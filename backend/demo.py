@@ -66,11 +66,21 @@ class ServedBackend:
         shutdown(self.app)
 
 
-def serve_in_thread(settings: Settings) -> ServedBackend:
-    """Run the labelloop app (with its inbox worker) on a background thread."""
-    from backend.app import create_app
+def serve_in_thread(settings: Settings, *, loop: bool = False) -> ServedBackend:
+    """Run the labelloop app (with its inbox worker) on a background thread.
 
-    app = create_app(settings, start_worker=True)
+    Args:
+        settings: the settings to serve with.
+        loop: also run the scheduler with the real cycle, as ``labelloop serve`` does.
+    """
+    from backend.app import create_app
+    from backend.cycle import make_runner
+    from backend.store.db import Store
+
+    store = Store(settings.store.url)
+    store.upgrade()
+    runner = make_runner(settings, store) if loop else None
+    app = create_app(settings, store=store, start_worker=True, runner=runner)
     server = make_server(settings.server.host, settings.server.port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="labelloop-http", daemon=True)
     thread.start()
@@ -111,7 +121,7 @@ def running_demo(
     backend: ServedBackend | None = None
     try:
         demo = _demo_settings(settings, ls, root)
-        backend = serve_in_thread(demo)
+        backend = serve_in_thread(demo, loop=True)
         project_id = ensure_demo_project(LabelStudio(demo.label_studio))
         cmd_connect(demo, argparse.Namespace(project=project_id))
         yield ls, backend, project_id

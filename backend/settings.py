@@ -110,7 +110,7 @@ class ModelSettings(_Section):
     max_epochs: int = Field(200, ge=1)
     learning_rate: float = Field(1e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    early_stopping_min_labels: int = Field(100, ge=2)
+    early_stopping_min_labels: int = Field(1000, ge=2)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     train_batch_size: int = Field(2048, ge=1)
     train_num_threads: int = Field(1, ge=0)
@@ -127,14 +127,17 @@ class ModelSettings(_Section):
 
 
 class StrategySettings(_Section):
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {"margin": 1.0, "coverage": 0.5}
-    )
+    weights: dict[str, float] = Field(default_factory=lambda: {"margin": 1.0, "coverage": 0.5})
     batch_size: int = Field(100, ge=1)
     review_share: float = Field(0.1, ge=0.0, le=1.0)
     diversity: Literal["round_robin", "ranked_batch", "none"] = "round_robin"
     n_clusters: int | None = Field(None, ge=2)
     cold_start_labels: int = Field(20, ge=0)
+    push_clusters: bool = False
+    review_signal: Literal[
+        "confident_learning", "self_confidence", "normalized_margin", "annotator_model_disagreement"
+    ] = "confident_learning"
+    review_max_flags: int = Field(50, ge=0, le=1000)
 
     @field_validator("weights")
     @classmethod

@@ -449,3 +449,47 @@ class LabelStudio:
 
     def list_views(self, project: int) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/dm/views", params={"project": project}) or [])
+
+    def ensure_view(
+        self,
+        project: int,
+        title: str,
+        filters: dict[str, Any],
+        ordering: Sequence[str] = (),
+    ) -> int:
+        """The view titled ``title``, created or brought up to date; its id."""
+        for view in self.list_views(project):
+            if (view.get("data") or {}).get("title") == title:
+                data = dict(view.get("data") or {})
+                if data.get("filters") != filters or data.get("ordering") != list(ordering):
+                    data.update(filters=filters, ordering=list(ordering))
+                    self._call(
+                        "PATCH",
+                        f"/api/dm/views/{view['id']}",
+                        json={"project": project, "data": data},
+                    )
+                return int(view["id"])
+        return self.create_view(project, title, filters, ordering)
+
+    def view_tasks(self, project: int, view: int, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The first ``limit`` tasks of a view, in the view's filter and order."""
+        body = self._call(
+            "GET",
+            "/api/tasks",
+            params={"project": project, "view": view, "page": 1, "page_size": limit},
+        )
+        return list((body or {}).get("tasks", []))
+
+    def update_task_data(self, task: int, data: dict[str, Any]) -> None:
+        """Replace a task's ``data`` (Label Studio's PATCH replaces the whole dict; no webhook)."""
+        self._call("PATCH", f"/api/tasks/{task}", json={"data": data})
+
+    def delete_model_version(self, project: int, version: str) -> int:
+        """Delete every prediction of ``version`` in the project; how many were deleted."""
+        body = self._call(
+            "DELETE",
+            f"/api/projects/{project}/model-versions/",
+            json={"model_version": version},
+            ok=(200, 204),
+        )
+        return int((body or {}).get("count", 0)) if isinstance(body, dict) else 0

@@ -321,6 +321,22 @@ def _oos_logits(net: StackedHead, x: np.ndarray, folds: np.ndarray) -> np.ndarra
     return all_logits[folds, np.arange(len(folds))]
 
 
+def _plan(
+    targets: np.ndarray, folds: np.ndarray | None, *, multilabel: bool, settings: ModelSettings
+) -> HeadPlan:
+    rng = np.random.default_rng(settings.seed)
+    if folds is None:
+        n_folds = min(settings.cv_folds, len(targets))
+        folds = assign_folds(strata(targets, multilabel=multilabel), n_folds, rng)
+    else:
+        folds = np.asarray(folds, dtype=np.int64)
+        n_folds = int(folds.max()) + 1
+    bootstrap = settings.committee_size if settings.committee_mode == "bootstrap" else 0
+    early = len(targets) >= settings.early_stopping_min_labels
+    val_fraction = settings.val_fraction if early else 0.0
+    return plan_heads(folds, n_folds, bootstrap, val_fraction=val_fraction, rng=rng)
+
+
 def _calibrate_and_score(
     oos: np.ndarray,
     targets: np.ndarray,
@@ -379,19 +395,10 @@ def train_model(
     started = time.perf_counter()
     targets = np.asarray(targets).astype(np.int64)
     _validate(embeddings, targets, len(classes), multilabel, folds)
-    rng = np.random.default_rng(settings.seed)
     mean, std = feature_scaling(embeddings)
     x = (embeddings - mean) / std
-    if folds is None:
-        n_folds = min(settings.cv_folds, len(targets))
-        folds = assign_folds(strata(targets, multilabel=multilabel), n_folds, rng)
-    else:
-        folds = np.asarray(folds, dtype=np.int64)
-        n_folds = int(folds.max()) + 1
-    bootstrap = settings.committee_size if settings.committee_mode == "bootstrap" else 0
-    early = len(targets) >= settings.early_stopping_min_labels
-    val_fraction = settings.val_fraction if early else 0.0
-    plan = plan_heads(folds, n_folds, bootstrap, val_fraction=val_fraction, rng=rng)
+    plan = _plan(targets, folds, multilabel=multilabel, settings=settings)
+    folds, n_folds = plan.folds, plan.n_folds
     net = fit_heads(
         x, targets, plan, n_classes=len(classes), multilabel=multilabel, settings=settings
     )
@@ -409,7 +416,7 @@ def train_model(
         classes=tuple(classes),
         multilabel=multilabel,
         head=net.select([plan.main]),
-        committee=net.select(plan.committee) if bootstrap else None,
+        committee=net.select(plan.committee) if plan.n_committee else None,
         committee_size=settings.committee_size,
         temperature=temperature,
         feature_mean=mean,

@@ -1,0 +1,325 @@
+"""One retrain-and-requeue cycle: reconcile -> featurize -> train -> score -> push -> record.
+
+Each stage is a function; :func:`run_cycle` only wires them and reports each stage's time and
+counts to the cycle record. A failure in any stage leaves the previous model serving ``/predict``
+and the previous queue live in Label Studio: the new model only becomes current in ``record``, and
+Label Studio only switches to the new predictions once they are all imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.labelstudio.client import LabelStudio
+from backend.labelstudio.config import LabelConfig
+from backend.model.predict import predict_annotation
+from backend.model.train import TrainedModel
+from backend.push import (
+    QueueItem,
+    ReviewKind,
+    Suspect,
+    mark_reviewed,
+    push_queue,
+    push_review,
+    reviewed_tasks,
+)
+from backend.scheduler import CycleContext, CycleResult, CycleRunner
+from backend.settings import Settings
+from backend.store import repo
+from backend.store.db import Store
+from backend.store.models import Annotation, Project, Task
+from backend.sync import reconcile
+from backend.training import (
+    NotEnoughLabels,
+    Targets,
+    activate_version,
+    consensus_targets,
+    embed_tasks,
+    fit,
+    new_version,
+    store_version,
+)
+from strategies import REGISTRY, Pool
+from strategies.combine import Priority, prioritize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The project as the store holds it after reconcile."""
+
+    cfg: LabelConfig
+    tasks: list[Task]
+    annotations: list[Annotation]
+    targets: Targets
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: TrainedModel
+    used: Targets
+    version: str
+
+
+@dataclass(frozen=True)
+class Scored:
+    task_ids: np.ndarray  # (n,) tasks in pool order
+    pool: Pool
+    priority: Priority
+    probs: np.ndarray | None
+
+
+def load_snapshot(store: Store, project_id: int) -> Snapshot:
+    with store.session() as session:
+        project = session.get(Project, project_id)
+        cfg = repo.project_config(project) if project is not None else None
+        if cfg is None:
+            reason = project.config_error if project is not None else "unknown project"
+            raise NotEnoughLabels(f"project {project_id} has no supported label config: {reason}")
+        tasks = repo.live_tasks(session, project_id)
+        annotations = repo.live_annotations(session, project_id)
+    return Snapshot(cfg, tasks, annotations, consensus_targets(annotations, cfg))
+
+
+def train_stage(
+    settings: Settings,
+    store: Store,
+    project_id: int,
+    snap: Snapshot,
+    embeddings: dict[int, np.ndarray],
+    backbone: str,
+) -> Trained | None:
+    """A new model version (written, not yet current), or None while labels are too few."""
+    try:
+        model, used, seconds = fit(settings, snap.cfg, snap.targets, embeddings, backbone)
+    except NotEnoughLabels as exc:
+        log.info("project %d: no model this cycle: %s", project_id, exc)
+        return None
+    version, _ = store_version(
+        settings,
+        store,
+        project_id,
+        model,
+        n_labels=len(used.task_ids),
+        train_seconds=seconds,
+        activate=False,
+    )
+    return Trained(model, used, version)
+
+
+def _annotator_matrix(snap: Snapshot, index: dict[int, int], n: int) -> np.ndarray | None:
+    if snap.cfg.multiple:
+        return None
+    classes = {label: i for i, label in enumerate(snap.cfg.labels)}
+    annotators = sorted({a.annotator or 0 for a in snap.annotations})
+    column = {a: j for j, a in enumerate(annotators)}
+    matrix = np.full((n, max(1, len(annotators))), -1, dtype=np.int64)
+    for ann in snap.annotations:
+        row = index.get(ann.task_id)
+        if row is not None and ann.labels and ann.labels[0] in classes:
+            matrix[row, column[ann.annotator or 0]] = classes[ann.labels[0]]
+    return matrix
+
+
+def build_pool(
+    snap: Snapshot, embeddings: dict[int, np.ndarray], trained: Trained | None
+) -> tuple[np.ndarray, Pool, np.ndarray | None]:
+    """Arrays for the strategies, in ascending task id order (tasks without embeddings left out)."""
+    task_ids = np.array(sorted(embeddings), dtype=np.int64)
+    index = {int(t): i for i, t in enumerate(task_ids)}
+    x = np.stack([embeddings[int(t)] for t in task_ids]) if len(task_ids) else np.zeros((0, 1))
+    labels = np.full(len(task_ids), -1, dtype=np.int64)
+    targets = snap.targets
+    for row, task in enumerate(targets.task_ids):
+        if int(task) in index:
+            labels[index[int(task)]] = 0 if snap.cfg.multiple else int(targets.y[row])
+    probs = committee = oos = None
+    if trained is not None and len(task_ids):
+        probs = trained.model.predict_proba(x)
+        committee = trained.model.committee_proba(x)
+        if not snap.cfg.multiple:
+            oos = probs.copy()
+            for row, task in enumerate(trained.used.task_ids):
+                oos[index[int(task)]] = trained.model.oos_probs[row]
+    pool = Pool(
+        labels=labels,
+        probs=probs,
+        committee=committee,
+        embeddings=x,
+        oos_probs=oos,
+        annotations=_annotator_matrix(snap, index, len(task_ids)),
+        multilabel=snap.cfg.multiple,
+    )
+    return task_ids, pool, probs
+
+
+def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -> Scored:
+    task_ids, pool, probs = scored_pool
+    strategy = settings.strategy
+    priority = prioritize(
+        pool,
+        strategy.weights,
+        rng=np.random.default_rng(settings.model.seed),
+        batch_size=strategy.batch_size,
+        diversity=strategy.diversity,
+        n_clusters=strategy.n_clusters,
+        cold_start_labels=strategy.cold_start_labels,
+        review_share=strategy.review_share,
+    )
+    return Scored(task_ids, pool, priority, probs)
+
+
+def _suggestion(trained: Trained | None, probs: np.ndarray | None, row: int) -> tuple[str, ...]:
+    if trained is None or probs is None:
+        return ()
+    labels, _ = predict_annotation(
+        probs[row],
+        trained.model.classes,
+        multilabel=trained.model.multilabel,
+        thresholds=trained.model.thresholds,
+    )
+    return tuple(labels)
+
+
+def queue_items(settings: Settings, scored: Scored, trained: Trained | None) -> list[QueueItem]:
+    """One queue entry per unlabeled task, in the order the strategies chose."""
+    clusters = scored.priority.clusters if settings.strategy.push_clusters else None
+    return [
+        QueueItem(
+            task_id=int(scored.task_ids[row]),
+            position=float(position),
+            labels=_suggestion(trained, scored.probs, int(row)),
+            cluster=int(clusters[row]) if clusters is not None else None,
+        )
+        for position, row in enumerate(scored.priority.order)
+    ]
+
+
+def _describe(counts: Counter[str]) -> str:
+    return ", ".join(f"{label} x{n}" for label, n in counts.most_common())
+
+
+def suspects(
+    settings: Settings, snap: Snapshot, scored: Scored, kind: str, exclude: set[int]
+) -> list[Suspect]:
+    """Labeled tasks a review signal ranks above its alarm level, most suspicious first."""
+    name = settings.strategy.review_signal if kind == "label_error" else "annotator_disagreement"
+    info = REGISTRY[name]
+    if not all(scored.pool.has(need) for need in info.needs) or snap.cfg.multiple:
+        return []
+    scores = info.score(scored.pool, rng=np.random.default_rng(settings.model.seed))
+    labeled = np.flatnonzero(scored.pool.labeled)
+    alarm = info.alarm if info.alarm is not None else 0.0
+    hits = [
+        int(i)
+        for i in labeled[np.argsort(-scores[labeled], kind="stable")]
+        if scores[i] > alarm and int(scored.task_ids[i]) not in exclude
+    ]
+    by_task: dict[int, list[Annotation]] = {}
+    for ann in snap.annotations:
+        by_task.setdefault(ann.task_id, []).append(ann)
+    return [_suspect(snap, scored, i, float(scores[i]), by_task, kind) for i in hits]
+
+
+def _suspect(
+    snap: Snapshot,
+    scored: Scored,
+    row: int,
+    score: float,
+    by_task: dict[int, list[Annotation]],
+    kind: str,
+) -> Suspect:
+    task_id = int(scored.task_ids[row])
+    given = snap.cfg.labels[int(scored.pool.labels[row])]
+    model_label = confidence = None
+    if scored.pool.oos_probs is not None:
+        top = int(np.argmax(scored.pool.oos_probs[row]))
+        model_label, confidence = snap.cfg.labels[top], float(scored.pool.oos_probs[row, top])
+    votes = Counter(a.labels[0] for a in by_task.get(task_id, []) if a.labels)
+    if kind == "label_error":
+        reason = f"labeled {given!r}; model says {model_label!r} ({confidence or 0:.0%})"
+    else:
+        reason = f"annotators chose {_describe(votes)}"
+        if model_label is not None:
+            reason += f"; model says {model_label!r} ({confidence or 0:.0%})"
+    return Suspect(task_id, score, reason, given, model_label, confidence)
+
+
+def run_cycle(
+    ctx: CycleContext, settings: Settings, store: Store, ls: LabelStudio, project_id: int
+) -> CycleResult:
+    """The cycle, stage by stage; see the module docstring for what a failure leaves behind."""
+    with ctx.stage("reconcile") as counts:
+        report = reconcile(store, ls, project_id)
+        counts.update(
+            tasks=report.tasks, annotations=report.annotations, events_applied=report.events_applied
+        )
+        snap = load_snapshot(store, project_id)
+    with ctx.stage("featurize") as counts:
+        result, backbone = embed_tasks(
+            settings, store, snap.tasks, ls.image_resolver(settings.images).fetch
+        )
+        counts.update(
+            embedded=len(result.embeddings), computed=result.n_computed, failed=len(result.failures)
+        )
+    with ctx.stage("train") as counts:
+        trained = train_stage(settings, store, project_id, snap, result.embeddings, backbone)
+        counts.update(labels=len(trained.used.task_ids) if trained else 0)
+    with ctx.stage("score") as counts:
+        scored = score_stage(settings, build_pool(snap, result.embeddings, trained))
+        counts.update(unlabeled=len(scored.priority.order), labeled=int(scored.pool.labeled.sum()))
+    with ctx.stage("push") as counts:
+        version = trained.version if trained else f"{new_version(settings, project_id)}-cold"
+        items = queue_items(settings, scored, trained)
+        counts.update(push_queue(ls, project_id, version, items, snap.cfg))
+        counts.update(_push_reviews(settings, store, ls, project_id, snap, scored))
+    with ctx.stage("record") as counts:
+        if trained is not None:
+            activate_version(settings, store, project_id, trained.version)
+        counts.update(model=int(trained is not None))
+    metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
+    return CycleResult(model_version=version, metrics=metrics)
+
+
+def _push_reviews(
+    settings: Settings,
+    store: Store,
+    ls: LabelStudio,
+    project_id: int,
+    snap: Snapshot,
+    scored: Scored,
+) -> dict[str, int]:
+    counts: dict[str, int] = {"reviewed": mark_reviewed(store, project_id)}
+    kinds: tuple[ReviewKind, ...] = ("label_error", "disagreement")
+    for kind in kinds:
+        found = suspects(settings, snap, scored, kind, reviewed_tasks(store, project_id, kind))
+        pushed = push_review(
+            ls,
+            store,
+            project_id,
+            kind,
+            found,
+            max_flags=settings.strategy.review_max_flags,
+        )
+        counts.update({f"{kind}_{k}": v for k, v in pushed.items()})
+    return counts
+
+
+def make_runner(settings: Settings, store: Store) -> CycleRunner:
+    """The cycle as the scheduler runs it: one Label Studio client per cycle."""
+
+    def run(ctx: CycleContext, project_id: int) -> CycleResult:
+        with LabelStudio(settings.label_studio) as ls:
+            return run_cycle(ctx, settings, store, ls, project_id)
+
+    return run
+
+
+RunnerFactory = Callable[[Settings, Store], CycleRunner]

@@ -1,0 +1,272 @@
+"""Push a cycle's decisions into Label Studio: the labeling queue and the review views.
+
+What works and what it costs (measured on Label Studio 1.23, see shared/docs/label-studio.md):
+
+- Labeling queue: bulk-import one prediction per unlabeled task under a fresh model version, with
+  ``score`` = queue position (Label Studio's uncertainty sampling serves ascending scores) and
+  ``result`` = the suggested label, then switch ``project.model_version`` to it. ~3 s per 5,000
+  predictions. Older versions of ours are deleted only after the switch.
+- Review queue: Data Manager views can only order on task data (ordering on ``meta`` gives 500),
+  so a flagged task gets ``labelloop_*`` keys in its data (rank, reason, the model's label and
+  confidence, shown as columns) with one ``PATCH /api/tasks/{id}`` each (~0.15 s, and PATCH
+  replaces the whole data dict). Only flags that changed are written, and at most
+  ``review_max_flags`` per view, so a cycle costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import select
+
+from backend.labelstudio.config import LabelConfig
+from backend.labelstudio.convert import choices_result
+from backend.store.db import Store
+from backend.store.models import Annotation, ReviewFlag, Task, utcnow
+
+log = logging.getLogger(__name__)
+ReviewKind = Literal["label_error", "disagreement"]
+SAMPLING = "Uncertainty sampling"
+VIEW_TITLES: dict[ReviewKind, str] = {
+    "label_error": "labelloop: suspected label errors",
+    "disagreement": "labelloop: annotator disagreements",
+}
+
+
+class LabelStudioPush(Protocol):
+    """The calls a push makes (``backend.labelstudio.client.LabelStudio``)."""
+
+    def import_predictions(self, project: int, predictions: Sequence[dict[str, Any]]) -> int: ...
+    def set_model_version(self, project: int, version: str) -> None: ...
+    def set_sampling(self, project: int, sampling: Any) -> None: ...
+    def model_versions(self, project: int) -> dict[str, int]: ...
+    def delete_model_version(self, project: int, version: str) -> int: ...
+    def update_task_data(self, task: int, data: dict[str, Any]) -> None: ...
+    def ensure_view(
+        self, project: int, title: str, filters: dict[str, Any], ordering: Sequence[str]
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    task_id: int
+    position: float  # 0 = label first
+    labels: tuple[str, ...]  # suggested pre-annotation; empty before a model exists
+    cluster: int | None = None
+
+
+def push_queue(
+    ls: LabelStudioPush,
+    project_id: int,
+    version: str,
+    items: Sequence[QueueItem],
+    cfg: LabelConfig,
+) -> dict[str, int]:
+    """Import the queue as predictions of ``version`` and make Label Studio serve it."""
+    predictions = []
+    for item in items:
+        prediction: dict[str, Any] = {
+            "task": item.task_id,
+            "model_version": version,
+            "score": float(item.position),
+            "result": choices_result(list(item.labels), cfg) if item.labels else [],
+        }
+        if item.cluster is not None:
+            prediction["cluster"] = int(item.cluster)
+        predictions.append(prediction)
+    created = ls.import_predictions(project_id, predictions) if predictions else 0
+    ls.set_model_version(project_id, version)
+    ls.set_sampling(project_id, SAMPLING)
+    return {"predictions": created, "pruned_versions": prune_versions(ls, project_id, version)}
+
+
+def prune_versions(ls: LabelStudioPush, project_id: int, current: str) -> int:
+    """Delete our older prediction versions; called only after ``current`` serves the queue."""
+    prefix = current.rsplit("-", 1)[0] + "-"
+    stale = [v for v in ls.model_versions(project_id) if v.startswith(prefix) and v != current]
+    for version in stale:
+        ls.delete_model_version(project_id, version)
+    return len(stale)
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A labeled task that looks wrong, with what a reviewer needs to see why."""
+
+    task_id: int
+    score: float
+    reason: str
+    annotated_label: str | None
+    model_label: str | None
+    model_confidence: float | None
+
+
+def _keys(kind: ReviewKind) -> tuple[str, str]:
+    return f"labelloop_{kind}_rank", f"labelloop_{kind}_reason"
+
+
+def review_view_filters(kind: ReviewKind) -> tuple[dict[str, Any], list[str]]:
+    rank_key, _ = _keys(kind)
+    item = {
+        "filter": f"filter:tasks:data.{rank_key}",
+        "operator": "greater",
+        "type": "Number",
+        "value": 0,
+    }
+    return {"conjunction": "and", "items": [item]}, [f"tasks:data.{rank_key}"]
+
+
+def _flag_data(data: dict[str, Any], kind: ReviewKind, rank: int, s: Suspect) -> dict[str, Any]:
+    rank_key, reason_key = _keys(kind)
+    out = _unflag_data(data, kind)
+    out[rank_key], out[reason_key] = rank, s.reason
+    out["labelloop_model_label"] = s.model_label or ""
+    out["labelloop_model_confidence"] = round(s.model_confidence or 0.0, 3)
+    return out
+
+
+def _unflag_data(data: dict[str, Any], kind: ReviewKind) -> dict[str, Any]:
+    drop = set(_keys(kind))
+    return {k: v for k, v in (data or {}).items() if k not in drop}
+
+
+def mark_reviewed(store: Store, project_id: int) -> int:
+    """Flags whose task got an annotation created or updated after the flag: reviewed."""
+    with store.session() as session:
+        flags = session.scalars(
+            select(ReviewFlag).where(
+                ReviewFlag.project_id == project_id, ReviewFlag.reviewed_at.is_(None)
+            )
+        ).all()
+        latest: dict[int, Any] = {}
+        for ann in session.scalars(
+            select(Annotation).where(
+                Annotation.task_id.in_([f.task_id for f in flags]), Annotation.deleted.is_(False)
+            )
+        ):
+            if ann.ls_updated_at and (
+                ann.task_id not in latest or ann.ls_updated_at > latest[ann.task_id]
+            ):
+                latest[ann.task_id] = ann.ls_updated_at
+        count = 0
+        for flag in flags:
+            seen = latest.get(flag.task_id)
+            if seen is not None and seen > flag.flagged_at:
+                flag.reviewed_at, count = utcnow(), count + 1
+    return count
+
+
+def reviewed_tasks(store: Store, project_id: int, kind: ReviewKind) -> set[int]:
+    with store.session() as session:
+        return set(
+            session.scalars(
+                select(ReviewFlag.task_id).where(
+                    ReviewFlag.project_id == project_id,
+                    ReviewFlag.kind == kind,
+                    ReviewFlag.reviewed_at.is_not(None),
+                )
+            )
+        )
+
+
+def push_review(
+    ls: LabelStudioPush,
+    store: Store,
+    project_id: int,
+    kind: ReviewKind,
+    suspects: Sequence[Suspect],
+    *,
+    max_flags: int,
+) -> dict[str, int]:
+    """Make the review view hold ``suspects`` (best first), writing only what changed."""
+    wanted = {s.task_id: (rank, s) for rank, s in enumerate(suspects[:max_flags], start=1)}
+    with store.session() as session:
+        active = {
+            f.task_id: f
+            for f in session.scalars(
+                select(ReviewFlag).where(
+                    ReviewFlag.project_id == project_id,
+                    ReviewFlag.kind == kind,
+                    ReviewFlag.active.is_(True),
+                )
+            )
+        }
+        tasks = {
+            t.id: t
+            for t in session.scalars(select(Task).where(Task.id.in_(set(wanted) | set(active))))
+        }
+    counts = {"flagged": 0, "unflagged": 0, "unchanged": 0}
+    for task_id, flag in active.items():
+        if task_id not in wanted or flag.reviewed_at is not None:
+            _write_unflag(ls, store, tasks.get(task_id), flag, kind)
+            counts["unflagged"] += 1
+    for task_id, (rank, suspect) in wanted.items():
+        current = active.get(task_id)
+        if current is not None and current.pushed and current.rank == rank:
+            counts["unchanged"] += 1
+            continue
+        _write_flag(ls, store, project_id, tasks.get(task_id), kind, rank, suspect)
+        counts["flagged"] += 1
+    filters, ordering = review_view_filters(kind)
+    ls.ensure_view(project_id, VIEW_TITLES[kind], filters, ordering)
+    return counts
+
+
+def _write_unflag(
+    ls: LabelStudioPush, store: Store, task: Task | None, flag: ReviewFlag, kind: ReviewKind
+) -> None:
+    if task is not None and task.data is not None:
+        data = _unflag_data(task.data, kind)
+        ls.update_task_data(task.id, data)
+        _save_task_data(store, task.id, data)
+    with store.session() as session:
+        row = session.get(ReviewFlag, flag.id)
+        if row is not None:
+            row.active = False
+
+
+def _write_flag(
+    ls: LabelStudioPush,
+    store: Store,
+    project_id: int,
+    task: Task | None,
+    kind: ReviewKind,
+    rank: int,
+    suspect: Suspect,
+) -> None:
+    if task is None or task.data is None:
+        return
+    data = _flag_data(task.data, kind, rank, suspect)
+    ls.update_task_data(task.id, data)
+    _save_task_data(store, task.id, data)
+    with store.session() as session:
+        for old in session.scalars(
+            select(ReviewFlag).where(
+                ReviewFlag.task_id == task.id, ReviewFlag.kind == kind, ReviewFlag.active.is_(True)
+            )
+        ):
+            old.active = False
+        session.add(
+            ReviewFlag(
+                project_id=project_id,
+                task_id=task.id,
+                kind=kind,
+                rank=rank,
+                score=suspect.score,
+                reason=suspect.reason,
+                annotated_label=suspect.annotated_label,
+                model_label=suspect.model_label,
+                model_confidence=suspect.model_confidence,
+                pushed=True,
+            )
+        )
+
+
+def _save_task_data(store: Store, task_id: int, data: dict[str, Any]) -> None:
+    with store.session() as session:
+        row = session.get(Task, task_id)
+        if row is not None:
+            row.data = data

@@ -1,0 +1,237 @@
+"""The loop against a REAL Label Studio: cycles steer "Label All Tasks" and the review views.
+
+A simulated annotator labels digits through Label Studio's own next-task API (the "Label All
+Tasks" path) with the true labels, except a few planted wrong ones. Cycles run through the same
+code as the scheduler (``run_cycle_once``), so the test controls when they happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backend.cycle import make_runner
+from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
+from backend.labelstudio.client import LabelStudio
+from backend.lsprocess import free_port
+from backend.scheduler import CycleRun, run_cycle_once
+from backend.settings import Settings, load_settings
+from backend.store import cycles, repo
+from backend.store.db import Store
+
+pytestmark = pytest.mark.integration
+N_IMAGES = 240
+PLANTED = 6  # wrong labels among the first labels given
+
+
+def _result(label: str) -> list[dict[str, Any]]:
+    return [
+        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
+    ]
+
+
+class Loop:
+    def __init__(self, label_studio: Any, root: Path) -> None:
+        port = free_port()
+        config = root / "labelloop.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "label_studio": {"url": label_studio.url, "token": label_studio.token},
+                    "server": {
+                        "port": port,
+                        "public_url": f"http://127.0.0.1:{port}",
+                        "log_level": "WARNING",
+                    },
+                    "store": {"data_dir": str(root / "data")},
+                    "model": {
+                        "image_size": 96,
+                        "committee_size": 3,
+                        "cv_folds": 4,
+                        "max_epochs": 100,
+                    },
+                    "strategy": {"batch_size": 20, "cold_start_labels": 20, "review_max_flags": 20},
+                    "loop": {"run_scheduler": False},
+                }
+            )
+        )
+        self.settings: Settings = load_settings(config, environ={})
+        self.ls = LabelStudio(self.settings.label_studio)
+        self.store = Store(self.settings.store.url)
+        self.store.upgrade()
+        self.backend: ServedBackend | None = None
+        self.truth: dict[int, str] = {}
+
+    def start(self) -> None:
+        self.backend = serve_in_thread(self.settings)
+
+    def stop(self) -> None:
+        if self.backend is not None:
+            self.backend.stop()
+            self.backend = None
+
+    def cycle(self, runner: Any = None) -> CycleRun:
+        run = run_cycle_once(
+            self.store,
+            runner or make_runner(self.settings, self.store),
+            self.project,
+            trigger="manual",
+            lease_s=60,
+        )
+        assert run is not None
+        return run
+
+    def label_next(self, n: int, wrong: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
+        """Label the next ``n`` tasks Label Studio serves; ``wrong`` positions get a wrong label."""
+        served = []
+        for i in range(n):
+            task = self.ls.next_task(self.project)
+            assert task is not None
+            label = self.truth[task["id"]]
+            if i in wrong:
+                label = str((int(label) + 1) % 10)
+            self.ls.create_annotation(task["id"], _result(label))
+            served.append(int(task["id"]))
+        return served
+
+    def last_cycle(self) -> dict[str, Any]:
+        with self.store.session() as session:
+            return cycles.to_dict(cycles.history(session, self.project, 1)[0])
+
+
+@pytest.fixture(scope="module")
+def loop(label_studio: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    loop = Loop(label_studio, tmp_path_factory.mktemp("loop"))
+    loop.project = loop.ls.create_project("loop digits", DEMO_CONFIG)
+    images = list(digit_images(N_IMAGES, size=64, seed=1))
+    ids = loop.ls.upload_images(loop.project, [(name, data) for name, data, _ in images])
+    loop.truth = {task_id: str(digit) for task_id, (_, _, digit) in zip(ids, images, strict=True)}
+    loop.start()
+    assert loop.ls.connect_ml_backend(loop.project, loop.settings.server.public_url, "labelloop")
+    yield loop
+    loop.stop()
+    loop.store.dispose()
+    loop.ls.close()
+
+
+def _queue_order(loop: Loop) -> list[int]:
+    """Unlabeled tasks ordered by the score of the current version's predictions."""
+    project = loop.ls.get_project(loop.project)
+    version = project["model_version"]
+    scores = {}
+    for task in loop.ls.iter_tasks(loop.project):
+        if task.get("annotations"):
+            continue
+        mine = [p for p in loop.ls.list_predictions(task["id"]) if p["model_version"] == version]
+        assert len(mine) == 1, f"task {task['id']} has {len(mine)} predictions of {version}"
+        scores[task["id"]] = mine[0]["score"]
+    return sorted(scores, key=lambda t: scores[t])
+
+
+def test_cold_start_cycle_steers_label_all_tasks(loop: Loop) -> None:
+    run = loop.cycle()
+    assert run.state == "succeeded", loop.last_cycle()
+    record = loop.last_cycle()
+    assert record["model_version"].endswith("-cold")
+    assert set(record["stage_timings"]) == {
+        "reconcile",
+        "featurize",
+        "train",
+        "score",
+        "push",
+        "record",
+    }
+    assert loop.ls.get_project(loop.project)["model_version"] == record["model_version"]
+    expected = _queue_order(loop)[:10]
+    assert loop.label_next(10) == expected  # "Label All Tasks" serves our order
+    # The cold start spreads the first labels over the digits instead of one corner of the data.
+    assert len({loop.truth[t] for t in expected}) >= 6
+
+
+def test_model_cycle_reorders_queue_and_flags_planted_errors(loop: Loop) -> None:
+    planted_positions = set(range(0, 3 * PLANTED, 3))
+    served = loop.label_next(50, wrong=planted_positions)
+    planted = {served[i] for i in planted_positions}
+    run = loop.cycle()
+    assert run.state == "succeeded", loop.last_cycle()
+    record = loop.last_cycle()
+    assert not record["model_version"].endswith("-cold")
+    assert record["metrics"]["n_labels"] == 60
+    expected = _queue_order(loop)[:5]
+    assert loop.label_next(5) == expected
+    view = next(
+        v
+        for v in loop.ls.list_views(loop.project)
+        if v["data"]["title"] == "labelloop: suspected label errors"
+    )
+    flagged = [t["id"] for t in loop.ls.view_tasks(loop.project, view["id"])]
+    top = set(flagged[:10])
+    assert len(planted & top) >= PLANTED - 2, (planted, flagged)
+    first = loop.ls.get_task(flagged[0])
+    assert "model says" in first["data"]["labelloop_label_error_reason"]
+    assert first["data"]["labelloop_model_label"] != ""
+
+
+def test_reviewed_tasks_leave_the_review_view(loop: Loop) -> None:
+    view = next(
+        v
+        for v in loop.ls.list_views(loop.project)
+        if v["data"]["title"] == "labelloop: suspected label errors"
+    )
+    flagged = [t["id"] for t in loop.ls.view_tasks(loop.project, view["id"])]
+    fixed = flagged[0]
+    annotation = loop.ls.get_task(fixed)["annotations"][0]
+    loop.ls.update_annotation(annotation["id"], _result(loop.truth[fixed]))
+    assert loop.cycle().state == "succeeded"
+    after = [t["id"] for t in loop.ls.view_tasks(loop.project, view["id"])]
+    assert fixed not in after
+
+
+def test_annotations_made_while_down_are_all_used(loop: Loop) -> None:
+    with loop.store.session() as session:
+        before = len(repo.live_annotations(session, loop.project))
+    loop.stop()
+    loop.label_next(5)
+    loop.start()
+    assert loop.cycle().state == "succeeded"
+    with loop.store.session() as session:
+        assert len(repo.live_annotations(session, loop.project)) == before + 5
+    assert loop.last_cycle()["counts"]["reconcile"]["annotations"] == before + 5
+
+
+def test_crash_mid_cycle_keeps_previous_version(loop: Loop) -> None:
+    served_before = loop.ls.get_project(loop.project)["model_version"]
+    with loop.store.session() as session:
+        model_before = repo.ensure_project(session, loop.project).model_version
+
+    class Crash(RuntimeError):
+        pass
+
+    real = make_runner(loop.settings, loop.store)
+
+    def crashing(ctx: Any, project_id: int) -> Any:
+        original = LabelStudio.set_model_version
+
+        def boom(self: LabelStudio, project: int, version: str) -> None:
+            raise Crash("label studio went away mid-push")
+
+        LabelStudio.set_model_version = boom  # type: ignore[method-assign]
+        try:
+            return real(ctx, project_id)
+        finally:
+            LabelStudio.set_model_version = original  # type: ignore[method-assign]
+
+    run = loop.cycle(crashing)
+    assert run.state == "failed"
+    assert "push" in (loop.last_cycle()["error"] or "")
+    assert loop.ls.get_project(loop.project)["model_version"] == served_before
+    with loop.store.session() as session:
+        assert repo.ensure_project(session, loop.project).model_version == model_before
+    expected = _queue_order(loop)[:1]
+    assert loop.label_next(1) == expected  # the old queue still serves
+    assert loop.cycle().state == "succeeded"
+    assert loop.ls.get_project(loop.project)["model_version"] != served_before
