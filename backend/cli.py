@@ -26,6 +26,8 @@ def _configure_logging(level: str) -> None:
         level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Lightning announces hardware and tips on every fit; only its warnings matter here.
+    logging.getLogger("lightning.pytorch").setLevel(max(logging.WARNING, getattr(logging, level)))
 
 
 def _label_studio(settings: Settings) -> Any:

@@ -191,10 +191,13 @@ def _suggestion(trained: Trained | None, probs: np.ndarray | None, row: int) -> 
 def queue_items(settings: Settings, scored: Scored, trained: Trained | None) -> list[QueueItem]:
     """One queue entry per unlabeled task, in the order the strategies chose."""
     clusters = scored.priority.clusters if settings.strategy.push_clusters else None
+    # Label Studio's prediction import drops scores outside [0, 1], so the queue position is
+    # scaled into [0, 1): lower still means label first.
+    n = max(1, len(scored.priority.order))
     return [
         QueueItem(
             task_id=int(scored.task_ids[row]),
-            position=float(position),
+            position=position / n,
             labels=_suggestion(trained, scored.probs, int(row)),
             cluster=int(clusters[row]) if clusters is not None else None,
         )

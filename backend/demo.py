@@ -44,7 +44,7 @@ def digit_images(count: int, *, size: int = 96, seed: int = 0) -> Iterator[tuple
     order = np.random.default_rng(seed).permutation(len(digits.images))[:count]
     for i in order:
         pixels = (255 - digits.images[i] * 255 / 16).clip(0, 255).astype(np.uint8)
-        image = Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.NEAREST)
+        image = Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="PNG")
         yield f"digit_{i:04d}.png", buffer.getvalue(), int(digits.target[i])

@@ -84,6 +84,11 @@ def label_studio_env(data_dir: Path, username: str, password: str, token: str) -
             "LATEST_VERSION_CHECK": "false",
             "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
             "DJANGO_DB": "sqlite",
+            # No error reports to an outside service from a local server.
+            "LABEL_STUDIO_SENTRY_DSN": "",
+            "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
         }
     )
     return env

@@ -3,7 +3,8 @@
 What works and what it costs (measured on Label Studio 1.23, see shared/docs/label-studio.md):
 
 - Labeling queue: bulk-import one prediction per unlabeled task under a fresh model version, with
-  ``score`` = queue position (Label Studio's uncertainty sampling serves ascending scores) and
+  ``score`` = queue position scaled into [0, 1) (uncertainty sampling serves ascending scores; the
+  import silently drops predictions whose score is outside [0, 1]) and
   ``result`` = the suggested label, then switch ``project.model_version`` to it. ~3 s per 5,000
   predictions. Older versions of ours are deleted only after the switch.
 - Review queue: Data Manager views can only order on task data (ordering on ``meta`` gives 500),
@@ -50,10 +51,14 @@ class LabelStudioPush(Protocol):
     ) -> int: ...
 
 
+class PushError(RuntimeError):
+    """Label Studio did not take what we pushed; the previous queue stays live."""
+
+
 @dataclass(frozen=True)
 class QueueItem:
     task_id: int
-    position: float  # 0 = label first
+    position: float  # in [0, 1); 0 = label first
     labels: tuple[str, ...]  # suggested pre-annotation; empty before a model exists
     cluster: int | None = None
 
@@ -78,6 +83,12 @@ def push_queue(
             prediction["cluster"] = int(item.cluster)
         predictions.append(prediction)
     created = ls.import_predictions(project_id, predictions) if predictions else 0
+    if created != len(predictions):
+        # Label Studio drops predictions it finds invalid and only logs it: never switch the
+        # annotators' queue to a version that lacks part of it.
+        raise PushError(
+            f"Label Studio stored {created} of {len(predictions)} predictions of {version}"
+        )
     ls.set_model_version(project_id, version)
     ls.set_sampling(project_id, SAMPLING)
     return {"predictions": created, "pruned_versions": prune_versions(ls, project_id, version)}

@@ -101,7 +101,7 @@ class ModelSettings(_Section):
     backbone: Literal["efficientnet_lite0", "timm", "small_cnn"] = "efficientnet_lite0"
     timm_name: str = "resnet18"
     image_size: int = Field(224, ge=32, le=1024)
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096)
     num_threads: int = Field(0, ge=0)
     channels_last: bool = True
     head: Literal["linear", "mlp"] = "linear"

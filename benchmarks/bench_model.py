@@ -100,7 +100,7 @@ def lfw_set() -> ImageSet:
 
 def embed_set(dataset: ImageSet, backbone: TorchBackbone, cache_dir: Path) -> np.ndarray:
     items = [(i, (lambda data=data: data)) for i, data in enumerate(dataset.images)]
-    result = featurize(items, backbone, EmbeddingCache(cache_dir), batch_size=16, log_every=0)
+    result = featurize(items, backbone, EmbeddingCache(cache_dir), batch_size=8, log_every=0)
     if result.failures:
         raise RuntimeError(f"{len(result.failures)} images failed: {result.failures}")
     return np.stack([result.embeddings[i] for i in range(len(items))])
@@ -181,50 +181,62 @@ def matmul_gflops() -> float:
     return 2 * 1024**3 * reps / (time.perf_counter() - started) / 1e9
 
 
+def _batched(backbone: TorchBackbone, batch: torch.Tensor, size: int) -> Callable[[], None]:
+    def run() -> None:
+        for start in range(0, len(batch), size):
+            backbone.embed(batch[start : start + size])
+
+    return run
+
+
 def speed_rows(images: list[bytes], threads: int) -> list[list[str]]:
     from backend.model.featurize import decode_image
 
-    base = build_backbone(ModelSettings(channels_last=False))
-    tensors = [base.preprocess(decode_image(data)) for data in images]
+    torch.set_num_threads(threads)
+    # fine_tune=True builds the network as shipped (separate batch norms and pads)
+    plain = build_backbone(ModelSettings(channels_last=False, fine_tune=True))
+    tensors = [plain.preprocess(decode_image(data)) for data in images]
     batch = torch.stack(tensors)
-    rows = []
-    naive = copy.deepcopy(base.module)
-    torch.set_num_threads(threads)
-    rows.append(
-        [
-            f"before: batch 1, NCHW, no_grad, {threads} threads",
+    naive = copy.deepcopy(plain.module)
+    rows = [
+        (
+            f"before: batch 1, NCHW, no_grad, as shipped, {threads} threads",
             _throughput(lambda: _naive_embed(naive, tensors), len(tensors)),
-        ]
-    )
-    for bs, cl in ((16, False), (8, True), (16, True), (32, True)):
-        backbone = build_backbone(ModelSettings(channels_last=cl, num_threads=threads))
-
-        def run(bb: TorchBackbone = backbone, size: int = bs) -> None:
-            for start in range(0, len(batch), size):
-                bb.embed(batch[start : start + size])
-
-        layout = "channels_last" if cl else "NCHW"
-        rows.append(
-            [
-                f"batch {bs}, {layout}, inference_mode, {threads} threads",
-                _throughput(run, len(batch)),
-            ]
         )
+    ]
+    configs = [
+        (8, False, False),
+        (8, True, False),
+        (8, True, True),
+        (16, True, True),
+        (32, True, True),
+    ]
+    for size, channels_last, fused in configs:
+        backbone = build_backbone(ModelSettings(channels_last=channels_last, fine_tune=not fused))
+        label = (
+            f"batch {size}, {'channels_last' if channels_last else 'NCHW'}, inference_mode, "
+            f"{'BN folded' if fused else 'as shipped'}, {threads} threads"
+        )
+        rows.append((label, _throughput(_batched(backbone, batch, size), len(batch))))
     torch.set_num_threads(1)
-    rows.append(["(reference: batch 16, channels_last, 1 thread)", _throughput(run, len(batch))])
+    rows.append(
+        (
+            "(reference: batch 8, channels_last, BN folded, 1 thread)",
+            _throughput(_batched(backbone, batch, 8), len(batch)),
+        )
+    )
     torch.set_num_threads(threads)
-    backbone = build_backbone(ModelSettings(num_threads=threads, batch_size=16))
     items = [(i, (lambda data=data: data)) for i, data in enumerate(images)]
 
     def end_to_end() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            featurize(items, backbone, EmbeddingCache(Path(tmp)), batch_size=16, log_every=0)
+            featurize(items, backbone, EmbeddingCache(Path(tmp)), batch_size=8, log_every=0)
 
     rows.append(
-        [
-            "after, end to end: featurize() incl. PNG decode + resize + cache writes",
+        (
+            "after, end to end: featurize(), batch 8, incl. decode, resize, cache",
             _throughput(end_to_end, len(items)),
-        ]
+        )
     )
     return [[label, f"{rate:.1f}"] for label, rate in rows]
 

@@ -91,7 +91,8 @@ def fine_tune_backbone(
     """Fine-tune a copy of ``backbone`` on labeled images; the original is left unchanged.
 
     Args:
-        backbone: a torch backbone (``small_cnn``, ``efficientnet_lite0`` or ``timm``).
+        backbone: a torch backbone built with ``fine_tune=True`` (``small_cnn``, ``timm``, or
+            ``efficientnet_lite0``, whose batch norms are folded away for speed otherwise).
         fetchers: one callable per labeled item returning its image bytes (items that failed
             featurization should be left out: a failing fetch here stops the run).
         targets: (n,) class indices or (n, C) {0, 1} when ``multilabel``.

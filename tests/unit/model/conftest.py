@@ -11,15 +11,6 @@ from PIL import Image
 
 from backend.settings import ModelSettings
 
-# Lightning 2.6 on torch 2.13 warns about its own use of torch's pytree API (not ours to fix).
-LIGHTNING_PYTREE = r"ignore:.*isinstance\(treespec, LeafSpec\).*:FutureWarning"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "unit/model" in item.nodeid.replace("\\", "/"):
-            item.add_marker(pytest.mark.filterwarnings(LIGHTNING_PYTREE))
-
 
 def fast_settings(**overrides: Any) -> ModelSettings:
     """Model settings small enough for CPU tests; override any field."""

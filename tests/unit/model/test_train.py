@@ -134,7 +134,11 @@ def test_multilabel_training_and_prediction() -> None:
     targets = np.stack([x[:, 0] > 0, x[:, 1] > 0.5, x[:, 2] + x[:, 3] > 0], axis=1).astype(int)
     labels = ["indoor", "person", "car"]
     model = train_model(
-        x[:160], targets[:160], classes=labels, multilabel=True, settings=fast_settings()
+        x[:160],
+        targets[:160],
+        classes=labels,
+        multilabel=True,
+        settings=fast_settings(max_epochs=150),
     )
     probs = model.predict_proba(x[160:])
     assert probs.shape == (80, 3)
