@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
-from backend.labelstudio.client import LabelStudio
 from PIL import Image
 
 from backend.cli import main as cli_main
 from backend.demo import ServedBackend, serve_in_thread
+from backend.labelstudio.client import LabelStudio
 from backend.lsprocess import free_port
 from backend.settings import Settings, load_settings
 from backend.store import repo
