@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from backend.labelstudio.client import LabelStudio
-
 from backend.lsprocess import start_label_studio
 from backend.settings import load_settings
 from backend.store.db import Store
