@@ -41,6 +41,7 @@ class LabelStudioPush(Protocol):
     """The calls a push makes (``backend.labelstudio.client.LabelStudio``)."""
 
     def import_predictions(self, project: int, predictions: Sequence[dict[str, Any]]) -> int: ...
+    def create_prediction(self, prediction: dict[str, Any]) -> dict[str, Any]: ...
     def set_model_version(self, project: int, version: str) -> None: ...
     def set_sampling(self, project: int, sampling: Any) -> None: ...
     def model_versions(self, project: int) -> dict[str, int]: ...
@@ -82,7 +83,12 @@ def push_queue(
         if item.cluster is not None:
             prediction["cluster"] = int(item.cluster)
         predictions.append(prediction)
-    created = ls.import_predictions(project_id, predictions) if predictions else 0
+    if any("cluster" in p for p in predictions):
+        # The bulk import drops ``cluster`` (Label Studio 1.23.2), so clustered predictions are
+        # created one by one: ~0.2 s each, only sensible for a few thousand tasks.
+        created = sum(1 for p in predictions if ls.create_prediction(p).get("id") is not None)
+    else:
+        created = ls.import_predictions(project_id, predictions) if predictions else 0
     if created != len(predictions):
         # Label Studio drops predictions it finds invalid and only logs it: never switch the
         # annotators' queue to a version that lacks part of it.

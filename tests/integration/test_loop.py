@@ -237,3 +237,21 @@ def test_crash_mid_cycle_keeps_previous_version(loop: Loop) -> None:
     assert loop.label_next(1) == expected  # the old queue still serves
     assert loop.cycle().state == "succeeded"
     assert loop.ls.get_project(loop.project)["model_version"] != served_before
+
+
+def test_clustered_push_keeps_each_prediction_cluster(loop: Loop) -> None:
+    from backend.labelstudio.config import parse_label_config
+    from backend.push import QueueItem, push_queue
+
+    project = loop.ls.create_project("loop clusters", DEMO_CONFIG)
+    ids = loop.ls.upload_images(project, [(n, d) for n, d, _ in digit_images(4, size=32)])
+    items = [QueueItem(t, i / 4, ("1",), cluster=i % 2) for i, t in enumerate(ids)]
+    counts = push_queue(
+        loop.ls, project, "labelloop-p9-clusters", items, parse_label_config(DEMO_CONFIG)
+    )
+    assert counts["predictions"] == 4
+    stored = {
+        p["task"]: (p["cluster"], p["score"]) for t in ids for p in loop.ls.list_predictions(t)
+    }
+    assert stored == {t: (i % 2, i / 4) for i, t in enumerate(ids)}
+    assert loop.ls.get_project(project)["model_version"] == "labelloop-p9-clusters"
