@@ -5,7 +5,7 @@ LS_VENV := .cache/ls-venv
 LS_VERSION := 1.23.2
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: install ls run test lint typecheck unit integration bench clean
+.PHONY: install ls chromium run test lint typecheck unit integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,11 @@ unit: install
 integration: install ls
 	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -m integration -q
 
-test: install ls lint typecheck
+chromium:
+	# Debian's chromium drives the dashboard's browser test (headless, localhost only).
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
+test: install ls chromium lint typecheck
 	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -q
 
 bench: install

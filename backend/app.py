@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, Unauthorized
 from backend.inbox import ApplyReport, InboxWorker
 from backend.metrics import Metrics
 from backend.models_registry import ModelRegistry
+from backend.project_settings import loop_settings_for
 from backend.scheduler import CycleRunner, LoopScheduler, start_embedded_scheduler
 from backend.settings import Settings
 from backend.store.db import Store
@@ -80,7 +81,8 @@ def _handle_unexpected(exc: Exception) -> Response:
 
 def _check_auth() -> Response | None:
     expected = services().settings.server.basic_auth
-    if expected is None or request.endpoint == "static":
+    # The admin API has its own bearer tokens (backend.api.admin), checked on every admin route.
+    if expected is None or request.endpoint == "static" or request.blueprint == "admin":
         return None
     auth = request.authorization
     ok = (
@@ -128,7 +130,9 @@ def create_app(
         runner: the cycle; with it (and ``loop.run_scheduler``) this process runs the one
             scheduler of the deployment (``labelloop serve``).
     """
+    from backend.api.admin import bp as admin_bp
     from backend.api.cycles import bp as cycles_bp
+    from backend.api.dashboard import bp as dashboard_bp
     from backend.api.ml import bp as ml_bp
 
     app = Flask(__name__)
@@ -137,9 +141,11 @@ def create_app(
     store = store or Store(settings.store.url)
     if upgrade:
         store.upgrade()
-    svc = Services(settings, store, Metrics(), ModelRegistry(store, settings.model))
+    svc = Services(settings, store, Metrics(), ModelRegistry(store))
     if runner is not None:
-        svc.loop = start_embedded_scheduler(settings, store, runner)
+        svc.loop = start_embedded_scheduler(
+            settings, store, runner, settings_for=loop_settings_for(store, settings)
+        )
     if start_worker:
         svc.worker = InboxWorker(store, on_applied=svc.events_applied)
         svc.worker.start()
@@ -150,6 +156,8 @@ def create_app(
     app.register_error_handler(Exception, _handle_unexpected)
     app.register_blueprint(ml_bp)
     app.register_blueprint(cycles_bp)
+    app.register_blueprint(dashboard_bp)
+    app.register_blueprint(admin_bp)
     return app
 
 

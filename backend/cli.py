@@ -75,22 +75,33 @@ def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.store.url)
     store.upgrade()
     with _label_studio(settings) as ls:
+        dashboard = f"{settings.server.public_url}/dashboard/{args.project}"
         backend = ls.connect_ml_backend(
             args.project,
             url=settings.server.public_url,
             title=settings.server.title,
             basic_auth=settings.server.basic_auth,
+            description=f"labelloop diagnosis: {dashboard}",
         )
         ls.set_sampling(args.project, "Uncertainty sampling")
+        _link_dashboard(ls, args.project, dashboard)
         report = reconcile(store, ls, args.project)
     store.dispose()
     print(
         f"connected Label Studio project {args.project} to {settings.server.public_url} "
         f"(ML backend id {backend.get('id')}, title {settings.server.title!r}); "
-        f"sampling set to uncertainty; synced {report.tasks} tasks, "
+        f"sampling set to uncertainty; dashboard {dashboard}; synced {report.tasks} tasks, "
         f"{report.annotations} annotations"
     )
     return 0
+
+
+def _link_dashboard(ls: Any, project: int, url: str) -> None:
+    """Put the dashboard link in the project's description (once), where admins look."""
+    description = ls.get_project(project).get("description") or ""
+    if url not in description:
+        line = f"labelloop diagnosis: {url}"
+        ls.update_project(project, description=f"{description}\n{line}".strip())
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
@@ -177,6 +188,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from backend.admin_cli import add_parsers as add_admin_parsers
+    from backend.simulate_cli import add_arguments as simulate_arguments
+
     parser = argparse.ArgumentParser(prog="labelloop", description=__doc__)
     parser.add_argument("--config", type=Path, help="a YAML file overriding config/labelloop.yaml")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only tasks changed since the last sync (deleted tasks need a full sync)",
     )
+    add_admin_parsers(sub)
     status = sub.add_parser("status", help="what the store holds per project")
     status.add_argument("--project", type=int)
     status.add_argument("--json", action="store_true")
@@ -213,12 +228,17 @@ def _parser() -> argparse.ArgumentParser:
         default=".cache/ls-venv/bin/label-studio",
         help="the label-studio executable (make run installs it in .cache/ls-venv)",
     )
+    simulate_arguments(
+        sub.add_parser("simulate", help="compare strategies on a labeled dataset (learning curves)")
+    )
     return parser
 
 
 def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
+    from backend.admin_cli import cmd_preview, cmd_strategy
     from backend.demo import cmd_demo
     from backend.scheduler import cmd_scheduler
+    from backend.simulate_cli import cmd_simulate
     from backend.train_cli import cmd_train
 
     return {
@@ -230,6 +250,9 @@ def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
         "cycle": cmd_cycle,
         "scheduler": cmd_scheduler,
         "demo": cmd_demo,
+        "simulate": cmd_simulate,
+        "strategy": cmd_strategy,
+        "preview": cmd_preview,
     }
 
 

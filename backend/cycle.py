@@ -20,6 +20,7 @@ from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
 from backend.model.predict import predict_annotation
 from backend.model.train import TrainedModel
+from backend.project_settings import effective_settings
 from backend.push import (
     QueueItem,
     ReviewKind,
@@ -259,6 +260,7 @@ def run_cycle(
     ctx: CycleContext, settings: Settings, store: Store, ls: LabelStudio, project_id: int
 ) -> CycleResult:
     """The cycle, stage by stage; see the module docstring for what a failure leaves behind."""
+    settings = effective_settings(store, settings, project_id)  # the project's overrides
     with ctx.stage("reconcile") as counts:
         report = reconcile(store, ls, project_id)
         counts.update(
@@ -287,6 +289,10 @@ def run_cycle(
         if trained is not None:
             activate_version(settings, store, project_id, trained.version)
         counts.update(model=int(trained is not None))
+        from backend.diagnostics import write_diagnosis
+
+        diagnosis = write_diagnosis(settings, project_id, snap, result.embeddings, scored, trained)
+        counts.update(diagnosis)
     metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
     return CycleResult(model_version=version, metrics=metrics)
 

@@ -29,21 +29,24 @@ class ModelRegistry:
     swapped in, so ``/predict`` never waits on a checkpoint being read.
     """
 
-    def __init__(self, store: Store, model_settings: ModelSettings) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._settings = model_settings
         self._lock = threading.Lock()
         self._served: dict[int, ServedModel] = {}
-        self._backbone: Any = None
+        self._backbones: dict[tuple[str, str, int], Any] = {}
 
-    def backbone(self) -> Any:
-        """The feature extractor, built once per process on first use."""
+    def backbone(self, model_settings: ModelSettings) -> Any:
+        """The feature extractor these settings name, built once per process on first use.
+
+        Projects may use different backbones (per-project settings), so one is kept per kind.
+        """
+        key = (model_settings.backbone, model_settings.timm_name, model_settings.image_size)
         with self._lock:
-            if self._backbone is None:
+            if key not in self._backbones:
                 from backend.model.backbones import build_backbone
 
-                self._backbone = build_backbone(self._settings)
-            return self._backbone
+                self._backbones[key] = build_backbone(model_settings)
+            return self._backbones[key]
 
     def current_version(self, project_id: int) -> str | None:
         with self._store.session() as session:

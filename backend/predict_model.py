@@ -14,6 +14,7 @@ from backend.model.cache import EmbeddingCache
 from backend.model.featurize import featurize
 from backend.model.predict import predict_annotation
 from backend.models_registry import ServedModel
+from backend.project_settings import effective_settings
 
 if TYPE_CHECKING:
     from backend.app import Services
@@ -28,8 +29,22 @@ def _missing_ref(ref: str | None) -> bytes:
 def predict_with_model(
     svc: Services, served: ServedModel, cfg: LabelConfig, tasks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """One prediction per task, in order; a task whose image fails gets an empty result."""
-    settings = svc.settings
+    """One prediction per task, in order; a task whose image fails gets an empty result.
+
+    Images are embedded with the backbone the project's settings name, the one its model was
+    trained on (a model whose backbone no longer matches is refused rather than fed wrong vectors).
+    """
+    settings = effective_settings(svc.store, svc.settings, served.project_id)
+    backbone = svc.models.backbone(settings.model)
+    if served.model.backbone and served.model.backbone != backbone.name:
+        log.warning(
+            "project %d: model %s was trained on %s but settings name %s; no predictions",
+            served.project_id,
+            served.version,
+            served.model.backbone,
+            backbone.name,
+        )
+        return []  # Label Studio then stores nothing and asks again after the next cycle
     resolver = svc.image_resolver()
     items = []
     for task in tasks:
@@ -38,9 +53,7 @@ def predict_with_model(
             (int(task["id"]), partial(resolver.fetch, ref) if ref else partial(_missing_ref, ref))
         )
     cache = EmbeddingCache(settings.store.data_dir / "embeddings")
-    result = featurize(
-        items, svc.models.backbone(), cache, batch_size=settings.model.batch_size, log_every=0
-    )
+    result = featurize(items, backbone, cache, batch_size=settings.model.batch_size, log_every=0)
     ok = [int(t["id"]) for t in tasks if int(t["id"]) in result.embeddings]
     probs = served.model.predict_proba(np.stack([result.embeddings[i] for i in ok])) if ok else []
     by_task = dict(zip(ok, probs, strict=True))

@@ -59,6 +59,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.project_settings import loop_settings_for
 from backend.settings import LoopSettings, Settings
 from backend.store import cycles
 from backend.store.db import Store, make_engine
@@ -703,7 +704,7 @@ def run_scheduler_process(
         store,
         make_runner(settings, store),
         settings.loop,
-        settings_for=settings_for,
+        settings_for=settings_for or loop_settings_for(store, settings),
         apply_inbox=True,
     )
     try:

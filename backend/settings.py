@@ -69,6 +69,7 @@ class ServerSettings(_Section):
     title: str = Field("labelloop", min_length=1, max_length=100)
     basic_auth_user: str | None = None
     basic_auth_password: SecretStr | None = None
+    admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -188,6 +189,14 @@ class LoopSettings(_Section):
         return self
 
 
+class DiagnosisSettings(_Section):
+    """The dashboard's diagnosis (see backend/diagnostics.py)."""
+
+    drift_auc_warning: float = Field(0.75, ge=0.5, le=1.0)
+    map_points: int = Field(5000, ge=100, le=50_000)
+    listed: int = Field(50, ge=1, le=1000)
+
+
 class Settings(_Section):
     label_studio: LabelStudioSettings = LabelStudioSettings()
     server: ServerSettings = ServerSettings()
@@ -196,6 +205,7 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     strategy: StrategySettings = StrategySettings()
     loop: LoopSettings = LoopSettings()
+    diagnosis: DiagnosisSettings = DiagnosisSettings()
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

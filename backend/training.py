@@ -25,7 +25,7 @@ from backend.model.checkpoint import save_checkpoint
 from backend.model.featurize import FeaturizeResult, featurize
 from backend.model.train import TrainedModel, train_model
 from backend.settings import Settings
-from backend.store import repo
+from backend.store import repo, task_images
 from backend.store.db import Store
 from backend.store.models import Annotation, ModelVersion, Project, Task
 
@@ -95,16 +95,28 @@ def embed_tasks(
 
     Failures are recorded on the task rows (``image_error``) and skipped.
     """
-    backbone = build_backbone(settings.model)
-    cache = EmbeddingCache(settings.store.data_dir / "embeddings")
     items = [(t.id, partial(fetch, t.image_ref)) for t in tasks if t.image_ref]
-    result = featurize(items, backbone, cache, batch_size=settings.model.batch_size)
+    result, backbone_name = embed_items(settings, items)
     missing = {t.id: "task has no image reference" for t in tasks if not t.image_ref}
     failures = {**result.failures, **missing}
     with store.session() as session:
         for task in session.scalars(select(Task).where(Task.id.in_([t.id for t in tasks]))):
             task.image_error = failures.get(task.id)
-    return result, backbone.name
+        task_images.record(session, tasks, result, backbone_name)
+    return result, backbone_name
+
+
+def embed_items(
+    settings: Settings, items: Sequence[tuple[int, Callable[[], bytes]]]
+) -> tuple[FeaturizeResult, str]:
+    """Embeddings of ``(id, fetch)`` items with the configured backbone, through the disk cache.
+
+    Returns:
+        the featurize result (failed items are in ``failures``) and the backbone's name.
+    """
+    backbone = build_backbone(settings.model)
+    cache = EmbeddingCache(settings.store.data_dir / "embeddings")
+    return featurize(items, backbone, cache, batch_size=settings.model.batch_size), backbone.name
 
 
 @dataclass(frozen=True)

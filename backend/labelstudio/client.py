@@ -406,6 +406,7 @@ class LabelStudio:
         basic_auth: tuple[str, str] | None = None,
         *,
         is_interactive: bool = False,
+        description: str | None = None,
     ) -> dict[str, Any]:
         """Connect the backend at ``url`` to ``project``, idempotently.
 
@@ -420,6 +421,8 @@ class LabelStudio:
             "is_interactive": is_interactive,
             "auth_method": "BASIC_AUTH" if basic_auth else "NONE",
         }
+        if description is not None:
+            body["description"] = description
         if basic_auth:
             body["basic_auth_user"], body["basic_auth_pass"] = basic_auth
         existing = self.list_ml_backends(project)

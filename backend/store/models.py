@@ -214,3 +214,52 @@ class ReviewFlag(Base):
     reviewed_at: Mapped[datetime | None]
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     pushed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ProjectSettings(Base):
+    """A project's overrides of the ``strategy``, ``model`` and ``loop`` settings (issue 6).
+
+    ``overrides`` holds only the fields whose value differs from the config defaults, as
+    ``{section: {field: value}}``; the effective settings are the defaults with these applied.
+    No foreign key: settings may be set before the first reconcile creates the project's row.
+    """
+
+    __tablename__ = "project_settings"
+
+    project_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    overrides: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class SettingsChange(Base):
+    """One change of a project's settings: when, by which token name, and each field's diff.
+
+    ``changes`` is a list of ``{"field": "strategy.batch_size", "before": 100, "after": 50}``.
+    """
+
+    __tablename__ = "project_settings_history"
+    __table_args__ = (Index("ix_project_settings_history_project", "project_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigInteger)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    token_name: Mapped[str] = mapped_column(String(200))
+    changes: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class TaskImage(Base):
+    """The content hash of a task's image and the backbone that last embedded it.
+
+    Together they are the key of the task's vector in :class:`backend.model.cache.EmbeddingCache`,
+    so the admin preview can score the pool without fetching or embedding any image.
+    """
+
+    __tablename__ = "task_images"
+    __table_args__ = (Index("ix_task_images_project", "project_id"),)
+
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    project_id: Mapped[int] = mapped_column(BigInteger)
+    sha: Mapped[str] = mapped_column(String(64))
+    backbone: Mapped[str] = mapped_column(String(200))
+    embedded_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

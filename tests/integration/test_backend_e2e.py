@@ -113,9 +113,13 @@ def test_connect_registers_backend_and_syncs(env: Env, project: int) -> None:
     assert env.cli("connect", "--project", str(project)) == 0
     backends = env.ls.list_ml_backends(project)
     assert [b["url"] for b in backends] == [env.settings.server.public_url]
+    dashboard = f"{env.settings.server.public_url}/dashboard/{project}"
+    assert dashboard in backends[0]["description"]
+    assert env.ls.get_project(project)["description"].count(dashboard) == 1
     # Connecting twice updates the same backend instead of adding a second one.
     assert env.cli("connect", "--project", str(project)) == 0
     assert len(env.ls.list_ml_backends(project)) == 1
+    assert env.ls.get_project(project)["description"].count(dashboard) == 1
     with env.store.session() as session:
         stored = repo.ensure_project(session, project)
         assert stored.labels == LABELS

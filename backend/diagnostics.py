@@ -1,0 +1,511 @@
+"""The diagnosis behind the dashboard: what the model confuses, which labels look wrong, which parts
+of the data nobody labeled, and whether new data drifted.
+
+:func:`compute_diagnosis` is arrays in, a JSON-ready dict out. :func:`write_diagnosis` runs it at
+the end of every cycle on that cycle's arrays and saves it atomically to
+``<data_dir>/diagnosis/p<project>.json``; :func:`diagnosis_view` loads it and adds what changes
+between cycles (the learning curve across model versions, Label Studio links, thumbnail URLs).
+
+Sections:
+
+- ``classification``: confusion matrix (counts and row-normalized; rows = given label, columns =
+  predicted) and per-class precision / recall / F1 / support, from the out-of-sample (cross-fitted)
+  probabilities of the labeled items, so the numbers equal the model version's metrics.
+- ``distribution``: labels per class and the imbalance ratio (largest / smallest non-empty class).
+- ``label_errors``: labeled items the configured review signal (``strategy.review_signal``) ranks
+  above its alarm level, most suspicious first, with the model's label and confidence.
+- ``coverage``: under-covered clusters (see :mod:`strategies.coverage`) with typical unlabeled
+  examples; ``outliers``: the items farthest from their cluster centre, relative to the cluster.
+- ``map``: a 2-D PCA projection of at most ``diagnosis.map_points`` items (label-error candidates
+  and outliers always kept), columnar.
+- ``drift``: a domain classifier (logistic regression on 32 principal components) telling labeled
+  items from *new* items, the unlabeled tasks whose id is larger than the largest labeled task id
+  (Label Studio ids grow with every import, so these were imported after everything labeled).
+  Its stratified 5-fold cross-validated ROC AUC is 0.5 when new data looks like the labeled data;
+  ``warning`` is set at ``diagnosis.drift_auc_warning`` or above. Active learning picks labeled
+  items non-uniformly, which by itself can lift the AUC a little above 0.5.
+
+Works before any model exists (cold start): classification and label errors are then null.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sqlalchemy import select
+
+from backend.model.metrics import classification_metrics
+from backend.settings import DiagnosisSettings, Settings
+from backend.store.db import Store
+from backend.store.models import ModelVersion
+from strategies import REGISTRY
+from strategies.coverage import Clustering, cluster_coverage, cluster_embeddings, outlier_scores
+
+if TYPE_CHECKING:
+    from backend.cycle import Scored, Snapshot, Trained
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+#: Fewest items on each side before the drift classifier is fit.
+DRIFT_MIN_ITEMS = 10
+#: Most items per side the drift classifier sees (a random subsample beyond that).
+DRIFT_MAX_ITEMS = 2000
+#: Principal components the drift classifier sees.
+DRIFT_COMPONENTS = 32
+#: Under-covered clusters listed, and example tasks shown per cluster.
+COVERAGE_ROWS = 12
+COVERAGE_EXAMPLES = 4
+#: Outliers marked on the map and listed: at most this many, each at least OUTLIER_MIN_SCORE times
+#: as far from its cluster centre as the cluster's median item.
+OUTLIERS = 20
+OUTLIER_MIN_SCORE = 1.5
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+
+@dataclass(frozen=True, eq=False)
+class DiagnosisInputs:
+    """The arrays a diagnosis is computed from, one row per item (tasks with embeddings).
+
+    Attributes:
+        task_ids: (n,) task ids, ascending.
+        embeddings: (n, d) feature vectors.
+        labels: (n,) class index of each labeled item (its first positive label when multi-label),
+            -1 for unlabeled.
+        classes: the C label names.
+        class_counts: (C,) labels given per class (a multi-label item counts for each label).
+        clusters: (n,) cluster ids from the cycle, or None to cluster here.
+        oos_probs: (n, C) out-of-sample probabilities (rows of labeled items used), or None
+            before a model exists and for multi-label projects.
+        error_scores: (n,) review-signal score (higher = label more suspicious), or None.
+        error_alarm: score above which a labeled item is a label-error candidate.
+        metrics: the model version's metrics (per-class scores of multi-label projects), or None.
+    """
+
+    task_ids: IntArray
+    embeddings: FloatArray
+    labels: IntArray
+    classes: tuple[str, ...]
+    class_counts: IntArray
+    clusters: IntArray | None = None
+    oos_probs: FloatArray | None = None
+    error_scores: FloatArray | None = None
+    error_alarm: float = 0.0
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def labeled(self) -> NDArray[np.bool_]:
+        return self.labels >= 0
+
+
+# ---------------------------------------------------------------- sections
+
+
+def classification(
+    labels: IntArray, oos_probs: FloatArray | None, classes: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """Confusion matrix (counts, row-normalized) and per-class scores of the labeled items."""
+    labeled = labels >= 0
+    if oos_probs is None or not labeled.any():
+        return None
+    metrics = classification_metrics(
+        oos_probs[labeled], labels[labeled], classes=classes, multilabel=False
+    )
+    counts = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "per_class": metrics["per_class"],
+        "confusion": {"counts": counts.tolist(), "normalized": np.round(normalized, 4).tolist()},
+    }
+
+
+def distribution(class_counts: IntArray, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Labels per class, imbalance ratio (largest / smallest non-empty class), empty classes."""
+    counts = [int(c) for c in class_counts]
+    present = [c for c in counts if c > 0]
+    ratio = max(present) / min(present) if present else None
+    missing = [name for name, c in zip(classes, counts, strict=True) if c == 0]
+    return {"counts": dict(zip(classes, counts, strict=True)), "imbalance": ratio, "empty": missing}
+
+
+def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]:
+    """Labeled items whose review score exceeds the alarm, most suspicious first."""
+    scores, probs = inputs.error_scores, inputs.oos_probs
+    if scores is None or probs is None:
+        return []
+    rows = np.flatnonzero(inputs.labeled & (scores > inputs.error_alarm))
+    rows = rows[np.argsort(-scores[rows], kind="stable")][:limit]
+    out = []
+    for row in rows:
+        given, top = int(inputs.labels[row]), int(np.argmax(probs[row]))
+        confidence = float(probs[row, top])
+        out.append(
+            {
+                "task": int(inputs.task_ids[row]),
+                "given": inputs.classes[given],
+                "model": inputs.classes[top],
+                "confidence": round(confidence, 4),
+                "score": round(float(scores[row]), 4),
+                "reason": f"labeled {inputs.classes[given]!r}; model says "
+                f"{inputs.classes[top]!r} ({confidence:.0%})",
+            }
+        )
+    return out
+
+
+def clustering_of(
+    embeddings: FloatArray, clusters: IntArray | None, *, rng: np.random.Generator
+) -> Clustering:
+    """The cycle's clusters with their centres and distances (k-means here when there are none)."""
+    if clusters is None or embeddings.shape[0] == 0:
+        return cluster_embeddings(embeddings, rng=rng)
+    k = int(clusters.max()) + 1
+    sums = np.zeros((k, embeddings.shape[1]))
+    np.add.at(sums, clusters, embeddings)
+    centers = sums / np.maximum(np.bincount(clusters, minlength=k), 1)[:, None]
+    distances = np.linalg.norm(embeddings - centers[clusters], axis=1)
+    return Clustering(clusters.astype(np.int64), centers, distances.astype(np.float64))
+
+
+def coverage(
+    clustering: Clustering, labeled: NDArray[np.bool_], task_ids: IntArray
+) -> dict[str, Any]:
+    """Clusters with fewer labels than their size deserves, with typical unlabeled examples."""
+    table = cluster_coverage(clustering.labels, labeled)
+    rows = []
+    for row in (r for r in table if r.under_coverage > 1.0):
+        members = np.flatnonzero((clustering.labels == row.cluster) & ~labeled)
+        typical = members[np.argsort(clustering.distances[members], kind="stable")]
+        rows.append(
+            {
+                "cluster": row.cluster,
+                "size": row.size,
+                "labeled": row.labeled,
+                "share": round(float(row.share), 4),
+                "under_coverage": round(float(row.under_coverage), 3),
+                "examples": [int(t) for t in task_ids[typical[:COVERAGE_EXAMPLES]]],
+            }
+        )
+        if len(rows) == COVERAGE_ROWS:
+            break
+    return {"n_clusters": len(table), "under_covered": rows}
+
+
+def top_outliers(
+    scores: FloatArray, inputs: DiagnosisInputs, clusters: IntArray, *, limit: int
+) -> list[dict[str, Any]]:
+    """The ``limit`` items with the highest outlier score."""
+    rows = np.argsort(-scores, kind="stable")[:limit]
+    rows = rows[scores[rows] >= OUTLIER_MIN_SCORE]
+    return [
+        {
+            "task": int(inputs.task_ids[r]),
+            "score": round(float(scores[r]), 3),
+            "cluster": int(clusters[r]),
+            "label": inputs.classes[inputs.labels[r]] if inputs.labels[r] >= 0 else None,
+        }
+        for r in rows
+    ]
+
+
+def _subsample(
+    n: int, keep: NDArray[np.bool_], max_points: int, rng: np.random.Generator
+) -> IntArray:
+    """Sorted indices: every ``keep`` item (up to the cap), then random others to ``max_points``."""
+    if n <= max_points:
+        return np.arange(n, dtype=np.int64)
+    forced = np.flatnonzero(keep)[:max_points]
+    rest = np.flatnonzero(~keep)
+    fill = rng.choice(rest, size=min(len(rest), max_points - len(forced)), replace=False)
+    return np.sort(np.concatenate((forced, fill))).astype(np.int64)
+
+
+def embedding_map(
+    inputs: DiagnosisInputs,
+    clusters: IntArray,
+    marks: tuple[NDArray[np.bool_], NDArray[np.bool_]],
+    *,
+    max_points: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """A 2-D PCA projection of at most ``max_points`` items, columnar (one list per field)."""
+    errors, outliers = marks
+    rows = _subsample(len(inputs.task_ids), errors | outliers, max_points, rng)
+    x = inputs.embeddings[rows]
+    if len(rows) >= 2 and x.shape[1] >= 2:
+        pca = PCA(n_components=2, random_state=int(rng.integers(2**31 - 1)))
+        xy = pca.fit_transform(x)
+        explained = [round(float(v), 4) for v in pca.explained_variance_ratio_]
+    else:
+        xy, explained = np.zeros((len(rows), 2)), [0.0, 0.0]
+    return {
+        "n_total": len(inputs.task_ids),
+        "explained_variance": explained,
+        "task": inputs.task_ids[rows].tolist(),
+        "x": np.round(xy[:, 0], 4).tolist(),
+        "y": np.round(xy[:, 1], 4).tolist(),
+        "label": inputs.labels[rows].tolist(),
+        "cluster": clusters[rows].tolist(),
+        "error": errors[rows].astype(int).tolist(),
+        "outlier": outliers[rows].astype(int).tolist(),
+    }
+
+
+def _sample(rows: IntArray, size: int, rng: np.random.Generator) -> IntArray:
+    return rows if len(rows) <= size else np.sort(rng.choice(rows, size=size, replace=False))
+
+
+def domain_drift(
+    embeddings: FloatArray,
+    labeled: NDArray[np.bool_],
+    task_ids: IntArray,
+    *,
+    threshold: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Cross-validated AUC of a classifier telling labeled from new items (module docstring)."""
+    newest = int(task_ids[labeled].max()) if labeled.any() else None
+    new = ~labeled & (task_ids > (newest if newest is not None else np.iinfo(np.int64).max))
+    out: dict[str, Any] = {
+        "auc": None,
+        "threshold": threshold,
+        "warning": False,
+        "n_labeled": int(labeled.sum()),
+        "n_new": int(new.sum()),
+        "newest_labeled_task": newest,
+        "reason": None,
+    }
+    if min(out["n_labeled"], out["n_new"]) < DRIFT_MIN_ITEMS:
+        out["reason"] = f"needs at least {DRIFT_MIN_ITEMS} labeled and {DRIFT_MIN_ITEMS} new items"
+        return out
+    a = _sample(np.flatnonzero(labeled), DRIFT_MAX_ITEMS, rng)
+    b = _sample(np.flatnonzero(new), DRIFT_MAX_ITEMS, rng)
+    x = embeddings[np.concatenate((a, b))]
+    y = np.concatenate((np.zeros(len(a)), np.ones(len(b))))
+    # One PCA (unsupervised: it never sees which side an item is on) keeps the fits fast on wide
+    # embeddings and regularizes them.
+    components = min(DRIFT_COMPONENTS, x.shape[1], len(y) // 2)
+    x = PCA(components, random_state=0).fit_transform(StandardScaler().fit_transform(x))
+    classifier = make_pipeline(
+        StandardScaler(), LogisticRegression(C=0.1, max_iter=500, class_weight="balanced")
+    )
+    folds = StratifiedKFold(5, shuffle=True, random_state=int(rng.integers(2**31 - 1)))
+    with warnings.catch_warnings():
+        # A not fully converged L2 fit still ranks well enough for an AUC estimate.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        auc = float(cross_val_score(classifier, x, y, cv=folds, scoring="roc_auc").mean())
+    out.update(auc=round(auc, 4), warning=auc >= threshold)
+    return out
+
+
+# ---------------------------------------------------------------- the whole diagnosis
+
+
+def compute_diagnosis(
+    inputs: DiagnosisInputs, *, limits: DiagnosisSettings, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Every section of the diagnosis (see the module docstring), JSON-ready.
+
+    Args:
+        inputs: the cycle's arrays.
+        limits: map size, table lengths and the drift warning threshold.
+        rng: k-means (when clusters are missing), map subsample, PCA and drift folds.
+    """
+    x, labeled = inputs.embeddings, inputs.labeled
+    clustering = clustering_of(x, inputs.clusters, rng=rng)
+    outlier = outlier_scores(x, clustering=clustering)
+    errors = label_errors(inputs, limit=limits.listed)
+    outliers = top_outliers(outlier, inputs, clustering.labels, limit=min(OUTLIERS, limits.listed))
+    error_mask = np.isin(inputs.task_ids, [e["task"] for e in errors])
+    outlier_mask = np.isin(inputs.task_ids, [o["task"] for o in outliers])
+    marks = (error_mask, outlier_mask)
+    return {
+        "format": FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "phase": "model" if inputs.oos_probs is not None else "cold_start",
+        "classes": list(inputs.classes),
+        "n_items": len(inputs.task_ids),
+        "n_labeled": int(labeled.sum()),
+        "classification": classification(inputs.labels, inputs.oos_probs, inputs.classes),
+        "per_class": (inputs.metrics or {}).get("per_class"),
+        "distribution": distribution(inputs.class_counts, inputs.classes),
+        "label_errors": errors,
+        "coverage": coverage(clustering, labeled, inputs.task_ids),
+        "outliers": outliers,
+        "map": embedding_map(
+            inputs, clustering.labels, marks, max_points=limits.map_points, rng=rng
+        ),
+        "drift": domain_drift(
+            x, labeled, inputs.task_ids, threshold=limits.drift_auc_warning, rng=rng
+        ),
+    }
+
+
+# ---------------------------------------------------------------- the cycle's side
+
+
+def diagnosis_path(settings: Settings, project_id: int) -> Path:
+    return settings.store.data_dir / "diagnosis" / f"p{project_id}.json"
+
+
+def inputs_from_cycle(
+    settings: Settings, snap: Snapshot, scored: Scored, trained: Trained | None
+) -> DiagnosisInputs:
+    """The diagnosis inputs of one cycle: the scored pool plus the snapshot's targets."""
+    pool, classes = scored.pool, tuple(snap.cfg.labels)
+    labels = np.array(pool.labels, dtype=np.int64)
+    if snap.cfg.multiple:
+        labels, counts = _multilabel_marks(snap, scored.task_ids, labels >= 0)
+    else:
+        counts = np.bincount(labels[labels >= 0], minlength=len(classes)).astype(np.int64)
+    info = REGISTRY[settings.strategy.review_signal]
+    errors = None
+    if pool.oos_probs is not None and info.unavailable(pool) is None:
+        errors = info.score(pool, rng=np.random.default_rng(settings.model.seed))
+    return DiagnosisInputs(
+        task_ids=np.asarray(scored.task_ids, dtype=np.int64),
+        embeddings=np.asarray(pool.embeddings, dtype=np.float64),
+        labels=labels,
+        classes=classes,
+        class_counts=counts,
+        clusters=np.asarray(scored.priority.clusters, dtype=np.int64),
+        oos_probs=None if pool.oos_probs is None else np.asarray(pool.oos_probs),
+        error_scores=errors,
+        error_alarm=info.alarm if info.alarm is not None else 0.0,
+        metrics=dict(trained.model.metrics) if trained is not None else None,
+    )
+
+
+def _multilabel_marks(
+    snap: Snapshot, task_ids: np.ndarray, labeled: NDArray[np.bool_]
+) -> tuple[IntArray, IntArray]:
+    """(n,) first positive label of each labeled item (-1 elsewhere) and (C,) labels per class."""
+    targets = snap.targets
+    y = np.asarray(targets.y, dtype=np.int64).reshape(len(targets.task_ids), len(snap.cfg.labels))
+    first = dict(zip(targets.task_ids.tolist(), y.argmax(axis=1).tolist(), strict=True))
+    labels = np.array([first.get(int(t), -1) for t in task_ids], dtype=np.int64)
+    return np.where(labeled, labels, -1).astype(np.int64), y.sum(axis=0).astype(np.int64)
+
+
+def save_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new, never half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, separators=(",", ":"), allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_diagnosis(
+    settings: Settings,
+    project_id: int,
+    snap: Snapshot,
+    embeddings: dict[int, np.ndarray],
+    scored: Scored,
+    trained: Trained | None,
+) -> dict[str, int]:
+    """Compute and save the project's diagnosis; returns counts for the cycle record.
+
+    A failure is logged and counted, never raised: the diagnosis must not fail a cycle whose model
+    and queue are already live.
+    """
+    if not embeddings or scored.pool.embeddings is None:
+        return {"diagnosis": 0}
+    try:
+        inputs = inputs_from_cycle(settings, snap, scored, trained)
+        diagnosis = compute_diagnosis(
+            inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
+        )
+        diagnosis.update(project=project_id, model_version=trained.version if trained else None)
+        save_json(diagnosis_path(settings, project_id), diagnosis)
+    except (ValueError, OSError, np.linalg.LinAlgError) as exc:
+        log.warning("project %d: diagnosis not written: %s", project_id, type(exc).__name__)
+        return {"diagnosis": 0, "diagnosis_failed": 1}
+    return {"diagnosis": 1, "diagnosis_errors": len(diagnosis["label_errors"])}
+
+
+# ---------------------------------------------------------------- the API's side
+
+
+def load_diagnosis(settings: Settings, project_id: int) -> dict[str, Any] | None:
+    """The saved diagnosis, or None when no cycle has written one yet."""
+    try:
+        text = diagnosis_path(settings, project_id).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def learning_curve(store: Store, project_id: int) -> list[dict[str, Any]]:
+    """One point per model version, oldest first: labels used against accuracy and macro F1."""
+    with store.session() as session:
+        rows = session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.project_id == project_id)
+            .order_by(ModelVersion.created_at, ModelVersion.id)
+        )
+        return [
+            {
+                "version": row.version,
+                "created_at": row.created_at.isoformat(timespec="seconds"),
+                "n_labels": row.n_labels,
+                "accuracy": row.metrics.get("accuracy"),
+                "macro_f1": row.metrics.get("macro_f1"),
+            }
+            for row in rows
+        ]
+
+
+def task_link(browser_url: str, project_id: int, task_id: int) -> str:
+    """The Label Studio URL that opens ``task_id`` in the project's data manager."""
+    return f"{browser_url}/projects/{project_id}/data?task={task_id}"
+
+
+def thumb_url(project_id: int, task_id: int) -> str:
+    return f"/dashboard/{project_id}/thumb/{task_id}.png"
+
+
+def diagnosis_view(settings: Settings, store: Store, project_id: int) -> dict[str, Any] | None:
+    """The saved diagnosis plus the learning curve, task links and thumbnail URLs; None if none."""
+    data = load_diagnosis(settings, project_id)
+    if data is None:
+        return None
+    ls = settings.label_studio.browser_url
+    for row in (*data["label_errors"], *data["outliers"]):
+        row["ls_url"] = task_link(ls, project_id, row["task"])
+        row["thumbnail"] = thumb_url(project_id, row["task"])
+    for cluster in data["coverage"]["under_covered"]:
+        cluster["example_links"] = [task_link(ls, project_id, t) for t in cluster["examples"]]
+    data["learning_curve"] = learning_curve(store, project_id)
+    data["label_studio_url"] = ls
+    drift, threshold = data["drift"], settings.diagnosis.drift_auc_warning
+    drift.update(
+        threshold=threshold, warning=drift["auc"] is not None and drift["auc"] >= threshold
+    )
+    return data

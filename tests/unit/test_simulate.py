@@ -1,0 +1,152 @@
+"""``labelloop simulate``: the real cycle code on scikit-learn digits with a simulated annotator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.cli import CliError, main
+from backend.settings import Settings
+from backend.simulate import Curve, load_dataset, make_problem, simulate
+from backend.simulate_cli import parse_strategies, summarize, svg
+from tests.conftest import make_settings
+
+FAST_MODEL = {
+    "backbone": "small_cnn",
+    "image_size": 32,
+    "max_epochs": 30,
+    "committee_size": 2,
+    "cv_folds": 3,
+}
+STRATEGIES = {"default": {"margin": 1.0, "coverage": 0.5}, "random": {"random": 1.0}}
+
+
+def _fast(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, model=FAST_MODEL)
+
+
+@pytest.fixture(scope="module")
+def curves(tmp_path_factory: pytest.TempPathFactory) -> list[Curve]:
+    """Default and random on 300 digits, 2 seeds, 100 labels in batches of 20, 10 % noise."""
+    settings = _fast(tmp_path_factory.mktemp("sim"))
+    dataset = load_dataset("digits", limit=300)
+    return simulate(
+        settings, dataset, STRATEGIES, seeds=[0, 1], budget=100, batch_size=20, noise=0.1
+    )
+
+
+def _area(curves: Sequence[Curve], strategy: str) -> float:
+    runs = [c for c in curves if c.strategy == strategy]
+    return float(np.mean([np.mean([p.accuracy for p in run.points]) for run in runs]))
+
+
+def test_one_point_per_round_with_labels_increasing(curves: list[Curve]) -> None:
+    assert sorted((c.strategy, c.seed) for c in curves) == [
+        ("default", 0),
+        ("default", 1),
+        ("random", 0),
+        ("random", 1),
+    ]
+    for curve in curves:
+        assert [p.labels for p in curve.points] == [20, 40, 60, 80, 100]
+        assert all(0.0 <= p.accuracy <= 1.0 for p in curve.points)
+        assert curve.points[-1].accuracy > 0.3  # far above chance (0.1) with 100 labels
+        assert [p.planted for p in curve.points] == sorted(p.planted for p in curve.points)
+
+
+def test_default_curve_is_not_below_random(curves: list[Curve]) -> None:
+    assert _area(curves, "default") >= _area(curves, "random") - 0.02
+
+
+def test_noisy_run_surfaces_planted_errors(curves: list[Curve]) -> None:
+    final = [c.points[-1] for c in curves if c.strategy == "default"]
+    assert sum(p.planted for p in final) > 0
+    assert sum(p.surfaced for p in final) > 0
+    assert all(p.surfaced <= p.planted for p in final)
+
+
+def test_same_seed_meets_the_same_annotator() -> None:
+    x = np.random.default_rng(0).normal(size=(100, 4))
+    y = np.arange(100) % 4
+    one = make_problem(x, y, ("a", "b", "c", "d"), seed=3, test_size=0.2, noise=0.1)
+    two = make_problem(x, y, ("a", "b", "c", "d"), seed=3, test_size=0.2, noise=0.1)
+    assert one.answers == two.answers and one.planted == two.planted
+    assert len(one.planted) == 8  # 10 % of the 80 pool items
+    truth = {t: int(y[t - 1]) for t in one.answers}
+    assert {t for t, a in one.answers.items() if a != truth[t]} == one.planted
+
+
+def test_summary_and_svg(curves: list[Curve]) -> None:
+    summary = summarize(curves)
+    assert summary["default"]["labels"] == [20, 40, 60, 80, 100]
+    assert len(summary["random"]["accuracy_mean"]) == 5
+    drawing = svg(curves, title="digits <small>")
+    assert drawing.startswith("<svg") and drawing.count("<polyline") == 2
+    assert "digits &lt;small&gt;" in drawing
+
+
+def test_parse_strategies() -> None:
+    parsed = parse_strategies("default,random,mix=entropy:1,coverage:0.5,bald", {"margin": 1.0})
+    assert parsed == {
+        "default": {"margin": 1.0},
+        "random": {"random": 1.0},
+        "mix": {"entropy": 1.0, "coverage": 0.5},
+        "bald": {"bald": 1.0},
+    }
+    with pytest.raises(CliError, match="must follow"):
+        parse_strategies("default,coverage:0.5", {})
+    with pytest.raises(CliError, match="not a number"):
+        parse_strategies("x=margin:high", {})
+
+
+def _config(tmp_path: Path) -> Path:
+    lines = ["store:", f"  data_dir: {tmp_path / 'data'}", "model:"]
+    lines += [f"  {key}: {value}" for key, value in FAST_MODEL.items()]
+    path = tmp_path / "config.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _folder(root: Path) -> Path:
+    """Two classes a small CNN tells apart: dark and light squares with a little noise."""
+    rng = np.random.default_rng(0)
+    for name, level in (("dark", 40), ("light", 210)):
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            pixels = np.clip(level + rng.normal(0, 20, (32, 32)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_cli_json_on_an_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = _folder(tmp_path / "images")
+    plot = tmp_path / "curves.svg"
+    argv = ["--config", str(_config(tmp_path)), "simulate", "--dataset", str(images)]
+    argv += ["--seeds", "2", "--budget", "20", "--batch-size", "10", "--json", "--plot", str(plot)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dataset"] == str(images) and out["backbone"] == "small_cnn"
+    assert set(out["strategies"]) == {"default", "random"}
+    runs = out["strategies"]["random"]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert all(r["labels"] == [10, 20] for r in runs)
+    assert all(0.0 <= a <= 1.0 for r in runs for a in r["accuracy"])
+    assert plot.read_text(encoding="utf-8").startswith("<svg")
+    assert any((tmp_path / "data" / "embeddings").iterdir())  # through the embedding cache
+
+
+def test_cli_table_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = _folder(tmp_path / "images")
+    config = ["--config", str(_config(tmp_path)), "simulate", "--dataset"]
+    assert main([*config, str(images), "--seeds", "1", "--budget", "10", "--batch-size", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "| strategy" in out and "| default" in out and "| random" in out
+    assert main([*config, str(images), "--strategies", "x=nope:1"]) == 2
+    assert "unknown signal" in capsys.readouterr().err
+    assert main([*config, str(tmp_path / "missing")]) == 2
+    assert "not digits, textures or a folder" in capsys.readouterr().err
