@@ -346,9 +346,18 @@ def map_section(diag: dict[str, Any]) -> str:
 
 
 def _series(
-    px: np.ndarray, values: Sequence[float | None], color: str, name: str, top: float, span: float
+    px: np.ndarray,
+    values: Sequence[float | None],
+    style: tuple[str, str, float],
+    top: float,
+    span: float,
 ) -> str:
-    """One line of the learning curve, its points, and its name and last value at its end."""
+    """One line of the learning curve, its points, and its name and last value at its end.
+
+    ``style`` is (colour, name, vertical offset of the name): the two names sit above and below
+    their last points, so they never overprint when the curves meet.
+    """
+    color, name, dy = style
     vals = [(float(x), float(v)) for x, v in zip(px, values, strict=True) if v is not None]
     if not vals:
         return ""
@@ -357,7 +366,7 @@ def _series(
     path = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
     return (
         f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>{dots}'
-        f'<text x="{xy[-1][0] + 8:.1f}" y="{xy[-1][1] + 4:.1f}" fill="{color}" '
+        f'<text x="{xy[-1][0] + 8:.1f}" y="{xy[-1][1] + dy:.1f}" fill="{color}" '
         f'font-weight="600">{esc(name)} {vals[-1][1]:.2f}</text>'
     )
 
@@ -381,9 +390,10 @@ def curve_svg(points: Sequence[dict[str, Any]], width: int = 520, height: int = 
         f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{int(n)}</text>'
         for x, n in zip(px, xs, strict=True)
     )
+    styles = {"accuracy": ("#0072B2", "accuracy", -6.0), "macro_f1": ("#D55E00", "F1", 16.0)}
     lines = "".join(
-        _series(px, [p[key] for p in points], color, name, top, height - top - bottom)
-        for key, color, name in (("accuracy", "#0072B2", "accuracy"), ("macro_f1", "#D55E00", "F1"))
+        _series(px, [p[key] for p in points], style, top, height - top - bottom)
+        for key, style in styles.items()
     )
     label = (
         f'<text x="{(left + width - right) / 2}" y="{height - 2}" text-anchor="middle">'

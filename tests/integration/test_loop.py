@@ -59,6 +59,7 @@ class Loop:
                 }
             )
         )
+        self.config = config
         self.settings: Settings = load_settings(config, environ={})
         self.ls = LabelStudio(self.settings.label_studio)
         self.store = Store(self.settings.store.url)
@@ -255,3 +256,18 @@ def test_clustered_push_keeps_each_prediction_cluster(loop: Loop) -> None:
     }
     assert stored == {t: (i % 2, i / 4) for i, t in enumerate(ids)}
     assert loop.ls.get_project(project)["model_version"] == "labelloop-p9-clusters"
+
+
+def test_train_command_trains_a_version_and_prints_metrics(
+    loop: Loop, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from backend.cli import main as cli_main
+
+    with loop.store.session() as session:
+        before = repo.ensure_project(session, loop.project).model_version
+    assert cli_main(["--config", str(loop.config), "train", "--project", str(loop.project)]) == 0
+    out = capsys.readouterr().out
+    with loop.store.session() as session:
+        after = repo.ensure_project(session, loop.project).model_version
+    assert after != before and f"model {after}:" in out
+    assert '"accuracy"' in out and '"confusion_matrix"' in out
