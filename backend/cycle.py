@@ -44,6 +44,7 @@ from backend.training import (
     embed_tasks,
     fit,
     new_version,
+    project_backbone,
     store_version,
 )
 from strategies import REGISTRY, Pool
@@ -268,9 +269,9 @@ def run_cycle(
         )
         snap = load_snapshot(store, project_id)
     with ctx.stage("featurize") as counts:
-        result, backbone = embed_tasks(
-            settings, store, snap.tasks, ls.image_resolver(settings.images).fetch
-        )
+        fetch = ls.image_resolver(settings.images).fetch
+        tuned = project_backbone(settings, project_id, snap.cfg, snap.tasks, snap.targets, fetch)
+        result, backbone = embed_tasks(settings, store, snap.tasks, fetch, backbone=tuned)
         counts.update(
             embedded=len(result.embeddings), computed=result.n_computed, failed=len(result.failures)
         )

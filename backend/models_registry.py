@@ -34,6 +34,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._served: dict[int, ServedModel] = {}
         self._backbones: dict[tuple[str, str, int], Any] = {}
+        self._tuned: dict[str, Any] = {}  # fine-tuned backbones by name
 
     def backbone(self, model_settings: ModelSettings) -> Any:
         """The feature extractor these settings name, built once per process on first use.
@@ -47,6 +48,38 @@ class ModelRegistry:
 
                 self._backbones[key] = build_backbone(model_settings)
             return self._backbones[key]
+
+    def backbone_for(
+        self, model_settings: ModelSettings, name: str, data_dir: Path, project_id: int
+    ) -> Any:
+        """The backbone a served model was trained on: ``name``, fine-tuned (``+ft``) or not.
+
+        A fine-tuned one is the settings' backbone with the project's saved weights, loaded once per
+        name. When those cannot be found (or the settings now name another base backbone) the
+        settings' backbone comes back; its name differs from ``name``, so callers can refuse.
+        """
+        base = self.backbone(model_settings)
+        if "+ft" not in name or name.split("+ft")[0] != base.name:
+            return base
+        with self._lock:
+            tuned = self._tuned.get(name)
+        if tuned is not None:
+            return tuned
+        from backend.model.backbones import load_weights, weights_path
+
+        path = weights_path(data_dir, project_id, name)
+        if not path.exists():
+            log.warning("project %d: no weights for backbone %s at %s", project_id, name, path)
+            return base
+        tuned = load_weights(base, path)
+        if tuned.name != name:
+            log.warning(
+                "project %d: weights at %s are %s, not %s", project_id, path, tuned.name, name
+            )
+            return base
+        with self._lock:
+            self._tuned[name] = tuned
+        return tuned
 
     def current_version(self, project_id: int) -> str | None:
         with self._store.session() as session:

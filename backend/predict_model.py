@@ -31,11 +31,14 @@ def predict_with_model(
 ) -> list[dict[str, Any]]:
     """One prediction per task, in order; a task whose image fails gets an empty result.
 
-    Images are embedded with the backbone the project's settings name, the one its model was
-    trained on (a model whose backbone no longer matches is refused rather than fed wrong vectors).
+    Images are embedded with the backbone the model was trained on: the one the project's settings
+    name, with the project's fine-tuned weights when it was trained in ``fine_tune`` mode (a model
+    whose backbone can no longer be built is refused rather than fed wrong vectors).
     """
     settings = effective_settings(svc.store, svc.settings, served.project_id)
-    backbone = svc.models.backbone(settings.model)
+    backbone = svc.models.backbone_for(
+        settings.model, served.model.backbone or "", settings.store.data_dir, served.project_id
+    )
     if served.model.backbone and served.model.backbone != backbone.name:
         log.warning(
             "project %d: model %s was trained on %s but settings name %s; no predictions",

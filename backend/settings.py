@@ -123,6 +123,7 @@ class ModelSettings(_Section):
     calibrate: bool = True
     multilabel_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     fine_tune: bool = False
+    fine_tune_steps: int = Field(300, ge=1)
     seed: int = 0
     keep_versions: int = Field(3, ge=1)
 

@@ -19,10 +19,11 @@ import numpy as np
 from sqlalchemy import select
 
 from backend.labelstudio.config import LabelConfig
-from backend.model.backbones import build_backbone
+from backend.model.backbones import TorchBackbone, build_backbone, save_weights, weights_path
 from backend.model.cache import EmbeddingCache
 from backend.model.checkpoint import save_checkpoint
 from backend.model.featurize import FeaturizeResult, featurize
+from backend.model.finetune import fine_tune_backbone
 from backend.model.train import TrainedModel, train_model
 from backend.settings import Settings
 from backend.store import repo, task_images
@@ -90,13 +91,16 @@ def embed_tasks(
     store: Store,
     tasks: Sequence[Task],
     fetch: Callable[[str], bytes],
+    *,
+    backbone: TorchBackbone | None = None,
 ) -> tuple[FeaturizeResult, str]:
     """Embeddings for ``tasks`` (cached by image content) and the backbone's name.
 
+    ``backbone`` defaults to the one the settings name (see :func:`project_backbone`).
     Failures are recorded on the task rows (``image_error``) and skipped.
     """
     items = [(t.id, partial(fetch, t.image_ref)) for t in tasks if t.image_ref]
-    result, backbone_name = embed_items(settings, items)
+    result, backbone_name = embed_items(settings, items, backbone=backbone)
     missing = {t.id: "task has no image reference" for t in tasks if not t.image_ref}
     failures = {**result.failures, **missing}
     with store.session() as session:
@@ -107,16 +111,69 @@ def embed_tasks(
 
 
 def embed_items(
-    settings: Settings, items: Sequence[tuple[int, Callable[[], bytes]]]
+    settings: Settings,
+    items: Sequence[tuple[int, Callable[[], bytes]]],
+    *,
+    backbone: TorchBackbone | None = None,
 ) -> tuple[FeaturizeResult, str]:
-    """Embeddings of ``(id, fetch)`` items with the configured backbone, through the disk cache.
+    """Embeddings of ``(id, fetch)`` items through the disk cache.
+
+    Args:
+        backbone: the feature extractor; by default the one ``settings.model`` names.
 
     Returns:
         the featurize result (failed items are in ``failures``) and the backbone's name.
     """
-    backbone = build_backbone(settings.model)
+    backbone = backbone or build_backbone(settings.model)
     cache = EmbeddingCache(settings.store.data_dir / "embeddings")
     return featurize(items, backbone, cache, batch_size=settings.model.batch_size), backbone.name
+
+
+def project_backbone(
+    settings: Settings,
+    project_id: int,
+    cfg: LabelConfig,
+    tasks: Sequence[Task],
+    targets: Targets,
+    fetch: Callable[[str], bytes],
+) -> TorchBackbone:
+    """The backbone to featurize with: the configured one, fine-tuned first in ``fine_tune`` mode.
+
+    The tuned weights are saved under :func:`~backend.model.backbones.weights_path` so ``/predict``
+    can embed with them. While labels are too few to train (see :class:`NotEnoughLabels`) the
+    pretrained backbone is used as it is.
+    """
+    base = build_backbone(settings.model)
+    if not settings.model.fine_tune:
+        return base
+    refs = {t.id: t.image_ref for t in tasks if t.image_ref}
+    labeled = [(int(t), partial(fetch, refs[int(t)])) for t in targets.task_ids if int(t) in refs]
+    # A failing fetch would stop the fine-tuning run, so only images that embed are used.
+    readable = embed_items(settings, labeled, backbone=base)[0].embeddings
+    keep = np.array([int(t) in readable for t in targets.task_ids], dtype=bool)
+    used = Targets(targets.task_ids[keep], targets.y[keep])
+    try:
+        _check_enough(used, cfg.multiple)
+    except NotEnoughLabels as exc:
+        log.info("project %d: backbone not fine-tuned: %s", project_id, exc)
+        return base
+    tuned = fine_tune_backbone(
+        base,
+        [partial(fetch, refs[int(t)]) for t in used.task_ids],
+        used.y,
+        n_classes=len(cfg.labels),
+        multilabel=cfg.multiple,
+        settings=settings.model,
+        max_steps=settings.model.fine_tune_steps,
+    )
+    save_weights(tuned, weights_path(settings.store.data_dir, project_id, tuned.name))
+    log.info(
+        "project %d: fine-tuned backbone %s on %d labels",
+        project_id,
+        tuned.name,
+        len(used.task_ids),
+    )
+    return tuned
 
 
 @dataclass(frozen=True)
@@ -237,7 +294,8 @@ def train_project(
     """Featurize the labeled tasks, train, write the checkpoint and make it the current model."""
     cfg, tasks, targets = _load_inputs(store, project_id)
     _check_enough(targets, cfg.multiple)
-    result, backbone = embed_tasks(settings, store, tasks, fetch)
+    tuned = project_backbone(settings, project_id, cfg, tasks, targets, fetch)
+    result, backbone = embed_tasks(settings, store, tasks, fetch, backbone=tuned)
     model, used, train_seconds = fit(settings, cfg, targets, result.embeddings, backbone)
     version, path = store_version(
         settings,
@@ -260,7 +318,10 @@ def train_project(
 
 
 def prune_versions(settings: Settings, store: Store, project_id: int) -> list[str]:
-    """Delete checkpoints beyond ``model.keep_versions``; never the current one."""
+    """Delete checkpoints beyond ``model.keep_versions``; never the current one.
+
+    Fine-tuned backbone weights go with the last checkpoint that was trained on them.
+    """
     with store.session() as session:
         current = repo.ensure_project(session, project_id).model_version
         rows = list(
@@ -270,11 +331,16 @@ def prune_versions(settings: Settings, store: Store, project_id: int) -> list[st
                 .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
             )
         )
-        removed = []
+        removed, unused = [], set()
         for row in rows[settings.model.keep_versions :]:
             if row.version == current:
                 continue
             Path(row.path).unlink(missing_ok=True)
+            if row.path and row.backbone and "+ft" in row.backbone:
+                unused.add(row.backbone)
             row.path = ""
             removed.append(row.version)
+        unused -= {row.backbone for row in rows if row.path}
+    for name in unused:
+        weights_path(settings.store.data_dir, project_id, name).unlink(missing_ok=True)
     return removed

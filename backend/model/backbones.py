@@ -14,9 +14,14 @@ the same name produce the same vector for the same image bytes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import itertools
+import os
+import re
+import tempfile
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -245,6 +250,34 @@ def _timm(settings: ModelSettings) -> TorchBackbone:
         std=tuple(config.get("std", IMAGENET_STD)),
         channels_last=settings.channels_last,
     )
+
+
+def weights_path(data_dir: Path, project_id: int, name: str) -> Path:
+    """Where a project's fine-tuned backbone named ``name`` keeps its weights."""
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+    return data_dir / "models" / f"p{project_id}" / "backbones" / f"{safe}.pt"
+
+
+def save_weights(backbone: TorchBackbone, path: Path) -> None:
+    """Write the backbone's state dict atomically: a reader sees no file or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(backbone.module.state_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(base: TorchBackbone, path: Path) -> TorchBackbone:
+    """``base`` with the weights saved at ``path`` (read with ``weights_only``; no code runs)."""
+    module = copy.deepcopy(base.module)
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return base.with_weights(module)
 
 
 def small_cnn(dim: int = 64) -> nn.Module:
