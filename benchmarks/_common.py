@@ -6,7 +6,7 @@ import argparse
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Benchmarks run as scripts (python benchmarks/bench_X.py): make the repository importable.
@@ -15,9 +15,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The common flags: ``--quick``, ``--seeds`` and ``--threads``."""
+def parse_args(
+    description: str,
+    argv: Sequence[str] | None = None,
+    *,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """The common flags (``--quick``, ``--seeds``, ``--threads``); ``extra`` adds more."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--quick", action="store_true", help="smaller run, under ~2 minutes")
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="number of seeds (5)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads per process")

@@ -1,6 +1,7 @@
 """Throughput of each probability-based signal, 10k / 100k / 1M items x 100 classes, vs baselines.
 
-    python benchmarks/bench_strategy_throughput.py [--quick] [--threads N]
+    python benchmarks/bench_strategy_throughput.py [--quick] [--threads N] [--sizes N ...]
+        [--signals NAME ...] [--repeats R]
 
 Items per second of the per-item score (arrays in, (n,) out), best of ``repeats`` runs, one thread
 unless ``--threads``. modAL's functions get a stub classifier whose ``predict_proba`` returns the
@@ -11,6 +12,7 @@ are skipped at 1M. Also times Pool validation, top-100 selection and k-means of 
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from typing import Any
@@ -118,16 +120,26 @@ def _rate(n: int, seconds: float | None) -> str:
     return "skipped" if seconds is None else f"{n / seconds / 1e6:.1f}M/s ({seconds * 1e3:.0f} ms)"
 
 
-def signal_rows(sizes: tuple[int, ...], repeats: int) -> list[list[str]]:
-    """One row per signal and size: ours, the baseline, and the speed-up."""
+def signal_rows(
+    sizes: tuple[int, ...], repeats: int, only: frozenset[str] | None = None
+) -> list[list[str]]:
+    """One row per signal and size: ours, the baseline, and the speed-up.
+
+    ``only``: signal names (the row label's first word) to time; all, with the Pool and top-100
+    rows, when None.
+    """
     rows = []
     for n in sizes:
         d = _data(n, np.random.default_rng(0))
         for name, ours, theirs in contenders(d):
+            if only is not None and name.split()[0] not in only:
+                continue
             t_ours = _best(ours, repeats)
             t_theirs = _best(theirs, 1 if n >= 1_000_000 else repeats) if theirs else None
             speedup = f"{t_theirs / t_ours:.1f}x" if t_theirs else "-"
             rows.append([f"{n:,}", name, _rate(n, t_ours), _rate(n, t_theirs), speedup])
+        if only is not None:
+            continue
         pool_t = _best(lambda d=d: Pool(labels=d["labels"], probs=d["probs"]), repeats)
         pool = Pool(labels=d["labels"], probs=d["probs"])
         select_t = _best(
@@ -174,9 +186,16 @@ def clustering_rows(n: int, dims: int, repeats: int) -> list[list[str]]:
     return rows
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="item counts")
+    parser.add_argument("--signals", nargs="+", help="only these signals, no clustering")
+    parser.add_argument("--repeats", type=int, help="runs per timing, best kept (3; quick: 1)")
+
+
 def main() -> None:
-    args = parse_args(__doc__ or "")
-    repeats = 1 if args.quick else 3
+    args = parse_args(__doc__ or "", extra=_flags)
+    repeats = args.repeats or (1 if args.quick else 3)
+    only = frozenset(args.signals) if args.signals else None
     with threadpool_limits(args.threads):
         try:
             import faiss
@@ -184,7 +203,9 @@ def main() -> None:
             faiss.omp_set_num_threads(args.threads)
         except ImportError:
             pass
-        rows = signal_rows(SIZES, repeats) + clustering_rows(100_000, 512, repeats)
+        rows = signal_rows(tuple(args.sizes), repeats, only)
+        if only is None:
+            rows += clustering_rows(100_000, 512, repeats)
     headers = ["items", "signal", "ours", "modAL / cleanlab", "speed-up"]
     title = f"Strategy throughput, {N_CLASSES} classes, {args.threads} thread(s) ({machine()})"
     print_table(headers, rows, title=title)

@@ -22,6 +22,9 @@ UNLABELED = -1
 PROB_SUM_TOL = 1e-3
 #: Elements per chunk of the row-wise kernels (about 2 MB of float64): temporaries stay in cache.
 CHUNK_ELEMENTS = 262_144
+#: Elements per chunk of the (M, n, C) committee kernels (their scratch buffer is reused, so a
+#: chunk may be larger than cache; fewer chunks, fewer numpy calls).
+COMMITTEE_CHUNK_ELEMENTS = 1_048_576
 #: Names of the optional arrays a strategy may need (``StrategyInfo.needs``).
 INPUTS = frozenset({"probs", "committee", "embeddings", "oos_probs", "annotations", "clusters"})
 
@@ -278,16 +281,42 @@ def rowwise(
     array: FloatArray,
     *,
     axis_items: int = 0,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> NDArray[np.float64]:
     """Apply a row kernel chunk by chunk and return (n,) float64.
 
     Large temporaries (a 1M x 100 log) cost more in page faults than in arithmetic; chunks of
-    about :data:`CHUNK_ELEMENTS` elements keep them small. The loop is over chunks, never items.
+    about ``chunk_elements`` elements keep them small. The loop is over chunks, never items.
     """
     n = array.shape[axis_items]
-    rows = max(64, CHUNK_ELEMENTS // max(1, array.size // max(n, 1)))
+    rows = max(64, chunk_elements // max(1, array.size // max(n, 1)))
     out = np.empty(n, dtype=np.float64)
     for start in range(0, n, rows):
         block = array[start : start + rows] if axis_items == 0 else array[:, start : start + rows]
         out[start : start + rows] = kernel(block)
+    return out
+
+
+def log_floor(p: FloatArray, out: FloatArray) -> FloatArray:
+    """log(max(p, tiny)) written into ``out``: finite, so ``p * log_floor(p)`` is 0 where p is 0."""
+    np.maximum(p, np.finfo(p.dtype).tiny, out=out)
+    return np.log(out, out=out)
+
+
+def committee_rowwise(
+    kernel: Callable[[FloatArray, FloatArray], NDArray[np.floating[Any]]], committee: FloatArray
+) -> NDArray[np.float64]:
+    """Apply ``kernel(block, scratch)`` to (M, rows, C) item chunks of a committee; (n,) float64.
+
+    ``scratch`` is one (M + 2, rows, C) buffer in the committee's dtype, reused by every chunk:
+    a fresh multi-megabyte temporary per chunk costs more in page faults than the logs themselves.
+    """
+    n_members, n, n_classes = committee.shape
+    dtype = np.result_type(committee.dtype, np.float32)
+    rows = max(64, COMMITTEE_CHUNK_ELEMENTS // max(1, n_members * n_classes))
+    scratch = np.empty((n_members + 2, min(rows, n), n_classes), dtype=dtype)
+    out = np.empty(n, dtype=np.float64)
+    for start in range(0, n, rows):
+        block = committee[:, start : start + rows]
+        out[start : start + rows] = kernel(block, scratch[:, : block.shape[1]])
     return out

@@ -16,7 +16,17 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import FloatArray, IntArray, Pool, Selection, eligible, need, rowwise, top_k
+from strategies.base import (
+    FloatArray,
+    IntArray,
+    Pool,
+    Selection,
+    committee_rowwise,
+    eligible,
+    log_floor,
+    need,
+    top_k,
+)
 
 #: cleanlab's clip for confident thresholds and its fuzzy comparison, for an identical mask.
 _THRESHOLD_FLOOR = 2e-6
@@ -25,6 +35,17 @@ _FUZZ = 1e-6
 
 def _entropy_rows(p: FloatArray) -> FloatArray:
     return -(p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))).sum(axis=-1)
+
+
+def _vote_entropy_block(block: FloatArray, scratch: FloatArray) -> NDArray[np.float64]:
+    # H = -sum_k (c_k/M) log(c_k/M) = -(1/M) sum_m log(c_m/M), where c_m counts the members that
+    # vote as member m does: an (M, M, rows) comparison instead of (rows, C) vote counts.
+    n_members = block.shape[0]
+    votes = block.argmax(axis=2)
+    agree = (votes[:, None, :] == votes[None, :, :]).sum(axis=1)
+    with np.errstate(divide="ignore"):  # agree >= 1, so log(0) in slot 0 is never looked up
+        table = -np.log(np.arange(n_members + 1) / n_members) / n_members
+    return table[agree].sum(axis=0)
 
 
 def vote_entropy_scores(committee: FloatArray) -> NDArray[np.float64]:
@@ -36,18 +57,24 @@ def vote_entropy_scores(committee: FloatArray) -> NDArray[np.float64]:
     Returns:
         (n,) float64 in [0, log(min(M, C))], higher = members vote more differently.
     """
+    return committee_rowwise(_vote_entropy_block, committee)
 
-    def kernel(block: FloatArray) -> FloatArray:
-        n_members, n, n_classes = block.shape
-        votes = block.argmax(axis=2) + np.arange(n)[None, :] * n_classes
-        counts = np.bincount(votes.ravel(), minlength=n * n_classes).reshape(n, n_classes)
-        return _entropy_rows(counts / n_members)
 
-    return rowwise(kernel, committee, axis_items=1)
+def _kl_consensus_block(block: FloatArray, scratch: FloatArray) -> FloatArray:
+    # KL(p_m || q) = sum p_m log p_m - sum p_m log q: the consensus log is taken once per chunk,
+    # not once per member; einsum sums the products without a ratio or product temporary.
+    n_members = block.shape[0]
+    mean = np.sum(block, axis=0, out=scratch[n_members])
+    mean *= 1.0 / n_members
+    own = np.einsum("mrc,mrc->mr", block, log_floor(block, scratch[:n_members]))
+    cross = np.einsum("mrc,rc->mr", block, log_floor(mean, scratch[n_members + 1]))
+    return np.maximum(own - cross, 0.0).max(axis=0)
 
 
 def kl_consensus_scores(committee: FloatArray) -> NDArray[np.float64]:
     """Largest KL divergence of a member from the consensus (mean) distribution.
+
+    Computed in the committee's dtype (float32 committees stay float32).
 
     Args:
         committee: (M, n, C) member probabilities.
@@ -55,14 +82,7 @@ def kl_consensus_scores(committee: FloatArray) -> NDArray[np.float64]:
     Returns:
         (n,) float64 >= 0, higher = some member disagrees more with the consensus.
     """
-
-    def kernel(block: FloatArray) -> FloatArray:
-        tiny = np.finfo(block.dtype).tiny
-        consensus = np.maximum(block.mean(axis=0, keepdims=True), tiny)
-        ratio = np.log(np.maximum(block, tiny) / consensus)
-        return np.maximum((block * ratio).sum(axis=2), 0.0).max(axis=0)
-
-    return rowwise(kernel, committee, axis_items=1)
+    return committee_rowwise(_kl_consensus_block, committee)
 
 
 def given_label_probs(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:

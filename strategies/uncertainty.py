@@ -9,7 +9,17 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import FloatArray, Pool, Selection, eligible, need, rowwise, top_k
+from strategies.base import (
+    FloatArray,
+    Pool,
+    Selection,
+    committee_rowwise,
+    eligible,
+    log_floor,
+    need,
+    rowwise,
+    top_k,
+)
 
 
 def _xlogx(p: FloatArray) -> FloatArray:
@@ -71,8 +81,27 @@ def entropy_scores(probs: FloatArray, *, multilabel: bool = False) -> NDArray[np
     return rowwise(_binary_entropy_rows if multilabel else _entropy_rows, probs)
 
 
+def _bald_multiclass(block: FloatArray, scratch: FloatArray) -> FloatArray:
+    # MI = H(mean) - mean_m H(p_m): one log per member probability and one per mean probability;
+    # einsum sums p * log p over members and classes in one pass, with no (M, n, C) product.
+    n_members = block.shape[0]
+    mean = np.sum(block, axis=0, out=scratch[n_members])
+    mean *= 1.0 / n_members
+    member_logs = log_floor(block, scratch[:n_members])
+    member_xlogx = np.einsum("mrc,mrc->r", block, member_logs) / n_members
+    mean_xlogx = np.einsum("rc,rc->r", mean, log_floor(mean, scratch[n_members + 1]))
+    return np.maximum(member_xlogx - mean_xlogx, 0.0)
+
+
+def _bald_multilabel(block: FloatArray, scratch: FloatArray) -> FloatArray:
+    mean_entropy = _binary_entropy_rows(block.mean(axis=0))
+    return np.maximum(mean_entropy - _binary_entropy_rows(block).mean(axis=0), 0.0)
+
+
 def bald_scores(committee: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
     """BALD mutual information: H(mean of members) - mean of member entropies.
+
+    Computed in the committee's dtype (float32 committees stay float32).
 
     Args:
         committee: (M, n, C) member probabilities (bootstrap members or MC-dropout samples).
@@ -80,12 +109,7 @@ def bald_scores(committee: FloatArray, *, multilabel: bool = False) -> NDArray[n
     Returns:
         (n,) float64 >= 0 (clipped), higher = members disagree more.
     """
-    entropy = _binary_entropy_rows if multilabel else _entropy_rows
-
-    def kernel(block: FloatArray) -> FloatArray:
-        return np.maximum(entropy(block.mean(axis=0)) - entropy(block).mean(axis=0), 0.0)
-
-    return rowwise(kernel, committee, axis_items=1)
+    return committee_rowwise(_bald_multilabel if multilabel else _bald_multiclass, committee)
 
 
 def least_confidence_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:

@@ -18,8 +18,10 @@ from modAL.uncertainty import (
     margin_sampling,
     uncertainty_sampling,
 )
+from scipy.stats import entropy as scipy_entropy
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+import strategies.base
 from strategies import REGISTRY, Pool
 from strategies.disagreement import (
     confident_learning_mask,
@@ -28,7 +30,12 @@ from strategies.disagreement import (
     self_confidence_scores,
     vote_entropy_scores,
 )
-from strategies.uncertainty import entropy_scores, least_confidence_scores, margin_scores
+from strategies.uncertainty import (
+    bald_scores,
+    entropy_scores,
+    least_confidence_scores,
+    margin_scores,
+)
 
 SEEDS = range(5)
 
@@ -99,6 +106,49 @@ def test_committee_scores_equal_modal(seed: int) -> None:
     np.testing.assert_allclose(
         kl_consensus_scores(members), KL_max_disagreement(committee, X), atol=1e-10
     )
+
+
+def _correlated_committee(seed: int, n: int, n_classes: int, n_members: int = 5) -> np.ndarray:
+    """Members that share a base prediction, so hard votes often (not always) agree."""
+    rng = np.random.default_rng(seed)
+    base = rng.dirichlet(np.full(n_classes, 0.3), size=n)
+    members = base[None] * rng.lognormal(sigma=1.0, size=(n_members, n, n_classes))
+    members[:, ::7] = 0.0  # exact zeros in some rows: 0 log 0 must be 0
+    members[:, ::7, 0] = 1.0
+    return members / members.sum(axis=2, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_committee_scores_equal_modal_across_chunks(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(strategies.base, "COMMITTEE_CHUNK_ELEMENTS", 25_000)  # 100-item chunks
+    members = _correlated_committee(seed, n=700, n_classes=50)
+    committee = Committee([ActiveLearner(estimator=_fitted(p)) for p in members])
+    X = _index(700)
+    np.testing.assert_allclose(vote_entropy_scores(members), vote_entropy(committee, X), atol=1e-12)
+    np.testing.assert_allclose(
+        kl_consensus_scores(members), KL_max_disagreement(committee, X), atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_bald_equals_mutual_information_reference(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(strategies.base, "COMMITTEE_CHUNK_ELEMENTS", 25_000)  # 100-item chunks
+    members = _correlated_committee(seed, n=700, n_classes=50)
+    mean_entropy = scipy_entropy(members.mean(axis=0), axis=1)
+    member_entropy = scipy_entropy(members, axis=2).mean(axis=0)
+    np.testing.assert_allclose(
+        bald_scores(members), np.maximum(mean_entropy - member_entropy, 0.0), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("score", [bald_scores, vote_entropy_scores, kl_consensus_scores])
+def test_float32_committee_scores_match_float64(score: Any) -> None:
+    members = _correlated_committee(0, n=700, n_classes=50)
+    np.testing.assert_allclose(score(members.astype(np.float32)), score(members), atol=2e-5)
 
 
 def _noisy_labels(seed: int, n: int = 400, n_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
