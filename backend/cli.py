@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -27,7 +28,12 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Lightning announces hardware and tips on every fit; only its warnings matter here.
-    logging.getLogger("lightning.pytorch").setLevel(max(logging.WARNING, getattr(logging, level)))
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level)))
+    # Lightning 2.6 on torch 2.13 warns about its own use of torch's pytree API at every fit.
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning
+    )
 
 
 def _label_studio(settings: Settings) -> Any:
