@@ -8,7 +8,8 @@ position first) and :func:`backend.cycle.suspects` (the label-error review ranki
 from the configured backbone through the embedding cache under ``store.data_dir``, once per dataset.
 
 Each seed draws its own stratified test split and its own planted errors; every strategy of a seed
-meets the same split and the same annotator.
+meets the same split and the same annotator. Each strategy can also run under Label Studio's own
+cluster serving (``strategy.push_clusters``, :func:`ls_cluster_picks`) instead of our order.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -34,6 +36,11 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 TEXTURES = ("brick", "grass", "gravel")
 #: The simulated annotator's id on every annotation it makes.
 ANNOTATOR = 1
+#: How Label Studio serves the queue to the annotator: ``ours`` = ascending score, the order our
+#: strategies chose; ``ls-clusters`` = with ``strategy.push_clusters`` on, Label Studio's own
+#: cluster rule (see :func:`ls_cluster_picks`).
+Serve = Literal["ours", "ls-clusters"]
+SERVES: tuple[Serve, ...] = get_args(Serve)
 
 
 class DatasetError(ValueError):
@@ -282,20 +289,71 @@ def _measure(
     )
 
 
-def _next_batch(
-    settings: Settings, scored: Scored, trained: Trained | None, size: int
+def ls_cluster_picks(
+    scores: np.ndarray,
+    clusters: np.ndarray,
+    size: int,
+    solved: Mapping[int, int] | None = None,
 ) -> list[int]:
-    """The first ``size`` tasks of the queue, as Label Studio serves them (lowest score first)."""
+    """The next ``size`` tasks one annotator is served when predictions carry a ``cluster``.
+
+    Label Studio 1.23's uncertainty sampling (``projects/functions/next_task.py``,
+    ``_try_uncertainty_sampling``) counts, per cluster, the tasks this annotator has labeled, and
+    serves the unlabeled task first in ``(that count for its cluster, prediction score)``
+    ascending, re-evaluated after every annotation: round-robin over the least-labeled clusters,
+    lowest score first inside one. A labeled task's cluster is the largest ``cluster`` among its
+    remaining predictions; since :func:`backend.push.prune_versions` deletes our older versions
+    after every push and the queue holds unlabeled tasks only, tasks labeled before the latest
+    push have no prediction left and count for no cluster, so the counts start again from
+    ``solved`` (empty after a push) every cycle. With one annotator the first task is served (with
+    more, Label Studio picks at random among the first few).
+
+    Args:
+        scores: (n,) prediction score of each unlabeled task (our queue position).
+        clusters: (n,) cluster id of each.
+        size: how many tasks the annotator labels.
+        solved: cluster id -> tasks of it this annotator has labeled since the latest push.
+
+    Returns:
+        Indices into ``scores``, in the order served.
+    """
+    ids, dense = np.unique(clusters, return_inverse=True)
+    counts = np.array([(solved or {}).get(int(c), 0) for c in ids], dtype=np.int64)
+    open_ = np.ones(len(scores), dtype=bool)
+    picks: list[int] = []
+    for _ in range(min(size, len(scores))):
+        load = np.where(open_, counts[dense], np.iinfo(np.int64).max)
+        pick = int(np.argmin(np.where(load == load.min(), scores, np.inf)))
+        picks.append(pick)
+        open_[pick] = False
+        counts[dense[pick]] += 1
+    return picks
+
+
+def _next_batch(
+    settings: Settings, scored: Scored, trained: Trained | None, size: int, serve: Serve
+) -> list[int]:
+    """The next ``size`` tasks the annotator is served: our queue order (lowest score first),
+    or Label Studio's cluster rule over it (``ls-clusters``, clusters pushed)."""
     queue = sorted(queue_items(settings, scored, trained), key=lambda item: item.position)
-    return [item.task_id for item in queue[:size]]
+    if serve == "ours":
+        return [item.task_id for item in queue[:size]]
+    scores = np.array([item.position for item in queue], dtype=np.float64)
+    clusters = np.array([item.cluster for item in queue], dtype=np.int64)
+    return [queue[i].task_id for i in ls_cluster_picks(scores, clusters, size)]
 
 
-def run_curve(settings: Settings, problem: Problem, *, budget: int) -> list[Point]:
+def run_curve(
+    settings: Settings, problem: Problem, *, budget: int, serve: Serve = "ours"
+) -> list[Point]:
     """Label from zero up to ``budget`` labels in batches; one point per round.
 
     Each round is a cycle: train on the labels so far, score the pool, measure, then the annotator
-    labels the next ``settings.strategy.batch_size`` items of the queue.
+    labels the next ``settings.strategy.batch_size`` items as ``serve`` serves them.
     """
+    if serve == "ls-clusters":
+        strategy = settings.strategy.model_copy(update={"push_clusters": True})
+        settings = settings.model_copy(update={"strategy": strategy})
     batch_size = settings.strategy.batch_size
     labeled: dict[int, int] = {}
     snap, trained, points = _snapshot(problem, labeled), None, []
@@ -304,7 +362,7 @@ def run_curve(settings: Settings, problem: Problem, *, budget: int) -> list[Poin
         if labeled:
             points.append(_measure(settings, problem, snap, scored, trained))
         size = min(batch_size, budget - len(labeled))
-        batch = _next_batch(settings, scored, trained, size) if size > 0 else []
+        batch = _next_batch(settings, scored, trained, size, serve) if size > 0 else []
         if not batch:
             return points
         labeled.update((task, problem.answers[task]) for task in batch)
@@ -314,11 +372,21 @@ def run_curve(settings: Settings, problem: Problem, *, budget: int) -> list[Poin
 
 @dataclass(frozen=True)
 class Curve:
-    """One strategy's learning curve on one seed."""
+    """One strategy's learning curve on one seed, under one serving rule.
+
+    ``strategy`` names the row: the strategy's name, followed by `` [ls-clusters]`` under Label
+    Studio's cluster serving.
+    """
 
     strategy: str
     seed: int
     points: tuple[Point, ...]
+    serve: Serve = "ours"
+
+
+def row_name(strategy: str, serve: Serve) -> str:
+    """``default`` under our order, ``default [ls-clusters]`` under Label Studio's cluster rule."""
+    return strategy if serve == "ours" else f"{strategy} [{serve}]"
 
 
 def simulate(
@@ -331,6 +399,7 @@ def simulate(
     batch_size: int,
     noise: float = 0.0,
     test_size: float = 0.3,
+    serves: Sequence[Serve] = ("ours",),
 ) -> list[Curve]:
     """Every strategy on every seed, from zero labels to ``budget``.
 
@@ -341,6 +410,7 @@ def simulate(
         seeds: one split, planted-error draw and training seed each.
         budget: labels per run; batch_size: labels per round.
         noise: share of wrong answers; test_size: share of items held out.
+        serves: the serving rules to run each strategy under (see :data:`Serve`).
     """
     x, y = embed_dataset(settings, dataset)
     curves = []
@@ -348,7 +418,9 @@ def simulate(
         problem = make_problem(x, y, dataset.classes, seed=seed, test_size=test_size, noise=noise)
         for name, weights in strategies.items():
             run = strategy_settings(settings, weights, seed=seed, batch_size=batch_size)
-            points = run_curve(run, problem, budget=budget)
-            log.info("simulate: %s seed %d: %d rounds", name, seed, len(points))
-            curves.append(Curve(name, seed, tuple(points)))
+            for serve in serves:
+                points = run_curve(run, problem, budget=budget, serve=serve)
+                row = row_name(name, serve)
+                log.info("simulate: %s seed %d: %d rounds", row, seed, len(points))
+                curves.append(Curve(row, seed, tuple(points), serve))
     return curves

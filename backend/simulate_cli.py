@@ -3,6 +3,7 @@
     labelloop simulate --dataset digits --strategies default,random --seeds 3 --budget 300
     labelloop simulate --dataset path/to/folder --noise 0.1 --json > curves.json
     labelloop simulate --dataset textures --plot curves.svg
+    labelloop simulate --dataset digits --strategies default --serve both
 
 Prints a table (mean ± std over seeds of test accuracy at several label counts and of the area under
 the learning curve; labels needed to reach 95 % of the best final accuracy; planted label errors the
@@ -53,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=_share, default=0.0, help="share of wrong answers (0)")
     parser.add_argument("--test-size", type=_share, default=0.3, help="held-out share (0.3)")
     parser.add_argument("--limit", type=_positive, help="use at most this many images")
+    parser.add_argument(
+        "--serve",
+        choices=("ours", "ls-clusters", "both"),
+        default="ours",
+        help="how the annotator is served the queue: ours (our order), ls-clusters (Label "
+        "Studio's rule with strategy.push_clusters: least-labeled cluster first, by score inside "
+        "it) or both, one row each (ours)",
+    )
     parser.add_argument("--json", action="store_true", help="print the curves as JSON")
     parser.add_argument("--plot", type=Path, help="write the learning curves to FILE.svg")
 
@@ -211,6 +220,7 @@ def to_json(
         "strategies": {
             name: {
                 "weights": dict(strategies[name]),
+                "serve": grouped[name][0].serve,
                 "summary": summary[name],
                 "runs": [
                     {
@@ -321,12 +331,13 @@ def _series(name: str, s: Mapping[str, Any], color: str, frame: _Frame) -> list[
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     """Run the simulation and print the table (or JSON); write the plot when asked."""
-    from backend.simulate import DatasetError, load_dataset, simulate
+    from backend.simulate import SERVES, DatasetError, load_dataset, row_name, simulate
 
     if args.plot is not None and args.plot.suffix.lower() != ".svg":
         raise CliError(f"--plot writes SVG; name the file *.svg (got {args.plot})")
     strategies = parse_strategies(args.strategies, settings.strategy.weights)
     _check_strategies(settings, strategies, args.batch_size)
+    serves = SERVES if args.serve == "both" else tuple(s for s in SERVES if s == args.serve)
     try:
         dataset = load_dataset(args.dataset, limit=args.limit)
         curves = simulate(
@@ -338,10 +349,12 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             noise=args.noise,
             test_size=args.test_size,
+            serves=serves,
         )
     except DatasetError as exc:
         raise CliError(str(exc)) from None
-    _report(settings, args, dataset.name, curves, strategies)
+    rows = {row_name(n, s): w for n, w in strategies.items() for s in serves}
+    _report(settings, args, dataset.name, curves, rows)
     return 0
 
 
@@ -381,6 +394,7 @@ def _report(
             "batch_size": args.batch_size,
             "noise": args.noise,
             "test_size": args.test_size,
+            "serve": args.serve,
             "review_top_k": top_k,
         }
         print(json.dumps(to_json(curves, strategies, meta), indent=2))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from backend.cli import CliError, main
 from backend.settings import Settings
-from backend.simulate import Curve, load_dataset, make_problem, simulate
+from backend.simulate import Curve, load_dataset, ls_cluster_picks, make_problem, simulate
 from backend.simulate_cli import parse_strategies, summarize, svg
 from tests.conftest import make_settings
 
@@ -150,3 +150,35 @@ def test_cli_table_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "unknown signal" in capsys.readouterr().err
     assert main([*config, str(tmp_path / "missing")]) == 2
     assert "not digits, textures or a folder" in capsys.readouterr().err
+
+
+def test_ls_cluster_serving_takes_the_least_labeled_cluster_by_score() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.05])
+    clusters = np.array([0, 0, 0, 7, 7, 2, 0])
+    # fresh push: lowest score first, then round-robin over clusters, lowest score inside each
+    assert ls_cluster_picks(scores, clusters, 7) == [6, 3, 5, 0, 4, 1, 2]
+    # 2 labeled from cluster 0 already: clusters 7 and 2 first, each by score; 2 runs dry
+    assert ls_cluster_picks(scores, clusters, 5, {0: 2}) == [3, 5, 4, 6, 0]
+    assert ls_cluster_picks(scores, clusters, 2, {0: 2, 7: 1}) == [5, 3]
+    assert ls_cluster_picks(scores[:0], clusters[:0], 3) == []
+
+
+def test_cli_serve_both_gives_a_row_per_serving_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = _folder(tmp_path / "images")
+    argv = ["--config", str(_config(tmp_path)), "simulate", "--dataset", str(images)]
+    argv += ["--strategies", "default", "--seeds", "1", "--budget", "20", "--batch-size", "10"]
+    assert main([*argv, "--serve", "both", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["serve"] == "both"
+    rows = out["strategies"]
+    assert set(rows) == {"default", "default [ls-clusters]"}
+    assert rows["default"]["serve"] == "ours"
+    assert rows["default [ls-clusters]"]["serve"] == "ls-clusters"
+    assert rows["default [ls-clusters]"]["weights"] == rows["default"]["weights"]
+    assert all(r["labels"] == [10, 20] for row in rows.values() for r in row["runs"])
+    assert main([*argv, "--serve", "ls-clusters"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split("|")[1].strip() for line in lines if line.startswith("| ")]
+    assert names == ["strategy", "default [ls-clusters]"]
