@@ -45,7 +45,7 @@ chromium:
 test: install ls chromium lint typecheck
 	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -q
 
-bench: install
+bench: install ls
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(VENV)/bin/python $$f --quick || exit 1; done
 
 clean:
