@@ -333,7 +333,7 @@ def prune_versions(settings: Settings, store: Store, project_id: int) -> list[st
         )
         removed, unused = [], set()
         for row in rows[settings.model.keep_versions :]:
-            if row.version == current:
+            if row.version == current or not row.path:  # current, or pruned before
                 continue
             Path(row.path).unlink(missing_ok=True)
             if row.path and row.backbone and "+ft" in row.backbone:

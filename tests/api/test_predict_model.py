@@ -126,11 +126,11 @@ def test_versions_are_pruned_but_never_the_current(small_settings: Settings) -> 
     store.upgrade()
     _seed_project(store, 9, per_class=3)
     resolver = ImageResolver(small_settings.label_studio, small_settings.images)
-    outcomes = [train_project(small_settings, store, 9, resolver.fetch) for _ in range(3)]
-    assert [o.path.exists() for o in outcomes] == [False, True, True]
+    outcomes = [train_project(small_settings, store, 9, resolver.fetch) for _ in range(4)]
+    assert [o.path.exists() for o in outcomes] == [False, False, True, True]
     with store.session() as session:
         assert repo.ensure_project(session, 9).model_version == outcomes[-1].version
-        assert session.query(ModelVersion).count() == 3  # history kept, checkpoint removed
+        assert session.query(ModelVersion).count() == 4  # history kept, checkpoints removed
     store.dispose()
 
 
