@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from backend.model.backbones import TorchBackbone
 from backend.model.featurize import decode_image
+from backend.model.train import quiet_trainer
 from backend.settings import ModelSettings
 
 ImageBatch = tuple[torch.Tensor, torch.Tensor]
@@ -122,16 +123,6 @@ def fine_tune_backbone(
             learning_rate=settings.learning_rate,
             weight_decay=settings.weight_decay,
         )
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_epochs=settings.max_epochs,
-            max_steps=max_steps,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            log_every_n_steps=1,
-        )
+        trainer = quiet_trainer(settings.max_epochs, max_steps=max_steps)
         trainer.fit(module, train_dataloaders=loader)
     return backbone.with_weights(trunk.eval())

@@ -232,18 +232,26 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _trainer(settings: ModelSettings, validate: bool) -> L.Trainer:
+def quiet_trainer(max_epochs: int, **options: Any) -> L.Trainer:
+    """A CPU Trainer without loggers, progress bars or checkpoints (the loop keeps its own)."""
     return L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_epochs=settings.max_epochs,
+        max_epochs=max_epochs,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
+        log_every_n_steps=1,
+        **options,
+    )
+
+
+def _trainer(settings: ModelSettings, validate: bool) -> L.Trainer:
+    return quiet_trainer(
+        settings.max_epochs,
         num_sanity_val_steps=0,
         limit_val_batches=None if validate else 0.0,
-        log_every_n_steps=1,
         callbacks=[PerHeadEarlyStopping(settings.patience)] if validate else [],
     )
 

@@ -17,8 +17,10 @@ from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import ModelVersion
 from backend.training import Targets, project_backbone, train_project
-from tests.api.test_predict_model import COLORS, _data_url, _seed_project
+from tests.api.test_predict_model import _seed_project
 from tests.conftest import SINGLE_CONFIG, make_settings
+from tests.diagnosis_project import COLORS
+from tests.diagnosis_project import data_url as _data_url
 
 
 @pytest.fixture

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from PIL import Image
 
 from backend.app import create_app, shutdown
 from backend.labelstudio.images import ImageResolver
@@ -20,16 +17,8 @@ from backend.store.db import Store
 from backend.store.models import ModelVersion
 from backend.training import NotEnoughLabels, consensus_targets, train_project
 from tests.conftest import MULTI_CONFIG, SINGLE_CONFIG, make_settings
-
-COLORS = {"cat": (220, 30, 30), "dog": (30, 30, 220), "bird": (30, 200, 30)}
-
-
-def _data_url(color: tuple[int, int, int], seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(color) + rng.normal(0, 12, (24, 24, 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+from tests.diagnosis_project import COLORS
+from tests.diagnosis_project import data_url as _data_url
 
 
 def _annotation(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -49,7 +49,7 @@ def test_small_cnn_is_seeded() -> None:
     assert first.embed(x).shape == (2, first.dim)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")
-def test_timm_without_the_extra_says_how_to_install_it() -> None:
+def test_timm_without_the_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if the extra were not installed
     with pytest.raises(BackboneUnavailableError, match=r"labelloop\[timm\]"):
         build_backbone(fast_settings(backbone="timm"))
