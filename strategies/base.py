@@ -6,7 +6,11 @@ validated once, when it is built; strategies and scoring kernels trust it afterw
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +29,9 @@ CHUNK_ELEMENTS = 262_144
 #: Elements per chunk of the (M, n, C) committee kernels (their scratch buffer is reused, so a
 #: chunk may be larger than cache; fewer chunks, fewer numpy calls).
 COMMITTEE_CHUNK_ELEMENTS = 1_048_576
+#: Most threads the chunked kernels use by default (they are bound by memory bandwidth beyond).
+MAX_THREADS = 8
+_THREADS: ContextVar[int | None] = ContextVar("strategies_threads", default=None)
 #: Names of the optional arrays a strategy may need (``StrategyInfo.needs``).
 INPUTS = frozenset({"probs", "committee", "embeddings", "oos_probs", "annotations", "clusters"})
 
@@ -276,31 +283,94 @@ def top_k(
     return Selection(shuffled[order], values[order])
 
 
+def available_threads() -> int:
+    """Threads the chunked kernels may use: :func:`threads`' limit, else one per usable CPU."""
+    limit = _THREADS.get()
+    if limit is not None:
+        return limit
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_THREADS))
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Let the scoring kernels use at most ``n`` threads inside the ``with`` block.
+
+    The default is one thread per usable CPU (at most :data:`MAX_THREADS`); pass 1 to keep
+    scoring on the calling thread (benchmarks of one core, a process sharing its CPUs).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    token = _THREADS.set(n)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def _over_chunks(
+    n: int, rows: int, work: Callable[[int, int, Any], None], scratch: Callable[[], Any]
+) -> None:
+    """Call ``work(start, stop, buffer)`` for every chunk of ``rows`` items, on worker threads.
+
+    numpy releases the GIL inside its loops, so chunks scored on several threads run in parallel.
+    Each thread gets its own ``scratch()`` buffer and every chunk writes a disjoint output slice.
+    """
+    starts = range(0, n, rows)
+    workers = min(available_threads(), len(starts))
+
+    def run(first: int) -> None:
+        buffer = scratch()
+        for start in starts[first :: max(workers, 1)]:
+            work(start, min(start + rows, n), buffer)
+
+    if workers <= 1:
+        run(0)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="strategies") as executor:
+        for _ in executor.map(run, range(workers)):
+            pass  # re-raises the first worker error
+
+
 def rowwise(
     kernel: Callable[[FloatArray], NDArray[np.floating[Any]]],
     array: FloatArray,
-    *,
-    axis_items: int = 0,
-    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> NDArray[np.float64]:
-    """Apply a row kernel chunk by chunk and return (n,) float64.
+    """Apply a row kernel chunk by chunk (on :func:`available_threads` threads); (n,) float64.
 
     Large temporaries (a 1M x 100 log) cost more in page faults than in arithmetic; chunks of
-    about ``chunk_elements`` elements keep them small. The loop is over chunks, never items.
+    about :data:`CHUNK_ELEMENTS` elements keep them small. The loop is over chunks, never items.
     """
-    n = array.shape[axis_items]
-    rows = max(64, chunk_elements // max(1, array.size // max(n, 1)))
+    n = array.shape[0]
+    rows = max(64, CHUNK_ELEMENTS // max(1, array.size // max(n, 1)))
     out = np.empty(n, dtype=np.float64)
-    for start in range(0, n, rows):
-        block = array[start : start + rows] if axis_items == 0 else array[:, start : start + rows]
-        out[start : start + rows] = kernel(block)
+
+    def work(start: int, stop: int, _: None) -> None:
+        out[start:stop] = kernel(array[start:stop])
+
+    _over_chunks(n, rows, work, lambda: None)
     return out
 
 
-def log_floor(p: FloatArray, out: FloatArray) -> FloatArray:
-    """log(max(p, tiny)) written into ``out``: finite, so ``p * log_floor(p)`` is 0 where p is 0."""
-    np.maximum(p, np.finfo(p.dtype).tiny, out=out)
-    return np.log(out, out=out)
+def xlogy_sum(subscripts: str, x: FloatArray, y: FloatArray, log_out: FloatArray) -> FloatArray:
+    """``einsum(subscripts, x, log(y))`` with ``0 * log 0 = 0``; ``log(y)`` goes into ``log_out``.
+
+    One log pass and no flooring pass (``np.maximum`` over a committee costs as much as its log):
+    a row (axis -2) where ``y`` has an exact zero comes out NaN (0 * -inf), and only those rows
+    are recomputed with ``y`` floored at the dtype's smallest normal number. ``x`` is zero
+    wherever ``y`` is (a member probability, or the members' mean), so the floor changes nothing.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = np.einsum(subscripts, x, np.log(y, out=log_out))
+    bad = np.isnan(total)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(-1, bad.shape[-1]).any(axis=0))
+        floored = np.log(np.maximum(y[..., rows, :], np.finfo(y.dtype).tiny))
+        total[..., rows] = np.einsum(subscripts, x[..., rows, :], floored)
+    return total
 
 
 def committee_rowwise(
@@ -308,15 +378,18 @@ def committee_rowwise(
 ) -> NDArray[np.float64]:
     """Apply ``kernel(block, scratch)`` to (M, rows, C) item chunks of a committee; (n,) float64.
 
-    ``scratch`` is one (M + 2, rows, C) buffer in the committee's dtype, reused by every chunk:
-    a fresh multi-megabyte temporary per chunk costs more in page faults than the logs themselves.
+    ``scratch`` is one (M + 2, rows, C) buffer per thread in the committee's dtype, reused by every
+    chunk: a fresh multi-megabyte temporary per chunk costs more in page faults than the logs.
     """
     n_members, n, n_classes = committee.shape
     dtype = np.result_type(committee.dtype, np.float32)
     rows = max(64, COMMITTEE_CHUNK_ELEMENTS // max(1, n_members * n_classes))
-    scratch = np.empty((n_members + 2, min(rows, n), n_classes), dtype=dtype)
     out = np.empty(n, dtype=np.float64)
-    for start in range(0, n, rows):
-        block = committee[:, start : start + rows]
-        out[start : start + rows] = kernel(block, scratch[:, : block.shape[1]])
+
+    def work(start: int, stop: int, scratch: FloatArray) -> None:
+        out[start:stop] = kernel(committee[:, start:stop], scratch[:, : stop - start])
+
+    _over_chunks(
+        n, rows, work, lambda: np.empty((n_members + 2, min(rows, n), n_classes), dtype=dtype)
+    )
     return out

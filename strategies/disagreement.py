@@ -23,9 +23,9 @@ from strategies.base import (
     Selection,
     committee_rowwise,
     eligible,
-    log_floor,
     need,
     top_k,
+    xlogy_sum,
 )
 
 #: cleanlab's clip for confident thresholds and its fuzzy comparison, for an identical mask.
@@ -66,8 +66,8 @@ def _kl_consensus_block(block: FloatArray, scratch: FloatArray) -> FloatArray:
     n_members = block.shape[0]
     mean = np.sum(block, axis=0, out=scratch[n_members])
     mean *= 1.0 / n_members
-    own = np.einsum("mrc,mrc->mr", block, log_floor(block, scratch[:n_members]))
-    cross = np.einsum("mrc,rc->mr", block, log_floor(mean, scratch[n_members + 1]))
+    own = xlogy_sum("mrc,mrc->mr", block, block, scratch[:n_members])
+    cross = xlogy_sum("mrc,rc->mr", block, mean, scratch[n_members + 1])
     return np.maximum(own - cross, 0.0).max(axis=0)
 
 

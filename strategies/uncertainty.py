@@ -15,10 +15,10 @@ from strategies.base import (
     Selection,
     committee_rowwise,
     eligible,
-    log_floor,
     need,
     rowwise,
     top_k,
+    xlogy_sum,
 )
 
 
@@ -87,9 +87,8 @@ def _bald_multiclass(block: FloatArray, scratch: FloatArray) -> FloatArray:
     n_members = block.shape[0]
     mean = np.sum(block, axis=0, out=scratch[n_members])
     mean *= 1.0 / n_members
-    member_logs = log_floor(block, scratch[:n_members])
-    member_xlogx = np.einsum("mrc,mrc->r", block, member_logs) / n_members
-    mean_xlogx = np.einsum("rc,rc->r", mean, log_floor(mean, scratch[n_members + 1]))
+    member_xlogx = xlogy_sum("mrc,mrc->r", block, block, scratch[:n_members]) / n_members
+    mean_xlogx = xlogy_sum("rc,rc->r", mean, mean, scratch[n_members + 1])
     return np.maximum(member_xlogx - mean_xlogx, 0.0)
 
 

@@ -194,3 +194,46 @@ def test_confident_learning_mask_ignores_unlabeled_items() -> None:
     mask = confident_learning_mask(hidden, probs)
     assert not mask[~kept].any()
     np.testing.assert_array_equal(mask[kept], theirs)
+
+
+@pytest.mark.parametrize(
+    "score",
+    [bald_scores, vote_entropy_scores, kl_consensus_scores, entropy_scores, margin_scores],
+)
+def test_scores_are_the_same_on_any_number_of_threads(
+    score: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(strategies.base, "COMMITTEE_CHUNK_ELEMENTS", 25_000)  # 100-item chunks
+    monkeypatch.setattr(strategies.base, "CHUNK_ELEMENTS", 3_200)  # 64-item chunks
+    members = _correlated_committee(3, n=1_050, n_classes=50)
+    committee = score in (bald_scores, vote_entropy_scores, kl_consensus_scores)
+    arrays = members if committee else members[0]
+    with strategies.base.threads(1):
+        one = score(arrays)
+    for n_threads in (2, 3, 16):
+        with strategies.base.threads(n_threads):
+            np.testing.assert_array_equal(score(arrays), one)
+    assert strategies.base.available_threads() >= 1
+
+
+def test_a_worker_error_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(strategies.base, "CHUNK_ELEMENTS", 640)
+
+    def kernel(block: np.ndarray) -> np.ndarray:
+        if block[0, 0] < 0:
+            raise RuntimeError("bad chunk")
+        return block.sum(axis=1)
+
+    values = np.ones((1_000, 10))
+    values[900:] = -1.0  # only the last chunks fail, on whichever thread scores them
+    with strategies.base.threads(4), pytest.raises(RuntimeError, match="bad chunk"):
+        strategies.base.rowwise(kernel, values)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_threads_rejects_a_non_positive_count(bad: Any) -> None:
+    with (
+        pytest.raises(ValueError, match="threads must be a positive integer"),
+        strategies.base.threads(bad),
+    ):
+        pass
