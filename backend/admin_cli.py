@@ -128,6 +128,9 @@ def _print_preview(result: dict[str, Any]) -> None:
         f"overlap with today's top {result['top']}: {result['overlap']['count']}; "
         f"{result['left_out_without_embedding']} task(s) left out without a cached embedding"
     )
+    weights = result["weights"]["proposed"]
+    if weights:
+        print("weights in use: " + ", ".join(f"{k} {v:.3g}" for k, v in weights.items()))
     if result["not_previewed"]:
         print(f"not previewed (take effect after retraining): {', '.join(result['not_previewed'])}")
     for item in result["items"]:

@@ -174,6 +174,7 @@ def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -
         n_clusters=strategy.n_clusters,
         cold_start_labels=strategy.cold_start_labels,
         review_share=strategy.review_share,
+        fade_after=strategy.fade_after,
     )
     return Scored(task_ids, pool, priority, probs)
 

@@ -124,6 +124,10 @@ def preview(
         "project": project_id,
         "model_version": served.version if served else None,
         "phase": {"today": today_scored.priority.phase, "proposed": scored.priority.phase},
+        "weights": {
+            "today": dict(today_scored.priority.weights),
+            "proposed": dict(scored.priority.weights),
+        },
         "changes": changed,
         "not_previewed": [
             c["field"]

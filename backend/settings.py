@@ -128,13 +128,18 @@ class ModelSettings(_Section):
     keep_versions: int = Field(3, ge=1)
 
 
+#: Coverage keeps its weight up to 100 labels, then fades (strategies.combine.faded_weights).
+DEFAULT_FADE_AFTER: dict[str, int | None] = {"coverage": 100}
+
+
 class StrategySettings(_Section):
-    weights: dict[str, float] = Field(default_factory=lambda: {"margin": 1.0, "coverage": 0.5})
+    weights: dict[str, float] = Field(default_factory=lambda: {"margin": 1.0, "coverage": 0.25})
     batch_size: int = Field(100, ge=1)
     review_share: float = Field(0.1, ge=0.0, le=1.0)
     diversity: Literal["round_robin", "ranked_batch", "none"] = "round_robin"
     n_clusters: int | None = Field(None, ge=2)
     cold_start_labels: int = Field(20, ge=0)
+    fade_after: dict[str, int | None] = Field(default_factory=lambda: dict(DEFAULT_FADE_AFTER))
     push_clusters: bool = False
     review_signal: Literal[
         "confident_learning", "self_confidence", "normalized_margin", "annotator_model_disagreement"
@@ -152,6 +157,22 @@ class StrategySettings(_Section):
         negative = sorted(k for k, w in value.items() if w < 0)
         if negative:
             raise ValueError(f"weights must be >= 0, negative for {negative}")
+        return value
+
+    @field_validator("fade_after")
+    @classmethod
+    def _labeling_signals(cls, value: dict[str, int | None]) -> dict[str, int | None]:
+        from strategies import REGISTRY
+
+        unknown = sorted(set(value) - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"unknown signal(s) {unknown}; allowed: {sorted(REGISTRY)}")
+        review = sorted(k for k in value if REGISTRY[k].kind != "label")
+        if review:
+            raise ValueError(f"only labeling signals fade, not the review signal(s) {review}")
+        too_small = sorted(k for k, labels in value.items() if labels is not None and labels < 1)
+        if too_small:
+            raise ValueError(f"must be >= 1 label, got less for {too_small}")
         return value
 
 

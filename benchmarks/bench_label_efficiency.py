@@ -17,10 +17,10 @@ unlabeled pool (1280-d fits cost ~8x more for 1-3 points of full-data accuracy).
 split per seed, LogisticRegression as the learner, batches of 10 labels. Every method starts with
 no label; those that need a model (our single model-based signals and every modAL strategy) take
 one random batch first, the cold start is part of the race. Committees are 5 bootstrap
-LogisticRegressions. "ours: default" uses ``StrategySettings().weights``. Prints mean test
-accuracy at 50/100/200/300 labels and the labels needed to reach 95 % of the full-data accuracy
-(mean over seeds; ">B" when a seed never gets there within the budget B). ``--quick``: the first
-named dataset only, 3 seeds, budget 300.
+LogisticRegressions. "ours: default" uses ``StrategySettings().weights`` and ``.fade_after``.
+Prints mean test accuracy at 50/100/200/300 labels and the labels needed to reach 95 % of the
+full-data accuracy (mean over seeds; ">B" when a seed never gets there within the budget B).
+``--quick``: the first named dataset only, 3 seeds, budget 300.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ BATCH = 10
 CHECKPOINTS = (50, 100, 200, 300)
 COMMITTEE = 5
 DEFAULT_WEIGHTS = dict(StrategySettings().weights)
+DEFAULT_FADE = dict(StrategySettings().fade_after)
 MODEL_SIGNALS = ("least_confidence", "margin", "entropy", "balance")
 COMMITTEE_SIGNALS = ("bald", "vote_entropy", "kl_consensus")
 EMBEDDING_SIGNALS = ("coverage", "coreset", "typicality", "cold_start")
@@ -132,10 +133,14 @@ def _ours(name: str) -> Callable[[State], np.ndarray]:
     return pick
 
 
-def _combination(weights: dict[str, float], **options: Any) -> Callable[[State], np.ndarray]:
+def _combination(
+    weights: dict[str, float], fade_after: dict[str, int | None], **options: Any
+) -> Callable[[State], np.ndarray]:
     def pick(state: State) -> np.ndarray:
         pool = _pool(state)
-        result = prioritize(pool, weights, rng=state.rng, batch_size=BATCH, **options)
+        result = prioritize(
+            pool, weights, rng=state.rng, batch_size=BATCH, fade_after=fade_after, **options
+        )
         return result.order[:BATCH]
 
     return pick
@@ -162,8 +167,12 @@ def _modal(query: str) -> Callable[[State], np.ndarray]:
     return pick
 
 
-def _weights_label(weights: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:g}" for name, value in weights.items())
+def _weights_label(weights: dict[str, float], fade_after: dict[str, int | None]) -> str:
+    def one(name: str, value: float) -> str:
+        after = fade_after.get(name)
+        return f"{name} {value:g}" + (f" fading after {after}" if after is not None else "")
+
+    return ", ".join(one(name, value) for name, value in weights.items())
 
 
 def methods() -> dict[str, Callable[[State], np.ndarray]]:
@@ -173,11 +182,15 @@ def methods() -> dict[str, Callable[[State], np.ndarray]]:
         table[f"modAL {query}"] = _modal(query)
     for name in MODEL_SIGNALS + COMMITTEE_SIGNALS + EMBEDDING_SIGNALS:
         table[name] = _ours(name)
-    table[f"ours: default ({_weights_label(DEFAULT_WEIGHTS)})"] = _combination(DEFAULT_WEIGHTS)
+    default = _weights_label(DEFAULT_WEIGHTS, DEFAULT_FADE)
+    table[f"ours: default ({default})"] = _combination(DEFAULT_WEIGHTS, DEFAULT_FADE)
+    table["  ablation: default, no fading"] = _combination(DEFAULT_WEIGHTS, {})
     table["  ablation: default, no batch diversity"] = _combination(
-        DEFAULT_WEIGHTS, diversity="none"
+        DEFAULT_WEIGHTS, DEFAULT_FADE, diversity="none"
     )
-    table["  ablation: default, no cold start"] = _combination(DEFAULT_WEIGHTS, cold_start_labels=0)
+    table["  ablation: default, no cold start"] = _combination(
+        DEFAULT_WEIGHTS, DEFAULT_FADE, cold_start_labels=0
+    )
     return table
 
 
@@ -318,7 +331,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--quick", action="store_true", help="budget 300, 3 seeds, one dataset")
-    parser.add_argument("--seeds", type=int, help=f"number of seeds ({len(SEEDS)}; quick: 3)")
+    parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 ({len(SEEDS)}; quick: 3)")
     parser.add_argument("--budget", type=int, help="labels per race (500; quick: 300)")
     parser.add_argument("--workers", type=int, default=None, help="processes (all CPUs)")
     return parser.parse_args()
@@ -326,7 +339,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    seeds = SEEDS[: args.seeds or (3 if args.quick else len(SEEDS))]
+    seeds = tuple(range(args.seeds)) if args.seeds else SEEDS[: 3 if args.quick else len(SEEDS)]
     datasets = args.dataset[:1] if args.quick else args.dataset
     budget = args.budget or (300 if args.quick else 500)
     for dataset in datasets:

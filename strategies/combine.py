@@ -6,7 +6,10 @@
    model-based signals take over (phase "model").
 2. Fusion. Each weighted labeling signal is rank-normalized over the unlabeled items (percentile in
    [0, 1], ties averaged), so its scale does not matter; the combined score is the weighted mean.
-   Signals whose inputs are missing are skipped and reported in ``Priority.skipped``.
+   Signals whose inputs are missing are skipped and reported in ``Priority.skipped``. A signal
+   named in ``fade_after`` keeps its weight up to that many labels and then fades as
+   ``weight * fade_after / labels`` (:func:`faded_weights`): coverage matters while labels are
+   scarce, then gives way to the model's uncertainty.
 3. Diversity. The top ``ROUND_ROBIN_WINDOW * batch_size`` items are reordered so a batch spreads
    over clusters: ``"round_robin"`` takes every cluster's best item before any cluster's second
    (Cluster-Margin style); ``"ranked_batch"`` trades score against distance to everything labeled or
@@ -65,6 +68,7 @@ class Priority:
         batch: (b,) the next batch, relabel candidates and new items merged on one scale.
         batch_is_review: (b,) True where the batch item is a relabel candidate.
         skipped: signal name -> why it was not used (missing inputs, multi-label).
+        weights: the labeling weights this order used (after fading; empty in the cold start).
     """
 
     order: IntArray
@@ -78,6 +82,22 @@ class Priority:
     batch: IntArray
     batch_is_review: NDArray[np.bool_]
     skipped: Mapping[str, str]
+    weights: Mapping[str, float]
+
+
+def faded_weights(
+    weights: Mapping[str, float], fade_after: Mapping[str, int | None], n_labeled: int
+) -> dict[str, float]:
+    """``weights`` with every signal in ``fade_after`` scaled by ``min(1, fade_after / n_labeled)``.
+
+    So a signal fading after 50 labels has its full weight up to 50 labels, half at 100 and a tenth
+    at 500; signals not named (or named with None) keep their weight.
+    """
+    out = dict(weights)
+    for name, after in fade_after.items():
+        if after is not None and name in out and n_labeled > after:
+            out[name] *= after / n_labeled
+    return out
 
 
 def rank_normalize(scores: NDArray[np.floating], candidates: IntArray) -> FloatVec:
@@ -142,13 +162,21 @@ def _score_signals(
     return scores, skipped
 
 
-def _check_weights(weights: Mapping[str, float]) -> None:
-    unknown = sorted(set(weights) - set(REGISTRY))
+def _check_weights(weights: Mapping[str, float], fade_after: Mapping[str, int | None]) -> None:
+    unknown = sorted((set(weights) | set(fade_after)) - set(REGISTRY))
     if unknown:
         raise ValueError(f"unknown signal(s) {unknown}; allowed: {sorted(REGISTRY)}")
     negative = sorted(name for name, w in weights.items() if not w >= 0)
     if negative:
         raise ValueError(f"weights must be >= 0, got {negative}")
+    too_small = sorted(
+        name for name, labels in fade_after.items() if labels is not None and not labels >= 1
+    )
+    if too_small:
+        raise ValueError(f"fade_after must be >= 1 label, got {too_small}")
+    review = sorted(name for name in fade_after if REGISTRY[name].kind != "label")
+    if review:
+        raise ValueError(f"fade_after applies to labeling signals only, not {review}")
 
 
 def round_robin(order: IntArray, scores: FloatVec, clusters: IntArray, *, window: int) -> IntArray:
@@ -333,6 +361,7 @@ def prioritize(
     n_clusters: int | None = None,
     cold_start_labels: int = 20,
     review_share: float = 0.1,
+    fade_after: Mapping[str, int | None] | None = None,
 ) -> Priority:
     """Order every unlabeled item for labeling and every labeled item for review.
 
@@ -345,11 +374,14 @@ def prioritize(
         n_clusters: clusters for coverage and diversity; ``default_n_clusters`` rule when None.
         cold_start_labels: below this many labels (with embeddings) the cold start orders the queue.
         review_share: largest fraction of ``batch`` given to relabel candidates.
+        fade_after: signal name -> labels after which its weight fades (:func:`faded_weights`);
+            None for a signal that never fades.
 
     Raises:
-        ValueError: unknown signal, negative weight, bad batch size or share.
+        ValueError: unknown signal, negative weight, fade_after below 1, bad batch size or share.
     """
-    _check_weights(weights)
+    fade_after = fade_after or {}
+    _check_weights(weights, fade_after)
     if batch_size < 1 or not 0.0 <= review_share <= 1.0:
         raise ValueError(
             f"need batch_size >= 1 and 0 <= review_share <= 1, got {batch_size}, {review_share}"
@@ -357,12 +389,13 @@ def prioritize(
     n_labeled = int(pool.labeled.sum())
     cold = pool.probs is None or (pool.embeddings is not None and n_labeled < cold_start_labels)
     skipped: dict[str, str] = {}
+    used = {} if cold else faded_weights(weights, fade_after, n_labeled)
     if cold:
         order, fused, breakdown, clusters = _cold_queue(pool, rng=rng, batch_size=batch_size)
     else:
         order, fused, breakdown, clusters, skipped = _label_queue(
             pool,
-            weights,
+            used,
             rng=rng,
             batch_size=batch_size,
             diversity=diversity,
@@ -391,4 +424,5 @@ def prioritize(
         batch=batch,
         batch_is_review=is_review,
         skipped={**skipped, **review_skipped},
+        weights={name: w for name, w in used.items() if REGISTRY[name].kind == "label"},
     )

@@ -82,10 +82,29 @@ def test_patch_stores_records_and_returns_the_new_settings(
     assert admin_client.get("/api/projects/3/settings", headers=TOKEN).get_json() == data
 
 
+def test_null_stops_a_signal_fading_and_stays_stopped(
+    admin_client: FlaskClient, admin_settings: Settings, admin_store: Store
+) -> None:
+    assert admin_settings.strategy.fade_after == {"coverage": 100}
+    body = {"strategy": {"fade_after": {"coverage": None, "coreset": 30}}}
+    response = admin_client.patch("/api/projects/3/settings", json=body, headers=TOKEN)
+    assert response.status_code == 200
+    assert response.get_json()["effective"]["strategy"]["fade_after"] == {
+        "coverage": None,
+        "coreset": 30,
+    }
+    # Stored as an override that survives being merged onto the defaults again.
+    effective = effective_settings(admin_store, admin_settings, 3)
+    assert effective.strategy.fade_after == {"coverage": None, "coreset": 30}
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"strategy": {"weights": {"margn": 1}}}, "strategy.weights"),
+        ({"strategy": {"fade_after": {"coverag": 50}}}, "strategy.fade_after"),
+        ({"strategy": {"fade_after": {"coverage": 0}}}, "strategy.fade_after"),
+        ({"strategy": {"fade_after": {"confident_learning": 50}}}, "strategy.fade_after"),
         ({"loop": {"retrain_after": 0}}, "loop.retrain_after"),
         ({"label_studio": {"url": "http://evil"}}, "label_studio"),
     ],
@@ -155,10 +174,18 @@ def test_preview_changes_nothing(
     ls = FakeLabelStudio()
     run_one_cycle(admin_settings, admin_store, ls, project=3)
     before, calls = _row_counts(admin_store), list(ls.calls)
-    body = {"strategy": {"weights": {"margin": 0, "coverage": 1}}, "top": 5}
+    body = {
+        "strategy": {"weights": {"margin": 0, "coverage": 1}, "fade_after": {"coverage": 6}},
+        "top": 5,
+    }
     response = admin_client.post("/api/projects/3/preview", json=body, headers=TOKEN)
     assert response.status_code == 200
     data = response.get_json()
+    # 12 labels: today's coverage (fading after 100) keeps its weight, the proposed one is halved.
+    assert data["weights"] == {
+        "today": {"margin": 1.0, "coverage": 0.25},
+        "proposed": {"margin": 0.0, "coverage": 0.5},
+    }
     assert [item["rank"] for item in data["items"]] == [1, 2, 3, 4, 5]
     for item in data["items"]:
         assert set(item) >= {"task_id", "position", "breakdown", "suggested_labels", "today_rank"}

@@ -61,7 +61,7 @@ def test_a_change_is_stored_as_overrides_with_history(settings: Settings, store:
     [entry] = project_history(store, 7)
     assert entry["token_name"] == "ops"
     assert {c["field"]: (c["before"], c["after"]) for c in entry["changes"]} == {
-        "strategy.weights": ({"margin": 1.0, "coverage": 0.5}, {"margin": 1.0, "coverage": 0.0}),
+        "strategy.weights": ({"margin": 1.0, "coverage": 0.25}, {"margin": 1.0, "coverage": 0.0}),
         "strategy.batch_size": (100, 50),
         "loop.retrain_after": (20, 5),
     }

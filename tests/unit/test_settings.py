@@ -48,6 +48,12 @@ def test_config_file_from_environment_variable(tmp_path: Path) -> None:
         ({"LABELLOOP_MODEL__NOPE": "1"}, ["model.nope", "unknown"]),
         ({"LABELLOOP_STRATEGY__WEIGHTS": "{entropyy: 1}"}, ["strategy.weights", "entropyy"]),
         ({"LABELLOOP_STRATEGY__WEIGHTS": "{entropy: -1}"}, ["strategy.weights", ">= 0"]),
+        ({"LABELLOOP_STRATEGY__FADE_AFTER": "{coverag: 5}"}, ["strategy.fade_after", "coverag"]),
+        ({"LABELLOOP_STRATEGY__FADE_AFTER": "{coverage: 0}"}, ["strategy.fade_after", ">= 1"]),
+        (
+            {"LABELLOOP_STRATEGY__FADE_AFTER": "{self_confidence: 9}"},
+            ["strategy.fade_after", "review signal"],
+        ),
     ],
 )
 def test_bad_values_fail_naming_the_setting(environ: dict[str, str], names: list[str]) -> None:

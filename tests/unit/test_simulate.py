@@ -23,7 +23,7 @@ FAST_MODEL = {
     "committee_size": 2,
     "cv_folds": 3,
 }
-STRATEGIES = {"default": {"margin": 1.0, "coverage": 0.5}, "random": {"random": 1.0}}
+STRATEGIES = {"default": {"margin": 1.0, "coverage": 0.25}, "random": {"random": 1.0}}
 
 
 def _fast(tmp_path: Path) -> Settings:

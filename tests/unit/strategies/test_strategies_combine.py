@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays as np_arrays
 
 from strategies import Pool
-from strategies.combine import fuse, merge_batch, prioritize, rank_normalize
+from strategies.combine import faded_weights, fuse, merge_batch, prioritize, rank_normalize
 
 DEFAULTS = {"entropy": 1.0, "coverage": 0.5, "balance": 0.25}
 scores_st = st.integers(2, 40).flatmap(
@@ -188,3 +188,49 @@ def test_merge_batch_caps_relabels_and_keeps_queue_order() -> None:
     )
     assert batch.tolist() == [1, 10, 11, 2, 12]
     assert is_review.tolist() == [True, False, False, True, False]
+
+
+def test_a_faded_weight_is_full_up_to_its_label_count_then_shrinks_as_labels_grow() -> None:
+    weights = {"margin": 1.0, "coverage": 0.5}
+    fade = {"coverage": 50}
+    assert faded_weights(weights, fade, 0) == weights
+    assert faded_weights(weights, fade, 50) == weights
+    assert faded_weights(weights, fade, 100) == {"margin": 1.0, "coverage": 0.25}
+    assert faded_weights(weights, fade, 500) == {"margin": 1.0, "coverage": 0.05}
+    assert faded_weights(weights, {"coverage": None}, 500) == weights
+    assert faded_weights(weights, {"coreset": 10}, 500) == weights  # no weight, nothing to fade
+
+
+def test_prioritize_fuses_with_the_faded_weights() -> None:
+    pool = _pool(40)
+    weights = {"entropy": 1.0, "coverage": 1.0}
+    rng = np.random.default_rng
+    faded = prioritize(pool, weights, rng=rng(0), cold_start_labels=0, fade_after={"coverage": 10})
+    assert faded.weights == {"entropy": 1.0, "coverage": 0.25}
+    # Same order as the explicit weights 1 : 0.25.
+    explicit = prioritize(pool, {"entropy": 1.0, "coverage": 0.25}, rng=rng(0), cold_start_labels=0)
+    np.testing.assert_array_equal(faded.order, explicit.order)
+    np.testing.assert_allclose(faded.breakdown["coverage"], explicit.breakdown["coverage"])
+    # Not yet faded: the coverage share of the fused score is 1 / 2, faded it is 0.25 / 1.25.
+    full = prioritize(pool, weights, rng=rng(0), cold_start_labels=0, fade_after={"coverage": 40})
+    assert full.weights == weights
+    np.testing.assert_allclose(faded.breakdown["coverage"], full.breakdown["coverage"] * 0.4)
+    assert full.breakdown["coverage"].max() > 0
+
+
+def test_the_cold_start_uses_no_weights() -> None:
+    cold = prioritize(_pool(5), DEFAULTS, rng=np.random.default_rng(0), cold_start_labels=20)
+    assert cold.phase == "cold_start" and cold.weights == {}
+
+
+@pytest.mark.parametrize(
+    ("fade_after", "message"),
+    [
+        ({"coverag": 50}, "unknown signal"),
+        ({"coverage": 0}, "fade_after must be >= 1"),
+        ({"confident_learning": 5}, "labeling signals only"),
+    ],
+)
+def test_bad_fade_after_is_rejected(fade_after: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        prioritize(_pool(40), DEFAULTS, rng=np.random.default_rng(0), fade_after=fade_after)
