@@ -293,7 +293,10 @@ def run_cycle(
         counts.update(model=int(trained is not None))
         from backend.diagnostics import write_diagnosis
 
-        diagnosis = write_diagnosis(settings, project_id, snap, result.embeddings, scored, trained)
+        reviewed = frozenset(reviewed_tasks(store, project_id, "label_error"))
+        diagnosis = write_diagnosis(
+            settings, project_id, snap, result.embeddings, scored, trained, reviewed
+        )
         counts.update(diagnosis)
     metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
     return CycleResult(model_version=version, metrics=metrics)

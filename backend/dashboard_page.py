@@ -209,10 +209,17 @@ def _thumb_link(row: dict[str, Any]) -> str:
 
 def errors_section(diag: dict[str, Any]) -> str:
     errors = diag["label_errors"]
+    reviewed = int(diag.get("label_errors_reviewed") or 0)
+    kept = (
+        f'<p class="note">{reviewed} more the model doubts were already reviewed in Label Studio '
+        "and are not listed again.</p>"
+        if reviewed
+        else ""
+    )
     if not errors:
         if diag.get("classification") is None:
             return '<p class="note">Needs a model: label-error candidates come from it.</p>'
-        return '<p class="ok">No labeled item looks mislabeled to the model.</p>'
+        return '<p class="ok">No labeled item looks mislabeled to the model.</p>' + kept
     rows = [
         (
             _thumb_link(e),
@@ -223,7 +230,7 @@ def errors_section(diag: dict[str, Any]) -> str:
         for e in errors
     ]
     head = ("task (opens Label Studio)", "given label", "model says", "why")
-    return _table(head, rows, "label-errors")
+    return _table(head, rows, "label-errors") + kept
 
 
 def outliers_section(diag: dict[str, Any]) -> str:

@@ -13,7 +13,9 @@ Sections:
   probabilities of the labeled items, so the numbers equal the model version's metrics.
 - ``distribution``: labels per class and the imbalance ratio (largest / smallest non-empty class).
 - ``label_errors``: labeled items the configured review signal (``strategy.review_signal``) ranks
-  above its alarm level, most suspicious first, with the model's label and confidence.
+  above its alarm level, most suspicious first, with the model's label and confidence. Tasks
+  already reviewed (annotation confirmed or changed after they were flagged) are left out and
+  counted in ``label_errors_reviewed``, as they leave the review view in Label Studio.
 - ``coverage``: under-covered clusters (see :mod:`strategies.coverage`) with typical unlabeled
   examples; ``outliers``: the items farthest from their cluster centre, relative to the cluster.
 - ``map``: a 2-D PCA projection of at most ``diagnosis.map_points`` items (label-error candidates
@@ -98,6 +100,8 @@ class DiagnosisInputs:
         error_scores: (n,) review-signal score (higher = label more suspicious), or None.
         error_alarm: score above which a labeled item is a label-error candidate.
         metrics: the model version's metrics (per-class scores of multi-label projects), or None.
+        reviewed: task ids an annotator already reviewed after they were flagged as label errors;
+            never listed again.
     """
 
     task_ids: IntArray
@@ -110,6 +114,7 @@ class DiagnosisInputs:
     error_scores: FloatArray | None = None
     error_alarm: float = 0.0
     metrics: dict[str, Any] | None = None
+    reviewed: frozenset[int] = frozenset()
 
     @property
     def labeled(self) -> NDArray[np.bool_]:
@@ -149,13 +154,25 @@ def distribution(class_counts: IntArray, classes: tuple[str, ...]) -> dict[str, 
     return {"counts": dict(zip(classes, counts, strict=True)), "imbalance": ratio, "empty": missing}
 
 
+def _error_rows(inputs: DiagnosisInputs) -> tuple[IntArray, int]:
+    """Rows above the alarm not yet reviewed, most suspicious first; and how many were reviewed."""
+    scores = inputs.error_scores
+    if scores is None or inputs.oos_probs is None:
+        return np.zeros(0, dtype=np.int64), 0
+    alarmed = inputs.labeled & (scores > inputs.error_alarm)
+    reviewed = np.isin(inputs.task_ids, np.fromiter(inputs.reviewed, np.int64))
+    rows = np.flatnonzero(alarmed & ~reviewed)
+    return rows[np.argsort(-scores[rows], kind="stable")], int((alarmed & reviewed).sum())
+
+
 def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]:
-    """Labeled items whose review score exceeds the alarm, most suspicious first."""
+    """Labeled items whose review score exceeds the alarm and that nobody reviewed yet, most
+    suspicious first."""
+    rows, _ = _error_rows(inputs)
     scores, probs = inputs.error_scores, inputs.oos_probs
     if scores is None or probs is None:
         return []
-    rows = np.flatnonzero(inputs.labeled & (scores > inputs.error_alarm))
-    rows = rows[np.argsort(-scores[rows], kind="stable")][:limit]
+    rows = rows[:limit]
     out = []
     for row in rows:
         given, top = int(inputs.labels[row]), int(np.argmax(probs[row]))
@@ -351,6 +368,7 @@ def compute_diagnosis(
         "per_class": (inputs.metrics or {}).get("per_class"),
         "distribution": distribution(inputs.class_counts, inputs.classes),
         "label_errors": errors,
+        "label_errors_reviewed": _error_rows(inputs)[1],
         "coverage": coverage(clustering, labeled, inputs.task_ids),
         "outliers": outliers,
         "map": embedding_map(
@@ -370,9 +388,16 @@ def diagnosis_path(settings: Settings, project_id: int) -> Path:
 
 
 def inputs_from_cycle(
-    settings: Settings, snap: Snapshot, scored: Scored, trained: Trained | None
+    settings: Settings,
+    snap: Snapshot,
+    scored: Scored,
+    trained: Trained | None,
+    reviewed: frozenset[int] = frozenset(),
 ) -> DiagnosisInputs:
-    """The diagnosis inputs of one cycle: the scored pool plus the snapshot's targets."""
+    """The diagnosis inputs of one cycle: the scored pool plus the snapshot's targets.
+
+    ``reviewed``: task ids whose label-error flag an annotator already answered.
+    """
     pool, classes = scored.pool, tuple(snap.cfg.labels)
     labels = np.array(pool.labels, dtype=np.int64)
     if snap.cfg.multiple:
@@ -394,6 +419,7 @@ def inputs_from_cycle(
         error_scores=errors,
         error_alarm=info.alarm if info.alarm is not None else 0.0,
         metrics=dict(trained.model.metrics) if trained is not None else None,
+        reviewed=reviewed,
     )
 
 
@@ -428,8 +454,11 @@ def write_diagnosis(
     embeddings: dict[int, np.ndarray],
     scored: Scored,
     trained: Trained | None,
+    reviewed: frozenset[int] = frozenset(),
 ) -> dict[str, int]:
     """Compute and save the project's diagnosis; returns counts for the cycle record.
+
+    ``reviewed``: task ids already reviewed as label errors, left out of the candidates.
 
     A failure is logged and counted, never raised: the diagnosis must not fail a cycle whose model
     and queue are already live.
@@ -437,7 +466,7 @@ def write_diagnosis(
     if not embeddings or scored.pool.embeddings is None:
         return {"diagnosis": 0}
     try:
-        inputs = inputs_from_cycle(settings, snap, scored, trained)
+        inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed)
         diagnosis = compute_diagnosis(
             inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
         )

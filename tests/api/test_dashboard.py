@@ -125,6 +125,18 @@ def test_user_text_is_escaped(project: DiagnosedProject) -> None:
     assert "<script" not in html and "&lt;script&gt;" in html
 
 
+def test_reviewed_label_errors_are_named_on_the_page(project: DiagnosedProject) -> None:
+    view = diagnosis_view(project.settings, project.store, PROJECT)
+    assert view is not None
+    assert view["label_errors_reviewed"] == 0
+    assert "already reviewed" not in render_page(view, PROJECT)
+    view["label_errors_reviewed"] = 2
+    html = render_page(view, PROJECT)
+    assert "2 more the model doubts were already reviewed" in html
+    view["label_errors"] = []
+    assert "2 more the model doubts were already reviewed" in render_page(view, PROJECT)
+
+
 def test_thumbnail_is_a_small_cached_png(
     project: DiagnosedProject, diag_client: FlaskClient
 ) -> None:

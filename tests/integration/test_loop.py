@@ -16,6 +16,7 @@ import yaml
 
 from backend.cycle import make_runner
 from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
+from backend.diagnostics import load_diagnosis
 from backend.labelstudio.client import LabelStudio
 from backend.lsprocess import free_port
 from backend.scheduler import CycleRun, run_cycle_once
@@ -186,12 +187,20 @@ def test_reviewed_tasks_leave_the_review_view(loop: Loop) -> None:
         if v["data"]["title"] == "labelloop: suspected label errors"
     )
     flagged = [t["id"] for t in loop.ls.view_tasks(loop.project, view["id"])]
-    fixed = flagged[0]
+    fixed, confirmed = flagged[0], flagged[1]
     annotation = loop.ls.get_task(fixed)["annotations"][0]
     loop.ls.update_annotation(annotation["id"], _result(loop.truth[fixed]))
+    kept = loop.ls.get_task(confirmed)["annotations"][0]  # the reviewer keeps the label as it is
+    loop.ls.update_annotation(kept["id"], kept["result"])
     assert loop.cycle().state == "succeeded"
     after = [t["id"] for t in loop.ls.view_tasks(loop.project, view["id"])]
-    assert fixed not in after
+    assert fixed not in after and confirmed not in after
+    # The dashboard's candidates leave out what was reviewed, too.
+    diagnosis = load_diagnosis(loop.settings, loop.project)
+    assert diagnosis is not None
+    listed = {e["task"] for e in diagnosis["label_errors"]}
+    assert fixed not in listed and confirmed not in listed
+    assert listed  # the other planted errors are still there
 
 
 def test_annotations_made_while_down_are_all_used(loop: Loop) -> None:

@@ -65,3 +65,26 @@ def test_cold_start_still_has_map_coverage_and_drift() -> None:
     assert diag["label_errors"] == []
     assert len(diag["map"]["task"]) == 100 and diag["map"]["n_total"] == n
     assert diag["coverage"]["n_clusters"] >= 2 and diag["drift"]["auc"] is not None
+
+
+def test_reviewed_label_errors_are_counted_not_listed() -> None:
+    rng = np.random.default_rng(2)
+    n = 120
+    labels = (np.arange(n) % 2).astype(np.int64)
+    probs = np.where(labels[:, None] == np.arange(2), 0.9, 0.1)
+    scores = np.zeros(n)
+    scores[[5, 6, 7]] = [0.9, 0.8, 0.7]  # three doubted labels, 5 the most
+    inputs = DiagnosisInputs(
+        task_ids=np.arange(1, n + 1, dtype=np.int64),
+        embeddings=rng.normal(size=(n, 8)),
+        labels=labels,
+        classes=("a", "b"),
+        class_counts=np.bincount(labels),
+        oos_probs=probs,
+        error_scores=scores,
+        error_alarm=0.5,
+        reviewed=frozenset({6, 99}),  # task 6 is row 5; task 99 was never doubted
+    )
+    diag = compute_diagnosis(inputs, limits=DiagnosisSettings(), rng=rng)
+    assert [e["task"] for e in diag["label_errors"]] == [7, 8]
+    assert diag["label_errors_reviewed"] == 1
