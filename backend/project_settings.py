@@ -15,7 +15,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from backend.settings import LoopSettings, Settings, SettingsError, with_overrides
 from backend.store.db import Store
@@ -110,6 +111,21 @@ def overrides_of(settings: Settings, effective: Settings) -> dict[str, dict[str,
     return overrides
 
 
+def _lock_settings(session: Session) -> None:
+    """Serialize settings writers from the first read on, so two admins' changes both survive.
+
+    SQLite: ``BEGIN IMMEDIATE`` takes the write lock before the read (a second writer waits up to
+    the busy timeout, then reads the first one's result). PostgreSQL: a table lock that only
+    settings writers take (readers are not blocked); the row lock of ``FOR UPDATE`` alone would
+    not cover a project's first override, whose row does not exist yet.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+    elif dialect == "postgresql":
+        session.execute(text("LOCK TABLE project_settings IN SHARE ROW EXCLUSIVE MODE"))
+
+
 def set_project_settings(
     store: Store, settings: Settings, project_id: int, changes: Any, *, token_name: str
 ) -> Settings:
@@ -130,6 +146,7 @@ def set_project_settings(
     """
     check_changes(changes)
     with store.session() as session:
+        _lock_settings(session)
         row = session.scalars(
             select(ProjectSettings)
             .where(ProjectSettings.project_id == project_id)

@@ -185,3 +185,56 @@ def test_cli_set_show_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "loop.retrain_after" in err
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-override", "existing-override"])
+def test_concurrent_changes_are_all_kept(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch, first: bool
+) -> None:
+    """Two admins change different weights at once: neither change is lost."""
+    import contextlib
+    import threading
+    import time
+
+    import backend.project_settings as project_settings
+
+    merge = project_settings.with_overrides
+    read_both = threading.Barrier(2, timeout=5)
+
+    def slow_merge(base: Settings, changes: Any) -> Settings:
+        if threading.current_thread().name.startswith("admin-"):
+            # Without a write lock both read the old overrides before either writes.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                read_both.wait(timeout=1)
+            time.sleep(0.1)
+        return merge(base, changes)
+
+    if not first:
+        set_project_settings(store, settings, 7, {"strategy": {"batch_size": 50}}, token_name="x")
+    monkeypatch.setattr(project_settings, "with_overrides", slow_merge)
+    errors: list[BaseException] = []
+
+    def change(name: str, body: dict[str, Any]) -> None:
+        try:
+            set_project_settings(store, settings, 7, body, token_name=name)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(
+            target=change, name="admin-a", args=("a", {"strategy": {"weights": {"margin": 2}}})
+        ),
+        threading.Thread(
+            target=change, name="admin-b", args=("b", {"strategy": {"weights": {"coverage": 0}}})
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert effective_settings(store, settings, 7).strategy.weights == {
+        "margin": 2.0,
+        "coverage": 0.0,
+    }
+    assert len(project_history(store, 7)) == (2 if first else 3)
