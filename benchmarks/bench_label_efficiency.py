@@ -327,6 +327,11 @@ def summarize(
     print_table(headers, rows, title=title)
 
 
+def _chosen(name: str, wanted: list[str] | None) -> bool:
+    """Whether ``--methods`` keeps the row ``name`` ("default" keeps "ours: default (...)")."""
+    return wanted is None or any(name == w or name.startswith(f"ours: {w} (") for w in wanted)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
@@ -334,6 +339,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, help=f"seeds 0..N-1 ({len(SEEDS)}; quick: 3)")
     parser.add_argument("--budget", type=int, help="labels per race (500; quick: 300)")
     parser.add_argument("--workers", type=int, default=None, help="processes (all CPUs)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help='only these rows (e.g. random "modAL margin" margin default); all when omitted',
+    )
     return parser.parse_args()
 
 
@@ -344,7 +354,10 @@ def main() -> None:
     budget = args.budget or (300 if args.quick else 500)
     for dataset in datasets:
         data = features(dataset)
-        tasks = [Task(name, seed, budget, data) for name in methods() for seed in seeds]
+        names = [name for name in methods() if _chosen(name, args.methods)]
+        if not names:
+            raise SystemExit(f"--methods {args.methods} names no row; rows: {list(methods())}")
+        tasks = [Task(name, seed, budget, data) for name in names for seed in seeds]
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             results = list(pool.map(race, tasks))
         summarize(results, budget, dataset)
