@@ -336,20 +336,23 @@ def _over_chunks(
 
 
 def rowwise(
-    kernel: Callable[[FloatArray], NDArray[np.floating[Any]]],
+    kernel: Callable[..., NDArray[Any]],
     array: FloatArray,
+    *aligned: NDArray[Any],
 ) -> NDArray[np.float64]:
     """Apply a row kernel chunk by chunk (on :func:`available_threads` threads); (n,) float64.
 
-    Large temporaries (a 1M x 100 log) cost more in page faults than in arithmetic; chunks of
-    about :data:`CHUNK_ELEMENTS` elements keep them small. The loop is over chunks, never items.
+    ``kernel(block, *aligned_blocks)`` gets the same rows of ``array`` and of every ``aligned``
+    array (per-item labels, say). Large temporaries (a 1M x 100 log) cost more in page faults than
+    in arithmetic; chunks of about :data:`CHUNK_ELEMENTS` elements keep them small. The loop is
+    over chunks, never items.
     """
     n = array.shape[0]
     rows = max(64, CHUNK_ELEMENTS // max(1, array.size // max(n, 1)))
     out = np.empty(n, dtype=np.float64)
 
     def work(start: int, stop: int, _: None) -> None:
-        out[start:stop] = kernel(array[start:stop])
+        out[start:stop] = kernel(array[start:stop], *(a[start:stop] for a in aligned))
 
     _over_chunks(n, rows, work, lambda: None)
     return out

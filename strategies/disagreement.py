@@ -24,6 +24,7 @@ from strategies.base import (
     committee_rowwise,
     eligible,
     need,
+    rowwise,
     top_k,
     xlogy_sum,
 )
@@ -104,6 +105,14 @@ def self_confidence_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.fl
     return np.where(labels >= 0, 1.0 - given_label_probs(labels, probs), 0.0)
 
 
+def _normalized_margin_rows(probs: FloatArray, labels: IntArray) -> NDArray[np.float64]:
+    given = given_label_probs(labels, probs)
+    others = np.array(probs, dtype=np.float64)  # one chunk, not the whole (n, C) matrix
+    others[np.arange(labels.shape[0]), np.maximum(labels, 0)] = -np.inf
+    best_other = others.max(axis=1, initial=0.0)
+    return np.where(labels >= 0, 1.0 - (given - best_other + 1.0) / 2.0, 0.0)
+
+
 def normalized_margin_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
     """1 - cleanlab's normalized margin ``(p_given - max_other + 1) / 2``.
 
@@ -114,11 +123,7 @@ def normalized_margin_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.
     Returns:
         (n,) float64 in [0, 1], higher = another class beats the given one by more.
     """
-    given = given_label_probs(labels, probs)
-    others = np.array(probs, dtype=np.float64)
-    others[np.arange(labels.shape[0]), np.maximum(labels, 0)] = -np.inf
-    best_other = others.max(axis=1, initial=0.0)
-    return np.where(labels >= 0, 1.0 - (given - best_other + 1.0) / 2.0, 0.0)
+    return rowwise(_normalized_margin_rows, probs, labels)
 
 
 def confident_thresholds(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
@@ -147,14 +152,18 @@ def confident_learning_mask(labels: IntArray, probs: FloatArray) -> NDArray[np.b
     Returns:
         (n,) bool, True = likely label issue.
     """
-    confident = probs >= confident_thresholds(labels, probs) - _FUZZ
-    n_confident = confident.sum(axis=1)
-    guess = np.where(n_confident > 1, probs.argmax(axis=1), confident.argmax(axis=1))
-    rows = np.arange(labels.shape[0])
-    bumped = np.array(probs, dtype=np.float64)
-    bumped[rows, np.maximum(labels, 0)] += _FUZZ
-    predicted_given = bumped.argmax(axis=1) == labels
-    return (labels >= 0) & (n_confident > 0) & (guess != labels) & ~predicted_given
+    thresholds = confident_thresholds(labels, probs) - _FUZZ
+
+    def flagged(p: FloatArray, given: IntArray) -> NDArray[np.bool_]:
+        confident = p >= thresholds
+        n_confident = confident.sum(axis=1)
+        guess = np.where(n_confident > 1, p.argmax(axis=1), confident.argmax(axis=1))
+        bumped = np.array(p, dtype=np.float64)
+        bumped[np.arange(given.shape[0]), np.maximum(given, 0)] += _FUZZ
+        predicted_given = bumped.argmax(axis=1) == given
+        return (given >= 0) & (n_confident > 0) & (guess != given) & ~predicted_given
+
+    return rowwise(flagged, probs, labels).astype(bool)
 
 
 def confident_learning_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:

@@ -216,6 +216,21 @@ def test_scores_are_the_same_on_any_number_of_threads(
     assert strategies.base.available_threads() >= 1
 
 
+@pytest.mark.parametrize("score", [normalized_margin_scores, confident_learning_mask])
+def test_label_quality_is_the_same_on_any_number_of_threads(
+    score: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(strategies.base, "CHUNK_ELEMENTS", 320)  # 64-item chunks
+    labels, probs = _noisy_labels(4, n=1_000)
+    labels[::9] = -1  # unlabeled items are never flagged, in any chunk
+    with strategies.base.threads(1):
+        one = score(labels, probs)
+    assert one.any()
+    for n_threads in (2, 5):
+        with strategies.base.threads(n_threads):
+            np.testing.assert_array_equal(score(labels, probs), one)
+
+
 def test_a_worker_error_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(strategies.base, "CHUNK_ELEMENTS", 640)
 
