@@ -5,7 +5,7 @@ LS_VENV := .cache/ls-venv
 LS_VERSION := 1.23.2
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: install ls chromium run test lint typecheck unit integration bench clean
+.PHONY: install ls chromium postgres run test lint typecheck unit unit-postgres integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest -m "not integration" -q
 
+# The same suite with every test's store on a throwaway PostgreSQL server instead of SQLite.
+unit-postgres: install postgres
+	$(VENV)/bin/pytest -m "not integration" -q --database postgresql
+
 integration: install ls
 	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -m integration -q
 
@@ -42,8 +46,14 @@ chromium:
 	# Debian's chromium drives the dashboard's browser test (headless, localhost only).
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
-test: install ls chromium lint typecheck
+postgres:
+	# Debian's PostgreSQL server binaries; the tests start a throwaway server from them.
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq postgresql)
+
+test: install ls chromium postgres lint typecheck
 	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -m "not integration" -q --database postgresql
 
 bench: install ls
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(VENV)/bin/python $$f --quick || exit 1; done

@@ -55,8 +55,40 @@ def _no_leaks() -> Iterator[None]:
     assert not leaked, f"test leaked threads: {leaked}"
 
 
+#: The session's PostgreSQL server (``pytest --database postgresql``), else None (SQLite).
+_POSTGRES: dict[str, Any] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="state store of every test: a SQLite file each (default) or a database each on a "
+        "throwaway PostgreSQL server started for the session",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--database") == "postgresql":
+        from tests.postgres import postgres_server
+
+        server = postgres_server()
+        _POSTGRES.update(url=server.__enter__(), server=server)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = _POSTGRES.pop("server", None)
+    if server is not None:
+        server.__exit__(None, None, None)
+
+
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     environ = {"LABELLOOP_STORE__DATA_DIR": str(tmp_path / "data")}
+    if "url" in _POSTGRES:
+        from tests.postgres import fresh_database
+
+        environ["LABELLOOP_STORE__DATABASE_URL"] = fresh_database(_POSTGRES["url"])
     for section, values in sections.items():
         for key, value in values.items():
             environ[f"LABELLOOP_{section.upper()}__{key.upper()}"] = str(value)
