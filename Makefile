@@ -5,7 +5,7 @@ LS_VENV := .cache/ls-venv
 LS_VERSION := 1.23.2
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
-.PHONY: install ls chromium postgres run test lint typecheck unit unit-postgres integration bench clean
+.PHONY: install ls chromium postgres redis run test lint typecheck unit unit-postgres integration bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,14 +32,14 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install
+unit: install redis
 	$(VENV)/bin/pytest -m "not integration" -q
 
 # The same suite with every test's store on a throwaway PostgreSQL server instead of SQLite.
-unit-postgres: install postgres
+unit-postgres: install postgres redis
 	$(VENV)/bin/pytest -m "not integration" -q --database postgresql
 
-integration: install ls
+integration: install ls redis
 	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -m integration -q
 
 chromium:
@@ -51,7 +51,11 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq postgresql)
 
-test: install ls chromium postgres lint typecheck
+redis:
+	# Debian's Redis server; the tests of loop.executor rq start a throwaway one from it.
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+test: install ls chromium postgres redis lint typecheck
 	TEST_LABEL_STUDIO_BIN=$(LS_VENV)/bin/label-studio $(VENV)/bin/pytest -q
 	$(VENV)/bin/pytest -m "not integration" -q --database postgresql
 

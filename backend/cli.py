@@ -9,6 +9,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -193,6 +194,24 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """``labelloop worker [--burst]``: take cycle jobs from ``loop.rq_queue``."""
+    from redis.exceptions import RedisError
+
+    from backend.workers import connect, run_worker
+
+    if not settings.loop.redis_url:
+        raise CliError("labelloop worker needs loop.redis_url (e.g. redis://127.0.0.1:6379/0)")
+    try:
+        with closing(connect(settings)) as redis:  # fail fast, before loading the model code
+            redis.ping()
+        from backend.cycle import make_runner
+
+        return run_worker(settings, make_runner, burst=args.burst)
+    except RedisError as exc:
+        raise CliError(f"Redis at loop.redis_url: {exc}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     from backend.admin_cli import add_parsers as add_admin_parsers
     from backend.simulate_cli import add_arguments as simulate_arguments
@@ -216,6 +235,11 @@ def _parser() -> argparse.ArgumentParser:
         "scheduler",
         help="the one scheduler of a scale-out deployment: applies the inbox, runs cycles",
     )
+    worker = sub.add_parser(
+        "worker",
+        help="run cycles the scheduler queued in Redis (loop.executor: rq); start any number",
+    )
+    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     sub.choices["sync"].add_argument(
         "--incremental",
         action="store_true",
@@ -255,6 +279,7 @@ def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
         "train": cmd_train,
         "cycle": cmd_cycle,
         "scheduler": cmd_scheduler,
+        "worker": cmd_worker,
         "demo": cmd_demo,
         "simulate": cmd_simulate,
         "strategy": cmd_strategy,

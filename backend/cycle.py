@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from backend.training import (
     store_version,
 )
 from strategies import REGISTRY, Pool
+from strategies.base import threads
 from strategies.combine import Priority, prioritize
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,17 @@ def build_pool(
 def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -> Scored:
     task_ids, pool, probs = scored_pool
     strategy = settings.strategy
-    priority = prioritize(
+    limit: AbstractContextManager[None] = (
+        threads(strategy.score_threads) if strategy.score_threads else nullcontext()
+    )
+    with limit:
+        priority = _prioritize(settings, pool)
+    return Scored(task_ids, pool, priority, probs)
+
+
+def _prioritize(settings: Settings, pool: Pool) -> Priority:
+    strategy = settings.strategy
+    return prioritize(
         pool,
         strategy.weights,
         rng=np.random.default_rng(settings.model.seed),
@@ -176,7 +188,6 @@ def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -
         review_share=strategy.review_share,
         fade_after=strategy.fade_after,
     )
-    return Scored(task_ids, pool, priority, probs)
 
 
 def _suggestion(trained: Trained | None, probs: np.ndarray | None, row: int) -> tuple[str, ...]:
@@ -293,9 +304,14 @@ def run_cycle(
         counts.update(model=int(trained is not None))
         from backend.diagnostics import write_diagnosis
 
-        reviewed = frozenset(reviewed_tasks(store, project_id, "label_error"))
         diagnosis = write_diagnosis(
-            settings, project_id, snap, result.embeddings, scored, trained, reviewed
+            settings,
+            project_id,
+            snap,
+            result.embeddings,
+            scored,
+            trained,
+            lambda: frozenset(reviewed_tasks(store, project_id, "label_error")),
         )
         counts.update(diagnosis)
     metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}

@@ -37,6 +37,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from backend.model.metrics import classification_metrics
 from backend.settings import DiagnosisSettings, Settings
@@ -454,11 +456,12 @@ def write_diagnosis(
     embeddings: dict[int, np.ndarray],
     scored: Scored,
     trained: Trained | None,
-    reviewed: frozenset[int] = frozenset(),
+    reviewed: Callable[[], frozenset[int]] = frozenset,
 ) -> dict[str, int]:
     """Compute and save the project's diagnosis; returns counts for the cycle record.
 
-    ``reviewed``: task ids already reviewed as label errors, left out of the candidates.
+    ``reviewed``: reads the task ids already reviewed as label errors (left out of the
+    candidates); called inside the guard, so a failing read only costs the diagnosis.
 
     A failure is logged and counted, never raised: the diagnosis must not fail a cycle whose model
     and queue are already live.
@@ -466,13 +469,13 @@ def write_diagnosis(
     if not embeddings or scored.pool.embeddings is None:
         return {"diagnosis": 0}
     try:
-        inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed)
+        inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed())
         diagnosis = compute_diagnosis(
             inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
         )
         diagnosis.update(project=project_id, model_version=trained.version if trained else None)
         save_json(diagnosis_path(settings, project_id), diagnosis)
-    except (ValueError, OSError, np.linalg.LinAlgError) as exc:
+    except (ValueError, OSError, np.linalg.LinAlgError, SQLAlchemyError) as exc:
         log.warning("project %d: diagnosis not written: %s", project_id, type(exc).__name__)
         return {"diagnosis": 0, "diagnosis_failed": 1}
     return {"diagnosis": 1, "diagnosis_errors": len(diagnosis["label_errors"])}

@@ -28,7 +28,18 @@ log = logging.getLogger(__name__)
 SECTIONS: tuple[str, ...] = ("strategy", "model", "loop")
 #: Fields that belong to the process (the scheduler's own timing), not to a project.
 PROCESS_WIDE: Mapping[str, frozenset[str]] = {
-    "loop": frozenset({"run_scheduler", "poll_s", "lease_s", "misfire_grace_s"}),
+    "loop": frozenset(
+        {
+            "run_scheduler",
+            "poll_s",
+            "lease_s",
+            "misfire_grace_s",
+            "executor",
+            "redis_url",
+            "rq_queue",
+            "rq_job_timeout_s",
+        }
+    ),
 }
 _FIELD = re.compile(r"setting '([^']+)'")
 

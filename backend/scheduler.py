@@ -415,6 +415,9 @@ class LoopScheduler:
             (``labelloop scheduler``; in ``labelloop serve`` the inbox worker does that).
         clock: the time triggers and records use (tests pass a controllable one).
         max_workers: cycles of different projects that may run at the same time.
+        dispatch: hand a due cycle to other processes instead of running it here
+            (``loop.executor: rq``: :class:`backend.workers.RQDispatch`); the waiting record is
+            offered again every ``poll_s`` until a worker has taken it.
     """
 
     def __init__(
@@ -428,8 +431,10 @@ class LoopScheduler:
         apply_inbox: bool = False,
         clock: Clock = utcnow,
         max_workers: int = 4,
+        dispatch: Callable[[int], None] | None = None,
     ) -> None:
         self.scheduler_id = scheduler_id
+        self._dispatch = dispatch
         self._store, self._runner, self._settings = store, runner, settings
         self._settings_for: SettingsFor = settings_for or (lambda _project_id: settings)
         self._apply_inbox, self._clock = apply_inbox, clock
@@ -558,6 +563,11 @@ class LoopScheduler:
         if due is not None and due > now:
             self._schedule_run(project_id, due)  # a stale alarm; the record wants later
             return
+        if self._dispatch is not None:
+            # A worker runs it; look again after a while in case the job was lost or skipped.
+            self._dispatch(project_id)
+            self._schedule_run(project_id, now + timedelta(seconds=self._settings.poll_s))
+            return
         with self._idle:
             self._running.add(project_id)
         try:
@@ -671,6 +681,16 @@ class LoopScheduler:
 # ---------------------------------------------------------------- processes
 
 
+def cycle_dispatch(settings: Settings) -> Callable[[int], None] | None:
+    """Where due cycles go: None runs them in the scheduler's process (``loop.executor:
+    threads``); with ``rq``, to the Redis queue that ``labelloop worker`` processes take from."""
+    if settings.loop.executor != "rq":
+        return None
+    from backend.workers import RQDispatch
+
+    return RQDispatch(settings)
+
+
 def start_embedded_scheduler(
     settings: Settings,
     store: Store,
@@ -685,7 +705,9 @@ def start_embedded_scheduler(
     if not settings.loop.run_scheduler:
         log.info("loop.run_scheduler is false: a separate `labelloop scheduler` runs cycles")
         return None
-    scheduler = LoopScheduler(store, runner, settings.loop, settings_for=settings_for)
+    scheduler = LoopScheduler(
+        store, runner, settings.loop, settings_for=settings_for, dispatch=cycle_dispatch(settings)
+    )
     scheduler.start()
     return scheduler
 
@@ -706,6 +728,7 @@ def run_scheduler_process(
         settings.loop,
         settings_for=settings_for or loop_settings_for(store, settings),
         apply_inbox=True,
+        dispatch=cycle_dispatch(settings),
     )
     try:
         scheduler.start()

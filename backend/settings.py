@@ -145,6 +145,7 @@ class StrategySettings(_Section):
         "confident_learning", "self_confidence", "normalized_margin", "annotator_model_disagreement"
     ] = "confident_learning"
     review_max_flags: int = Field(50, ge=0, le=1000)
+    score_threads: int | None = Field(None, ge=1)
 
     @field_validator("weights")
     @classmethod
@@ -188,6 +189,10 @@ class LoopSettings(_Section):
     run_scheduler: bool = True
     poll_s: float = Field(default=5.0, gt=0)
     lease_s: float = Field(default=120.0, ge=1)
+    executor: Literal["threads", "rq"] = "threads"
+    redis_url: str | None = None
+    rq_queue: str = Field(default="labelloop-cycles", min_length=1)
+    rq_job_timeout_s: int = Field(default=7200, ge=60)
 
     @field_validator("schedule_cron")
     @classmethod
@@ -201,6 +206,21 @@ class LoopSettings(_Section):
         except ValueError as exc:
             raise ValueError(f"not a crontab expression like '0 */6 * * *': {exc}") from None
         return value.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _rq_needs_redis(self) -> LoopSettings:
+        if self.executor == "rq" and self.redis_url is None:
+            raise ValueError("executor 'rq' needs loop.redis_url (redis://host:6379/0)")
+        return self
 
     @model_validator(mode="after")
     def _delay_covers_debounce(self) -> LoopSettings:

@@ -46,6 +46,7 @@ from threadpoolctl import threadpool_limits
 
 from backend.settings import StrategySettings
 from strategies import REGISTRY, Pool
+from strategies.base import threads
 from strategies.combine import prioritize
 
 BATCH = 10
@@ -271,7 +272,8 @@ def features(dataset: str) -> Path:
 
 def race(task: Task) -> tuple[str, int, dict[int, float], float]:
     """Run one method on one seed; returns test accuracy per label count and the full accuracy."""
-    with threadpool_limits(1), warnings.catch_warnings():
+    # One process per CPU already: BLAS and the scoring kernels stay on one thread each.
+    with threadpool_limits(1), threads(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         with np.load(task.data) as data:
             X_all, y_all = data["X"], data["y"]

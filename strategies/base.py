@@ -302,9 +302,9 @@ def threads(n: int) -> Iterator[None]:
     The default is one thread per usable CPU (at most :data:`MAX_THREADS`); pass 1 to keep
     scoring on the calling thread (benchmarks of one core, a process sharing its CPUs).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
-    token = _THREADS.set(n)
+    token = _THREADS.set(int(n))
     try:
         yield
     finally:
@@ -371,7 +371,11 @@ def xlogy_sum(subscripts: str, x: FloatArray, y: FloatArray, log_out: FloatArray
     bad = np.isnan(total)
     if bad.any():
         rows = np.flatnonzero(bad.reshape(-1, bad.shape[-1]).any(axis=0))
-        floored = np.log(np.maximum(y[..., rows, :], np.finfo(y.dtype).tiny))
+        tiny = np.finfo(y.dtype).tiny
+        if rows.shape[0] > total.shape[-1] // 4:  # mostly zeros (hard votes): floor everything
+            np.maximum(y, tiny, out=log_out)
+            return np.einsum(subscripts, x, np.log(log_out, out=log_out))
+        floored = np.log(np.maximum(y[..., rows, :], tiny))
         total[..., rows] = np.einsum(subscripts, x[..., rows, :], floored)
     return total
 

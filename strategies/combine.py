@@ -68,7 +68,8 @@ class Priority:
         batch: (b,) the next batch, relabel candidates and new items merged on one scale.
         batch_is_review: (b,) True where the batch item is a relabel candidate.
         skipped: signal name -> why it was not used (missing inputs, multi-label).
-        weights: the labeling weights this order used (after fading; empty in the cold start).
+        weights: the labeling signals this order used and their weights after fading (positive
+            weights of signals the pool could score; empty in the cold start).
     """
 
     order: IntArray
@@ -424,5 +425,5 @@ def prioritize(
         batch=batch,
         batch_is_review=is_review,
         skipped={**skipped, **review_skipped},
-        weights={name: w for name, w in used.items() if REGISTRY[name].kind == "label"},
+        weights={name: used[name] for name in breakdown if name in used},
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,17 @@ def _no_leaks() -> Iterator[None]:
     yield
     after = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     assert after == env, "test leaked environment changes"
-    leaked = [
-        t.name
+    new = [
+        t
         for t in threading.enumerate()
         if t.ident not in threads and t.is_alive() and not t.name.startswith(("pytest_timeout",))
     ]
+    # A module's server may still be answering a request Label Studio sent (a webhook): such a
+    # thread ends by itself within moments; a leaked one does not.
+    deadline = time.monotonic() + 5.0
+    for thread in new:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    leaked = [t.name for t in new if t.is_alive()]
     assert not leaked, f"test leaked threads: {leaked}"
 
 
@@ -83,16 +90,41 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         server.__exit__(None, None, None)
 
 
+@pytest.fixture(autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    """On PostgreSQL, drop the databases this test made (wider fixtures' stay until the end)."""
+    made: list[str] = _POSTGRES.setdefault("made", [])
+    before = len(made)
+    yield
+    if "url" in _POSTGRES:
+        from tests.postgres import drop_database
+
+        for url in made[before:]:
+            drop_database(_POSTGRES["url"], url)
+        del made[before:]
+
+
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     environ = {"LABELLOOP_STORE__DATA_DIR": str(tmp_path / "data")}
     if "url" in _POSTGRES:
         from tests.postgres import fresh_database
 
-        environ["LABELLOOP_STORE__DATABASE_URL"] = fresh_database(_POSTGRES["url"])
+        url = fresh_database(_POSTGRES["url"])
+        _POSTGRES.setdefault("made", []).append(url)
+        environ["LABELLOOP_STORE__DATABASE_URL"] = url
     for section, values in sections.items():
         for key, value in values.items():
             environ[f"LABELLOOP_{section.upper()}__{key.upper()}"] = str(value)
     return load_settings(environ=environ)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A throwaway Redis server for the session (``loop.executor: rq``)."""
+    from tests.redis_server import redis_server
+
+    with redis_server() as url:
+        yield url
 
 
 @pytest.fixture
@@ -100,12 +132,17 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
+def upgraded_store(settings: Settings) -> Iterator[Store]:
+    """A store on ``settings``' database, migrated; disposed when the generator closes."""
     store = Store(settings.store.url)
     store.upgrade()
     yield store
     store.dispose()
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    yield from upgraded_store(settings)
 
 
 @pytest.fixture

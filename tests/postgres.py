@@ -1,14 +1,15 @@
 """A throwaway PostgreSQL server for the test session (``pytest --database postgresql``).
 
 Started from the Debian ``postgresql`` package's binaries (``make postgres`` installs it) in a
-temporary data directory, on 127.0.0.1 and a free port, with trust authentication; stopped and
-deleted at the end of the session. Every test that builds settings gets a database of its own, so
-tests stay as isolated as with one SQLite file each. As root, the server runs as the package's
-``postgres`` user (initdb refuses root).
+temporary data directory, on a Unix socket there, with trust authentication; stopped and deleted
+at the end of the session. Every test that builds settings gets a database of its own (dropped
+after the test), so tests stay as isolated as with one SQLite file each. As root, the server runs
+as the package's ``postgres`` user (initdb refuses root).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -20,16 +21,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-
-from backend.lsprocess import free_port
+from sqlalchemy.engine import make_url
 
 USER = "labelloop"
 
 
+def _version(path: str) -> tuple[int, ...]:
+    """(15,) from /usr/lib/postgresql/15/bin/initdb, so 15 sorts above 9.6."""
+    folder = Path(path).parent.parent.name
+    return tuple(int(part) for part in folder.split(".") if part.isdigit())
+
+
 def _binary(name: str) -> str:
-    found = shutil.which(name) or next(
-        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
-    )
+    installed = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_version, reverse=True)
+    found = shutil.which(name) or next(iter(installed), None)
     if found is None:
         raise RuntimeError(
             f"{name} not found: install PostgreSQL (`make postgres` or apt-get install postgresql)"
@@ -49,31 +54,45 @@ def _run(command: list[str]) -> None:
 
 @contextmanager
 def postgres_server() -> Iterator[str]:
-    """Start a server; yields the URL of its maintenance database ``postgres``."""
-    data = Path(tempfile.mkdtemp(prefix="labelloop-pg-"))
+    """Start a server; yields the URL of its maintenance database ``postgres``.
+
+    It listens on a Unix socket in its own temporary folder only (no TCP port to race for).
+    """
+    data = Path(tempfile.mkdtemp(prefix="labelloop-pg-", dir="/tmp"))
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
-    cluster, port = str(data / "db"), free_port()
+    cluster, port = str(data / "db"), 5432
     try:
         _run([_binary("initdb"), "-D", cluster, "-U", USER, "--auth=trust", "-E", "UTF8"])
-        options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {port} -k {data} -c listen_addresses='' -c fsync=off"
         log = str(data / "server.log")
-        _run([_binary("pg_ctl"), "-D", cluster, "-o", options, "-l", log, "-w", "start"])
         try:
-            yield f"postgresql+psycopg://{USER}@127.0.0.1:{port}/postgres"
-        finally:
-            _run([_binary("pg_ctl"), "-D", cluster, "-m", "fast", "-w", "stop"])
+            _run([_binary("pg_ctl"), "-D", cluster, "-o", options, "-l", log, "-w", "start"])
+            yield f"postgresql+psycopg://{USER}@/postgres?host={data}&port={port}"
+        finally:  # also after a start that timed out: never leave a server behind
+            with contextlib.suppress(RuntimeError):
+                _run([_binary("pg_ctl"), "-D", cluster, "-m", "immediate", "-w", "stop"])
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _maintenance(server_url: str, statement: str) -> None:
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
 
 
 def fresh_database(server_url: str) -> str:
     """Create an empty database on the server; returns its URL."""
     name = f"t_{uuid.uuid4().hex[:16]}"
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
+    _maintenance(server_url, f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    """Drop a database :func:`fresh_database` made (connections still open are closed)."""
+    name = make_url(url).database
+    _maintenance(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,7 +15,7 @@ from backend.project_settings import effective_settings
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.models import Base
-from tests.conftest import make_settings
+from tests.conftest import make_settings, upgraded_store
 from tests.fake_labelstudio import FAST_MODEL, FakeLabelStudio, run_one_cycle
 
 TOKEN = {"Authorization": "Bearer s3cret-ops-token"}
@@ -37,10 +37,7 @@ def admin_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def admin_store(admin_settings: Settings) -> Iterator[Store]:
-    store = Store(admin_settings.store.url)
-    store.upgrade()
-    yield store
-    store.dispose()
+    yield from upgraded_store(admin_settings)
 
 
 @pytest.fixture
@@ -184,7 +181,7 @@ def test_preview_changes_nothing(
     # 12 labels: today's coverage (fading after 100) keeps its weight, the proposed one is halved.
     assert data["weights"] == {
         "today": {"margin": 1.0, "coverage": 0.25},
-        "proposed": {"margin": 0.0, "coverage": 0.5},
+        "proposed": {"coverage": 0.5},  # margin has weight 0: not used
     }
     assert [item["rank"] for item in data["items"]] == [1, 2, 3, 4, 5]
     for item in data["items"]:

@@ -25,6 +25,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from backend.app import create_app
 from tests.diagnosis_project import LS_PUBLIC, PLANTED, PROJECT, build
+from tests.processes import stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -126,14 +127,7 @@ def page(tmp_path: Path) -> Iterator[Page]:
         yield page
         page.ws.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_process(proc)
 
 
 def _devtools_port(proc: subprocess.Popen[str]) -> int:

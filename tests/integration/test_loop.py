@@ -280,3 +280,58 @@ def test_train_command_trains_a_version_and_prints_metrics(
         after = repo.ensure_project(session, loop.project).model_version
     assert after != before and f"model {after}:" in out
     assert '"accuracy"' in out and '"confusion_matrix"' in out
+
+
+def test_a_worker_process_runs_the_cycle_the_scheduler_queued(
+    loop: Loop, redis_url: str, tmp_path: Path
+) -> None:
+    """``loop.executor: rq``: the scheduler only queues; `labelloop worker` (forking) runs it."""
+    import subprocess
+    import sys
+
+    from redis import Redis
+
+    from backend.scheduler import LoopScheduler, cycle_dispatch
+    from backend.workers import job_id
+
+    Redis.from_url(redis_url).flushdb()
+    config = yaml.safe_load(loop.config.read_text())
+    config["loop"].update(executor="rq", redis_url=redis_url)
+    rq_config = tmp_path / "rq.yaml"
+    rq_config.write_text(yaml.safe_dump(config))
+    settings = load_settings(rq_config, environ={})
+
+    def in_scheduler(*_: Any) -> None:
+        raise AssertionError("with executor rq the scheduler must not run the cycle")
+
+    before = loop.last_cycle()["id"]
+    scheduler = LoopScheduler(
+        loop.store, in_scheduler, settings.loop, dispatch=cycle_dispatch(settings)
+    )
+    scheduler.start(paused=True)
+    try:
+        scheduler.request(loop.project, "manual")
+        scheduler.run_due(loop.project)
+    finally:
+        scheduler.shutdown()
+    labelloop = Path(sys.executable).with_name("labelloop")
+    done = subprocess.run(
+        [str(labelloop), "--config", str(rq_config), "worker", "--burst"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = loop.last_cycle()
+    assert record["id"] != before and record["state"] == "succeeded", record
+    assert loop.ls.get_project(loop.project)["model_version"] == record["model_version"]
+    from rq.job import Job
+
+    job = Job.fetch(job_id(settings, loop.project), connection=Redis.from_url(redis_url))
+    assert job.return_value() == {
+        "project": loop.project,
+        "cycle": record["id"],
+        "state": "succeeded",
+        "error": None,
+    }

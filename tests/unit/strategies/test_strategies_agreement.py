@@ -252,3 +252,16 @@ def test_threads_rejects_a_non_positive_count(bad: Any) -> None:
         strategies.base.threads(bad),
     ):
         pass
+
+
+def test_hard_vote_committees_take_the_floored_pass_and_still_agree() -> None:
+    rng = np.random.default_rng(7)
+    votes = rng.integers(4, size=(5, 300))
+    members = np.eye(4)[votes]  # one-hot members: every row has exact zeros
+    committee = Committee([ActiveLearner(estimator=_fitted(p)) for p in members])
+    np.testing.assert_allclose(
+        kl_consensus_scores(members), KL_max_disagreement(committee, _index(300)), atol=1e-10
+    )
+    mean_entropy = scipy_entropy(members.mean(axis=0), axis=1)
+    np.testing.assert_allclose(bald_scores(members), mean_entropy, atol=1e-12)  # members: H = 0
+    np.testing.assert_allclose(bald_scores(members), vote_entropy_scores(members), atol=1e-12)
