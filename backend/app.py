@@ -125,7 +125,11 @@ def create_app(
     Args:
         settings: the one settings object.
         store: an open store to use (tests share one); a new one from settings otherwise.
-        start_worker: run the inbox worker thread (``labelloop serve`` does; tests apply inline).
+        start_worker: run the inbox worker thread (``labelloop serve`` does; tests apply inline),
+            only where this process runs the scheduler (``loop.run_scheduler``): the process
+            that applies a webhook feeds its annotation changes to the triggers, so with a
+            separate ``labelloop scheduler`` that process applies the inbox, and API processes
+            only store events.
         upgrade: migrate the schema to the newest version first.
         runner: the cycle; with it (and ``loop.run_scheduler``) this process runs the one
             scheduler of the deployment (``labelloop serve``).
@@ -146,7 +150,7 @@ def create_app(
         svc.loop = start_embedded_scheduler(
             settings, store, runner, settings_for=loop_settings_for(store, settings)
         )
-    if start_worker:
+    if start_worker and settings.loop.run_scheduler:
         svc.worker = InboxWorker(store, on_applied=svc.events_applied)
         svc.worker.start()
     app.extensions[EXTENSION] = svc

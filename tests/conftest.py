@@ -40,13 +40,19 @@ MULTI_CONFIG = """
 """
 
 
+#: Set by pytest, or by torch the first time any test imports it (not a test's doing).
+_ENV_SET_BY_LIBRARIES = frozenset(
+    {"PYTEST_CURRENT_TEST", "PYTORCH_NVML_BASED_CUDA_CHECK", "TORCHINDUCTOR_CACHE_DIR"}
+)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     """A test that leaves threads running or changes the environment fails."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_SET_BY_LIBRARIES}
     threads = {t.ident for t in threading.enumerate()}
     yield
-    after = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    after = {k: v for k, v in os.environ.items() if k not in _ENV_SET_BY_LIBRARIES}
     assert after == env, "test leaked environment changes"
     new = [
         t

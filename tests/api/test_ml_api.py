@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,15 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend.app import create_app, shutdown
+from backend.app import EXTENSION, create_app, shutdown
 from backend.inbox import apply_pending
+from backend.scheduler import run_scheduler_process
+from backend.settings import Settings, with_overrides
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import InboxEvent, Project
 from tests.conftest import MULTI_CONFIG, SINGLE_CONFIG, make_settings
+from tests.unit.test_scheduler import FakeCycle, state_of, wait_for
 
 
 def _event(action: str, **body: Any) -> dict[str, Any]:
@@ -232,3 +236,44 @@ def test_body_size_limit_is_a_413_json_error(auth_app: Flask) -> None:
     )
     assert response.status_code == 413
     assert response.get_json()["error"] == "request_entity_too_large"
+
+
+def test_with_a_separate_scheduler_the_api_stores_webhooks_and_the_scheduler_counts_them(
+    settings: Settings, store: Store
+) -> None:
+    """Scale-out: the API process only stores events; the scheduler process applies them, so the
+    annotation changes reach its retrain trigger instead of being applied where nobody counts."""
+    loop = {
+        "run_scheduler": False,
+        "retrain_after": 2,
+        "debounce_s": 0,
+        "max_delay_s": 0,
+        "poll_s": 0.1,
+        "schedule_interval_minutes": None,
+    }
+    split = with_overrides(settings, {"loop": loop})
+    api = create_app(split, store=store, start_worker=True, runner=FakeCycle())
+    try:
+        assert api.extensions[EXTENSION].worker is None  # no inbox worker, no scheduler
+        assert api.extensions[EXTENSION].loop is None
+        client = api.test_client()
+        for ann_id in (1, 2):
+            event = _event("ANNOTATION_CREATED", annotation=_annotation(ann_id))
+            assert client.post("/webhook", json=event).status_code == 200
+        with store.session() as session:
+            assert len(repo.pending_events(session)) == 2
+        runner, stop = FakeCycle(), threading.Event()
+        scheduler = threading.Thread(
+            target=run_scheduler_process,
+            args=(split, lambda _s, _st: runner),
+            kwargs={"stop": stop},
+        )
+        scheduler.start()
+        try:
+            wait_for(lambda: bool(runner.calls) and state_of(store, 3) == "idle")
+        finally:
+            stop.set()
+            scheduler.join()
+        assert runner.calls == [(3, "debounce")]
+    finally:
+        shutdown(api)
