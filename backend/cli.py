@@ -48,7 +48,9 @@ def _label_studio(settings: Settings) -> Any:
     return LabelStudio(settings.label_studio)
 
 
-def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.workers != 1:
+        return _serve_gunicorn(settings, args.workers)
     from werkzeug.serving import make_server
 
     from backend.app import create_app, shutdown
@@ -73,6 +75,24 @@ def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
         server.server_close()
         shutdown(app)
     return 0
+
+
+def _serve_gunicorn(settings: Settings, workers: int) -> int:
+    """``labelloop serve --workers N``: the API in N gunicorn worker processes (scale-out)."""
+    if workers < 1:
+        raise CliError(f"--workers must be at least 1, got {workers}")
+    if settings.loop.run_scheduler:
+        raise CliError(
+            "--workers above 1 needs loop.run_scheduler: false and one `labelloop scheduler` "
+            "process (every worker would otherwise run a scheduler of its own)"
+        )
+    from backend.serving import serve_with_gunicorn
+    from backend.store.db import Store
+
+    store = Store(settings.store.url)
+    store.upgrade()  # once, before the workers start
+    store.dispose()
+    return serve_with_gunicorn(settings, workers)
 
 
 def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
@@ -219,7 +239,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labelloop", description=__doc__)
     parser.add_argument("--config", type=Path, help="a YAML file overriding config/labelloop.yaml")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the ML backend server (embedded mode)")
+    serve = sub.add_parser("serve", help="run the ML backend server (embedded mode)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API worker processes under gunicorn (needs loop.run_scheduler: false); 1 = one "
+        "threaded process that also runs the scheduler",
+    )
     for name, text in (
         ("connect", "register this backend in a Label Studio project and sync it"),
         ("sync", "reconcile the store with Label Studio (tasks and annotations)"),

@@ -51,6 +51,8 @@ def test_each_service_runs_a_real_command_with_valid_settings(name: str) -> None
     service = OURS[name]
     args = _parser().parse_args(service["command"][1:])
     assert args.command == service["command"][1]
+    if args.command == "serve":
+        assert args.workers > 1  # the API under gunicorn
     settings = _settings(service)
     assert settings.loop.executor == "rq"
     assert not settings.loop.run_scheduler  # only the scheduler service schedules
