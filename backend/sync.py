@@ -27,7 +27,9 @@ from backend.store.models import Annotation, Project, Task, utcnow
 
 log = logging.getLogger(__name__)
 CHUNK = 1000
-SKEW = timedelta(minutes=2)  # Label Studio's clock may differ from ours
+#: An incremental sync lists from this much before the newest ``updated_at`` the last sync saw, so
+#: changes committed while that sync was listing are not skipped.
+OVERLAP = timedelta(minutes=2)
 
 
 class TaskSource(Protocol):
@@ -140,28 +142,33 @@ def reconcile(
         store: the state store.
         ls: the Label Studio client.
         project_id: the Label Studio project.
-        incremental: list only tasks changed since the last sync (minus a margin for clock
-            skew); falls back to a full pass when the project was never synced. Deleted tasks
-            are only found by a full pass.
+        incremental: list only tasks changed since the newest task ``updated_at`` the last sync
+            saw (Label Studio's clock, never ours; minus :data:`OVERLAP`); falls back to a full
+            pass when the project was never synced. Deleted tasks are only found by a full pass.
     """
     t0, started = time.perf_counter(), utcnow()
     applied = apply_pending(store, project_id=project_id).total
     info = ls.get_project(project_id)
     with store.session() as session:
         project = repo.ensure_project(session, project_id)
-        since = project.last_synced_at - SKEW if incremental and project.last_synced_at else None
+        cursor = project.ls_synced_until
+        since = cursor - OVERLAP if incremental and cursor is not None else None
         project.title = info.get("title") or project.title
         if isinstance(info.get("label_config"), str):
             repo.set_label_config(session, project, info["label_config"])
     seen: tuple[set[int], set[int]] = (set(), set())
     changes: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+    newest = cursor if since is not None else None
     for chunk in _chunks(ls.iter_tasks(project_id, updated_since=since), CHUNK):
         with store.session() as session:
             project = repo.ensure_project(session, project_id)
             _sync_chunk(session, project, chunk, seen, changes)
+        stamps = [s for s in (repo.parse_ts(t.get("updated_at")) for t in chunk) if s is not None]
+        newest = max([*stamps, *([newest] if newest is not None else [])], default=None)
     with store.session() as session:
         deleted = _tombstone(session, project_id, seen, started, full=since is None)
-        repo.ensure_project(session, project_id).last_synced_at = utcnow()
+        project = repo.ensure_project(session, project_id)
+        project.last_synced_at, project.ls_synced_until = utcnow(), newest
     report = SyncReport(
         project_id=project_id,
         tasks=len(seen[0]),

@@ -69,6 +69,9 @@ class Project(Base):
     model_version: Mapped[str | None] = mapped_column(String(200))
     ls_hostname: Mapped[str | None] = mapped_column(String(500))
     last_synced_at: Mapped[datetime | None]
+    #: The newest task ``updated_at`` a sync listed: where the next incremental sync starts, on
+    #: Label Studio's clock (ours may differ by any amount).
+    ls_synced_until: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

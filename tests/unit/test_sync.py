@@ -95,15 +95,32 @@ def test_full_sync_makes_the_store_equal(store: Store, ls: ScriptedLabelStudio) 
 
 
 def test_incremental_sync_lists_only_changed_tasks(store: Store, ls: ScriptedLabelStudio) -> None:
+    # Label Studio's clock here is ten months behind ours: the cursor must be on its clock.
+    ls.add(1, _ann(10, "cat"), updated="2026-01-01T08:00:00Z")
+    ls.add(3, updated="2026-01-01T08:00:00Z")
     reconcile(store, ls, 1)
-    with store.session() as session:
-        repo.ensure_project(session, 1).last_synced_at = repo.parse_ts("2026-01-01T12:00:00Z")
     ls.add(2, _ann(11, "bird", updated="2026-01-03T10:00:00Z"), updated="2026-01-03T10:00:00Z")
     report = reconcile(store, ls, 1, incremental=True)
     assert report.incremental and report.tasks == 1
-    assert ls.calls[-1] is not None and ls.calls[-1] < repo.parse_ts("2026-01-01T12:00:00Z")
+    # From 2 minutes before the newest updated_at the full sync saw (2026-01-01T10:00).
+    assert ls.calls[-1] == repo.parse_ts("2026-01-01T09:58:00Z")
     # Annotation 12 vanished from the changed task: deleted. Task 1 was not listed: kept.
     assert _state(store) == ([1, 2, 3], {10: ["cat"], 11: ["bird"]})
+    # The cursor moved to the newest change listed; nothing new, nothing listed.
+    again = reconcile(store, ls, 1, incremental=True)
+    assert ls.calls[-1] == repo.parse_ts("2026-01-03T09:58:00Z") and again.tasks == 1
+
+
+def test_incremental_sync_follows_label_studio_clock_ahead_of_ours(
+    store: Store, ls: ScriptedLabelStudio
+) -> None:
+    future = "2099-01-01T10:00:00Z"  # a Label Studio clock far ahead of ours
+    ls.add(3, updated=future)
+    reconcile(store, ls, 1)
+    ls.add(1, _ann(10, "dog", updated="2099-01-01T10:05:00Z"), updated="2099-01-01T10:05:00Z")
+    report = reconcile(store, ls, 1, incremental=True)
+    assert report.tasks == 2  # task 1 (changed) and task 3 (inside the 2-minute overlap)
+    assert _state(store)[1][10] == ["dog"]
 
 
 def test_incremental_without_a_previous_sync_is_full(store: Store, ls: ScriptedLabelStudio) -> None:
