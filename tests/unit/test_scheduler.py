@@ -299,15 +299,19 @@ def test_a_failed_cycle_is_recorded_and_the_next_one_succeeds(
 def test_jobs_survive_a_restart(store: Store, loops: Callable[..., LoopScheduler]) -> None:
     settings = FAST.model_copy(update={"retrain_after": 1, "debounce_s": 0.5})
     runner = FakeCycle()
-    first = loops(runner, settings=settings, paused=True)
+    # A clock that stands still between the calls: a slow database (PostgreSQL on a loaded
+    # machine) must not move the due time the test compares.
+    clock = Clock(datetime.now(UTC))
+    first = loops(runner, settings=settings, paused=True, clock=clock)
     due = first.note_changes(1, 1)
     assert due is not None and first.next_run(1) == due
     first.shutdown()
 
     reopened = Store(store.url)  # a new process on the same database
     try:
-        second = loops(runner, settings=settings, paused=True, on=reopened)
+        second = loops(runner, settings=settings, paused=True, on=reopened, clock=clock)
         assert second.next_run(1) == due
+        clock.advance(1.0)  # the debounce is over when the job fires
         second.resume()
         wait_for(lambda: state_of(store, 1) == "idle" and bool(runner.calls))
         assert runner.calls == [(1, "debounce")]
