@@ -51,6 +51,7 @@ from backend.training import (
 from strategies import REGISTRY, Pool
 from strategies.base import threads
 from strategies.combine import Priority, prioritize
+from strategies.disagreement import doubted_labels
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +142,19 @@ def build_pool(
     x = np.stack([embeddings[int(t)] for t in task_ids]) if len(task_ids) else np.zeros((0, 1))
     labels = np.full(len(task_ids), -1, dtype=np.int64)
     targets = snap.targets
+    tags = np.zeros((len(task_ids), len(snap.cfg.labels)), dtype=np.int64)  # multi-label only
     for row, task in enumerate(targets.task_ids):
         if int(task) in index:
             labels[index[int(task)]] = 0 if snap.cfg.multiple else int(targets.y[row])
+            if snap.cfg.multiple:
+                tags[index[int(task)]] = targets.y[row]
     probs = committee = oos = None
     if trained is not None and len(task_ids):
         probs = trained.model.predict_proba(x)
         committee = trained.model.committee_proba(x)
-        if not snap.cfg.multiple:
-            oos = probs.copy()
-            for row, task in enumerate(trained.used.task_ids):
-                oos[index[int(task)]] = trained.model.oos_probs[row]
+        oos = probs.copy()
+        for row, task in enumerate(trained.used.task_ids):
+            oos[index[int(task)]] = trained.model.oos_probs[row]
     pool = Pool(
         labels=labels,
         probs=probs,
@@ -159,6 +162,7 @@ def build_pool(
         embeddings=x,
         oos_probs=oos,
         annotations=_annotator_matrix(snap, index, len(task_ids)),
+        targets=tags if snap.cfg.multiple and oos is not None else None,
         multilabel=snap.cfg.multiple,
     )
     return task_ids, pool, probs
@@ -229,8 +233,8 @@ def suspects(
     """Labeled tasks a review signal ranks above its alarm level, most suspicious first."""
     name = settings.strategy.review_signal if kind == "label_error" else "annotator_disagreement"
     info = REGISTRY[name]
-    if not all(scored.pool.has(need) for need in info.needs) or snap.cfg.multiple:
-        return []
+    if info.unavailable(scored.pool) is not None:
+        return []  # e.g. annotator disagreement in a multi-label project, or no model yet
     scores = info.score(scored.pool, rng=np.random.default_rng(settings.model.seed))
     labeled = np.flatnonzero(scored.pool.labeled)
     alarm = info.alarm if info.alarm is not None else 0.0
@@ -254,6 +258,8 @@ def _suspect(
     kind: str,
 ) -> Suspect:
     task_id = int(scored.task_ids[row])
+    if scored.pool.multilabel:
+        return _multilabel_suspect(snap, scored, row, score)
     given = snap.cfg.labels[int(scored.pool.labels[row])]
     model_label = confidence = None
     if scored.pool.oos_probs is not None:
@@ -267,6 +273,24 @@ def _suspect(
         if model_label is not None:
             reason += f"; model says {model_label!r} ({confidence or 0:.0%})"
     return Suspect(task_id, score, reason, given, model_label, confidence)
+
+
+def _multilabel_suspect(snap: Snapshot, scored: Scored, row: int, score: float) -> Suspect:
+    """A multi-label task whose given tags the model doubts: the reason names the doubted tag."""
+    pool = scored.pool
+    assert pool.targets is not None and pool.oos_probs is not None  # review signals need them
+    tags, probs = pool.targets[row], pool.oos_probs[row]
+    names = snap.cfg.labels
+    given = ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
+    predicted = ", ".join(names[i] for i in np.flatnonzero(probs >= 0.5)) or "(no tag)"
+    doubted = int(doubted_labels(pool.targets[row : row + 1], probs[None])[0])
+    p = float(probs[doubted])
+    if tags[doubted]:
+        reason = f"tagged {names[doubted]!r}; model says it is absent ({1 - p:.0%})"
+    else:
+        reason = f"not tagged {names[doubted]!r}; model says it is present ({p:.0%})"
+    confidence = 1 - p if tags[doubted] else p
+    return Suspect(int(scored.task_ids[row]), score, reason, given, predicted, confidence)
 
 
 def run_cycle(

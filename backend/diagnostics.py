@@ -408,7 +408,9 @@ def inputs_from_cycle(
         counts = np.bincount(labels[labels >= 0], minlength=len(classes)).astype(np.int64)
     info = REGISTRY[settings.strategy.review_signal]
     errors = None
-    if pool.oos_probs is not None and info.unavailable(pool) is None:
+    # The page's label-error table and confusion matrix are single-label; multi-label projects
+    # get their label-error candidates in Label Studio's review view.
+    if pool.oos_probs is not None and not pool.multilabel and info.unavailable(pool) is None:
         errors = info.score(pool, rng=np.random.default_rng(settings.model.seed))
     return DiagnosisInputs(
         task_ids=np.asarray(scored.task_ids, dtype=np.int64),
@@ -417,7 +419,7 @@ def inputs_from_cycle(
         classes=classes,
         class_counts=counts,
         clusters=np.asarray(scored.priority.clusters, dtype=np.int64),
-        oos_probs=None if pool.oos_probs is None else np.asarray(pool.oos_probs),
+        oos_probs=None if pool.oos_probs is None or pool.multilabel else np.asarray(pool.oos_probs),
         error_scores=errors,
         error_alarm=info.alarm if info.alarm is not None else 0.0,
         metrics=dict(trained.model.metrics) if trained is not None else None,

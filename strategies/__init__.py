@@ -113,8 +113,7 @@ REGISTRY: MappingProxyType[str, StrategyInfo] = MappingProxyType(
             disagreement.self_confidence_pool_scores,
             _REVIEW,
             _needs("oos_probs"),
-            "out-of-sample probability of the given label is low",
-            multilabel=False,
+            "out-of-sample probability of the given label (multi-label: of some label's) is low",
             alarm=0.5,
         ),
         "normalized_margin": StrategyInfo(
@@ -131,8 +130,8 @@ REGISTRY: MappingProxyType[str, StrategyInfo] = MappingProxyType(
             disagreement.confident_learning_pool_scores,
             _REVIEW,
             _needs("oos_probs"),
-            "confident learning: confidently predicted as another class (per-class thresholds)",
-            multilabel=False,
+            "confident learning: confidently predicted as another class (per-class thresholds; "
+            "multi-label: one-vs-rest per label)",
             alarm=1.0,
         ),
         "annotator_disagreement": StrategyInfo(

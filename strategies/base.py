@@ -33,7 +33,9 @@ COMMITTEE_CHUNK_ELEMENTS = 1_048_576
 MAX_THREADS = 8
 _THREADS: ContextVar[int | None] = ContextVar("strategies_threads", default=None)
 #: Names of the optional arrays a strategy may need (``StrategyInfo.needs``).
-INPUTS = frozenset({"probs", "committee", "embeddings", "oos_probs", "annotations", "clusters"})
+INPUTS = frozenset(
+    {"probs", "committee", "embeddings", "oos_probs", "annotations", "clusters", "targets"}
+)
 
 
 def _readonly(array: NDArray[Any]) -> NDArray[Any]:
@@ -102,6 +104,8 @@ class Pool:
         annotations: (n, A) int64 per-annotator labels, -1 where an annotator gave none.
         clusters: (n,) int64 precomputed cluster ids (ids >= 0); computed from ``embeddings``
             by the coverage strategies when None.
+        targets: (n, C) int64 {0, 1} given labels of a multi-label pool (rows of unlabeled items
+            are ignored); required there with ``oos_probs``, for the label-quality review.
         multilabel: ``probs`` are independent per-label probabilities.
     """
 
@@ -112,6 +116,7 @@ class Pool:
     oos_probs: FloatArray | None = None
     annotations: IntArray | None = None
     clusters: IntArray | None = None
+    targets: IntArray | None = None
     multilabel: bool = False
     n_classes: int | None = field(init=False, default=None)
 
@@ -124,10 +129,10 @@ class Pool:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = _as_float(name, value, ndim)
-        for name in ("annotations", "clusters"):
+        for name in ("annotations", "clusters", "targets"):
             value = getattr(self, name)
             if value is not None:
-                arrays[name] = _as_int(name, value, 2 if name == "annotations" else 1)
+                arrays[name] = _as_int(name, value, 1 if name == "clusters" else 2)
         n_classes = self._check_shapes(arrays, n)
         _check_classes("labels", labels, None if self.multilabel else n_classes)
         if "annotations" in arrays:
@@ -151,12 +156,24 @@ class Pool:
         if len(set(class_counts.values())) > 1:
             raise ValueError(f"class counts disagree: {class_counts}")
         for name in class_counts:
-            _check_probs(name, arrays[name], multilabel=self.multilabel and name != "oos_probs")
-        if self.multilabel and "oos_probs" in arrays:
+            _check_probs(name, arrays[name], multilabel=self.multilabel)
+        n_classes = next(iter(class_counts.values()), None)
+        targets = arrays.get("targets")
+        if targets is not None:
+            if not self.multilabel:
+                raise ValueError("targets are the given labels of multi-label pools only")
+            if n_classes is not None and targets.shape[1] != n_classes:
+                raise ValueError(
+                    f"targets has {targets.shape[1]} labels but probabilities have {n_classes}"
+                )
+            if targets.size and not np.isin(targets, (0, 1)).all():
+                raise ValueError("targets must be 0 or 1")
+        if self.multilabel and "oos_probs" in arrays and targets is None:
             raise ValueError(
-                "label-quality review (oos_probs) is not supported for multilabel pools"
+                "multi-label label-quality review (oos_probs) needs targets, the (n, C) 0/1 "
+                "given labels"
             )
-        return next(iter(class_counts.values()), None)
+        return n_classes
 
     @property
     def n(self) -> int:

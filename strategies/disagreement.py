@@ -175,6 +175,55 @@ def confident_learning_scores(labels: IntArray, probs: FloatArray) -> NDArray[np
     return confident_learning_mask(labels, probs) + normalized_margin_scores(labels, probs)
 
 
+def label_confidences(targets: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+    """(n, C) out-of-sample probability of each label's given value in a multi-label pool:
+    ``p`` where the label was given, ``1 - p`` where it was not."""
+    return np.where(targets > 0, probs, 1.0 - probs).astype(np.float64)
+
+
+def doubted_labels(targets: IntArray, probs: FloatArray) -> IntArray:
+    """(n,) the label whose given value the model believes least, per item (multi-label)."""
+    return label_confidences(targets, probs).argmin(axis=1).astype(np.int64)
+
+
+def multilabel_self_confidence_scores(
+    labeled: NDArray[np.bool_], targets: IntArray, probs: FloatArray
+) -> NDArray[np.float64]:
+    """1 - the probability of the least believed label's given value (multi-label).
+
+    The strictest of cleanlab's per-label aggregations: an item is as suspicious as its most
+    doubted label (one wrong tag among ten is still a wrong label).
+
+    Args:
+        labeled: (n,) True where the item is labeled (others score 0).
+        targets: (n, C) given labels, 0 or 1.
+        probs: (n, C) out-of-sample per-label probabilities.
+
+    Returns:
+        (n,) float64 in [0, 1], above 0.5 when the model disagrees with some given value.
+    """
+    worst = label_confidences(targets, probs).min(axis=1, initial=1.0)
+    return np.where(labeled, 1.0 - worst, 0.0)
+
+
+def multilabel_confident_learning_mask(
+    labeled: NDArray[np.bool_], targets: IntArray, probs: FloatArray
+) -> NDArray[np.bool_]:
+    """One-vs-rest confident learning: an item is flagged when, for some label, the binary problem
+    "has this label" flags it (:func:`confident_learning_mask` with that problem's per-class
+    thresholds), as ``cleanlab.multilabel_classification.filter.find_label_issues`` does.
+
+    Returns:
+        (n,) bool, True = some given label value is likely wrong.
+    """
+    flagged = np.zeros(labeled.shape[0], dtype=bool)
+    for label in range(probs.shape[1]):  # one binary problem per label, vectorized over items
+        given = np.where(labeled, targets[:, label], -1).astype(np.int64)
+        binary = np.stack((1.0 - probs[:, label], probs[:, label]), axis=1)
+        flagged |= confident_learning_mask(given, binary)
+    return flagged
+
+
 def annotation_counts(annotations: IntArray, n_classes: int) -> NDArray[np.float64]:
     """(n, C) number of annotators choosing each class per item."""
     n = annotations.shape[0]
@@ -228,8 +277,13 @@ def kl_consensus_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray
 
 
 def self_confidence_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) 1 - out-of-sample probability of the given label."""
-    return self_confidence_scores(_review_labels(pool), need(pool, "self_confidence", "oos_probs"))
+    """(n,) 1 - out-of-sample probability of the given label (multi-label: of the least believed
+    label's given value)."""
+    probs = need(pool, "self_confidence", "oos_probs")
+    if pool.multilabel:
+        targets = need(pool, "self_confidence", "targets")
+        return multilabel_self_confidence_scores(pool.labeled, targets, probs)
+    return self_confidence_scores(pool.labels, probs)
 
 
 def normalized_margin_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
@@ -239,9 +293,14 @@ def normalized_margin_pool_scores(pool: Pool, *, rng: np.random.Generator) -> ND
 
 
 def confident_learning_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) confident-learning flag plus normalized-margin score."""
+    """(n,) confident-learning flag plus normalized-margin score (multi-label: one-vs-rest flag
+    plus the self-confidence score of the least believed label)."""
     probs = need(pool, "confident_learning", "oos_probs")
-    return confident_learning_scores(_review_labels(pool), probs)
+    if pool.multilabel:
+        targets = need(pool, "confident_learning", "targets")
+        mask = multilabel_confident_learning_mask(pool.labeled, targets, probs)
+        return mask + multilabel_self_confidence_scores(pool.labeled, targets, probs)
+    return confident_learning_scores(pool.labels, probs)
 
 
 def _annotator_scores(pool: Pool, name: str, *, with_model: bool) -> NDArray[np.float64]:

@@ -47,12 +47,15 @@ class _Resolver:
         return self.images[ref]
 
 
-def _annotation(ann_id: int, label: str) -> dict[str, Any]:
+MULTI_TAGS_CONFIG = SINGLE_CONFIG.replace('choice="single"', 'choice="multiple"')
+
+
+def _annotation(ann_id: int, *labels: str) -> dict[str, Any]:
     result = {"from_name": "label", "to_name": "image", "type": "choices"}
     return {
         "id": ann_id,
         "completed_by": 1,
-        "result": [{**result, "value": {"choices": [label]}}],
+        "result": [{**result, "value": {"choices": list(labels)}}],
         "created_at": "2026-01-01T10:00:00Z",
         "updated_at": "2026-01-01T10:00:00Z",
     }
@@ -60,10 +63,17 @@ def _annotation(ann_id: int, label: str) -> dict[str, Any]:
 
 @dataclass
 class FakeLabelStudio:
-    """``n_tasks`` tasks of classes 0, 1, 2 in turn; the first ``n_labeled`` are annotated."""
+    """``n_tasks`` tasks of classes 0, 1, 2 in turn; the first ``n_labeled`` are annotated.
+
+    ``multi``: a multi-label project (each task tagged with its class); ``wrong``: task index ->
+    the tags given instead.
+    """
 
     n_tasks: int = 30
     n_labeled: int = 12
+    multi: bool = False
+    wrong: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    task_data: dict[int, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     version: str | None = None
@@ -79,7 +89,7 @@ class FakeLabelStudio:
                 "data": {"image": f"img://{i}"},
                 "created_at": "2026-01-01T09:00:00Z",
                 "updated_at": "2026-01-01T09:00:00Z",
-                "annotations": [_annotation(1000 + i, CLASSES[i % 3])]
+                "annotations": [_annotation(1000 + i, *self.wrong.get(i, (CLASSES[i % 3],)))]
                 if i < self.n_labeled
                 else [],
             }
@@ -87,7 +97,8 @@ class FakeLabelStudio:
         ]
 
     def get_project(self, project: int) -> dict[str, Any]:
-        return {"id": project, "title": "fake", "label_config": SINGLE_CONFIG}
+        config = MULTI_TAGS_CONFIG if self.multi else SINGLE_CONFIG
+        return {"id": project, "title": "fake", "label_config": config}
 
     def iter_tasks(
         self, project: int, *, updated_since: datetime | None = None
@@ -124,6 +135,7 @@ class FakeLabelStudio:
 
     def update_task_data(self, task: int, data: dict[str, Any]) -> None:
         self.calls.append(("update_task_data", task))
+        self.task_data[task] = data
 
     def ensure_view(self, project: int, title: str, *args: Any, **kwargs: Any) -> int:
         self.calls.append(("ensure_view", title))

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cleanlab.filter import find_label_issues
+from cleanlab.multilabel_classification.filter import find_label_issues as find_multilabel_issues
 from cleanlab.rank import get_label_quality_scores
 from modAL.disagreement import KL_max_disagreement, vote_entropy
 from modAL.models import ActiveLearner, Committee
@@ -26,6 +27,7 @@ from strategies import REGISTRY, Pool
 from strategies.disagreement import (
     confident_learning_mask,
     kl_consensus_scores,
+    multilabel_confident_learning_mask,
     normalized_margin_scores,
     self_confidence_scores,
     vote_entropy_scores,
@@ -265,3 +267,29 @@ def test_hard_vote_committees_take_the_floored_pass_and_still_agree() -> None:
     mean_entropy = scipy_entropy(members.mean(axis=0), axis=1)
     np.testing.assert_allclose(bald_scores(members), mean_entropy, atol=1e-12)  # members: H = 0
     np.testing.assert_allclose(bald_scores(members), vote_entropy_scores(members), atol=1e-12)
+
+
+def _multilabel(seed: int, n: int = 400, n_labels: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = (rng.random((n, n_labels)) < 0.4).astype(np.int64)
+    probs = 1.0 / (1.0 + np.exp(-(rng.normal(size=(n, n_labels)) + 3.0 * (2 * truth - 1))))
+    given = truth.copy()
+    flip = rng.random((n, n_labels)) < 0.05
+    given[flip] = 1 - given[flip]
+    return given, probs
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_multilabel_confident_learning_equals_cleanlab(seed: int) -> None:
+    given, probs = _multilabel(seed)
+    labeled = np.ones(given.shape[0], dtype=bool)
+    labeled[::10] = False  # unlabeled items are neither flagged nor counted in the thresholds
+    theirs = find_multilabel_issues(
+        [list(np.flatnonzero(row)) for row in given[labeled]],
+        probs[labeled],
+        filter_by="confident_learning",
+    )
+    ours = multilabel_confident_learning_mask(labeled, given, probs)
+    assert theirs.sum() > 0
+    np.testing.assert_array_equal(ours[labeled], theirs)
+    assert not ours[~labeled].any()

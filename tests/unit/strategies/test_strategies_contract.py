@@ -168,3 +168,36 @@ def test_multilabel_pools_supported_or_rejected_clearly(name: str, arrays: dict[
     else:
         with pytest.raises(ValueError, match=name):
             _select(name, pool, 5)
+
+
+def _tags(n: int = 20, n_labels: int = 3) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    probs = rng.random((n, n_labels))
+    targets = (probs > 0.5).astype(np.int64)
+    return {"labels": np.zeros(n, dtype=np.int64), "probs": probs, "oos_probs": probs,
+            "targets": targets, "multilabel": True}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"targets": None}, "needs targets"),
+        ({"multilabel": False, "oos_probs": None, "probs": None}, "multi-label pools only"),
+        ({"targets": np.zeros((20, 2), dtype=np.int64)}, "targets has 2 labels"),
+        ({"targets": np.full((20, 3), 2, dtype=np.int64)}, "targets must be 0 or 1"),
+        ({"targets": np.zeros((19, 3), dtype=np.int64)}, r"targets has \(19, 3\)"),
+    ],
+)
+def test_multilabel_targets_are_validated(change: dict[str, Any], message: str) -> None:
+    arrays = {**_tags(), **change}
+    with pytest.raises(ValueError, match=message):
+        Pool(**arrays)
+
+
+def test_multilabel_review_signals_score_a_pool_with_targets() -> None:
+    pool = Pool(**_tags())
+    for name in ("self_confidence", "confident_learning"):
+        assert REGISTRY[name].unavailable(pool) is None
+        assert len(REGISTRY[name](pool, 5, rng=np.random.default_rng(0))) == 5
+    with pytest.raises(ValueError, match="not defined for multi-label pools"):
+        REGISTRY["normalized_margin"](pool, 5, rng=np.random.default_rng(0))

@@ -186,3 +186,35 @@ def test_annotator_disagreement_with_and_without_the_model() -> None:
     assert _first("annotator_disagreement", pool) == [9]
     assert REGISTRY["annotator_disagreement"].score(pool, rng=RNG(0))[30] == 0.0
     assert set(_first("annotator_model_disagreement", pool, 2)) == {9, 30}
+
+
+def _wrong_tags_pool(planted: dict[int, int]) -> tuple[Pool, np.ndarray]:
+    """200 items with 4 tags each, confidently predicted; ``planted`` item -> the tag flipped."""
+    rng = np.random.default_rng(3)
+    truth = (rng.random((200, 4)) < 0.4).astype(np.int64)
+    probs = np.clip(np.where(truth > 0, 0.93, 0.07) + rng.normal(0, 0.02, truth.shape), 0, 1)
+    targets = truth.copy()
+    for item, tag in planted.items():
+        targets[item, tag] = 1 - targets[item, tag]
+    labels = np.zeros(200, dtype=np.int64)
+    labels[150:] = -1
+    pool = Pool(labels=labels, probs=probs, oos_probs=probs, targets=targets, multilabel=True)
+    return pool, targets
+
+
+@pytest.mark.parametrize("name", ["self_confidence", "confident_learning"])
+def test_planted_wrong_tags_rank_top_and_name_the_tag(name: str) -> None:
+    from strategies.disagreement import doubted_labels
+
+    planted = {5: 2, 50: 0, 123: 3}
+    pool, targets = _wrong_tags_pool(planted)
+    assert sorted(_first(name, pool, 3)) == sorted(planted)
+    assert pool.oos_probs is not None
+    doubted = doubted_labels(targets, pool.oos_probs)
+    assert {item: int(doubted[item]) for item in planted} == planted
+    scores = REGISTRY[name].score(pool, rng=RNG(0))
+    alarm = REGISTRY[name].alarm or 0.0
+    flagged = set(np.flatnonzero(scores > alarm))
+    assert flagged and flagged <= set(planted)  # nothing else is flagged
+    if name == "self_confidence":  # the model disagrees with each planted tag
+        assert flagged == set(planted)
