@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -275,22 +275,41 @@ def _suspect(
     return Suspect(task_id, score, reason, given, model_label, confidence)
 
 
+@dataclass(frozen=True)
+class TagDoubt:
+    """Why a multi-label item looks mislabeled: its most doubted tag, in words."""
+
+    reason: str
+    given: str
+    predicted: str
+    confidence: float  # the model's probability that the doubted tag's given value is wrong
+
+
+def tag_doubt(names: Sequence[str], tags: np.ndarray, probs: np.ndarray) -> TagDoubt:
+    """The doubt about one multi-label item: (C,) given 0/1 tags, (C,) out-of-sample probs."""
+    given = ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
+    predicted = ", ".join(names[i] for i in np.flatnonzero(probs >= 0.5)) or "(no tag)"
+    doubted = int(doubted_labels(tags[None], probs[None])[0])
+    p = float(probs[doubted])
+    if tags[doubted]:
+        return TagDoubt(
+            f"tagged {names[doubted]!r}; model says it is absent ({1 - p:.0%})",
+            given,
+            predicted,
+            1 - p,
+        )
+    return TagDoubt(
+        f"not tagged {names[doubted]!r}; model says it is present ({p:.0%})", given, predicted, p
+    )
+
+
 def _multilabel_suspect(snap: Snapshot, scored: Scored, row: int, score: float) -> Suspect:
     """A multi-label task whose given tags the model doubts: the reason names the doubted tag."""
     pool = scored.pool
     assert pool.targets is not None and pool.oos_probs is not None  # review signals need them
-    tags, probs = pool.targets[row], pool.oos_probs[row]
-    names = snap.cfg.labels
-    given = ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
-    predicted = ", ".join(names[i] for i in np.flatnonzero(probs >= 0.5)) or "(no tag)"
-    doubted = int(doubted_labels(pool.targets[row : row + 1], probs[None])[0])
-    p = float(probs[doubted])
-    if tags[doubted]:
-        reason = f"tagged {names[doubted]!r}; model says it is absent ({1 - p:.0%})"
-    else:
-        reason = f"not tagged {names[doubted]!r}; model says it is present ({p:.0%})"
-    confidence = 1 - p if tags[doubted] else p
-    return Suspect(int(scored.task_ids[row]), score, reason, given, predicted, confidence)
+    doubt = tag_doubt(snap.cfg.labels, pool.targets[row], pool.oos_probs[row])
+    task_id = int(scored.task_ids[row])
+    return Suspect(task_id, score, doubt.reason, doubt.given, doubt.predicted, doubt.confidence)
 
 
 def run_cycle(

@@ -217,7 +217,7 @@ def errors_section(diag: dict[str, Any]) -> str:
         else ""
     )
     if not errors:
-        if diag.get("classification") is None:
+        if diag.get("phase") == "cold_start":
             return '<p class="note">Needs a model: label-error candidates come from it.</p>'
         return '<p class="ok">No labeled item looks mislabeled to the model.</p>' + kept
     rows = [

@@ -15,7 +15,9 @@ Sections:
 - ``label_errors``: labeled items the configured review signal (``strategy.review_signal``) ranks
   above its alarm level, most suspicious first, with the model's label and confidence. Tasks
   already reviewed (annotation confirmed or changed after they were flagged) are left out and
-  counted in ``label_errors_reviewed``, as they leave the review view in Label Studio.
+  counted in ``label_errors_reviewed``, as they leave the review view in Label Studio. In
+  multi-label projects an entry names the most doubted tag (and ``classification`` is null: the
+  per-tag scores are in ``per_class``).
 - ``coverage``: under-covered clusters (see :mod:`strategies.coverage`) with typical unlabeled
   examples; ``outliers``: the items farthest from their cluster centre, relative to the cluster.
 - ``map``: a 2-D PCA projection of at most ``diagnosis.map_points`` items (label-error candidates
@@ -102,6 +104,8 @@ class DiagnosisInputs:
         error_scores: (n,) review-signal score (higher = label more suspicious), or None.
         error_alarm: score above which a labeled item is a label-error candidate.
         metrics: the model version's metrics (per-class scores of multi-label projects), or None.
+        targets: (n, C) given 0/1 tags of a multi-label project (its label errors are about tags;
+            no confusion matrix), None for single-label projects.
         reviewed: task ids an annotator already reviewed after they were flagged as label errors;
             never listed again.
     """
@@ -117,6 +121,7 @@ class DiagnosisInputs:
     error_alarm: float = 0.0
     metrics: dict[str, Any] | None = None
     reviewed: frozenset[int] = frozenset()
+    targets: IntArray | None = None
 
     @property
     def labeled(self) -> NDArray[np.bool_]:
@@ -175,6 +180,8 @@ def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]
     if scores is None or probs is None:
         return []
     rows = rows[:limit]
+    if inputs.targets is not None:
+        return [_tag_error(inputs, int(row), probs) for row in rows]
     out = []
     for row in rows:
         given, top = int(inputs.labels[row]), int(np.argmax(probs[row]))
@@ -191,6 +198,21 @@ def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]
             }
         )
     return out
+
+
+def _tag_error(inputs: DiagnosisInputs, row: int, probs: FloatArray) -> dict[str, Any]:
+    from backend.cycle import tag_doubt
+
+    assert inputs.targets is not None and inputs.error_scores is not None
+    doubt = tag_doubt(inputs.classes, inputs.targets[row], probs[row])
+    return {
+        "task": int(inputs.task_ids[row]),
+        "given": doubt.given,
+        "model": doubt.predicted,
+        "confidence": round(doubt.confidence, 4),
+        "score": round(float(inputs.error_scores[row]), 4),
+        "reason": doubt.reason,
+    }
 
 
 def clustering_of(
@@ -366,7 +388,9 @@ def compute_diagnosis(
         "classes": list(inputs.classes),
         "n_items": len(inputs.task_ids),
         "n_labeled": int(labeled.sum()),
-        "classification": classification(inputs.labels, inputs.oos_probs, inputs.classes),
+        "classification": None
+        if inputs.targets is not None
+        else classification(inputs.labels, inputs.oos_probs, inputs.classes),
         "per_class": (inputs.metrics or {}).get("per_class"),
         "distribution": distribution(inputs.class_counts, inputs.classes),
         "label_errors": errors,
@@ -408,9 +432,7 @@ def inputs_from_cycle(
         counts = np.bincount(labels[labels >= 0], minlength=len(classes)).astype(np.int64)
     info = REGISTRY[settings.strategy.review_signal]
     errors = None
-    # The page's label-error table and confusion matrix are single-label; multi-label projects
-    # get their label-error candidates in Label Studio's review view.
-    if pool.oos_probs is not None and not pool.multilabel and info.unavailable(pool) is None:
+    if pool.oos_probs is not None and info.unavailable(pool) is None:
         errors = info.score(pool, rng=np.random.default_rng(settings.model.seed))
     return DiagnosisInputs(
         task_ids=np.asarray(scored.task_ids, dtype=np.int64),
@@ -419,7 +441,8 @@ def inputs_from_cycle(
         classes=classes,
         class_counts=counts,
         clusters=np.asarray(scored.priority.clusters, dtype=np.int64),
-        oos_probs=None if pool.oos_probs is None or pool.multilabel else np.asarray(pool.oos_probs),
+        oos_probs=None if pool.oos_probs is None else np.asarray(pool.oos_probs),
+        targets=None if pool.targets is None else np.asarray(pool.targets),
         error_scores=errors,
         error_alarm=info.alarm if info.alarm is not None else 0.0,
         metrics=dict(trained.model.metrics) if trained is not None else None,

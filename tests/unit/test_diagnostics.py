@@ -88,3 +88,34 @@ def test_reviewed_label_errors_are_counted_not_listed() -> None:
     diag = compute_diagnosis(inputs, limits=DiagnosisSettings(), rng=rng)
     assert [e["task"] for e in diag["label_errors"]] == [7, 8]
     assert diag["label_errors_reviewed"] == 1
+
+
+def test_multilabel_label_errors_name_the_doubted_tag_and_skip_the_confusion_matrix() -> None:
+    rng = np.random.default_rng(4)
+    n = 90
+    targets = np.zeros((n, 3), dtype=np.int64)
+    targets[np.arange(n), np.arange(n) % 3] = 1
+    probs = np.where(targets > 0, 0.9, 0.05)
+    targets[7] = [0, 1, 0]  # truly tag 1 (row 7 % 3 == 1): fine
+    targets[8] = [1, 0, 0]  # truly tag 2, tagged 0: the model doubts it
+    scores = np.zeros(n)
+    scores[8] = 0.95
+    inputs = DiagnosisInputs(
+        task_ids=np.arange(1, n + 1, dtype=np.int64),
+        embeddings=rng.normal(size=(n, 8)),
+        labels=targets.argmax(axis=1),
+        classes=("indoor", "person", "dog"),
+        class_counts=targets.sum(axis=0),
+        oos_probs=probs,
+        error_scores=scores,
+        error_alarm=0.5,
+        targets=targets,
+    )
+    diag = compute_diagnosis(inputs, limits=DiagnosisSettings(), rng=rng)
+    assert diag["phase"] == "model" and diag["classification"] is None
+    [error] = diag["label_errors"]
+    assert error["task"] == 9 and error["given"] == "indoor" and error["model"] == "dog"
+    assert error["reason"] in (
+        "tagged 'indoor'; model says it is absent (95%)",
+        "not tagged 'dog'; model says it is present (90%)",
+    )
