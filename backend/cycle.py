@@ -51,7 +51,7 @@ from backend.training import (
 from strategies import REGISTRY, Pool
 from strategies.base import threads
 from strategies.combine import Priority, prioritize
-from strategies.disagreement import doubted_labels
+from strategies.disagreement import doubted_labels, judged_tags
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +285,14 @@ class TagDoubt:
     confidence: float  # the model's probability that the doubted tag's given value is wrong
 
 
-def tag_doubt(names: Sequence[str], tags: np.ndarray, probs: np.ndarray) -> TagDoubt:
-    """The doubt about one multi-label item: (C,) given 0/1 tags, (C,) out-of-sample probs."""
+def tag_doubt(
+    names: Sequence[str], tags: np.ndarray, probs: np.ndarray, judged: np.ndarray
+) -> TagDoubt:
+    """The doubt about one multi-label item: (C,) given 0/1 tags, (C,) out-of-sample probs,
+    (C,) the tags the labels can judge (:func:`strategies.disagreement.judged_tags`)."""
     given = ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
-    predicted = ", ".join(names[i] for i in np.flatnonzero(probs >= 0.5)) or "(no tag)"
-    doubted = int(doubted_labels(tags[None], probs[None])[0])
+    predicted = ", ".join(names[i] for i in np.flatnonzero((probs >= 0.5) & judged)) or "(no tag)"
+    doubted = int(doubted_labels(tags[None], probs[None], judged)[0])
     p = float(probs[doubted])
     if tags[doubted]:
         return TagDoubt(
@@ -307,7 +310,8 @@ def _multilabel_suspect(snap: Snapshot, scored: Scored, row: int, score: float) 
     """A multi-label task whose given tags the model doubts: the reason names the doubted tag."""
     pool = scored.pool
     assert pool.targets is not None and pool.oos_probs is not None  # review signals need them
-    doubt = tag_doubt(snap.cfg.labels, pool.targets[row], pool.oos_probs[row])
+    judged = judged_tags(pool.labeled, pool.targets)
+    doubt = tag_doubt(snap.cfg.labels, pool.targets[row], pool.oos_probs[row], judged)
     task_id = int(scored.task_ids[row])
     return Suspect(task_id, score, doubt.reason, doubt.given, doubt.predicted, doubt.confidence)
 

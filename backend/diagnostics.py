@@ -202,9 +202,11 @@ def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]
 
 def _tag_error(inputs: DiagnosisInputs, row: int, probs: FloatArray) -> dict[str, Any]:
     from backend.cycle import tag_doubt
+    from strategies.disagreement import judged_tags
 
     assert inputs.targets is not None and inputs.error_scores is not None
-    doubt = tag_doubt(inputs.classes, inputs.targets[row], probs[row])
+    judged = judged_tags(inputs.labeled, inputs.targets)
+    doubt = tag_doubt(inputs.classes, inputs.targets[row], probs[row], judged)
     return {
         "task": int(inputs.task_ids[row]),
         "given": doubt.given,

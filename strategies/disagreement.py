@@ -175,15 +175,29 @@ def confident_learning_scores(labels: IntArray, probs: FloatArray) -> NDArray[np
     return confident_learning_mask(labels, probs) + normalized_margin_scores(labels, probs)
 
 
-def label_confidences(targets: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+def judged_tags(labeled: NDArray[np.bool_], targets: IntArray) -> NDArray[np.bool_]:
+    """(C,) tags the labels can teach a model both ways: given to some labeled item and withheld
+    from another. A tag nobody (or everybody) was given tells nothing about an item's tags."""
+    given = targets[labeled]
+    return (given.max(axis=0, initial=0) > 0) & (given.min(axis=0, initial=1) == 0)
+
+
+def label_confidences(
+    targets: IntArray, probs: FloatArray, judged: NDArray[np.bool_] | None = None
+) -> NDArray[np.float64]:
     """(n, C) out-of-sample probability of each label's given value in a multi-label pool:
-    ``p`` where the label was given, ``1 - p`` where it was not."""
-    return np.where(targets > 0, probs, 1.0 - probs).astype(np.float64)
+    ``p`` where the label was given, ``1 - p`` where it was not; 1 for tags not ``judged``."""
+    confidences = np.where(targets > 0, probs, 1.0 - probs).astype(np.float64)
+    if judged is not None:
+        confidences[:, ~judged] = 1.0
+    return confidences
 
 
-def doubted_labels(targets: IntArray, probs: FloatArray) -> IntArray:
+def doubted_labels(
+    targets: IntArray, probs: FloatArray, judged: NDArray[np.bool_] | None = None
+) -> IntArray:
     """(n,) the label whose given value the model believes least, per item (multi-label)."""
-    return label_confidences(targets, probs).argmin(axis=1).astype(np.int64)
+    return label_confidences(targets, probs, judged).argmin(axis=1).astype(np.int64)
 
 
 def multilabel_self_confidence_scores(
@@ -192,7 +206,8 @@ def multilabel_self_confidence_scores(
     """1 - the probability of the least believed label's given value (multi-label).
 
     The strictest of cleanlab's per-label aggregations: an item is as suspicious as its most
-    doubted label (one wrong tag among ten is still a wrong label).
+    doubted label (one wrong tag among ten is still a wrong label). Only :func:`judged_tags`
+    count: a model never shown a tag (or never shown its absence) has no opinion worth a review.
 
     Args:
         labeled: (n,) True where the item is labeled (others score 0).
@@ -202,7 +217,8 @@ def multilabel_self_confidence_scores(
     Returns:
         (n,) float64 in [0, 1], above 0.5 when the model disagrees with some given value.
     """
-    worst = label_confidences(targets, probs).min(axis=1, initial=1.0)
+    judged = judged_tags(labeled, targets)
+    worst = label_confidences(targets, probs, judged).min(axis=1, initial=1.0)
     return np.where(labeled, 1.0 - worst, 0.0)
 
 

@@ -19,6 +19,7 @@ from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thre
 from backend.diagnostics import load_diagnosis
 from backend.labelstudio.client import LabelStudio
 from backend.lsprocess import free_port
+from backend.project_settings import set_project_settings
 from backend.scheduler import CycleRun, run_cycle_once
 from backend.settings import Settings, load_settings
 from backend.store import cycles, repo
@@ -335,3 +336,43 @@ def test_a_worker_process_runs_the_cycle_the_scheduler_queued(
         "state": "succeeded",
         "error": None,
     }
+
+
+TAGS_CONFIG = DEMO_CONFIG.replace('choice="single"', 'choice="multiple"')
+
+
+def test_a_multilabel_project_gets_its_wrong_tags_flagged(loop: Loop) -> None:
+    """Multi-label against the real server: wrong tags land in the review view, named."""
+    project = loop.ls.create_project("loop tags", TAGS_CONFIG)
+    images = [im for im in digit_images(400, size=64, seed=3) if im[2] in (0, 1, 7)][:90]
+    ids = loop.ls.upload_images(project, [(name, data) for name, data, _ in images])
+    truth = {task: str(digit) for task, (_, _, digit) in zip(ids, images, strict=True)}
+    other = {"0": "1", "1": "7", "7": "0"}
+    planted = {ids[i]: other[truth[ids[i]]] for i in (0, 10, 20)}  # a wrong digit each
+    for task in ids[:60]:
+        loop.ls.create_annotation(task, _result(planted.get(task, truth[task])))
+    # Self-confidence of the least believed tag (confident learning is checked against cleanlab
+    # in the unit tests; with 60 labels its per-tag thresholds flag only the clearest cases).
+    set_project_settings(
+        loop.store,
+        loop.settings,
+        project,
+        {"strategy": {"review_signal": "self_confidence"}},
+        token_name="test",
+    )
+    run = run_cycle_once(
+        loop.store, make_runner(loop.settings, loop.store), project, trigger="manual", lease_s=60
+    )
+    assert run is not None and run.state == "succeeded", run
+    view = next(
+        v
+        for v in loop.ls.list_views(project)
+        if v["data"]["title"] == "labelloop: suspected label errors"
+    )
+    flagged = [t["id"] for t in loop.ls.view_tasks(project, view["id"])]
+    assert len(set(planted) & set(flagged[:6])) >= 2, (planted, flagged)
+    for task in set(planted) & set(flagged):
+        reason = loop.ls.get_task(task)["data"]["labelloop_label_error_reason"]
+        assert "model says it is" in reason and (
+            repr(planted[task]) in reason or repr(truth[task]) in reason
+        ), reason

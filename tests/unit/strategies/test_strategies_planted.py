@@ -218,3 +218,17 @@ def test_planted_wrong_tags_rank_top_and_name_the_tag(name: str) -> None:
     assert flagged and flagged <= set(planted)  # nothing else is flagged
     if name == "self_confidence":  # the model disagrees with each planted tag
         assert flagged == set(planted)
+
+
+def test_a_tag_nobody_was_given_is_not_held_against_anyone() -> None:
+    planted = {5: 2}
+    pool, targets = _wrong_tags_pool(planted)
+    assert pool.oos_probs is not None
+    probs = np.array(pool.oos_probs)
+    targets[:, 3] = 0  # tag 3 was never given, and the model (knowing nothing) says 70 %
+    probs[:, 3] = 0.7
+    unjudged = Pool(
+        labels=pool.labels, probs=probs, oos_probs=probs, targets=targets, multilabel=True
+    )
+    scores = REGISTRY["self_confidence"].score(unjudged, rng=RNG(0))
+    assert set(np.flatnonzero(scores > 0.5)) == {5}
