@@ -10,16 +10,23 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
 MIN_PER_SIDE = 3  # positives and negatives a label needs before its threshold is tuned
+#: The threshold of a tag no labeled item has: above every probability, so it is never suggested
+#: (its head learned nothing but "absent", and may not even have learned that yet).
+NEVER = 2.0
 
 
 def multilabel_thresholds(probs: np.ndarray, targets: np.ndarray, *, default: float) -> np.ndarray:
     """(C,) per-label thresholds maximising out-of-sample F1 (ties: closest to ``default``).
 
-    A label with fewer than ``MIN_PER_SIDE`` positives or negatives keeps ``default``.
+    A label with fewer than ``MIN_PER_SIDE`` positives or negatives keeps ``default``; a label no
+    item has gets :data:`NEVER`.
     """
     thresholds = np.full(probs.shape[1], default)
     for c in range(probs.shape[1]):
         positives = int(targets[:, c].sum())
+        if positives == 0:
+            thresholds[c] = NEVER
+            continue
         if min(positives, len(targets) - positives) < MIN_PER_SIDE:
             continue
         scores = [
