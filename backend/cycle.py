@@ -233,10 +233,11 @@ def suspects(
     """Labeled tasks a review signal ranks above its alarm level, most suspicious first."""
     name = settings.strategy.review_signal if kind == "label_error" else "annotator_disagreement"
     info = REGISTRY[name]
-    if info.unavailable(scored.pool) is not None:
+    pool = scored.pool
+    if info.unavailable(pool) is not None:
         return []  # e.g. annotator disagreement in a multi-label project, or no model yet
-    scores = info.score(scored.pool, rng=np.random.default_rng(settings.model.seed))
-    labeled = np.flatnonzero(scored.pool.labeled)
+    scores = info.score(pool, rng=np.random.default_rng(settings.model.seed))
+    labeled = np.flatnonzero(pool.labeled)
     alarm = info.alarm if info.alarm is not None else 0.0
     hits = [
         int(i)
@@ -246,74 +247,73 @@ def suspects(
     by_task: dict[int, list[Annotation]] = {}
     for ann in snap.annotations:
         by_task.setdefault(ann.task_id, []).append(ann)
-    return [_suspect(snap, scored, i, float(scores[i]), by_task, kind) for i in hits]
-
-
-def _suspect(
-    snap: Snapshot,
-    scored: Scored,
-    row: int,
-    score: float,
-    by_task: dict[int, list[Annotation]],
-    kind: str,
-) -> Suspect:
-    task_id = int(scored.task_ids[row])
-    if scored.pool.multilabel:
-        return _multilabel_suspect(snap, scored, row, score)
-    given = snap.cfg.labels[int(scored.pool.labels[row])]
-    model_label = confidence = None
-    if scored.pool.oos_probs is not None:
-        top = int(np.argmax(scored.pool.oos_probs[row]))
-        model_label, confidence = snap.cfg.labels[top], float(scored.pool.oos_probs[row, top])
-    votes = Counter(a.labels[0] for a in by_task.get(task_id, []) if a.labels)
-    if kind == "label_error":
-        reason = f"labeled {given!r}; model says {model_label!r} ({confidence or 0:.0%})"
-    else:
-        reason = f"annotators chose {_describe(votes)}"
-        if model_label is not None:
-            reason += f"; model says {model_label!r} ({confidence or 0:.0%})"
-    return Suspect(task_id, score, reason, given, model_label, confidence)
+    doubt = doubt_of(snap.cfg.labels, pool.labels, pool.oos_probs, pool.targets)
+    out = []
+    for i in hits:
+        task_id, d = int(scored.task_ids[i]), doubt(i)
+        if kind == "label_error":
+            assert d is not None  # every label-error signal needs out-of-sample probabilities
+            reason = d.reason
+        else:
+            votes = Counter(a.labels[0] for a in by_task.get(task_id, []) if a.labels)
+            reason = f"annotators chose {_describe(votes)}"
+            if d is not None:
+                reason += f"; model says {d.predicted!r} ({d.confidence:.0%})"
+        given = d.given if d is not None else snap.cfg.labels[int(pool.labels[i])]
+        predicted, confidence = (d.predicted, d.confidence) if d is not None else (None, None)
+        out.append(Suspect(task_id, float(scores[i]), reason, given, predicted, confidence))
+    return out
 
 
 @dataclass(frozen=True)
-class TagDoubt:
-    """Why a multi-label item looks mislabeled: its most doubted tag, in words."""
+class Doubt:
+    """Why a labeled item looks mislabeled, in words: its given and predicted labels (multi-label:
+    tags), the reason, and the model's probability that the doubted label is wrong."""
 
     reason: str
     given: str
     predicted: str
-    confidence: float  # the model's probability that the doubted tag's given value is wrong
+    confidence: float
 
 
-def tag_doubt(
+def doubt_of(
+    names: Sequence[str],
+    labels: np.ndarray,
+    oos_probs: np.ndarray | None,
+    targets: np.ndarray | None,
+) -> Callable[[int], Doubt | None]:
+    """The doubt about row ``i`` of a pool (None without out-of-sample probabilities).
+
+    Single-label: the model's top class against the given one. Multi-label (``targets``): the
+    most doubted tag among those the labels can judge (:func:`judged_tags`, computed once here).
+    """
+    if oos_probs is None:
+        return lambda _row: None
+    if targets is None:
+        return lambda row: _class_doubt(names, int(labels[row]), oos_probs[row])
+    judged = judged_tags(labels >= 0, targets)
+    return lambda row: _tag_doubt(names, targets[row], oos_probs[row], judged)
+
+
+def _class_doubt(names: Sequence[str], given: int, probs: np.ndarray) -> Doubt:
+    top = int(np.argmax(probs))
+    confidence = float(probs[top])
+    reason = f"labeled {names[given]!r}; model says {names[top]!r} ({confidence:.0%})"
+    return Doubt(reason, names[given], names[top], confidence)
+
+
+def _tag_doubt(
     names: Sequence[str], tags: np.ndarray, probs: np.ndarray, judged: np.ndarray
-) -> TagDoubt:
-    """The doubt about one multi-label item: (C,) given 0/1 tags, (C,) out-of-sample probs,
-    (C,) the tags the labels can judge (:func:`strategies.disagreement.judged_tags`)."""
+) -> Doubt:
     given = ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
     predicted = ", ".join(names[i] for i in np.flatnonzero((probs >= 0.5) & judged)) or "(no tag)"
     doubted = int(doubted_labels(tags[None], probs[None], judged)[0])
-    p = float(probs[doubted])
+    p, name = float(probs[doubted]), names[doubted]
     if tags[doubted]:
-        return TagDoubt(
-            f"tagged {names[doubted]!r}; model says it is absent ({1 - p:.0%})",
-            given,
-            predicted,
-            1 - p,
+        return Doubt(
+            f"tagged {name!r}; model says it is absent ({1 - p:.0%})", given, predicted, 1 - p
         )
-    return TagDoubt(
-        f"not tagged {names[doubted]!r}; model says it is present ({p:.0%})", given, predicted, p
-    )
-
-
-def _multilabel_suspect(snap: Snapshot, scored: Scored, row: int, score: float) -> Suspect:
-    """A multi-label task whose given tags the model doubts: the reason names the doubted tag."""
-    pool = scored.pool
-    assert pool.targets is not None and pool.oos_probs is not None  # review signals need them
-    judged = judged_tags(pool.labeled, pool.targets)
-    doubt = tag_doubt(snap.cfg.labels, pool.targets[row], pool.oos_probs[row], judged)
-    task_id = int(scored.task_ids[row])
-    return Suspect(task_id, score, doubt.reason, doubt.given, doubt.predicted, doubt.confidence)
+    return Doubt(f"not tagged {name!r}; model says it is present ({p:.0%})", given, predicted, p)
 
 
 def run_cycle(

@@ -179,42 +179,24 @@ def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]
     scores, probs = inputs.error_scores, inputs.oos_probs
     if scores is None or probs is None:
         return []
-    rows = rows[:limit]
-    if inputs.targets is not None:
-        return [_tag_error(inputs, int(row), probs) for row in rows]
+    from backend.cycle import doubt_of  # the review view's wording, so both read the same
+
+    doubt = doubt_of(inputs.classes, inputs.labels, probs, inputs.targets)
     out = []
-    for row in rows:
-        given, top = int(inputs.labels[row]), int(np.argmax(probs[row]))
-        confidence = float(probs[row, top])
+    for row in rows[:limit]:
+        d = doubt(int(row))
+        assert d is not None  # probs are present
         out.append(
             {
                 "task": int(inputs.task_ids[row]),
-                "given": inputs.classes[given],
-                "model": inputs.classes[top],
-                "confidence": round(confidence, 4),
+                "given": d.given,
+                "model": d.predicted,
+                "confidence": round(d.confidence, 4),
                 "score": round(float(scores[row]), 4),
-                "reason": f"labeled {inputs.classes[given]!r}; model says "
-                f"{inputs.classes[top]!r} ({confidence:.0%})",
+                "reason": d.reason,
             }
         )
     return out
-
-
-def _tag_error(inputs: DiagnosisInputs, row: int, probs: FloatArray) -> dict[str, Any]:
-    from backend.cycle import tag_doubt
-    from strategies.disagreement import judged_tags
-
-    assert inputs.targets is not None and inputs.error_scores is not None
-    judged = judged_tags(inputs.labeled, inputs.targets)
-    doubt = tag_doubt(inputs.classes, inputs.targets[row], probs[row], judged)
-    return {
-        "task": int(inputs.task_ids[row]),
-        "given": doubt.given,
-        "model": doubt.predicted,
-        "confidence": round(doubt.confidence, 4),
-        "score": round(float(inputs.error_scores[row]), 4),
-        "reason": doubt.reason,
-    }
 
 
 def clustering_of(
