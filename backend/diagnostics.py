@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +54,7 @@ from sklearn.preprocessing import StandardScaler
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.files import atomic_write
 from backend.model.metrics import classification_metrics
 from backend.settings import DiagnosisSettings, Settings
 from backend.store.db import Store
@@ -447,15 +446,9 @@ def _multilabel_marks(
 
 def save_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` atomically (a reader sees the old file or the new, never half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, separators=(",", ":"), allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    with atomic_write(path) as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def write_diagnosis(

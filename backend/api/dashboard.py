@@ -19,6 +19,7 @@ from PIL import Image
 from backend.app import Services, error_response, services
 from backend.dashboard_page import render_page
 from backend.diagnostics import diagnosis_view
+from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
 from backend.store.models import Task
 
@@ -83,8 +84,6 @@ def cached_thumbnail(svc: Services, project_id: int, task_id: int, ref: str) -> 
     image.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    with atomic_write(path) as handle:  # two requests for one thumbnail may race here
+        handle.write(buffer.getvalue())
     return path

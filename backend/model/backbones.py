@@ -18,9 +18,7 @@ import copy
 import hashlib
 import importlib
 import itertools
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from backend.files import atomic_write
 from backend.settings import ModelSettings
 
 # EfficientNet-Lite was trained with inputs scaled to [-1, 1] (TF-Lite: mean 127, std 128).
@@ -260,17 +259,8 @@ def weights_path(data_dir: Path, project_id: int, name: str) -> Path:
 
 def save_weights(backbone: TorchBackbone, path: Path) -> None:
     """Write the backbone's state dict atomically: a reader sees no file or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(backbone.module.state_dict(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, durable=True) as handle:
+        torch.save(backbone.module.state_dict(), handle)
 
 
 def load_weights(base: TorchBackbone, path: Path) -> TorchBackbone:

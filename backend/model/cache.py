@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from backend.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,8 @@ class EmbeddingCache:
 
     def put(self, sha: str, backbone: str, vector: np.ndarray) -> None:
         """Store one (dim,) vector atomically; a concurrent writer of the same key is harmless."""
-        path = self._path(sha, backbone)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self._path(sha, backbone)) as handle:
+            np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         sha, backbone = key

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.files import atomic_write
 from backend.model.module import StackedHead
 from backend.model.train import TrainedModel
 
@@ -110,17 +109,6 @@ def from_payload(data: dict[str, Any]) -> TrainedModel:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(model: TrainedModel, path: Path) -> Path:
     """Write ``model`` to ``path`` atomically (temp file, fsync, rename, fsync directory)."""
     path = Path(path)
@@ -129,18 +117,9 @@ def save_checkpoint(model: TrainedModel, path: Path) -> Path:
     torch.save(to_payload(model), buffer)
     payload = buffer.getvalue()
     header = MAGIC + len(payload).to_bytes(8, "big") + hashlib.sha256(payload).digest()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(header)
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path, durable=True) as handle:
+        handle.write(header)
+        handle.write(payload)
     return path
 
 

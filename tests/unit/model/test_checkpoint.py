@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.model import checkpoint as checkpoint_module
+from backend import files as files_module
 from backend.model.checkpoint import (
     CheckpointError,
     ModelHolder,
@@ -86,7 +86,7 @@ def test_crash_during_save_leaves_the_previous_version(
     def power_cut(src: str, dst: str) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", power_cut)
+    monkeypatch.setattr(files_module.os, "replace", power_cut)  # the rename atomic_write does
     with pytest.raises(OSError, match="disk gone"):
         save_checkpoint(model, path)
     monkeypatch.undo()
