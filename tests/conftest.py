@@ -110,6 +110,16 @@ def _drop_test_databases() -> Iterator[None]:
         del made[before:]
 
 
+#: A small CNN trained from scratch: a real model, fast enough for API and cycle tests.
+SMALL_MODEL: dict[str, Any] = {
+    "backbone": "small_cnn",
+    "image_size": 32,
+    "committee_size": 2,
+    "cv_folds": 3,
+    "max_epochs": 60,
+}
+
+
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     environ = {"LABELLOOP_STORE__DATA_DIR": str(tmp_path / "data")}
     if "url" in _POSTGRES:

@@ -23,7 +23,7 @@ from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
 from backend.training import activate_version, embed_tasks
-from tests.conftest import SINGLE_CONFIG, make_settings
+from tests.conftest import SINGLE_CONFIG, SMALL_MODEL, make_settings
 
 PROJECT = 7
 LS_PUBLIC = "http://ls.example.test:8080"
@@ -75,13 +75,7 @@ def project_settings(tmp_path: Path) -> Settings:
     return make_settings(
         tmp_path,
         label_studio={"public_url": LS_PUBLIC},
-        model={
-            "backbone": "small_cnn",
-            "image_size": 32,
-            "committee_size": 2,
-            "cv_folds": 3,
-            "max_epochs": 60,
-        },
+        model=SMALL_MODEL,
     )
 
 

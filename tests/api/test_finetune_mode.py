@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from backend.store.db import Store
 from backend.store.models import ModelVersion
 from backend.training import Targets, project_backbone, train_project
 from tests.api.test_predict_model import _seed_project
-from tests.conftest import SINGLE_CONFIG, make_settings
+from tests.conftest import SINGLE_CONFIG, SMALL_MODEL, make_settings, upgraded_store
 from tests.diagnosis_project import COLORS
 from tests.diagnosis_project import data_url as _data_url
 
@@ -27,24 +28,13 @@ from tests.diagnosis_project import data_url as _data_url
 def tune_settings(tmp_path: Path) -> Settings:
     return make_settings(
         tmp_path,
-        model={
-            "backbone": "small_cnn",
-            "image_size": 32,
-            "committee_size": 2,
-            "cv_folds": 3,
-            "max_epochs": 60,
-            "fine_tune": True,
-            "fine_tune_steps": 20,
-        },
+        model={**SMALL_MODEL, "fine_tune": True, "fine_tune_steps": 20},
     )
 
 
 @pytest.fixture
-def store(tune_settings: Settings) -> Any:
-    store = Store(tune_settings.store.url)
-    store.upgrade()
-    yield store
-    store.dispose()
+def store(tune_settings: Settings) -> Iterator[Store]:
+    yield from upgraded_store(tune_settings)
 
 
 def _predict(settings: Settings, store: Store, truth: dict[int, str]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import ModelVersion
 from backend.training import NotEnoughLabels, consensus_targets, train_project
-from tests.conftest import MULTI_CONFIG, SINGLE_CONFIG, make_settings
+from tests.conftest import MULTI_CONFIG, SINGLE_CONFIG, SMALL_MODEL, make_settings, upgraded_store
 from tests.diagnosis_project import COLORS
 from tests.diagnosis_project import data_url as _data_url
 
@@ -64,20 +65,18 @@ def _seed_project(store: Store, project_id: int, per_class: int) -> dict[int, st
 def small_settings(tmp_path: Path) -> Settings:
     return make_settings(
         tmp_path,
-        model={
-            "backbone": "small_cnn",
-            "image_size": 32,
-            "committee_size": 2,
-            "cv_folds": 3,
-            "max_epochs": 60,
-            "keep_versions": 2,
-        },
+        model={**SMALL_MODEL, "keep_versions": 2},
     )
 
 
-def test_train_then_predict_serves_the_model(small_settings: Settings, tmp_path: Path) -> None:
-    store = Store(small_settings.store.url)
-    store.upgrade()
+@pytest.fixture
+def store(small_settings: Settings) -> Iterator[Store]:
+    yield from upgraded_store(small_settings)
+
+
+def test_train_then_predict_serves_the_model(
+    small_settings: Settings, store: Store, tmp_path: Path
+) -> None:
     truth = _seed_project(store, 9, per_class=4)
     resolver = ImageResolver(small_settings.label_studio, small_settings.images)
     outcome = train_project(small_settings, store, 9, resolver.fetch)
@@ -110,9 +109,7 @@ def test_train_then_predict_serves_the_model(small_settings: Settings, tmp_path:
     assert results[-1] == {"result": [], "score": 0.0, "model_version": outcome.version}
 
 
-def test_versions_are_pruned_but_never_the_current(small_settings: Settings) -> None:
-    store = Store(small_settings.store.url)
-    store.upgrade()
+def test_versions_are_pruned_but_never_the_current(small_settings: Settings, store: Store) -> None:
     _seed_project(store, 9, per_class=3)
     resolver = ImageResolver(small_settings.label_studio, small_settings.images)
     outcomes = [train_project(small_settings, store, 9, resolver.fetch) for _ in range(4)]
@@ -120,12 +117,9 @@ def test_versions_are_pruned_but_never_the_current(small_settings: Settings) -> 
     with store.session() as session:
         assert repo.ensure_project(session, 9).model_version == outcomes[-1].version
         assert session.query(ModelVersion).count() == 4  # history kept, checkpoints removed
-    store.dispose()
 
 
-def test_too_few_labels_is_a_clear_error(small_settings: Settings) -> None:
-    store = Store(small_settings.store.url)
-    store.upgrade()
+def test_too_few_labels_is_a_clear_error(small_settings: Settings, store: Store) -> None:
     with store.session() as session:
         project = repo.ensure_project(session, 4)
         repo.set_label_config(session, project, SINGLE_CONFIG)

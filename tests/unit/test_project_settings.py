@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from backend.project_settings import (
 from backend.settings import Settings, SettingsError
 from backend.store.db import Store
 from backend.store.models import ProjectSettings, SettingsChange
-from tests.conftest import make_settings
+from tests.conftest import make_settings, upgraded_store
 from tests.fake_labelstudio import FAST_MODEL, FakeLabelStudio, run_one_cycle
 
 
@@ -32,11 +33,8 @@ def fast_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def fast_store(fast_settings: Settings) -> Any:
-    store = Store(fast_settings.store.url)
-    store.upgrade()
-    yield store
-    store.dispose()
+def fast_store(fast_settings: Settings) -> Iterator[Store]:
+    yield from upgraded_store(fast_settings)
 
 
 def test_a_change_is_stored_as_overrides_with_history(settings: Settings, store: Store) -> None:

@@ -14,15 +14,9 @@ from backend.cli import CliError, main
 from backend.settings import Settings
 from backend.simulate import Curve, load_dataset, ls_cluster_picks, make_problem, simulate
 from backend.simulate_cli import parse_strategies, summarize, svg
-from tests.conftest import make_settings
+from tests.conftest import SMALL_MODEL, make_settings
 
-FAST_MODEL = {
-    "backbone": "small_cnn",
-    "image_size": 32,
-    "max_epochs": 30,
-    "committee_size": 2,
-    "cv_folds": 3,
-}
+FAST_MODEL = {**SMALL_MODEL, "max_epochs": 30}
 STRATEGIES = {"default": {"margin": 1.0, "coverage": 0.25}, "random": {"random": 1.0}}
 
 
