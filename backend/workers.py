@@ -94,9 +94,6 @@ class RQDispatch:
     def __call__(self, project_id: int) -> None:
         enqueue_cycle(self._settings, self._connection, project_id)
 
-    def close(self) -> None:
-        self._connection.close()
-
 
 # ---------------------------------------------------------------- the worker's side
 
