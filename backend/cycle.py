@@ -349,7 +349,7 @@ def run_cycle(
         if trained is not None:
             activate_version(settings, store, project_id, trained.version)
         counts.update(model=int(trained is not None))
-        from backend.diagnostics import write_diagnosis
+        from backend.diagnosis.record import write_diagnosis
 
         diagnosis = write_diagnosis(
             settings,

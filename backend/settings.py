@@ -232,7 +232,7 @@ class LoopSettings(_Section):
 
 
 class DiagnosisSettings(_Section):
-    """The dashboard's diagnosis (see backend/diagnostics.py)."""
+    """The dashboard's diagnosis (see backend/diagnosis/)."""
 
     drift_auc_warning: float = Field(0.75, ge=0.5, le=1.0)
     map_points: int = Field(5000, ge=100, le=50_000)

@@ -11,13 +11,14 @@ build time and page size.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
-from backend.dashboard_page import render_page
-from backend.diagnostics import DiagnosisInputs, compute_diagnosis, task_link, thumb_url
+from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
+from backend.diagnosis.page import render_page
+from backend.diagnosis.schema import Diagnosis
+from backend.diagnosis.view import with_links
 from backend.settings import DiagnosisSettings
 
 
@@ -41,13 +42,9 @@ def synthetic(n: int, rng: np.random.Generator, d: int = 1280, c: int = 10) -> D
     )
 
 
-def view(diag: dict[str, object]) -> dict[str, object]:
-    """What diagnosis_view adds, without a store: links, thumbnails, an empty curve."""
-    for row in (*diag["label_errors"], *diag["outliers"]):  # type: ignore[misc]
-        row["ls_url"], row["thumbnail"] = task_link("http://ls", 1, row["task"]), thumb_url(1, 0)
-    for cluster in diag["coverage"]["under_covered"]:  # type: ignore[index]
-        cluster["example_links"] = [task_link("http://ls", 1, t) for t in cluster["examples"]]
-    return {**diag, "learning_curve": [], "label_studio_url": "http://ls"}
+def view(saved: str) -> Diagnosis:
+    """What diagnosis_view does, without a store: read the saved JSON, add links."""
+    return with_links(Diagnosis.model_validate_json(saved), "http://ls", 1, drift_threshold=0.75)
 
 
 def main() -> None:
@@ -61,8 +58,9 @@ def main() -> None:
         t0 = time.perf_counter()
         diag = compute_diagnosis(inputs, limits=DiagnosisSettings(), rng=rng)
         t1 = time.perf_counter()
-        size = len(json.dumps(diag)) / 1024
-        page = render_page(view(json.loads(json.dumps(diag))), 1)
+        saved = diag.model_dump_json()
+        size = len(saved) / 1024
+        page = render_page(view(saved), 1)
         t2 = time.perf_counter()
         print(f"{n:>7} {t1 - t0:>10.2f} {size:>8.0f} {t2 - t1:>7.2f} {len(page) / 1024:>8.0f}")
 

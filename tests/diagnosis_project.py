@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from backend.cycle import Trained, build_pool, load_snapshot, score_stage, train_stage
-from backend.diagnostics import write_diagnosis
+from backend.diagnosis.record import write_diagnosis
 from backend.labelstudio.images import ImageResolver
 from backend.settings import Settings
 from backend.store import repo

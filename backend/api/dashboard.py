@@ -1,8 +1,10 @@
 """The diagnosis of a project: ``/api/projects/<id>/diagnosis`` (JSON) and ``/dashboard/<id>``.
 
-The diagnosis is written by every cycle (:func:`backend.diagnostics.write_diagnosis`); these
-routes only read it. Thumbnails are fetched through the image resolver (so the same rules on
-allowed hosts and sizes apply), shrunk, and cached on disk keyed by the image reference.
+The diagnosis is written by every cycle (:func:`backend.diagnosis.record.write_diagnosis`); these
+routes only read it. Before a project's first cycle the JSON answers 404 and the page says what
+will appear and what starts the first cycle. Thumbnails are fetched through the image resolver
+(so the same rules on allowed hosts and sizes apply), shrunk, and cached on disk keyed by the
+image reference.
 """
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ import hashlib
 import io
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, send_file
 from PIL import Image
 
 from backend.app import Services, error_response, services
-from backend.dashboard_page import render_page
-from backend.diagnostics import diagnosis_view
+from backend.diagnosis.page import render_not_yet, render_page
+from backend.diagnosis.view import diagnosis_view
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
-from backend.store.models import Task
+from backend.project_settings import effective_settings
+from backend.settings import LoopSettings, SettingsError
+from backend.store import cycles
+from backend.store.models import Project, Task
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__)
@@ -37,7 +43,7 @@ def diagnosis_json(project_id: int) -> Response:
     data = diagnosis_view(svc.settings, svc.store, project_id)
     if data is None:
         return error_response(404, "not_found", NOT_YET)
-    return jsonify(data)
+    return jsonify(data.model_dump(mode="json"))
 
 
 @bp.get("/dashboard/<int:project_id>")
@@ -47,13 +53,50 @@ def dashboard(project_id: int) -> Response:
     started = time.perf_counter()
     data = diagnosis_view(svc.settings, svc.store, project_id)
     if data is None:
-        return error_response(404, "not_found", NOT_YET)
-    response = Response(render_page(data, project_id), mimetype="text/html")
+        return _html(not_yet_page(svc, project_id), 200)
+    response = _html(render_page(data, project_id), 200)
+    log.info("dashboard p%d rendered in %.3f s", project_id, time.perf_counter() - started)
+    return response
+
+
+def _html(page: str, status: int) -> Response:
+    response = Response(page, status=status, mimetype="text/html")
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"
     )
-    log.info("dashboard p%d rendered in %.3f s", project_id, time.perf_counter() - started)
     return response
+
+
+def not_yet_page(svc: Services, project_id: int) -> str:
+    """The page before the first diagnosis: the loop's state now and what starts the cycle."""
+    with svc.store.session() as session:
+        known = session.get(Project, project_id) is not None
+        status = cycles.current_state(session, project_id, now=datetime.now(UTC)).to_dict()
+    try:
+        loop = effective_settings(svc.store, svc.settings, project_id).loop
+    except SettingsError:
+        loop = svc.settings.loop
+    return render_not_yet(
+        project_id, known=known, status=status, when=first_cycle_triggers(loop, project_id)
+    )
+
+
+def first_cycle_triggers(loop: LoopSettings, project_id: int) -> list[str]:
+    """Sentences naming what starts a project's cycle, from its loop settings."""
+    when = [
+        f"after {loop.retrain_after} new or changed annotations (loop.retrain_after), "
+        f"{loop.debounce_s:g} s after the last of them;",
+        "when someone presses Start training on this ML backend in the project's Model "
+        f"settings in Label Studio, or runs labelloop cycle --project {project_id};",
+    ]
+    if loop.schedule_cron:
+        when.append(f"on the schedule {loop.schedule_cron} (loop.schedule_cron).")
+    elif loop.schedule_interval_minutes:
+        when.append(
+            f"every {loop.schedule_interval_minutes} minutes on the schedule "
+            "(loop.schedule_interval_minutes)."
+        )
+    return when
 
 
 @bp.get("/dashboard/<int:project_id>/thumb/<int:task_id>.png")

@@ -13,8 +13,11 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from backend.app import create_app
-from backend.dashboard_page import render_page
-from backend.diagnostics import diagnosis_path, diagnosis_view
+from backend.diagnosis.page import SECTIONS, render_page
+from backend.diagnosis.record import diagnosis_path
+from backend.diagnosis.schema import Diagnosis
+from backend.diagnosis.view import diagnosis_view
+from backend.store import repo
 from tests.diagnosis_project import LS_PUBLIC, PLANTED, PROJECT, DiagnosedProject, build
 
 
@@ -90,10 +93,29 @@ def test_map_coverage_drift_and_learning_curve(
 
 
 def test_no_diagnosis_yet_is_a_json_404(diag_client: FlaskClient) -> None:
-    for url in ("/api/projects/999/diagnosis", "/dashboard/999"):
-        response = diag_client.get(url)
-        assert response.status_code == 404
-        assert response.get_json()["error"] == "not_found"
+    response = diag_client.get("/api/projects/999/diagnosis")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "not_found"
+
+
+def test_dashboard_before_the_first_cycle_says_what_comes_and_when(
+    project: DiagnosedProject, diag_client: FlaskClient
+) -> None:
+    with project.store.session() as session:
+        repo.ensure_project(session, 8)  # connected, no cycle yet
+    response = diag_client.get("/dashboard/8")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert "No diagnosis yet" in html and "unknown-project" not in html
+    retrain_after = project.settings.loop.retrain_after
+    assert f"after {retrain_after} new or changed annotations" in html
+    assert "Start training" in html and "labelloop cycle --project 8" in html
+    for section in SECTIONS:
+        assert f"<li>{section.title}</li>" in html
+    assert "<script" not in html
+    assert diag_client.get("/api/projects/8/diagnosis").status_code == 404
+    unknown = diag_client.get("/dashboard/999").get_data(as_text=True)
+    assert "has not seen project 999" in unknown and "labelloop connect --project 999" in unknown
 
 
 def test_page_shows_every_section_with_cells_and_links(diag_client: FlaskClient) -> None:
@@ -118,9 +140,14 @@ def test_user_text_is_escaped(project: DiagnosedProject) -> None:
     view = diagnosis_view(project.settings, project.store, PROJECT)
     assert view is not None
     evil = '<script>alert("x")</script>'
-    view["classes"] = [evil, "dog", "bird"]
-    view["label_errors"][0]["reason"] = evil
-    view["distribution"]["counts"] = {evil: 1}
+    first = view.label_errors[0].model_copy(update={"reason": evil})
+    view = view.model_copy(
+        update={
+            "classes": [evil, "dog", "bird"],
+            "label_errors": [first, *view.label_errors[1:]],
+            "distribution": view.distribution.model_copy(update={"counts": {evil: 1}}),
+        }
+    )
     html = render_page(view, PROJECT)
     assert "<script" not in html and "&lt;script&gt;" in html
 
@@ -128,12 +155,12 @@ def test_user_text_is_escaped(project: DiagnosedProject) -> None:
 def test_reviewed_label_errors_are_named_on_the_page(project: DiagnosedProject) -> None:
     view = diagnosis_view(project.settings, project.store, PROJECT)
     assert view is not None
-    assert view["label_errors_reviewed"] == 0
+    assert view.label_errors_reviewed == 0
     assert "already reviewed" not in render_page(view, PROJECT)
-    view["label_errors_reviewed"] = 2
+    view = view.model_copy(update={"label_errors_reviewed": 2})
     html = render_page(view, PROJECT)
     assert "2 more the model doubts were already reviewed" in html
-    view["label_errors"] = []
+    view = view.model_copy(update={"label_errors": []})
     assert "2 more the model doubts were already reviewed" in render_page(view, PROJECT)
 
 
@@ -159,3 +186,33 @@ def test_diagnosis_file_is_written_atomically(project: DiagnosedProject) -> None
     path: Path = diagnosis_path(project.settings, PROJECT)
     assert path.exists()
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_saved_file_is_the_typed_diagnosis_and_the_api_its_view(
+    project: DiagnosedProject, diag_client: FlaskClient
+) -> None:
+    saved = Diagnosis.model_validate_json(diagnosis_path(project.settings, PROJECT).read_text())
+    assert saved.project == PROJECT and saved.model_version == project.trained.version
+    assert all(e.ls_url is None for e in saved.label_errors)  # links are the view's
+    body = diag_client.get(f"/api/projects/{PROJECT}/diagnosis").get_json()
+    assert Diagnosis.model_validate(body).label_errors[0].task == saved.label_errors[0].task
+    assert set(body) == set(Diagnosis.model_fields)
+
+
+def test_a_saved_file_of_another_format_reads_as_none_until_the_next_cycle(
+    project: DiagnosedProject, tmp_path: Path
+) -> None:
+    settings = project.settings.model_copy(
+        update={"store": project.settings.store.model_copy(update={"data_dir": tmp_path})}
+    )
+    path = diagnosis_path(settings, PROJECT)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"format": 1, "classes": []}')
+    assert diagnosis_view(settings, project.store, PROJECT) is None
+
+
+def test_every_section_says_how_to_read_it(diag_client: FlaskClient) -> None:
+    html = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
+    for section in SECTIONS:
+        found = re.search(rf'<section id="{section.id}">\s*<h2>[^<]+</h2>\s*<p class="how">', html)
+        assert found, section.id

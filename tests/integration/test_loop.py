@@ -16,7 +16,7 @@ import yaml
 
 from backend.cycle import make_runner
 from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
-from backend.diagnostics import load_diagnosis
+from backend.diagnosis.view import load_diagnosis
 from backend.labelstudio.client import LabelStudio
 from backend.lsprocess import free_port
 from backend.project_settings import set_project_settings
@@ -199,7 +199,7 @@ def test_reviewed_tasks_leave_the_review_view(loop: Loop) -> None:
     # The dashboard's candidates leave out what was reviewed, too.
     diagnosis = load_diagnosis(loop.settings, loop.project)
     assert diagnosis is not None
-    listed = {e["task"] for e in diagnosis["label_errors"]}
+    listed = {e.task for e in diagnosis.label_errors}
     assert fixed not in listed and confirmed not in listed
     assert listed  # the other planted errors are still there
 

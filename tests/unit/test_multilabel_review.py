@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.diagnostics import load_diagnosis
+from backend.diagnosis.view import load_diagnosis
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.models import ReviewFlag
@@ -57,8 +57,8 @@ def test_a_wrong_tag_is_flagged_with_the_tag_named(
         assert len(flags) <= len(PLANTED) + 3
         # The dashboard lists the same candidates with the same reasons, and no confusion matrix.
         diagnosis = load_diagnosis(settings, 7)
-        assert diagnosis is not None and diagnosis["classification"] is None
-        listed = {e["task"]: e["reason"] for e in diagnosis["label_errors"]}
+        assert diagnosis is not None and diagnosis.classification is None
+        listed = {e.task: e.reason for e in diagnosis.label_errors}
         assert {task: flags[task].reason for task in planted_tasks} == {
             task: listed[task] for task in planted_tasks
         }

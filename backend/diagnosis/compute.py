@@ -1,10 +1,5 @@
-"""The diagnosis behind the dashboard: what the model confuses, which labels look wrong, which parts
-of the data nobody labeled, and whether new data drifted.
-
-:func:`compute_diagnosis` is arrays in, a JSON-ready dict out. :func:`write_diagnosis` runs it at
-the end of every cycle on that cycle's arrays and saves it atomically to
-``<data_dir>/diagnosis/p<project>.json``; :func:`diagnosis_view` loads it and adds what changes
-between cycles (the learning curve across model versions, Label Studio links, thumbnail URLs).
+"""The diagnosis builder: a cycle's arrays in, a typed
+:class:`~backend.diagnosis.schema.Diagnosis` out.
 
 Sections:
 
@@ -29,19 +24,15 @@ Sections:
   ``warning`` is set at ``diagnosis.drift_auc_warning`` or above. Active learning picks labeled
   items non-uniformly, which by itself can lift the AUC a little above 0.5.
 
-Works before any model exists (cold start): classification and label errors are then null.
+Works before any model exists (cold start): classification and label errors are then null/empty.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,23 +42,24 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
-from backend.files import atomic_write
+from backend.diagnosis.schema import (
+    Classification,
+    ClassScores,
+    Confusion,
+    Coverage,
+    CoverageCluster,
+    Diagnosis,
+    Distribution,
+    Drift,
+    EmbeddingMap,
+    LabelError,
+    Outlier,
+)
 from backend.model.metrics import classification_metrics
-from backend.settings import DiagnosisSettings, Settings
-from backend.store.db import Store
-from backend.store.models import ModelVersion
-from strategies import REGISTRY
+from backend.settings import DiagnosisSettings
 from strategies.coverage import Clustering, cluster_coverage, cluster_embeddings, outlier_scores
 
-if TYPE_CHECKING:
-    from backend.cycle import Scored, Snapshot, Trained
-
-log = logging.getLogger(__name__)
-
-FORMAT = 1
 #: Fewest items on each side before the drift classifier is fit.
 DRIFT_MIN_ITEMS = 10
 #: Most items per side the drift classifier sees (a random subsample beyond that).
@@ -132,7 +124,7 @@ class DiagnosisInputs:
 
 def classification(
     labels: IntArray, oos_probs: FloatArray | None, classes: tuple[str, ...]
-) -> dict[str, Any] | None:
+) -> Classification | None:
     """Confusion matrix (counts, row-normalized) and per-class scores of the labeled items."""
     labeled = labels >= 0
     if oos_probs is None or not labeled.any():
@@ -143,21 +135,28 @@ def classification(
     counts = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
     rows = counts.sum(axis=1, keepdims=True)
     normalized = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    return {
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "per_class": metrics["per_class"],
-        "confusion": {"counts": counts.tolist(), "normalized": np.round(normalized, 4).tolist()},
-    }
+    return Classification(
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["macro_f1"],
+        per_class=per_class_scores(metrics["per_class"]),
+        confusion=Confusion(counts=counts.tolist(), normalized=np.round(normalized, 4).tolist()),
+    )
 
 
-def distribution(class_counts: IntArray, classes: tuple[str, ...]) -> dict[str, Any]:
+def per_class_scores(per_class: dict[str, dict[str, float]]) -> dict[str, ClassScores]:
+    """The metrics' per-class dicts as :class:`ClassScores`."""
+    return {name: ClassScores.model_validate(scores) for name, scores in per_class.items()}
+
+
+def distribution(class_counts: IntArray, classes: tuple[str, ...]) -> Distribution:
     """Labels per class, imbalance ratio (largest / smallest non-empty class), empty classes."""
     counts = [int(c) for c in class_counts]
     present = [c for c in counts if c > 0]
     ratio = max(present) / min(present) if present else None
     missing = [name for name, c in zip(classes, counts, strict=True) if c == 0]
-    return {"counts": dict(zip(classes, counts, strict=True)), "imbalance": ratio, "empty": missing}
+    return Distribution(
+        counts=dict(zip(classes, counts, strict=True)), imbalance=ratio, empty=missing
+    )
 
 
 def _error_rows(inputs: DiagnosisInputs) -> tuple[IntArray, int]:
@@ -171,7 +170,7 @@ def _error_rows(inputs: DiagnosisInputs) -> tuple[IntArray, int]:
     return rows[np.argsort(-scores[rows], kind="stable")], int((alarmed & reviewed).sum())
 
 
-def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]:
+def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[LabelError]:
     """Labeled items whose review score exceeds the alarm and that nobody reviewed yet, most
     suspicious first."""
     rows, _ = _error_rows(inputs)
@@ -184,16 +183,17 @@ def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[dict[str, Any]]
     out = []
     for row in rows[:limit]:
         d = doubt(int(row))
-        assert d is not None  # probs are present
+        if d is None:  # only when probabilities are missing, which they are not here
+            continue
         out.append(
-            {
-                "task": int(inputs.task_ids[row]),
-                "given": d.given,
-                "model": d.predicted,
-                "confidence": round(d.confidence, 4),
-                "score": round(float(scores[row]), 4),
-                "reason": d.reason,
-            }
+            LabelError(
+                task=int(inputs.task_ids[row]),
+                given=d.given,
+                model=d.predicted,
+                confidence=round(d.confidence, 4),
+                score=round(float(scores[row]), 4),
+                reason=d.reason,
+            )
         )
     return out
 
@@ -212,9 +212,7 @@ def clustering_of(
     return Clustering(clusters.astype(np.int64), centers, distances.astype(np.float64))
 
 
-def coverage(
-    clustering: Clustering, labeled: NDArray[np.bool_], task_ids: IntArray
-) -> dict[str, Any]:
+def coverage(clustering: Clustering, labeled: NDArray[np.bool_], task_ids: IntArray) -> Coverage:
     """Clusters with fewer labels than their size deserves, with typical unlabeled examples."""
     table = cluster_coverage(clustering.labels, labeled)
     rows = []
@@ -222,33 +220,33 @@ def coverage(
         members = np.flatnonzero((clustering.labels == row.cluster) & ~labeled)
         typical = members[np.argsort(clustering.distances[members], kind="stable")]
         rows.append(
-            {
-                "cluster": row.cluster,
-                "size": row.size,
-                "labeled": row.labeled,
-                "share": round(float(row.share), 4),
-                "under_coverage": round(float(row.under_coverage), 3),
-                "examples": [int(t) for t in task_ids[typical[:COVERAGE_EXAMPLES]]],
-            }
+            CoverageCluster(
+                cluster=row.cluster,
+                size=row.size,
+                labeled=row.labeled,
+                share=round(float(row.share), 4),
+                under_coverage=round(float(row.under_coverage), 3),
+                examples=[int(t) for t in task_ids[typical[:COVERAGE_EXAMPLES]]],
+            )
         )
         if len(rows) == COVERAGE_ROWS:
             break
-    return {"n_clusters": len(table), "under_covered": rows}
+    return Coverage(n_clusters=len(table), under_covered=rows)
 
 
 def top_outliers(
     scores: FloatArray, inputs: DiagnosisInputs, clusters: IntArray, *, limit: int
-) -> list[dict[str, Any]]:
+) -> list[Outlier]:
     """The ``limit`` items with the highest outlier score."""
     rows = np.argsort(-scores, kind="stable")[:limit]
     rows = rows[scores[rows] >= OUTLIER_MIN_SCORE]
     return [
-        {
-            "task": int(inputs.task_ids[r]),
-            "score": round(float(scores[r]), 3),
-            "cluster": int(clusters[r]),
-            "label": inputs.classes[inputs.labels[r]] if inputs.labels[r] >= 0 else None,
-        }
+        Outlier(
+            task=int(inputs.task_ids[r]),
+            score=round(float(scores[r]), 3),
+            cluster=int(clusters[r]),
+            label=inputs.classes[inputs.labels[r]] if inputs.labels[r] >= 0 else None,
+        )
         for r in rows
     ]
 
@@ -272,7 +270,7 @@ def embedding_map(
     *,
     max_points: int,
     rng: np.random.Generator,
-) -> dict[str, Any]:
+) -> EmbeddingMap:
     """A 2-D PCA projection of at most ``max_points`` items, columnar (one list per field)."""
     errors, outliers = marks
     rows = _subsample(len(inputs.task_ids), errors | outliers, max_points, rng)
@@ -283,17 +281,17 @@ def embedding_map(
         explained = [round(float(v), 4) for v in pca.explained_variance_ratio_]
     else:
         xy, explained = np.zeros((len(rows), 2)), [0.0, 0.0]
-    return {
-        "n_total": len(inputs.task_ids),
-        "explained_variance": explained,
-        "task": inputs.task_ids[rows].tolist(),
-        "x": np.round(xy[:, 0], 4).tolist(),
-        "y": np.round(xy[:, 1], 4).tolist(),
-        "label": inputs.labels[rows].tolist(),
-        "cluster": clusters[rows].tolist(),
-        "error": errors[rows].astype(int).tolist(),
-        "outlier": outliers[rows].astype(int).tolist(),
-    }
+    return EmbeddingMap(
+        n_total=len(inputs.task_ids),
+        explained_variance=explained,
+        task=inputs.task_ids[rows].tolist(),
+        x=np.round(xy[:, 0], 4).tolist(),
+        y=np.round(xy[:, 1], 4).tolist(),
+        label=inputs.labels[rows].tolist(),
+        cluster=clusters[rows].tolist(),
+        error=errors[rows].astype(int).tolist(),
+        outlier=outliers[rows].astype(int).tolist(),
+    )
 
 
 def _sample(rows: IntArray, size: int, rng: np.random.Generator) -> IntArray:
@@ -307,22 +305,22 @@ def domain_drift(
     *,
     threshold: float,
     rng: np.random.Generator,
-) -> dict[str, Any]:
+) -> Drift:
     """Cross-validated AUC of a classifier telling labeled from new items (module docstring)."""
     newest = int(task_ids[labeled].max()) if labeled.any() else None
     new = ~labeled & (task_ids > (newest if newest is not None else np.iinfo(np.int64).max))
-    out: dict[str, Any] = {
-        "auc": None,
-        "threshold": threshold,
-        "warning": False,
-        "n_labeled": int(labeled.sum()),
-        "n_new": int(new.sum()),
-        "newest_labeled_task": newest,
-        "reason": None,
-    }
-    if min(out["n_labeled"], out["n_new"]) < DRIFT_MIN_ITEMS:
-        out["reason"] = f"needs at least {DRIFT_MIN_ITEMS} labeled and {DRIFT_MIN_ITEMS} new items"
-        return out
+    n_labeled, n_new = int(labeled.sum()), int(new.sum())
+    unmeasured = Drift(
+        auc=None,
+        threshold=threshold,
+        warning=False,
+        n_labeled=n_labeled,
+        n_new=n_new,
+        newest_labeled_task=newest,
+        reason=f"needs at least {DRIFT_MIN_ITEMS} labeled and {DRIFT_MIN_ITEMS} new items",
+    )
+    if min(n_labeled, n_new) < DRIFT_MIN_ITEMS:
+        return unmeasured
     a = _sample(np.flatnonzero(labeled), DRIFT_MAX_ITEMS, rng)
     b = _sample(np.flatnonzero(new), DRIFT_MAX_ITEMS, rng)
     x = embeddings[np.concatenate((a, b))]
@@ -339,8 +337,9 @@ def domain_drift(
         # A not fully converged L2 fit still ranks well enough for an AUC estimate.
         warnings.simplefilter("ignore", ConvergenceWarning)
         auc = float(cross_val_score(classifier, x, y, cv=folds, scoring="roc_auc").mean())
-    out.update(auc=round(auc, 4), warning=auc >= threshold)
-    return out
+    return unmeasured.model_copy(
+        update={"auc": round(auc, 4), "warning": auc >= threshold, "reason": None}
+    )
 
 
 # ---------------------------------------------------------------- the whole diagnosis
@@ -348,8 +347,8 @@ def domain_drift(
 
 def compute_diagnosis(
     inputs: DiagnosisInputs, *, limits: DiagnosisSettings, rng: np.random.Generator
-) -> dict[str, Any]:
-    """Every section of the diagnosis (see the module docstring), JSON-ready.
+) -> Diagnosis:
+    """Every section of the diagnosis (see the module docstring).
 
     Args:
         inputs: the cycle's arrays.
@@ -361,185 +360,32 @@ def compute_diagnosis(
     outlier = outlier_scores(x, clustering=clustering)
     errors = label_errors(inputs, limit=limits.listed)
     outliers = top_outliers(outlier, inputs, clustering.labels, limit=min(OUTLIERS, limits.listed))
-    error_mask = np.isin(inputs.task_ids, [e["task"] for e in errors])
-    outlier_mask = np.isin(inputs.task_ids, [o["task"] for o in outliers])
-    marks = (error_mask, outlier_mask)
-    return {
-        "format": FORMAT,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "phase": "model" if inputs.oos_probs is not None else "cold_start",
-        "classes": list(inputs.classes),
-        "n_items": len(inputs.task_ids),
-        "n_labeled": int(labeled.sum()),
-        "classification": None
+    error_mask = np.isin(inputs.task_ids, [e.task for e in errors])
+    outlier_mask = np.isin(inputs.task_ids, [o.task for o in outliers])
+    per_class = (inputs.metrics or {}).get("per_class")
+    return Diagnosis(
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        phase="model" if inputs.oos_probs is not None else "cold_start",
+        classes=list(inputs.classes),
+        n_items=len(inputs.task_ids),
+        n_labeled=int(labeled.sum()),
+        classification=None
         if inputs.targets is not None
         else classification(inputs.labels, inputs.oos_probs, inputs.classes),
-        "per_class": (inputs.metrics or {}).get("per_class"),
-        "distribution": distribution(inputs.class_counts, inputs.classes),
-        "label_errors": errors,
-        "label_errors_reviewed": _error_rows(inputs)[1],
-        "coverage": coverage(clustering, labeled, inputs.task_ids),
-        "outliers": outliers,
-        "map": embedding_map(
-            inputs, clustering.labels, marks, max_points=limits.map_points, rng=rng
+        per_class=per_class_scores(per_class) if per_class else None,
+        distribution=distribution(inputs.class_counts, inputs.classes),
+        label_errors=errors,
+        label_errors_reviewed=_error_rows(inputs)[1],
+        coverage=coverage(clustering, labeled, inputs.task_ids),
+        outliers=outliers,
+        map=embedding_map(
+            inputs,
+            clustering.labels,
+            (error_mask, outlier_mask),
+            max_points=limits.map_points,
+            rng=rng,
         ),
-        "drift": domain_drift(
+        drift=domain_drift(
             x, labeled, inputs.task_ids, threshold=limits.drift_auc_warning, rng=rng
         ),
-    }
-
-
-# ---------------------------------------------------------------- the cycle's side
-
-
-def diagnosis_path(settings: Settings, project_id: int) -> Path:
-    return settings.store.data_dir / "diagnosis" / f"p{project_id}.json"
-
-
-def inputs_from_cycle(
-    settings: Settings,
-    snap: Snapshot,
-    scored: Scored,
-    trained: Trained | None,
-    reviewed: frozenset[int] = frozenset(),
-) -> DiagnosisInputs:
-    """The diagnosis inputs of one cycle: the scored pool plus the snapshot's targets.
-
-    ``reviewed``: task ids whose label-error flag an annotator already answered.
-    """
-    pool, classes = scored.pool, tuple(snap.cfg.labels)
-    labels = np.array(pool.labels, dtype=np.int64)
-    if snap.cfg.multiple:
-        labels, counts = _multilabel_marks(snap, scored.task_ids, labels >= 0)
-    else:
-        counts = np.bincount(labels[labels >= 0], minlength=len(classes)).astype(np.int64)
-    info = REGISTRY[settings.strategy.review_signal]
-    errors = None
-    if pool.oos_probs is not None and info.unavailable(pool) is None:
-        errors = info.score(pool, rng=np.random.default_rng(settings.model.seed))
-    return DiagnosisInputs(
-        task_ids=np.asarray(scored.task_ids, dtype=np.int64),
-        embeddings=np.asarray(pool.embeddings, dtype=np.float64),
-        labels=labels,
-        classes=classes,
-        class_counts=counts,
-        clusters=np.asarray(scored.priority.clusters, dtype=np.int64),
-        oos_probs=None if pool.oos_probs is None else np.asarray(pool.oos_probs),
-        targets=None if pool.targets is None else np.asarray(pool.targets),
-        error_scores=errors,
-        error_alarm=info.alarm if info.alarm is not None else 0.0,
-        metrics=dict(trained.model.metrics) if trained is not None else None,
-        reviewed=reviewed,
     )
-
-
-def _multilabel_marks(
-    snap: Snapshot, task_ids: np.ndarray, labeled: NDArray[np.bool_]
-) -> tuple[IntArray, IntArray]:
-    """(n,) first positive label of each labeled item (-1 elsewhere) and (C,) labels per class."""
-    targets = snap.targets
-    y = np.asarray(targets.y, dtype=np.int64).reshape(len(targets.task_ids), len(snap.cfg.labels))
-    first = dict(zip(targets.task_ids.tolist(), y.argmax(axis=1).tolist(), strict=True))
-    labels = np.array([first.get(int(t), -1) for t in task_ids], dtype=np.int64)
-    return np.where(labeled, labels, -1).astype(np.int64), y.sum(axis=0).astype(np.int64)
-
-
-def save_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new, never half)."""
-    text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    with atomic_write(path) as handle:
-        handle.write(text.encode("utf-8"))
-
-
-def write_diagnosis(
-    settings: Settings,
-    project_id: int,
-    snap: Snapshot,
-    embeddings: dict[int, np.ndarray],
-    scored: Scored,
-    trained: Trained | None,
-    reviewed: Callable[[], frozenset[int]] = frozenset,
-) -> dict[str, int]:
-    """Compute and save the project's diagnosis; returns counts for the cycle record.
-
-    ``reviewed``: reads the task ids already reviewed as label errors (left out of the
-    candidates); called inside the guard, so a failing read only costs the diagnosis.
-
-    A failure is logged and counted, never raised: the diagnosis must not fail a cycle whose model
-    and queue are already live.
-    """
-    if not embeddings or scored.pool.embeddings is None:
-        return {"diagnosis": 0}
-    try:
-        inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed())
-        diagnosis = compute_diagnosis(
-            inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
-        )
-        diagnosis.update(project=project_id, model_version=trained.version if trained else None)
-        save_json(diagnosis_path(settings, project_id), diagnosis)
-    except (ValueError, OSError, np.linalg.LinAlgError, SQLAlchemyError) as exc:
-        log.warning("project %d: diagnosis not written: %s", project_id, type(exc).__name__)
-        return {"diagnosis": 0, "diagnosis_failed": 1}
-    return {"diagnosis": 1, "diagnosis_errors": len(diagnosis["label_errors"])}
-
-
-# ---------------------------------------------------------------- the API's side
-
-
-def load_diagnosis(settings: Settings, project_id: int) -> dict[str, Any] | None:
-    """The saved diagnosis, or None when no cycle has written one yet."""
-    try:
-        text = diagnosis_path(settings, project_id).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    data: dict[str, Any] = json.loads(text)
-    return data
-
-
-def learning_curve(store: Store, project_id: int) -> list[dict[str, Any]]:
-    """One point per model version, oldest first: labels used against accuracy and macro F1."""
-    with store.session() as session:
-        rows = session.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.project_id == project_id)
-            .order_by(ModelVersion.created_at, ModelVersion.id)
-        )
-        return [
-            {
-                "version": row.version,
-                "created_at": row.created_at.isoformat(timespec="seconds"),
-                "n_labels": row.n_labels,
-                "accuracy": row.metrics.get("accuracy"),
-                "macro_f1": row.metrics.get("macro_f1"),
-            }
-            for row in rows
-        ]
-
-
-def task_link(browser_url: str, project_id: int, task_id: int) -> str:
-    """The Label Studio URL that opens ``task_id`` in the project's data manager."""
-    return f"{browser_url}/projects/{project_id}/data?task={task_id}"
-
-
-def thumb_url(project_id: int, task_id: int) -> str:
-    return f"/dashboard/{project_id}/thumb/{task_id}.png"
-
-
-def diagnosis_view(settings: Settings, store: Store, project_id: int) -> dict[str, Any] | None:
-    """The saved diagnosis plus the learning curve, task links and thumbnail URLs; None if none."""
-    data = load_diagnosis(settings, project_id)
-    if data is None:
-        return None
-    ls = settings.label_studio.browser_url
-    for row in (*data["label_errors"], *data["outliers"]):
-        row["ls_url"] = task_link(ls, project_id, row["task"])
-        row["thumbnail"] = thumb_url(project_id, row["task"])
-    for cluster in data["coverage"]["under_covered"]:
-        cluster["example_links"] = [task_link(ls, project_id, t) for t in cluster["examples"]]
-    data["learning_curve"] = learning_curve(store, project_id)
-    data["label_studio_url"] = ls
-    drift, threshold = data["drift"], settings.diagnosis.drift_auc_warning
-    drift.update(
-        threshold=threshold, warning=drift["auc"] is not None and drift["auc"] >= threshold
-    )
-    return data

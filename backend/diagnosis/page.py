@@ -1,0 +1,353 @@
+"""The dashboard page: Jinja templates (autoescaped) with inline SVG plots, no JavaScript.
+
+Python computes the plots' geometry (positions, colours, tooltips) into small frozen dataclasses;
+the templates in ``templates/`` only place them. Everything users wrote (class names, reasons,
+versions) reaches the page through Jinja's autoescaping. Plots label their marks directly (class
+names at class centroids, series names at line ends) so no legend is needed.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from backend.diagnosis.schema import Confusion, CurvePoint, Diagnosis, EmbeddingMap
+
+#: Okabe-Ito and Tableau colours, distinguishable for most colour-vision deficiencies first.
+PALETTE = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#8C564B",
+    "#7F7F7F",
+    "#17BECF",
+)
+UNLABELED_COLOR = "#B8B8B8"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the page: its anchor id, heading and template (under ``sections/``)."""
+
+    id: str
+    title: str
+
+
+#: The page's sections, top to bottom; each renders ``templates/sections/<id>.html``.
+SECTIONS = (
+    Section("drift", "Drift of new data"),
+    Section("classification", "Confusion and per-class scores"),
+    Section("label-errors", "Label-error candidates"),
+    Section("map", "Embedding map"),
+    Section("distribution", "Class distribution"),
+    Section("coverage", "Under-covered clusters"),
+    Section("outliers", "Outliers"),
+    Section("curve", "Learning curve"),
+)
+
+
+def class_color(index: int) -> str:
+    """A stable colour per class: the palette, then evenly spread hues."""
+    if index < 0:
+        return UNLABELED_COLOR
+    if index < len(PALETTE):
+        return PALETTE[index]
+    r, g, b = colorsys.hls_to_rgb((index * 0.618034) % 1.0, 0.45, 0.65)
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+@functools.cache
+def environment() -> Environment:
+    """The page's Jinja environment (built once; templates are package data)."""
+    env = Environment(
+        loader=PackageLoader("backend.diagnosis", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(pct=pct, num=num, color=class_color)
+    return env
+
+
+# ---------------------------------------------------------------- confusion matrix
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    i: int
+    j: int
+    x: float
+    y: float
+    count: int
+    fill: str
+    ink: str
+    tip: str
+
+
+@dataclass(frozen=True)
+class MatrixPlot:
+    """Heatmap: rows = given label, columns = predicted; colour = row share, number = count."""
+
+    cells: list[MatrixCell]
+    names: list[str]
+    size: int
+    width: int
+    height: int
+    pad_left: int = 130
+    pad_top: int = 120
+
+    @property
+    def font_size(self) -> int:
+        return min(13, self.size // 3)
+
+
+def matrix_plot(confusion: Confusion, names: Sequence[str]) -> MatrixPlot:
+    n = len(names)
+    size = int(max(26, min(60, 480 / max(n, 1))))
+    cells = []
+    for i in range(n):
+        for j in range(n):
+            count, share = int(confusion.counts[i][j]), float(confusion.normalized[i][j])
+            shade = int(255 - 200 * share)
+            tip = f"given {names[i]}, predicted {names[j]}: {count} ({share:.0%} of {names[i]})"
+            cells.append(
+                MatrixCell(
+                    i,
+                    j,
+                    j * size,
+                    i * size,
+                    count,
+                    f"rgb({shade},{shade + int(20 * share)},255)",
+                    "#fff" if share > 0.5 else "#111",
+                    tip,
+                )
+            )
+    return MatrixPlot(
+        cells, [name[:18] for name in names], size, 130 + n * size + 10, 130 + n * size
+    )
+
+
+# ---------------------------------------------------------------- distribution
+
+
+@dataclass(frozen=True)
+class Bar:
+    name: str
+    count: int
+    y: float
+    width: float
+    color: str
+
+
+@dataclass(frozen=True)
+class BarPlot:
+    """Horizontal bars, one per class, count at the bar's end."""
+
+    bars: list[Bar]
+    width: int
+    height: int
+    left: int = 140
+
+
+def bar_plot(counts: dict[str, int]) -> BarPlot:
+    top = max(counts.values(), default=0) or 1
+    bar_w, row_h, left = 320, 22, 140
+    bars = [
+        Bar(name[:20], c, i * row_h, round(bar_w * c / top, 1), class_color(i))
+        for i, (name, c) in enumerate(counts.items())
+    ]
+    return BarPlot(bars, left + bar_w + 60, row_h * len(counts) + 6, left)
+
+
+# ---------------------------------------------------------------- embedding map
+
+
+def scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``values`` mapped linearly onto [lo, hi] (all to the middle when they are all equal)."""
+    span = float(values.max() - values.min()) if len(values) else 0.0
+    if span == 0.0:
+        return np.full(len(values), (lo + hi) / 2)
+    return lo + (values - values.min()) / span * (hi - lo)
+
+
+@dataclass(frozen=True)
+class Dot:
+    x: float
+    y: float
+    r: float
+    color: str
+
+
+@dataclass(frozen=True)
+class Mark:
+    x: float
+    y: float
+    task: int
+
+
+@dataclass(frozen=True)
+class PlotLabel:
+    x: float
+    y: float
+    text: str
+    color: str
+
+
+@dataclass(frozen=True)
+class MapPlot:
+    """Scatter of the 2-D projection: colour = label (grey = unlabeled), a red cross = label-error
+    candidate, a diamond = outlier, class names at the median of their labeled points."""
+
+    dots: list[Dot]
+    errors: list[Mark]
+    outliers: list[Mark]
+    labels: list[PlotLabel]
+    width: int
+    height: int
+
+
+def map_plot(m: EmbeddingMap, names: Sequence[str], width: int = 760, height: int = 540) -> MapPlot:
+    xs = scale(np.asarray(m.x, dtype=float), 12, width - 12)
+    ys = scale(-np.asarray(m.y, dtype=float), 12, height - 12)
+    labels = np.asarray(m.label, dtype=np.int64)
+    order = np.argsort(labels >= 0, kind="stable")  # unlabeled first, underneath
+    colors = {c: class_color(c) for c in np.unique(labels).tolist()}
+    dots = [
+        Dot(x, y, 2.6 if c >= 0 else 1.8, colors[c])
+        for x, y, c in zip(
+            np.round(xs[order], 1).tolist(),
+            np.round(ys[order], 1).tolist(),
+            labels[order].tolist(),
+            strict=True,
+        )
+    ]
+
+    def marks(flags: list[int]) -> list[Mark]:
+        rows = np.flatnonzero(np.asarray(flags, dtype=bool))
+        return [Mark(round(xs[i], 1), round(ys[i], 1), int(m.task[i])) for i in rows]
+
+    names_at = []
+    for c, name in enumerate(names):
+        members = labels == c
+        if members.any():  # the median is robust to mislabeled points
+            x, y = float(np.median(xs[members])), float(np.median(ys[members]))
+            names_at.append(PlotLabel(round(x, 1), round(y - 10, 1), name[:24], class_color(c)))
+    return MapPlot(dots, marks(m.error), marks(m.outlier), names_at, width, height)
+
+
+# ---------------------------------------------------------------- learning curve
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line: its points, and its name and last value at its end."""
+
+    points: list[tuple[float, float]]
+    color: str
+    label: PlotLabel
+
+    @property
+    def polyline(self) -> str:
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y in self.points)
+
+
+@dataclass(frozen=True)
+class CurvePlot:
+    """Accuracy and macro F1 against labels used, one line each, named at their last point."""
+
+    series: list[Series]
+    x_ticks: list[PlotLabel]
+    y_ticks: list[PlotLabel]
+    width: int
+    height: int
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+
+#: (field, colour, name, vertical offset of the name): names sit above and below their last
+#: points, so they never overprint when the curves meet.
+CURVE_SERIES = (("accuracy", "#0072B2", "accuracy", -6.0), ("macro_f1", "#D55E00", "F1", 16.0))
+
+
+def curve_plot(points: Sequence[CurvePoint], width: int = 520, height: int = 300) -> CurvePlot:
+    left, bottom, top, right = 44, 34, 12, 90
+    span = height - top - bottom
+    xs = np.array([p.n_labels for p in points], dtype=float)
+    px = scale(xs, left, width - right) if len(xs) > 1 else np.full(len(xs), float(left))
+    series = []
+    for key, color, name, dy in CURVE_SERIES:
+        values = [(float(x), getattr(p, key)) for x, p in zip(px, points, strict=True)]
+        xy = [(x, top + (1 - float(v)) * span) for x, v in values if v is not None]
+        if xy:
+            last = next(v for _, v in reversed(values) if v is not None)
+            label = PlotLabel(xy[-1][0] + 8, xy[-1][1] + dy, f"{name} {last:.2f}", color)
+            series.append(Series(xy, color, label))
+    y_ticks = [
+        PlotLabel(left - 6, round(top + (1 - v) * span + 4, 1), f"{v:.1f}", "#222")
+        for v in (0.0, 0.5, 1.0)
+    ]
+    x_ticks = [
+        PlotLabel(round(x, 1), height - bottom + 16, str(int(n)), "#222")
+        for x, n in zip(px, xs, strict=True)
+    ]
+    return CurvePlot(series, x_ticks, y_ticks, width, height, left, right, top, bottom)
+
+
+# ---------------------------------------------------------------- the pages
+
+
+def plots(diagnosis: Diagnosis) -> dict[str, Any]:
+    """The geometry of every plot on the page (None where a section has nothing to draw)."""
+    result = diagnosis.classification
+    return {
+        "matrix": matrix_plot(result.confusion, diagnosis.classes) if result else None,
+        "bars": bar_plot(diagnosis.distribution.counts),
+        "map": map_plot(diagnosis.map, diagnosis.classes),
+        "curve": curve_plot(diagnosis.learning_curve) if diagnosis.learning_curve else None,
+    }
+
+
+def render_page(diagnosis: Diagnosis, project_id: int) -> str:
+    """The whole dashboard page for one project."""
+    return (
+        environment()
+        .get_template("dashboard.html")
+        .render(d=diagnosis, project_id=project_id, sections=SECTIONS, plots=plots(diagnosis))
+    )
+
+
+def render_not_yet(project_id: int, *, known: bool, status: dict[str, Any], when: list[str]) -> str:
+    """The page before a project's first diagnosis: what will appear, and when.
+
+    Args:
+        project_id: the Label Studio project.
+        known: whether labelloop has seen the project (synced or connected) at all.
+        status: the project's loop now (:meth:`backend.store.cycles.CycleStatus.to_dict`).
+        when: sentences naming what starts the first cycle.
+    """
+    return (
+        environment()
+        .get_template("not_yet.html")
+        .render(project_id=project_id, known=known, status=status, when=when, sections=SECTIONS)
+    )

@@ -1,0 +1,115 @@
+"""The cycle's side of the diagnosis: build it from a cycle's arrays and save it atomically to
+``<data_dir>/diagnosis/p<project>.json``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy.exc import SQLAlchemyError
+
+from backend.diagnosis.compute import DiagnosisInputs, IntArray, compute_diagnosis
+from backend.diagnosis.schema import Diagnosis
+from backend.files import atomic_write
+from backend.settings import Settings
+from strategies import REGISTRY
+
+if TYPE_CHECKING:
+    from backend.cycle import Scored, Snapshot, Trained
+
+log = logging.getLogger(__name__)
+
+
+def diagnosis_path(settings: Settings, project_id: int) -> Path:
+    return settings.store.data_dir / "diagnosis" / f"p{project_id}.json"
+
+
+def inputs_from_cycle(
+    settings: Settings,
+    snap: Snapshot,
+    scored: Scored,
+    trained: Trained | None,
+    reviewed: frozenset[int] = frozenset(),
+) -> DiagnosisInputs:
+    """The diagnosis inputs of one cycle: the scored pool plus the snapshot's targets.
+
+    ``reviewed``: task ids whose label-error flag an annotator already answered.
+    """
+    pool, classes = scored.pool, tuple(snap.cfg.labels)
+    labels = np.array(pool.labels, dtype=np.int64)
+    if snap.cfg.multiple:
+        labels, counts = _multilabel_marks(snap, scored.task_ids, labels >= 0)
+    else:
+        counts = np.bincount(labels[labels >= 0], minlength=len(classes)).astype(np.int64)
+    info = REGISTRY[settings.strategy.review_signal]
+    errors = None
+    if pool.oos_probs is not None and info.unavailable(pool) is None:
+        errors = info.score(pool, rng=np.random.default_rng(settings.model.seed))
+    return DiagnosisInputs(
+        task_ids=np.asarray(scored.task_ids, dtype=np.int64),
+        embeddings=np.asarray(pool.embeddings, dtype=np.float64),
+        labels=labels,
+        classes=classes,
+        class_counts=counts,
+        clusters=np.asarray(scored.priority.clusters, dtype=np.int64),
+        oos_probs=None if pool.oos_probs is None else np.asarray(pool.oos_probs),
+        targets=None if pool.targets is None else np.asarray(pool.targets),
+        error_scores=errors,
+        error_alarm=info.alarm if info.alarm is not None else 0.0,
+        metrics=dict(trained.model.metrics) if trained is not None else None,
+        reviewed=reviewed,
+    )
+
+
+def _multilabel_marks(
+    snap: Snapshot, task_ids: np.ndarray, labeled: NDArray[np.bool_]
+) -> tuple[IntArray, IntArray]:
+    """(n,) first positive label of each labeled item (-1 elsewhere) and (C,) labels per class."""
+    targets = snap.targets
+    y = np.asarray(targets.y, dtype=np.int64).reshape(len(targets.task_ids), len(snap.cfg.labels))
+    first = dict(zip(targets.task_ids.tolist(), y.argmax(axis=1).tolist(), strict=True))
+    labels = np.array([first.get(int(t), -1) for t in task_ids], dtype=np.int64)
+    return np.where(labeled, labels, -1).astype(np.int64), y.sum(axis=0).astype(np.int64)
+
+
+def save_diagnosis(path: Path, diagnosis: Diagnosis) -> None:
+    """Write the diagnosis atomically (a reader sees the old file or the new, never half)."""
+    with atomic_write(path) as handle:
+        handle.write(diagnosis.model_dump_json().encode("utf-8"))
+
+
+def write_diagnosis(
+    settings: Settings,
+    project_id: int,
+    snap: Snapshot,
+    embeddings: dict[int, np.ndarray],
+    scored: Scored,
+    trained: Trained | None,
+    reviewed: Callable[[], frozenset[int]] = frozenset,
+) -> dict[str, int]:
+    """Compute and save the project's diagnosis; returns counts for the cycle record.
+
+    ``reviewed``: reads the task ids already reviewed as label errors (left out of the
+    candidates); called inside the guard, so a failing read only costs the diagnosis.
+
+    A failure is logged and counted, never raised: the diagnosis must not fail a cycle whose model
+    and queue are already live.
+    """
+    if not embeddings or scored.pool.embeddings is None:
+        return {"diagnosis": 0}
+    try:
+        inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed())
+        diagnosis = compute_diagnosis(
+            inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
+        ).model_copy(
+            update={"project": project_id, "model_version": trained.version if trained else None}
+        )
+        save_diagnosis(diagnosis_path(settings, project_id), diagnosis)
+    except (ValueError, OSError, np.linalg.LinAlgError, SQLAlchemyError) as exc:
+        log.warning("project %d: diagnosis not written: %s", project_id, type(exc).__name__)
+        return {"diagnosis": 0, "diagnosis_failed": 1}
+    return {"diagnosis": 1, "diagnosis_errors": len(diagnosis.label_errors)}

@@ -1,0 +1,157 @@
+"""The diagnosis as typed objects: what a cycle saves, the JSON API returns and the page shows.
+
+A cycle builds a :class:`Diagnosis` (:func:`backend.diagnosis.compute.compute_diagnosis`) and saves
+it as JSON; the API reads it back (validated against these models) and fills in what changes
+between cycles: Label Studio links, thumbnail URLs and the learning curve. ``model_dump(mode=
+"json")`` of a :class:`Diagnosis` is exactly the diagnosis JSON. A saved file whose ``format``
+differs from :data:`FORMAT` is not read (the next cycle writes a new one).
+
+Fields filled only when the diagnosis is viewed (``ls_url``, ``thumbnail``, ``example_links``,
+``learning_curve``, ``label_studio_url``) are null/empty in the saved file.
+
+Adding a section: a model here, a field on :class:`Diagnosis` (optional, default None, so older
+code reading newer files and the reverse stay simple), a function in ``compute`` that fills it, and
+a template in ``templates/sections/`` listed in ``page.SECTIONS``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+#: Version of the saved diagnosis; a file of another version is ignored until the next cycle.
+FORMAT = 2
+
+
+class _Model(BaseModel):
+    # Unknown keys are an error: a typo in a builder fails its tests instead of vanishing.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassScores(_Model):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Confusion(_Model):
+    """Rows = given label, columns = predicted; ``normalized`` divides each row by its sum."""
+
+    counts: list[list[int]]
+    normalized: list[list[float]]
+
+
+class Classification(_Model):
+    """Scores of the labeled items from out-of-sample (cross-fitted) probabilities."""
+
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassScores]
+    confusion: Confusion
+
+
+class Distribution(_Model):
+    counts: dict[str, int]
+    #: Largest over smallest non-empty class; None when no class has a label.
+    imbalance: float | None
+    empty: list[str]
+
+
+class TaskRow(_Model):
+    """A listed task; ``ls_url`` (opens it in Label Studio) and ``thumbnail`` are filled when the
+    diagnosis is viewed."""
+
+    task: int
+    ls_url: str | None = None
+    thumbnail: str | None = None
+
+
+class LabelError(TaskRow):
+    given: str
+    model: str
+    confidence: float
+    score: float
+    reason: str
+
+
+class CoverageCluster(_Model):
+    cluster: int
+    size: int
+    labeled: int
+    share: float
+    under_coverage: float
+    #: Typical unlabeled members (task ids), closest to the cluster centre first.
+    examples: list[int]
+    example_links: list[str] = []
+
+
+class Coverage(_Model):
+    n_clusters: int
+    under_covered: list[CoverageCluster]
+
+
+class Outlier(TaskRow):
+    score: float
+    cluster: int
+    label: str | None
+
+
+class EmbeddingMap(_Model):
+    """A 2-D projection, columnar: one list per field, one entry per drawn item."""
+
+    n_total: int
+    explained_variance: list[float]
+    task: list[int]
+    x: list[float]
+    y: list[float]
+    label: list[int]
+    cluster: list[int]
+    error: list[int]
+    outlier: list[int]
+
+
+class Drift(_Model):
+    auc: float | None
+    threshold: float
+    warning: bool
+    n_labeled: int
+    n_new: int
+    newest_labeled_task: int | None
+    reason: str | None
+
+
+class CurvePoint(_Model):
+    """One model version: labels it was trained on against its out-of-sample scores."""
+
+    version: str
+    created_at: str
+    n_labels: int
+    accuracy: float | None
+    macro_f1: float | None
+
+
+class Diagnosis(_Model):
+    format: int = FORMAT
+    created_at: str
+    phase: Literal["model", "cold_start"]
+    project: int | None = None
+    model_version: str | None = None
+    classes: list[str]
+    n_items: int
+    n_labeled: int
+    #: Null before a model exists and in multi-label projects (see ``per_class``).
+    classification: Classification | None
+    #: The model version's per-class (per-tag) scores, null before a model exists.
+    per_class: dict[str, ClassScores] | None
+    distribution: Distribution
+    label_errors: list[LabelError]
+    label_errors_reviewed: int
+    coverage: Coverage
+    outliers: list[Outlier]
+    map: EmbeddingMap
+    drift: Drift
+    # Filled when viewed.
+    learning_curve: list[CurvePoint] = []
+    label_studio_url: str | None = None

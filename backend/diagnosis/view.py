@@ -1,0 +1,122 @@
+"""The API's side of the diagnosis: load the saved one and add what changes between cycles (the
+learning curve across model versions, Label Studio links, thumbnail URLs, the current drift
+threshold)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from backend.diagnosis.record import diagnosis_path
+from backend.diagnosis.schema import FORMAT, CurvePoint, Diagnosis, TaskRow
+from backend.settings import Settings
+from backend.store.db import Store
+from backend.store.models import ModelVersion
+
+log = logging.getLogger(__name__)
+Row = TypeVar("Row", bound=TaskRow)
+
+
+def load_diagnosis(settings: Settings, project_id: int) -> Diagnosis | None:
+    """The saved diagnosis, or None when no cycle has written one yet (or an older format's)."""
+    try:
+        text = diagnosis_path(settings, project_id).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return Diagnosis.model_validate_json(text)
+    except ValidationError:
+        # An older labelloop's file (or a foreign one): the next cycle replaces it.
+        log.warning(
+            "project %d: saved diagnosis unreadable (format %d expected)", project_id, FORMAT
+        )
+        return None
+
+
+def learning_curve(store: Store, project_id: int) -> list[CurvePoint]:
+    """One point per model version, oldest first: labels used against accuracy and macro F1."""
+    with store.session() as session:
+        rows = session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.project_id == project_id)
+            .order_by(ModelVersion.created_at, ModelVersion.id)
+        )
+        return [
+            CurvePoint(
+                version=row.version,
+                created_at=row.created_at.isoformat(timespec="seconds"),
+                n_labels=row.n_labels,
+                accuracy=row.metrics.get("accuracy"),
+                macro_f1=row.metrics.get("macro_f1"),
+            )
+            for row in rows
+        ]
+
+
+def task_link(browser_url: str, project_id: int, task_id: int) -> str:
+    """The Label Studio URL that opens ``task_id`` in the project's data manager."""
+    return f"{browser_url}/projects/{project_id}/data?task={task_id}"
+
+
+def thumb_url(project_id: int, task_id: int) -> str:
+    return f"/dashboard/{project_id}/thumb/{task_id}.png"
+
+
+def with_links(
+    diagnosis: Diagnosis, browser_url: str, project_id: int, *, drift_threshold: float
+) -> Diagnosis:
+    """The diagnosis with task links, thumbnail URLs and the drift warning at today's threshold."""
+
+    def linked(row: Row) -> Row:
+        return row.model_copy(
+            update={
+                "ls_url": task_link(browser_url, project_id, row.task),
+                "thumbnail": thumb_url(project_id, row.task),
+            }
+        )
+
+    coverage = diagnosis.coverage.model_copy(
+        update={
+            "under_covered": [
+                c.model_copy(
+                    update={
+                        "example_links": [task_link(browser_url, project_id, t) for t in c.examples]
+                    }
+                )
+                for c in diagnosis.coverage.under_covered
+            ]
+        }
+    )
+    drift = diagnosis.drift
+    drift = drift.model_copy(
+        update={
+            "threshold": drift_threshold,
+            "warning": drift.auc is not None and drift.auc >= drift_threshold,
+        }
+    )
+    return diagnosis.model_copy(
+        update={
+            "label_errors": [linked(e) for e in diagnosis.label_errors],
+            "outliers": [linked(o) for o in diagnosis.outliers],
+            "coverage": coverage,
+            "drift": drift,
+            "label_studio_url": browser_url,
+        }
+    )
+
+
+def diagnosis_view(settings: Settings, store: Store, project_id: int) -> Diagnosis | None:
+    """The saved diagnosis plus the learning curve, task links and thumbnail URLs; None if none."""
+    diagnosis = load_diagnosis(settings, project_id)
+    if diagnosis is None:
+        return None
+    linked = with_links(
+        diagnosis,
+        settings.label_studio.browser_url,
+        project_id,
+        drift_threshold=settings.diagnosis.drift_auc_warning,
+    )
+    return linked.model_copy(update={"learning_curve": learning_curve(store, project_id)})
