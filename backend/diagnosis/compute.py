@@ -43,6 +43,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from backend.diagnosis.performance import class_curves, confused_pairs
 from backend.diagnosis.schema import (
     Classification,
     ClassScores,
@@ -342,6 +343,21 @@ def domain_drift(
     )
 
 
+def performance(inputs: DiagnosisInputs) -> dict[str, Any]:
+    """Per-class curves and confused pairs from the labeled items' out-of-sample probabilities."""
+    probs, labeled = inputs.oos_probs, inputs.labeled
+    if probs is None or not labeled.any():
+        return {}
+    if inputs.targets is not None:
+        truth = np.asarray(inputs.targets)[labeled]
+        return {"class_curves": class_curves(truth, probs[labeled], inputs.classes)}
+    truth = np.eye(len(inputs.classes), dtype=np.int64)[inputs.labels[labeled]]
+    return {
+        "class_curves": class_curves(truth, probs[labeled], inputs.classes),
+        "confused_pairs": confused_pairs(inputs.labels, probs, inputs.task_ids, inputs.classes),
+    }
+
+
 # ---------------------------------------------------------------- the whole diagnosis
 
 
@@ -388,4 +404,5 @@ def compute_diagnosis(
         drift=domain_drift(
             x, labeled, inputs.task_ids, threshold=limits.drift_auc_warning, rng=rng
         ),
+        **performance(inputs),
     )

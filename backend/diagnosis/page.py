@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from backend.diagnosis.schema import Confusion, CurvePoint, Diagnosis, EmbeddingMap
+from backend.diagnosis.schema import ClassCurve, Confusion, CurvePoint, Diagnosis, EmbeddingMap
+from backend.diagnosis.view import task_link, thumb_url
 
 #: Okabe-Ito and Tableau colours, distinguishable for most colour-vision deficiencies first.
 PALETTE = (
@@ -48,6 +49,8 @@ SECTIONS = (
     Section("drift", "Drift of new data"),
     Section("classification", "Confusion and per-class scores"),
     Section("label-errors", "Label-error candidates"),
+    Section("class-curves", "Per-class precision-recall and ROC"),
+    Section("confused-pairs", "Most confused class pairs"),
     Section("map", "Embedding map"),
     Section("distribution", "Class distribution"),
     Section("coverage", "Under-covered clusters"),
@@ -257,6 +260,25 @@ def map_plot(m: EmbeddingMap, names: Sequence[str], width: int = 760, height: in
 # ---------------------------------------------------------------- learning curve
 
 
+def text_width(text: str, size: float = 12.0) -> float:
+    """Estimated width of bold system-ui text (about 0.62 em per character)."""
+    return 0.62 * size * len(text)
+
+
+def spread(ys: Sequence[float], *, gap: float, lo: float, hi: float) -> list[float]:
+    """Positions at least ``gap`` apart, each as close to its ``ys`` as that allows, within
+    [lo, hi] (when they all fit)."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = [0.0] * len(ys)
+    floor = lo - gap
+    for i in order:
+        placed[i] = floor = max(min(ys[i], hi), floor + gap)
+    ceiling = hi + gap
+    for i in reversed(order):
+        placed[i] = ceiling = min(placed[i], ceiling - gap)
+    return placed
+
+
 @dataclass(frozen=True)
 class Series:
     """One line: its points, and its name and last value at its end."""
@@ -264,6 +286,8 @@ class Series:
     points: list[tuple[float, float]]
     color: str
     label: PlotLabel
+    dashed: bool = False
+    anchor: str = "start"
 
     @property
     def polyline(self) -> str:
@@ -272,7 +296,8 @@ class Series:
 
 @dataclass(frozen=True)
 class CurvePlot:
-    """Accuracy and macro F1 against labels used, one line each, named at their last point."""
+    """Accuracy, macro F1 and training accuracy against labels used, one line each, named at
+    their last point inside the plot."""
 
     series: list[Series]
     x_ticks: list[PlotLabel]
@@ -285,24 +310,35 @@ class CurvePlot:
     bottom: int
 
 
-#: (field, colour, name, vertical offset of the name): names sit above and below their last
-#: points, so they never overprint when the curves meet.
-CURVE_SERIES = (("accuracy", "#0072B2", "accuracy", -6.0), ("macro_f1", "#D55E00", "F1", 16.0))
+#: (field, colour, name, dashed).
+CURVE_SERIES = (
+    ("accuracy", "#0072B2", "accuracy", False),
+    ("macro_f1", "#D55E00", "F1", False),
+    ("train_accuracy", "#555555", "training accuracy", True),
+)
 
 
-def curve_plot(points: Sequence[CurvePoint], width: int = 520, height: int = 300) -> CurvePlot:
-    left, bottom, top, right = 44, 34, 12, 90
+def curve_plot(points: Sequence[CurvePoint], width: int = 560, height: int = 300) -> CurvePlot:
+    left, bottom, top, right = 44, 34, 12, 110
     span = height - top - bottom
     xs = np.array([p.n_labels for p in points], dtype=float)
     px = scale(xs, left, width - right) if len(xs) > 1 else np.full(len(xs), float(left))
-    series = []
-    for key, color, name, dy in CURVE_SERIES:
+    lines = []
+    for key, color, name, dashed in CURVE_SERIES:
         values = [(float(x), getattr(p, key)) for x, p in zip(px, points, strict=True)]
         xy = [(x, top + (1 - float(v)) * span) for x, v in values if v is not None]
         if xy:
             last = next(v for _, v in reversed(values) if v is not None)
-            label = PlotLabel(xy[-1][0] + 8, xy[-1][1] + dy, f"{name} {last:.2f}", color)
-            series.append(Series(xy, color, label))
+            lines.append((xy, color, f"{name} {last:.2f}", dashed))
+    # Names at the line ends, spread vertically so they never overprint, and kept inside the
+    # drawing: to the right of the last point when they fit there, else to its left.
+    ys = spread([xy[-1][1] + 4 for xy, *_ in lines], gap=14, lo=top + 10, hi=height - bottom - 4)
+    series = []
+    for (xy, color, text, dashed), y in zip(lines, ys, strict=True):
+        x_end = xy[-1][0]
+        fits = x_end + 8 + text_width(text) <= width - 2
+        x, anchor = (x_end + 8, "start") if fits else (x_end - 8, "end")
+        series.append(Series(xy, color, PlotLabel(x, y, text, color), dashed, anchor))
     y_ticks = [
         PlotLabel(left - 6, round(top + (1 - v) * span + 4, 1), f"{v:.1f}", "#222")
         for v in (0.0, 0.5, 1.0)
@@ -312,6 +348,48 @@ def curve_plot(points: Sequence[CurvePoint], width: int = 520, height: int = 300
         for x, n in zip(px, xs, strict=True)
     ]
     return CurvePlot(series, x_ticks, y_ticks, width, height, left, right, top, bottom)
+
+
+# ---------------------------------------------------------------- per-class curves
+
+
+@dataclass(frozen=True)
+class Sparkline:
+    """A small square plot of one curve: its polyline in a unit box drawn at ``size`` px."""
+
+    points: str
+    size: int
+    diagonal: bool
+
+
+def sparkline(xy: Sequence[Sequence[float]], *, size: int = 72, diagonal: bool) -> Sparkline:
+    pad = 2
+    points = " ".join(
+        f"{pad + x * (size - 2 * pad):.1f},{pad + (1 - y) * (size - 2 * pad):.1f}" for x, y in xy
+    )
+    return Sparkline(points, size, diagonal)
+
+
+@dataclass(frozen=True)
+class CurveRow:
+    curve: ClassCurve
+    color: str
+    pr: Sparkline
+    roc: Sparkline
+
+
+def curve_rows(curves: Sequence[ClassCurve]) -> list[CurveRow]:
+    """Worst average precision first: the classes that need attention lead."""
+    ordered = sorted(curves, key=lambda c: (c.average_precision, c.name))
+    return [
+        CurveRow(
+            c,
+            class_color(c.index),
+            sparkline(c.pr, diagonal=False),
+            sparkline(c.roc, diagonal=True),
+        )
+        for c in ordered
+    ]
 
 
 # ---------------------------------------------------------------- the pages
@@ -325,7 +403,22 @@ def plots(diagnosis: Diagnosis) -> dict[str, Any]:
         "bars": bar_plot(diagnosis.distribution.counts),
         "map": map_plot(diagnosis.map, diagnosis.classes),
         "curve": curve_plot(diagnosis.learning_curve) if diagnosis.learning_curve else None,
+        "class_curves": curve_rows(diagnosis.class_curves),
     }
+
+
+@dataclass(frozen=True)
+class Links:
+    """Task links for the templates (the same URLs as the JSON's ``ls_url`` and ``thumbnail``)."""
+
+    browser_url: str
+    project_id: int
+
+    def task(self, task_id: int) -> str:
+        return task_link(self.browser_url, self.project_id, task_id)
+
+    def thumb(self, task_id: int) -> str:
+        return thumb_url(self.project_id, task_id)
 
 
 def render_page(diagnosis: Diagnosis, project_id: int) -> str:
@@ -333,7 +426,13 @@ def render_page(diagnosis: Diagnosis, project_id: int) -> str:
     return (
         environment()
         .get_template("dashboard.html")
-        .render(d=diagnosis, project_id=project_id, sections=SECTIONS, plots=plots(diagnosis))
+        .render(
+            d=diagnosis,
+            project_id=project_id,
+            sections=SECTIONS,
+            plots=plots(diagnosis),
+            links=Links(diagnosis.label_studio_url or "", project_id),
+        )
     )
 
 

@@ -123,13 +123,50 @@ class Drift(_Model):
 
 
 class CurvePoint(_Model):
-    """One model version: labels it was trained on against its out-of-sample scores."""
+    """One model version: labels it was trained on against its out-of-sample scores, and its
+    accuracy on its own training items (null for versions trained before it was recorded)."""
 
     version: str
     created_at: str
     n_labels: int
     accuracy: float | None
     macro_f1: float | None
+    train_accuracy: float | None = None
+
+
+class FitGap(_Model):
+    """Training minus out-of-sample accuracy, now and at the first version; ``overfitting`` when
+    the gap is large and has grown."""
+
+    gap: float
+    first_gap: float
+    overfitting: bool
+
+
+class ClassCurve(_Model):
+    """One class against the rest: precision-recall and ROC curves as [x, y] points (recall,
+    precision; false-positive rate, true-positive rate), with average precision and ROC AUC."""
+
+    name: str
+    index: int
+    support: int
+    average_precision: float
+    roc_auc: float
+    pr: list[list[float]]
+    roc: list[list[float]]
+
+
+class ConfusedPair(_Model):
+    """Two classes the model mixes up: labeled items of ``a`` it calls ``b`` and the reverse,
+    their share of the two classes' items, and the most confident mistakes of each direction."""
+
+    a: str
+    b: str
+    a_as_b: int
+    b_as_a: int
+    share: float
+    examples_a_as_b: list[int]
+    examples_b_as_a: list[int]
 
 
 class Diagnosis(_Model):
@@ -152,6 +189,11 @@ class Diagnosis(_Model):
     outliers: list[Outlier]
     map: EmbeddingMap
     drift: Drift
+    #: Per-class PR/ROC curves (empty before a model exists).
+    class_curves: list[ClassCurve] = []
+    #: Most confused class pairs, most mistakes first (single-label projects).
+    confused_pairs: list[ConfusedPair] = []
     # Filled when viewed.
     learning_curve: list[CurvePoint] = []
+    fit_gap: FitGap | None = None
     label_studio_url: str | None = None

@@ -10,6 +10,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from backend.diagnosis.performance import fit_gap
 from backend.diagnosis.record import diagnosis_path
 from backend.diagnosis.schema import FORMAT, CurvePoint, Diagnosis, TaskRow
 from backend.settings import Settings
@@ -51,6 +52,7 @@ def learning_curve(store: Store, project_id: int) -> list[CurvePoint]:
                 n_labels=row.n_labels,
                 accuracy=row.metrics.get("accuracy"),
                 macro_f1=row.metrics.get("macro_f1"),
+                train_accuracy=row.metrics.get("train_accuracy"),
             )
             for row in rows
         ]
@@ -119,4 +121,5 @@ def diagnosis_view(settings: Settings, store: Store, project_id: int) -> Diagnos
         project_id,
         drift_threshold=settings.diagnosis.drift_auc_warning,
     )
-    return linked.model_copy(update={"learning_curve": learning_curve(store, project_id)})
+    curve = learning_curve(store, project_id)
+    return linked.model_copy(update={"learning_curve": curve, "fit_gap": fit_gap(curve)})

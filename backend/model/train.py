@@ -323,10 +323,21 @@ def _validate(
         raise ValueError(f"single-label targets must be (n,) ints in [0, {n_classes})")
 
 
-def _oos_logits(net: StackedHead, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
+def _head_logits(net: StackedHead, x: np.ndarray) -> np.ndarray:
+    """(heads, n, C) logits of every head."""
     with torch.inference_mode():
-        all_logits = net(torch.from_numpy(x.astype(np.float32))).numpy().astype(np.float64)
-    return all_logits[folds, np.arange(len(folds))]
+        return net(torch.from_numpy(x.astype(np.float32))).numpy().astype(np.float64)
+
+
+def _train_accuracy(
+    logits: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None, temperature: float
+) -> float:
+    """Accuracy of the served head on the items it was trained on (exact set match when
+    multi-label), to set beside the out-of-sample accuracy: a growing gap is overfitting."""
+    if thresholds is None:
+        return float((logits.argmax(axis=1) == targets).mean())
+    probs = probabilities(logits, temperature, multilabel=True)
+    return float(((probs >= thresholds[None, :]) == (targets > 0)).all(axis=1).mean())
 
 
 def _plan(
@@ -410,15 +421,19 @@ def train_model(
     net = fit_heads(
         x, targets, plan, n_classes=len(classes), multilabel=multilabel, settings=settings
     )
+    logits = _head_logits(net, x)
     temperature, oos_probs, thresholds, metrics = _calibrate_and_score(
-        _oos_logits(net, x, folds),
+        logits[folds, np.arange(len(folds))],
         targets,
         classes=classes,
         multilabel=multilabel,
         settings=settings,
     )
     metrics.update(
-        n_labels=len(targets), n_folds=n_folds, train_seconds=time.perf_counter() - started
+        n_labels=len(targets),
+        n_folds=n_folds,
+        train_seconds=time.perf_counter() - started,
+        train_accuracy=_train_accuracy(logits[plan.main], targets, thresholds, temperature),
     )
     return TrainedModel(
         classes=tuple(classes),

@@ -86,10 +86,30 @@ def test_map_coverage_drift_and_learning_curve(
     assert 0.0 <= drift["auc"] <= 1.0 and drift["threshold"] == 0.75
     assert drift["warning"] == (drift["auc"] >= 0.75)
     curve = body["learning_curve"]
+    assert curve[0]["train_accuracy"] == project.trained.model.metrics["train_accuracy"]
+    assert 0.9 <= curve[0]["train_accuracy"] <= 1.0  # the planted errors are few
+    gap = body["fit_gap"]
+    assert gap["gap"] == pytest.approx(curve[0]["train_accuracy"] - curve[0]["accuracy"], abs=1e-4)
     assert [p["version"] for p in curve] == [project.trained.version]
     assert curve[0]["n_labels"] == 30 and curve[0]["accuracy"] == pytest.approx(
         project.trained.model.metrics["accuracy"]
     )
+
+
+def test_class_curves_and_confused_pairs_follow_the_planted_errors(
+    diag_client: FlaskClient,
+) -> None:
+    body = diag_client.get(f"/api/projects/{PROJECT}/diagnosis").get_json()
+    curves = {c["name"]: c for c in body["class_curves"]}
+    assert set(curves) == {"cat", "dog", "bird"}
+    for c in curves.values():
+        assert 0.5 < c["roc_auc"] <= 1.0 and 0.0 < c["average_precision"] <= 1.0
+    pairs = {(p["a"], p["b"]): p for p in body["confused_pairs"]}
+    # Task 2 (a cat labeled dog) and 13 (a dog labeled bird): the model says cat and dog.
+    assert pairs[("cat", "dog")]["b_as_a"] >= 1 and 2 in pairs[("cat", "dog")]["examples_b_as_a"]
+    assert pairs[("dog", "bird")]["b_as_a"] >= 1
+    html = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
+    assert html.count('<tr data-class="') == 3 and 'data-a="cat" data-b="dog"' in html
 
 
 def test_no_diagnosis_yet_is_a_json_404(diag_client: FlaskClient) -> None:

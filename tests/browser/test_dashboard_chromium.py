@@ -148,6 +148,16 @@ CELLS_JS = """JSON.stringify(Array.from(document.querySelectorAll('#confusion .c
   g => [+g.dataset.true, +g.dataset.pred, +g.querySelector('text').textContent]))"""
 LINKS_JS = """JSON.stringify(Array.from(document.querySelectorAll('table.label-errors a.ls-link'))
   .map(a => [+a.dataset.task, a.href]))"""
+SECTIONS_JS = """JSON.stringify(Array.from(document.querySelectorAll('section')).map(
+  s => ({id: s.id, how: (s.querySelector('p.how') || {}).textContent || ''})))"""
+AUC_JS = """JSON.stringify(Array.from(document.querySelectorAll('table.class-curves tbody tr')).map(
+  r => [r.dataset.class, +r.querySelector('td.auc').textContent]))"""
+PAIRS_JS = "document.querySelectorAll('table.confused-pairs tbody tr').length"
+INSIDE_JS = """(() => { const svg = document.querySelector('#curve').getBoundingClientRect();
+  return Array.from(document.querySelectorAll('#curve text.series-name')).every(t => {
+    const b = t.getBoundingClientRect();
+    return b.left >= svg.left && b.right <= svg.right && b.top >= svg.top && b.bottom <= svg.bottom;
+  }); })()"""
 IMAGES_JS = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
 
 
@@ -170,6 +180,13 @@ def test_dashboard_in_chromium(server: str, page: Page) -> None:
     assert set(PLANTED) <= set(links)
     for task, href in links.items():
         assert href == f"{LS_PUBLIC}/projects/{PROJECT}/data?task={task}"
+    sections = json.loads(page.evaluate(SECTIONS_JS))
+    assert {s["id"] for s in sections} >= {"class-curves", "confused-pairs", "curve"}
+    assert all(s["how"] for s in sections), "every section says how to read it"
+    aucs = dict(json.loads(page.evaluate(AUC_JS)))
+    assert aucs == {c["name"]: pytest.approx(c["roc_auc"], abs=1e-3) for c in api["class_curves"]}
+    assert page.evaluate(PAIRS_JS) == len(api["confused_pairs"])
+    assert page.evaluate(INSIDE_JS), "a learning-curve name leaves its plot"
     _screenshot(page, ARTIFACTS / "dashboard.png")
 
 
