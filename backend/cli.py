@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -23,13 +24,18 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+# Commands that talk to Label Studio: without a token they stop before creating any file.
+NEEDS_LABEL_STUDIO = frozenset({"connect", "sync", "train", "cycle"})
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Lightning announces hardware and tips on every fit; only its warnings matter here.
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    # APScheduler logs every housekeeping run at INFO (every loop.poll_s); werkzeug every request.
+    for name in ("lightning.pytorch", "lightning.fabric", "apscheduler", "werkzeug"):
         logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level)))
     # Lightning 2.6 on torch 2.13 warns about its own use of torch's pytree API at every fit.
     warnings.filterwarnings(
@@ -37,14 +43,21 @@ def _configure_logging(level: str) -> None:
     )
 
 
-def _label_studio(settings: Settings) -> Any:
-    from backend.labelstudio.client import LabelStudio
-
+def require_label_studio(settings: Settings, command: str) -> None:
+    """Refuse a command that talks to Label Studio before it touches anything, without a token."""
     if settings.label_studio.token is None:
         raise CliError(
-            "no Label Studio token: set label_studio.token in your config file or "
-            "LABELLOOP_LABEL_STUDIO__TOKEN (a personal access token or a legacy token)"
+            f"`{command}` needs a Label Studio API token: set label_studio.token in the file "
+            "given with --config, or LABELLOOP_LABEL_STUDIO__TOKEN (a personal access token or "
+            "a legacy token); the demo writes one to .demo/labelloop.yaml"
         )
+
+
+def label_studio_client(settings: Settings) -> Any:
+    """A Label Studio client for a CLI command (CliError when no token is configured)."""
+    from backend.labelstudio.client import LabelStudio
+
+    require_label_studio(settings, "this command")
     return LabelStudio(settings.label_studio)
 
 
@@ -95,30 +108,69 @@ def _serve_gunicorn(settings: Settings, workers: int) -> int:
     return serve_with_gunicorn(settings, workers)
 
 
-def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Connected:
+    """What ``connect`` did: the backend registered, the sync, the first cycle queued."""
+
+    project: int
+    backend_id: int | None
+    dashboard: str
+    tasks: int
+    annotations: int
+    cycle_id: int
+
+
+def connect_project(settings: Settings, project: int) -> Connected:
+    """Register the backend, prepare the project, sync it and queue its first cycle at once.
+
+    The queued cycle (trigger ``connect``) orders "Label All Tasks" from the first task: with no
+    labels yet it pushes the cold-start order, so annotators never start in random order.
+    """
+    from backend.store import cycles
     from backend.store.db import Store
+    from backend.store.models import utcnow
     from backend.sync import reconcile
 
     store = Store(settings.store.url)
     store.upgrade()
-    with _label_studio(settings) as ls:
-        dashboard = f"{settings.server.public_url}/dashboard/{args.project}"
-        backend = ls.connect_ml_backend(
-            args.project,
-            url=settings.server.public_url,
-            title=settings.server.title,
-            basic_auth=settings.server.basic_auth,
-            description=f"labelloop diagnosis: {dashboard}",
-        )
-        ls.set_sampling(args.project, "Uncertainty sampling")
-        _link_dashboard(ls, args.project, dashboard)
-        report = reconcile(store, ls, args.project)
-    store.dispose()
+    try:
+        with label_studio_client(settings) as ls:
+            dashboard = f"{settings.server.public_url}/dashboard/{project}"
+            backend = ls.connect_ml_backend(
+                project,
+                url=settings.server.public_url,
+                title=settings.server.title,
+                basic_auth=settings.server.basic_auth,
+                description=f"labelloop diagnosis: {dashboard}",
+            )
+            ls.set_sampling(project, "Uncertainty sampling")
+            _link_dashboard(ls, project, dashboard)
+            report = reconcile(store, ls, project)
+        now = utcnow()
+        with store.session() as session:
+            cycle_id = cycles.request(session, project, "connect", due_at=now, now=now).id
+    finally:
+        store.dispose()
+    log.info("connected project %d (%d tasks); cycle %d queued", project, report.tasks, cycle_id)
+    backend_id = backend.get("id")
+    return Connected(
+        project,
+        int(backend_id) if backend_id is not None else None,
+        dashboard,
+        report.tasks,
+        report.annotations,
+        cycle_id,
+    )
+
+
+def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
+    done = connect_project(settings, args.project)
     print(
-        f"connected Label Studio project {args.project} to {settings.server.public_url} "
-        f"(ML backend id {backend.get('id')}, title {settings.server.title!r}); "
-        f"sampling set to uncertainty; dashboard {dashboard}; synced {report.tasks} tasks, "
-        f"{report.annotations} annotations"
+        f"connected Label Studio project {done.project} to {settings.server.public_url} "
+        f"(ML backend id {done.backend_id}, title {settings.server.title!r}); "
+        f"sampling set to uncertainty; dashboard {done.dashboard}; synced {done.tasks} tasks, "
+        f"{done.annotations} annotations; queued cycle {done.cycle_id}, which orders the queue "
+        "(a running `labelloop serve` starts it within loop.poll_s)"
     )
     return 0
 
@@ -137,7 +189,8 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 
     store = Store(settings.store.url)
     store.upgrade()
-    report = reconcile(store, _label_studio(settings), args.project, incremental=args.incremental)
+    ls = label_studio_client(settings)
+    report = reconcile(store, ls, args.project, incremental=args.incremental)
     print(report.summary())
     return 0
 
@@ -279,7 +332,6 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="local Label Studio + labelloop with a demo project")
     demo.add_argument("--port", type=int, default=8080, help="Label Studio port")
     demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where demo data lives")
-    demo.add_argument("--check", action="store_true", help="start, verify, stop (no waiting)")
     demo.add_argument(
         "--ls-bin",
         default=".cache/ls-venv/bin/label-studio",
@@ -325,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backend.labelstudio.client import LabelStudioError
 
     try:
+        if args.command in NEEDS_LABEL_STUDIO and not getattr(args, "queue", False):
+            require_label_studio(settings, f"labelloop {args.command}")
         return _commands()[args.command](settings, args)
     except (CliError, LabelStudioError) as exc:
         print(f"labelloop: {exc}", file=sys.stderr)

@@ -9,12 +9,15 @@ applied when the data dir is new.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +25,44 @@ from pathlib import Path
 import requests
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a child gets when its parent dies
 
 
 class LabelStudioStartError(RuntimeError):
     """Label Studio did not come up; the message holds the tail of its log."""
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port(preferred: int | None = None) -> int:
     """``preferred`` when nothing listens there, else a free port chosen by the OS."""
-    if preferred:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", preferred))
-                return preferred
-            except OSError:
-                pass
+    if preferred and _bindable(preferred):
+        return preferred
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def next_free_port(preferred: int, *, tries: int = 20) -> int:
+    """The first free port of ``preferred, preferred + 1, ...`` (``tries`` of them), else any."""
+    for port in range(preferred, min(preferred + tries, 65536)):
+        if _bindable(port):
+            return port
+    return free_port()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the process that started it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -119,12 +142,16 @@ def start_label_studio(
     token: str = "0123456789abcdef0123456789abcdef01234567",
     timeout: float = 240.0,
 ) -> LabelStudioProcess:
-    """Start ``label-studio`` bound to 127.0.0.1 and wait until ``/health`` answers."""
+    """Start ``label-studio`` bound to 127.0.0.1 and wait until ``/health`` answers.
+
+    ``port``: used when free, else the next free one above it (Label Studio itself would move
+    to the next port silently; choosing here means the URL we print is the one it listens on).
+    """
     exe = shutil.which(str(binary)) or str(binary)
     if not Path(exe).exists():
         raise LabelStudioStartError(f"no label-studio executable at {binary}; run `make ls`")
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port(port)
+    port = next_free_port(port) if port else free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = data_dir / "label-studio.log"
     cmd = [exe, "start", "--internal-host", "127.0.0.1", "--port", str(port), "--no-browser"]
@@ -136,6 +163,8 @@ def start_label_studio(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # Even a parent killed with SIGKILL leaves no Label Studio behind.
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     running = LabelStudioProcess(url, username, password, token, data_dir, process, log_path)
     try:

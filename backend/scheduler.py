@@ -130,6 +130,7 @@ class CycleContext:
             seconds = time.perf_counter() - started
             with self._store.session() as session:
                 cycles.end_stage(session, self.cycle_id, name, seconds=seconds, counts=counts)
+            log.info("cycle %d %s: %.1f s %s", self.cycle_id, name, seconds, counts)
 
     def progress(self, done: int, total: int | None = None) -> None:
         """Report progress inside the current stage (``done`` of ``total`` items)."""
@@ -274,6 +275,8 @@ def _describe(exc: Exception, stage: str | None) -> str:
 
 
 def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock) -> CycleRun:
+    log.info("cycle %d of project %d started", ctx.cycle_id, ctx.project_id)
+    started = time.perf_counter()
     try:
         result = runner(ctx, ctx.project_id) or CycleResult()
     except Exception as exc:  # any failure of the cycle is recorded; the next cycle retries
@@ -291,7 +294,13 @@ def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock)
             model_version=result.model_version,
             metrics=result.metrics,
         )
-    log.info("cycle %d of project %d succeeded", ctx.cycle_id, ctx.project_id)
+    log.info(
+        "cycle %d of project %d succeeded in %.1f s: model version %s",
+        ctx.cycle_id,
+        ctx.project_id,
+        time.perf_counter() - started,
+        result.model_version,
+    )
     return CycleRun(ctx.cycle_id, "succeeded")
 
 

@@ -9,14 +9,14 @@ from backend.settings import Settings
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.cli import CliError, _label_studio
+    from backend.cli import CliError, label_studio_client
     from backend.store.db import Store
     from backend.sync import reconcile
     from backend.training import NotEnoughLabels, train_project
 
     store = Store(settings.store.url)
     store.upgrade()
-    with _label_studio(settings) as ls:
+    with label_studio_client(settings) as ls:
         report = reconcile(store, ls, args.project)
         print(report.summary())
         resolver = ls.image_resolver(settings.images)

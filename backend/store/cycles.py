@@ -1,8 +1,8 @@
 """Repository functions for cycle records and the per-project loop state.
 
 A cycle record is the durable form of "this project should be retrained": a trigger (debounce,
-START_TRAINING, schedule, manual; from any process) writes or joins the project's one *queued*
-record; the scheduler's job is only the alarm clock that makes it run. Running it takes the
+START_TRAINING, schedule, manual, connect; from any process) writes or joins the project's one
+*queued* record; the scheduler's job is only the alarm clock that makes it run. Running it takes the
 project's lease first (:func:`acquire_lease`): a conditional UPDATE that succeeds for exactly one
 caller while the lease is free or expired, so two processes never run a cycle of one project at
 once. The holder renews it by heartbeat; when a holder dies its lease expires and
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from backend.store.models import Cycle, LoopState
 
 CycleState = Literal["queued", "running", "succeeded", "failed"]
-Trigger = Literal["debounce", "start_training", "schedule", "manual"]
+Trigger = Literal["debounce", "start_training", "schedule", "manual", "connect"]
 TRIGGERS: tuple[str, ...] = get_args(Trigger)
 INTERRUPTED = "interrupted: the process running it stopped (lease expired)"
 MAX_ERROR_CHARS = 2000
