@@ -1,9 +1,9 @@
 """Image embeddings, trained heads, committees and calibrated probabilities.
 
-The loop calls, in order: :func:`build_backbone`, :func:`featurize` (through an
-:class:`EmbeddingCache`), :func:`train_model`, :func:`save_checkpoint`, then ``ModelHolder.swap``;
-``/predict`` calls ``ModelHolder.get``, ``TrainedModel.predict_proba`` and
-:func:`predict_annotation`.
+The cycle calls, in order: :func:`build_backbone`, :func:`featurize` (through an
+:class:`EmbeddingCache`), :func:`train_model` and :func:`save_checkpoint`; ``/predict`` gets the
+project's current model from the serving registry (which loads it with :func:`load_checkpoint`),
+then calls ``TrainedModel.predict_proba`` and :func:`predict_annotation`.
 """
 
 from backend.model.backbones import (
@@ -15,9 +15,7 @@ from backend.model.backbones import (
 from backend.model.cache import EmbeddingCache, content_hash
 from backend.model.checkpoint import (
     CheckpointError,
-    ModelHolder,
     load_checkpoint,
-    prune_checkpoints,
     save_checkpoint,
 )
 from backend.model.featurize import FeaturizeResult, featurize
@@ -31,7 +29,6 @@ __all__ = [
     "CheckpointError",
     "EmbeddingCache",
     "FeaturizeResult",
-    "ModelHolder",
     "TorchBackbone",
     "TrainedModel",
     "build_backbone",
@@ -40,7 +37,6 @@ __all__ = [
     "fine_tune_backbone",
     "load_checkpoint",
     "predict_annotation",
-    "prune_checkpoints",
     "save_checkpoint",
     "train_model",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -143,39 +142,3 @@ def load_checkpoint(path: Path) -> TrainedModel:
         raise CheckpointError(f"{path} is corrupt: checksum mismatch")
     data = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     return from_payload(data)
-
-
-def prune_checkpoints(directory: Path, keep: int, pattern: str = "*.ckpt") -> list[Path]:
-    """Delete all but the ``keep`` newest checkpoints (by modification time); returns those."""
-    files = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in files[keep:]:
-        old.unlink(missing_ok=True)
-    return files[keep:]
-
-
-class ModelHolder:
-    """The one live model of a process; readers get a consistent model, writers swap atomically.
-
-    ``get()`` returns the current model (or None before the first one); a model is immutable once
-    trained, so a reader can keep using the one it got while a swap happens.
-    """
-
-    def __init__(self, model: TrainedModel | None = None, version: str | None = None) -> None:
-        self._lock = threading.Lock()
-        self._model = model
-        self._version = version
-
-    def get(self) -> TrainedModel | None:
-        with self._lock:
-            return self._model
-
-    def get_with_version(self) -> tuple[TrainedModel | None, str | None]:
-        """The current model and the version tag it was swapped in with, read together."""
-        with self._lock:
-            return self._model, self._version
-
-    def swap(self, new: TrainedModel, version: str | None = None) -> TrainedModel | None:
-        """Make ``new`` the live model; returns the previous one."""
-        with self._lock:
-            old, self._model, self._version = self._model, new, version
-        return old

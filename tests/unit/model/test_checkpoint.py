@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,7 @@ import pytest
 from backend import files as files_module
 from backend.model.checkpoint import (
     CheckpointError,
-    ModelHolder,
     load_checkpoint,
-    prune_checkpoints,
     save_checkpoint,
 )
 from backend.model.train import TrainedModel, train_model
@@ -95,33 +92,3 @@ def test_crash_during_save_leaves_the_previous_version(
     load_checkpoint(path)
 
 
-def test_prune_keeps_the_newest(model: TrainedModel, tmp_path: Path) -> None:
-    paths = [save_checkpoint(model, tmp_path / f"v{i}.ckpt") for i in range(4)]
-    for i, p in enumerate(paths):
-        os.utime(p, (1000 + i, 1000 + i))
-    removed = prune_checkpoints(tmp_path, keep=2)
-    assert sorted(p.name for p in removed) == ["v0.ckpt", "v1.ckpt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v2.ckpt", "v3.ckpt"]
-
-
-def test_model_holder_swaps_under_a_lock(model: TrainedModel) -> None:
-    holder = ModelHolder()
-    assert holder.get() is None
-    other = object()  # stands in for a second model in the race below
-    assert holder.swap(model, "v1") is None
-    assert holder.get_with_version() == (model, "v1")
-    seen: list[object] = []
-
-    def reader() -> None:
-        for _ in range(200):
-            current, version = holder.get_with_version()
-            seen.append((current is model) == (version == "v1"))
-
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for i in range(200):
-        holder.swap(model if i % 2 else other, "v1" if i % 2 else "v2")  # type: ignore[arg-type]
-    for t in threads:
-        t.join()
-    assert all(seen)  # a model and its version are always read together
