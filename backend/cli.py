@@ -10,22 +10,19 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
+from backend.cli_common import (
+    NEEDS_LABEL_STUDIO,
+    CliError,
+    connect_project,
+    label_studio_client,
+    require_label_studio,
+)
 from backend.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("labelloop")
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
-
-
-# Commands that talk to Label Studio: without a token they stop before creating any file.
-NEEDS_LABEL_STUDIO = frozenset({"connect", "sync", "train", "cycle"})
 
 
 def _configure_logging(level: str) -> None:
@@ -41,24 +38,6 @@ def _configure_logging(level: str) -> None:
     warnings.filterwarnings(
         "ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning
     )
-
-
-def require_label_studio(settings: Settings, command: str) -> None:
-    """Refuse a command that talks to Label Studio before it touches anything, without a token."""
-    if settings.label_studio.token is None:
-        raise CliError(
-            f"`{command}` needs a Label Studio API token: set label_studio.token in the file "
-            "given with --config, or LABELLOOP_LABEL_STUDIO__TOKEN (a personal access token or "
-            "a legacy token); the demo writes one to .demo/labelloop.yaml"
-        )
-
-
-def label_studio_client(settings: Settings) -> Any:
-    """A Label Studio client for a CLI command (CliError when no token is configured)."""
-    from backend.labelstudio.client import LabelStudio
-
-    require_label_studio(settings, "this command")
-    return LabelStudio(settings.label_studio)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -108,61 +87,6 @@ def _serve_gunicorn(settings: Settings, workers: int) -> int:
     return serve_with_gunicorn(settings, workers)
 
 
-@dataclass(frozen=True)
-class Connected:
-    """What ``connect`` did: the backend registered, the sync, the first cycle queued."""
-
-    project: int
-    backend_id: int | None
-    dashboard: str
-    tasks: int
-    annotations: int
-    cycle_id: int
-
-
-def connect_project(settings: Settings, project: int) -> Connected:
-    """Register the backend, prepare the project, sync it and queue its first cycle at once.
-
-    The queued cycle (trigger ``connect``) orders "Label All Tasks" from the first task: with no
-    labels yet it pushes the cold-start order, so annotators never start in random order.
-    """
-    from backend.store import cycles
-    from backend.store.db import Store
-    from backend.store.models import utcnow
-    from backend.sync import reconcile
-
-    store = Store(settings.store.url)
-    store.upgrade()
-    try:
-        with label_studio_client(settings) as ls:
-            dashboard = f"{settings.server.public_url}/dashboard/{project}"
-            backend = ls.connect_ml_backend(
-                project,
-                url=settings.server.public_url,
-                title=settings.server.title,
-                basic_auth=settings.server.basic_auth,
-                description=f"labelloop diagnosis: {dashboard}",
-            )
-            ls.set_sampling(project, "Uncertainty sampling")
-            _link_dashboard(ls, project, dashboard)
-            report = reconcile(store, ls, project)
-        now = utcnow()
-        with store.session() as session:
-            cycle_id = cycles.request(session, project, "connect", due_at=now, now=now).id
-    finally:
-        store.dispose()
-    log.info("connected project %d (%d tasks); cycle %d queued", project, report.tasks, cycle_id)
-    backend_id = backend.get("id")
-    return Connected(
-        project,
-        int(backend_id) if backend_id is not None else None,
-        dashboard,
-        report.tasks,
-        report.annotations,
-        cycle_id,
-    )
-
-
 def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
     done = connect_project(settings, args.project)
     print(
@@ -173,14 +97,6 @@ def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
         "(a running `labelloop serve` starts it within loop.poll_s)"
     )
     return 0
-
-
-def _link_dashboard(ls: Any, project: int, url: str) -> None:
-    """Put the dashboard link in the project's description (once), where admins look."""
-    description = ls.get_project(project).get("description") or ""
-    if url not in description:
-        line = f"labelloop diagnosis: {url}"
-        ls.update_project(project, description=f"{description}\n{line}".strip())
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:

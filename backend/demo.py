@@ -144,7 +144,7 @@ def running_demo(
     Yields once the first cycle has ordered the queue, so "Label All Tasks" serves labelloop's
     cold-start order from the first task. Both servers stop when the block exits.
     """
-    from backend.cli import connect_project
+    from backend.cli_common import connect_project
     from backend.labelstudio.client import LabelStudio
 
     ls = start_label_studio(ls_binary, root / "label-studio", port=ls_port)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from backend.cli import CliError
+from backend.cli_common import CliError
 from backend.settings import Settings
 
 if TYPE_CHECKING:

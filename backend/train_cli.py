@@ -9,7 +9,7 @@ from backend.settings import Settings
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.cli import CliError, label_studio_client
+    from backend.cli_common import CliError, label_studio_client
     from backend.store.db import Store
     from backend.sync import reconcile
     from backend.training import NotEnoughLabels, train_project

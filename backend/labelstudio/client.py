@@ -1,4 +1,5 @@
-"""The Label Studio API as labelloop uses it; the only module that imports ``label_studio_sdk``.
+"""The Label Studio API as labelloop uses it (with :mod:`backend.labelstudio.auth`, the only code
+that imports ``label_studio_sdk``).
 
 The SDK handles authentication: a legacy token is sent as ``Token <t>``; a personal access token
 (a JWT refresh token) is exchanged for 5-minute access tokens sent as ``Bearer <a>``, refreshed
@@ -19,9 +20,15 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 import requests
-from label_studio_sdk.client import LabelStudio as SdkClient
 from label_studio_sdk.core.api_error import ApiError
 
+from backend.labelstudio.auth import (
+    LabelStudioError,
+    SdkAuth,
+    error_text,
+    make_sdk,
+    response_error,
+)
 from backend.labelstudio.convert import ls_datetime
 from backend.labelstudio.images import ImageResolver
 from backend.settings import ImageSettings, LabelStudioSettings
@@ -42,85 +49,6 @@ PREDICTION_BATCH = 5000
 # Bulk calls (thousands of predictions imported or deleted) take far longer than ordinary ones on
 # a busy server: 10,000 predictions measured over 30 s on 2 loaded cores.
 BULK_TIMEOUT_S = 600.0
-
-
-class LabelStudioError(Exception):
-    """A Label Studio call failed. ``status`` is None when no HTTP answer came back."""
-
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(f"Label Studio {status or 'unreachable'}: {message}")
-        self.status = status
-        self.message = message
-
-
-def _error_text(body: Any) -> str:
-    if not isinstance(body, dict):
-        return (
-            str(body)[:300] if isinstance(body, str) and not body.lstrip().startswith("<") else ""
-        )
-    detail = str(body.get("detail") or body.get("error") or "")
-    errors = body.get("validation_errors")
-    if errors:
-        detail = f"{detail}: {json.dumps(errors)}" if detail else json.dumps(errors)
-    return detail[:500]
-
-
-def _response_error(response: requests.Response) -> LabelStudioError:
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text
-    return LabelStudioError(response.status_code, _error_text(body) or response.reason or "")
-
-
-def make_sdk(ls: LabelStudioSettings, http: httpx.Client | None = None) -> SdkClient:
-    """The SDK client for ``ls``; no request is made until it is used."""
-    if ls.token is None:
-        raise LabelStudioError(None, "no API token configured (label_studio.token)")
-    try:
-        return SdkClient(
-            base_url=ls.url,
-            api_key=ls.token.get_secret_value(),
-            timeout=ls.timeout_s,
-            max_retries=0,  # the SDK would retry POSTs on 5xx and create duplicates
-            httpx_client=http or httpx.Client(timeout=ls.timeout_s, follow_redirects=True),
-        )
-    except ApiError as exc:  # an expired personal access token is refused up front
-        raise LabelStudioError(exc.status_code, _error_text(exc.body)) from None
-
-
-class SdkAuth(requests.auth.AuthBase):
-    """Puts the SDK's current ``Authorization`` header (legacy or refreshed JWT) on a request."""
-
-    def __init__(self, sdk: SdkClient, owned: httpx.Client | None = None) -> None:
-        # The SDK keeps its token logic on the client wrapper; sharing it means one access
-        # token cache for SDK and raw calls.
-        self._wrapper = sdk._client_wrapper
-        self._owned = owned
-
-    def close(self) -> None:
-        """Close the HTTP client used for token refreshes, when this auth owns it."""
-        if self._owned is not None:
-            self._owned.close()
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        try:
-            request.headers["Authorization"] = self._wrapper.get_headers()["Authorization"]
-        except ApiError as exc:
-            raise LabelStudioError(exc.status_code, _error_text(exc.body)) from None
-        except httpx.HTTPError as exc:
-            raise LabelStudioError(None, f"token refresh failed: {type(exc).__name__}") from None
-        return request
-
-
-def token_auth(ls: LabelStudioSettings) -> SdkAuth:
-    """A ``requests`` auth for Label Studio built from the configured token; close it after use."""
-    http = httpx.Client(timeout=ls.timeout_s)
-    try:
-        return SdkAuth(make_sdk(ls, http), owned=http)
-    except LabelStudioError:
-        http.close()
-        raise
 
 
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -189,7 +117,7 @@ class LabelStudio:
         except requests.RequestException as exc:
             raise LabelStudioError(None, f"cannot reach {self.url}: {type(exc).__name__}") from None
         if response.status_code not in ok:
-            raise _response_error(response)
+            raise response_error(response)
         return response
 
     def _call(self, method: str, path: str, ok: Sequence[int] = (200, 201), **kw: Any) -> Any:
@@ -207,7 +135,7 @@ class LabelStudio:
         try:
             return call()
         except ApiError as exc:
-            raise LabelStudioError(exc.status_code, _error_text(exc.body)) from None
+            raise LabelStudioError(exc.status_code, error_text(exc.body)) from None
         except httpx.HTTPError as exc:
             raise LabelStudioError(None, f"cannot reach {self.url}: {type(exc).__name__}") from None
 

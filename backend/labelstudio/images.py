@@ -21,16 +21,13 @@ import base64
 import binascii
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import requests
 from PIL import Image
 
+from backend.labelstudio.auth import SdkAuth, token_auth
 from backend.settings import ImageSettings, LabelStudioSettings
-
-if TYPE_CHECKING:
-    from backend.labelstudio.client import SdkAuth
 
 LS_PREFIXES = ("/data/upload/", "/data/local-files", "/tasks/", "/storage-data/")
 MAX_REDIRECTS = 5
@@ -93,8 +90,6 @@ class ImageResolver:
 
     def _ls_auth(self) -> requests.auth.AuthBase | None:
         if self._auth is None and self._ls.token is not None:
-            from backend.labelstudio.client import token_auth
-
             self._auth = self._owned_auth = token_auth(self._ls)
         return self._auth
 
