@@ -6,11 +6,15 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from backend.settings import ModelSettings
 from backend.store import repo
 from backend.store.db import Store
+
+if TYPE_CHECKING:  # torch is imported when the first model is needed, not with the app
+    from backend.model.backbones import Backbone
+    from backend.model.train import TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +23,7 @@ log = logging.getLogger(__name__)
 class ServedModel:
     project_id: int
     version: str
-    model: Any  # backend.model.TrainedModel
+    model: TrainedModel
 
 
 class ModelRegistry:
@@ -33,10 +37,10 @@ class ModelRegistry:
         self._store = store
         self._lock = threading.Lock()
         self._served: dict[int, ServedModel] = {}
-        self._backbones: dict[tuple[str, str, int], Any] = {}
-        self._tuned: dict[str, Any] = {}  # fine-tuned backbones by name
+        self._backbones: dict[tuple[str, str, int], Backbone] = {}
+        self._tuned: dict[str, Backbone] = {}  # fine-tuned backbones by name
 
-    def backbone(self, model_settings: ModelSettings) -> Any:
+    def backbone(self, model_settings: ModelSettings) -> Backbone:
         """The feature extractor these settings name, built once per process on first use.
 
         Projects may use different backbones (per-project settings), so one is kept per kind.
@@ -51,7 +55,7 @@ class ModelRegistry:
 
     def backbone_for(
         self, model_settings: ModelSettings, name: str, data_dir: Path, project_id: int
-    ) -> Any:
+    ) -> Backbone:
         """The backbone a served model was trained on: ``name``, fine-tuned (``+ft``) or not.
 
         A fine-tuned one is the settings' backbone with the project's saved weights, loaded once per
@@ -65,8 +69,10 @@ class ModelRegistry:
             tuned = self._tuned.get(name)
         if tuned is not None:
             return tuned
-        from backend.model.backbones import load_weights, weights_path
+        from backend.model.backbones import TorchBackbone, load_weights, weights_path
 
+        if not isinstance(base, TorchBackbone):  # only torch backbones are fine-tuned
+            return base
         path = weights_path(data_dir, project_id, name)
         if not path.exists():
             log.warning("project %d: no weights for backbone %s at %s", project_id, name, path)

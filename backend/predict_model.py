@@ -58,7 +58,8 @@ def predict_with_model(
     cache = EmbeddingCache(settings.store.data_dir / "embeddings")
     result = featurize(items, backbone, cache, batch_size=settings.model.batch_size, log_every=0)
     ok = [int(t["id"]) for t in tasks if int(t["id"]) in result.embeddings]
-    probs = served.model.predict_proba(np.stack([result.embeddings[i] for i in ok])) if ok else []
+    rows = np.stack([result.embeddings[i] for i in ok]) if ok else None
+    probs = served.model.predict_proba(rows) if rows is not None else np.zeros((0, 0))
     by_task = dict(zip(ok, probs, strict=True))
     out = []
     for task in tasks:
