@@ -90,5 +90,3 @@ def test_crash_during_save_leaves_the_previous_version(
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["live.ckpt"]  # no temp file left behind
     load_checkpoint(path)
-
-
