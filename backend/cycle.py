@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from backend.diagnosis.views import push_diagnosis_views
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
 from backend.model.predict import predict_annotation
@@ -32,6 +31,7 @@ from backend.push import (
     push_review,
     reviewed_tasks,
 )
+from backend.review import SUSPICION, decide, flag_scores, review_signal
 from backend.scheduler import CycleContext, CycleResult, CycleRunner
 from backend.settings import Settings
 from backend.store import repo
@@ -53,6 +53,7 @@ from strategies import REGISTRY, Pool
 from strategies.base import threads
 from strategies.combine import Priority, prioritize
 from strategies.disagreement import doubted_labels, judged_tags
+from strategies.label_quality import LabelQuality
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +233,17 @@ def suspects(
     settings: Settings, snap: Snapshot, scored: Scored, kind: str, exclude: set[int]
 ) -> list[Suspect]:
     """Labeled tasks a review signal ranks above its alarm level, most suspicious first."""
-    name = settings.strategy.review_signal if kind == "label_error" else "annotator_disagreement"
-    info = REGISTRY[name]
     pool = scored.pool
+    name = review_signal(settings, pool) if kind == "label_error" else "annotator_disagreement"
+    info = REGISTRY[name]
     if info.unavailable(pool) is not None:
         return []  # e.g. annotator disagreement in a multi-label project, or no model yet
-    scores = info.score(pool, rng=np.random.default_rng(settings.model.seed))
+    quality = decide(settings, pool) if name == SUSPICION else None
+    if quality is not None:
+        scores, suggested = flag_scores(quality), quality.suggested
+    else:
+        scores = info.score(pool, rng=np.random.default_rng(settings.model.seed))
+        suggested = None
     labeled = np.flatnonzero(pool.labeled)
     alarm = info.alarm if info.alarm is not None else 0.0
     hits = [
@@ -252,7 +258,10 @@ def suspects(
     out = []
     for i in hits:
         task_id, d = int(scored.task_ids[i]), doubt(i)
-        if kind == "label_error":
+        if kind == "label_error" and quality is not None and suggested is not None:
+            d = _suspected(snap.cfg.labels, int(pool.labels[i]), int(suggested[i]), quality, i)
+            reason = d.reason
+        elif kind == "label_error":
             assert d is not None  # every label-error signal needs out-of-sample probabilities
             reason = d.reason
         else:
@@ -262,8 +271,21 @@ def suspects(
                 reason += f"; model says {d.predicted!r} ({d.confidence:.0%})"
         given = d.given if d is not None else snap.cfg.labels[int(pool.labels[i])]
         predicted, confidence = (d.predicted, d.confidence) if d is not None else (None, None)
-        out.append(Suspect(task_id, float(scores[i]), reason, given, predicted, confidence))
+        value = float(quality.p_error[i]) if quality is not None else float(scores[i])
+        out.append(Suspect(task_id, value, reason, given, predicted, confidence))
     return out
+
+
+def _suspected(
+    names: Sequence[str], given: int, suggested: int, quality: LabelQuality, row: int
+) -> Doubt:
+    """The doubt of the evidence-based decision: the true class it believes and how sure."""
+    p = float(quality.p_error[row])
+    reason = (
+        f"labeled {names[given]!r}; the model and similar labeled items say "
+        f"{names[suggested]!r}: {p:.0%} likely mislabeled"
+    )
+    return Doubt(reason, names[given], names[suggested], p)
 
 
 @dataclass(frozen=True)
@@ -352,7 +374,7 @@ def run_cycle(
         counts.update(model=int(trained is not None))
         from backend.diagnosis.record import write_diagnosis
 
-        written, diagnosis = write_diagnosis(
+        diagnosis = write_diagnosis(
             settings,
             project_id,
             snap,
@@ -360,14 +382,8 @@ def run_cycle(
             scored,
             trained,
             lambda: frozenset(reviewed_tasks(store, project_id, "label_error")),
-            store=store,
         )
-        counts.update(written)
-        if diagnosis is not None:
-            views = push_diagnosis_views(
-                ls, store, project_id, diagnosis, max_tasks=settings.strategy.review_max_flags
-            )
-            counts.update(views)
+        counts.update(diagnosis)
     metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
     return CycleResult(model_version=version, metrics=metrics)
 
@@ -391,6 +407,7 @@ def _push_reviews(
             kind,
             found,
             max_flags=settings.strategy.review_max_flags,
+            image_key=snap.cfg.value_key,
         )
         counts.update({f"{kind}_{k}": v for k, v in pushed.items()})
     return counts

@@ -8,10 +8,13 @@ What works and what it costs (measured on Label Studio 1.23, see shared/docs/lab
   ``result`` = the suggested label, then switch ``project.model_version`` to it. ~3 s per 5,000
   predictions. Older versions of ours are deleted only after the switch.
 - Review queue: Data Manager views can only order on task data (ordering on ``meta`` gives 500),
-  so a flagged task gets ``labelloop_*`` keys in its data (rank, reason, the model's label and
-  confidence, shown as columns) with one ``PATCH /api/tasks/{id}`` each (~0.15 s, and PATCH
-  replaces the whole data dict). Only flags that changed are written, and at most
-  ``review_max_flags`` per view, so a cycle costs seconds, not minutes.
+  so a flagged task gets ``labelloop_*`` keys in its data (the stable suspicion value the view
+  orders on, the given label, the model's label with its confidence and the reason) with one
+  ``PATCH /api/tasks/{id}`` each (~0.15 s, and PATCH replaces the whole data dict). Only tasks
+  entering or leaving a view or changing their rounded suspicion are written, and at most
+  ``review_max_flags`` per view (what is over the limit is counted, never dropped silently). A
+  view's ``hiddenColumns`` hide every other column, so the image, the given label, the model's
+  label and the reason are the first columns a reviewer sees.
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ class LabelStudioPush(Protocol):
     def delete_model_version(self, project: int, version: str) -> int: ...
     def update_task_data(self, task: int, data: dict[str, Any]) -> None: ...
     def ensure_view(
-        self, project: int, title: str, filters: dict[str, Any], ordering: Sequence[str]
+        self,
+        project: int,
+        title: str,
+        filters: dict[str, Any],
+        ordering: Sequence[str],
+        *,
+        shown: Sequence[str] | None = None,
     ) -> int: ...
 
 
@@ -111,7 +120,11 @@ def prune_versions(ls: LabelStudioPush, project_id: int, current: str) -> int:
 
 @dataclass(frozen=True)
 class Suspect:
-    """A labeled task that looks wrong, with what a reviewer needs to see why."""
+    """A labeled task that looks wrong, with what a reviewer needs to see why.
+
+    ``score`` is the stable suspicion value the view orders by (for label errors the calibrated
+    probability that the given label is wrong), written rounded to :data:`SUSPICION_DECIMALS`.
+    """
 
     task_id: int
     score: float
@@ -121,33 +134,55 @@ class Suspect:
     model_confidence: float | None
 
 
+#: Decimals of the suspicion value written into a task: a change below that is not worth a PATCH.
+SUSPICION_DECIMALS = 2
+GIVEN_KEY, MODEL_KEY = "labelloop_given", "labelloop_model"
+
+
 def _keys(kind: ReviewKind) -> tuple[str, str]:
-    return f"labelloop_{kind}_rank", f"labelloop_{kind}_reason"
+    return f"labelloop_{kind}_suspicion", f"labelloop_{kind}_reason"
+
+
+def suspicion_value(score: float) -> float:
+    """The value written into the task (and ordered on): rounded, and never 0 (0 = not flagged)."""
+    return max(round(float(score), SUSPICION_DECIMALS), 10.0**-SUSPICION_DECIMALS)
 
 
 def review_view_filters(kind: ReviewKind) -> tuple[dict[str, Any], list[str]]:
-    rank_key, _ = _keys(kind)
+    value_key, _ = _keys(kind)
     item = {
-        "filter": f"filter:tasks:data.{rank_key}",
+        "filter": f"filter:tasks:data.{value_key}",
         "operator": "greater",
         "type": "Number",
         "value": 0,
     }
-    return {"conjunction": "and", "items": [item]}, [f"tasks:data.{rank_key}"]
+    return {"conjunction": "and", "items": [item]}, [f"-tasks:data.{value_key}"]
 
 
-def _flag_data(data: dict[str, Any], kind: ReviewKind, rank: int, s: Suspect) -> dict[str, Any]:
-    rank_key, reason_key = _keys(kind)
+def review_view_columns(image_key: str, kind: ReviewKind) -> list[str]:
+    """What a review view shows, in this order: the image, the given label(s), the model's label
+    with its confidence, and the reason sentence."""
+    return [f"tasks:data.{k}" for k in (image_key, GIVEN_KEY, MODEL_KEY, _keys(kind)[1])]
+
+
+def _flag_data(data: dict[str, Any], kind: ReviewKind, s: Suspect) -> dict[str, Any]:
+    value_key, reason_key = _keys(kind)
     out = _unflag_data(data, kind)
-    out[rank_key], out[reason_key] = rank, s.reason
-    out["labelloop_model_label"] = s.model_label or ""
-    out["labelloop_model_confidence"] = round(s.model_confidence or 0.0, 3)
+    out[GIVEN_KEY] = s.annotated_label or ""
+    confidence = f" ({s.model_confidence:.0%})" if s.model_confidence is not None else ""
+    out[MODEL_KEY] = f"{s.model_label}{confidence}" if s.model_label else ""
+    out[reason_key], out[value_key] = s.reason, suspicion_value(s.score)
     return out
 
 
 def _unflag_data(data: dict[str, Any], kind: ReviewKind) -> dict[str, Any]:
-    drop = set(_keys(kind))
-    return {k: v for k, v in (data or {}).items() if k not in drop}
+    drop = set(_keys(kind)) | {f"labelloop_{kind}_rank"}  # the rank of earlier versions
+    out = {k: v for k, v in (data or {}).items() if k not in drop}
+    if not any(k.endswith("_suspicion") and k.startswith("labelloop_") for k in out):
+        out = {k: v for k, v in out.items() if k not in (GIVEN_KEY, MODEL_KEY)}
+        out.pop("labelloop_model_label", None)
+        out.pop("labelloop_model_confidence", None)
+    return out
 
 
 def mark_reviewed(store: Store, project_id: int) -> int:
@@ -197,9 +232,12 @@ def push_review(
     suspects: Sequence[Suspect],
     *,
     max_flags: int,
+    image_key: str | None = None,
 ) -> dict[str, int]:
-    """Make the review view hold ``suspects`` (best first), writing only what changed."""
-    wanted = {s.task_id: (rank, s) for rank, s in enumerate(suspects[:max_flags], start=1)}
+    """Make the review view hold ``suspects`` (best first), writing only what changed: a task is
+    PATCHed when it enters or leaves the view or its rounded suspicion value changes, so one new
+    suspect costs one request, not a rewrite of every flag ranked below it."""
+    wanted = {s.task_id: s for s in suspects[:max_flags]}
     with store.session() as session:
         active = {
             f.task_id: f
@@ -215,20 +253,30 @@ def push_review(
             t.id: t
             for t in session.scalars(select(Task).where(Task.id.in_(set(wanted) | set(active))))
         }
-    counts = {"flagged": 0, "unflagged": 0, "unchanged": 0}
+    counts = {
+        "flagged": 0,
+        "unflagged": 0,
+        "unchanged": 0,
+        "over_limit": len(suspects) - len(wanted),
+    }
     for task_id, flag in active.items():
         if task_id not in wanted or flag.reviewed_at is not None:
             _write_unflag(ls, store, tasks.get(task_id), flag, kind)
             counts["unflagged"] += 1
-    for task_id, (rank, suspect) in wanted.items():
+    for rank, (task_id, suspect) in enumerate(wanted.items(), start=1):
         current = active.get(task_id)
-        if current is not None and current.pushed and current.rank == rank:
+        if (
+            current is not None
+            and current.pushed
+            and suspicion_value(current.score) == suspicion_value(suspect.score)
+        ):
             counts["unchanged"] += 1
             continue
         _write_flag(ls, store, project_id, tasks.get(task_id), kind, rank, suspect)
         counts["flagged"] += 1
     filters, ordering = review_view_filters(kind)
-    ls.ensure_view(project_id, VIEW_TITLES[kind], filters, ordering)
+    shown = review_view_columns(image_key, kind) if image_key else None
+    ls.ensure_view(project_id, VIEW_TITLES[kind], filters, ordering, shown=shown)
     return counts
 
 
@@ -256,7 +304,7 @@ def _write_flag(
 ) -> None:
     if task is None or task.data is None:
         return
-    data = _flag_data(task.data, kind, rank, suspect)
+    data = _flag_data(task.data, kind, suspect)
     ls.update_task_data(task.id, data)
     _save_task_data(store, task.id, data)
     with store.session() as session:

@@ -142,8 +142,16 @@ class StrategySettings(_Section):
     fade_after: dict[str, int | None] = Field(default_factory=lambda: dict(DEFAULT_FADE_AFTER))
     push_clusters: bool = False
     review_signal: Literal[
-        "confident_learning", "self_confidence", "normalized_margin", "annotator_model_disagreement"
-    ] = "confident_learning"
+        "suspicion",
+        "confident_learning",
+        "self_confidence",
+        "normalized_margin",
+        "annotator_model_disagreement",
+    ] = "suspicion"
+    review_max_false_share: float = Field(0.2, gt=0.0, le=1.0)
+    review_min_support: int = Field(10, ge=1)
+    review_min_recall: float = Field(0.5, ge=0.0, le=1.0)
+    review_overwhelming: float = Field(0.99, gt=0.5, le=1.0)
     review_max_flags: int = Field(50, ge=0, le=1000)
     score_threads: int | None = Field(None, ge=1)
 
@@ -237,8 +245,6 @@ class DiagnosisSettings(_Section):
     drift_auc_warning: float = Field(0.75, ge=0.5, le=1.0)
     map_points: int = Field(5000, ge=100, le=50_000)
     listed: int = Field(50, ge=1, le=1000)
-    near_duplicate_similarity: float = Field(0.95, gt=0.5, le=1.0)
-    split_field: str | None = "split"
 
 
 class Settings(_Section):

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from strategies import balance, coldstart, coverage, disagreement, passive, uncertainty
+from strategies import (
+    balance,
+    coldstart,
+    coverage,
+    disagreement,
+    label_quality,
+    passive,
+    uncertainty,
+)
 from strategies.base import Kind, Pool, Selection, StrategyInfo
 
 _LABEL: Kind = "label"
@@ -108,6 +116,16 @@ REGISTRY: MappingProxyType[str, StrategyInfo] = MappingProxyType(
             "predicted to be in a class rare among the labels",
         ),
         # --- review signals: labeled items only -----------------------------------------------
+        "suspicion": StrategyInfo(
+            label_quality.suspicion,
+            label_quality.suspicion_pool_scores,
+            _REVIEW,
+            _needs("oos_probs"),
+            "calibrated probability the label is wrong (out-of-sample model + labeled neighbours), "
+            "above 0.5 only where flagged with evidence",
+            multilabel=False,
+            alarm=0.5,
+        ),
         "self_confidence": StrategyInfo(
             disagreement.self_confidence,
             disagreement.self_confidence_pool_scores,

@@ -388,26 +388,53 @@ class LabelStudio:
     def list_views(self, project: int) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/dm/views", params={"project": project}) or [])
 
+    def data_manager_columns(self, project: int) -> list[str]:
+        """Every Data Manager column of the project as a view names it (``tasks:id``,
+        ``tasks:data.image``), in the order Label Studio lists them."""
+        body = self._call("GET", "/api/dm/columns", params={"project": project}) or {}
+        out = []
+        for column in body.get("columns", []):
+            if column.get("children"):
+                continue  # the "data" group itself; its children are listed one by one
+            parent = "data." if column.get("parent") == "data" else ""
+            out.append(f"{column.get('target', 'tasks')}:{parent}{column['id']}")
+        return out
+
     def ensure_view(
         self,
         project: int,
         title: str,
         filters: dict[str, Any],
         ordering: Sequence[str] = (),
+        *,
+        shown: Sequence[str] | None = None,
     ) -> int:
-        """The view titled ``title``, created or brought up to date; its id."""
+        """The view titled ``title``, created or brought up to date; its id.
+
+        ``shown``: the only columns the view shows (``tasks:data.image``, ...); every other
+        column the project has is put in the view's ``hiddenColumns`` (for both the table and
+        the labeling panel), so those columns come first on screen. None leaves them as they are.
+        """
+        wanted: dict[str, Any] = {"filters": filters, "ordering": list(ordering)}
+        if shown is not None:
+            hidden = [c for c in self.data_manager_columns(project) if c not in set(shown)]
+            wanted["hiddenColumns"] = {"explore": hidden, "labeling": hidden}
         for view in self.list_views(project):
             if (view.get("data") or {}).get("title") == title:
                 data = dict(view.get("data") or {})
-                if data.get("filters") != filters or data.get("ordering") != list(ordering):
-                    data.update(filters=filters, ordering=list(ordering))
+                if any(data.get(key) != value for key, value in wanted.items()):
+                    data.update(wanted)
                     self._call(
                         "PATCH",
                         f"/api/dm/views/{view['id']}",
                         json={"project": project, "data": data},
                     )
                 return int(view["id"])
-        return self.create_view(project, title, filters, ordering)
+        view_id = self.create_view(project, title, filters, ordering)
+        if shown is not None:
+            data = {"title": title, **wanted}
+            self._call("PATCH", f"/api/dm/views/{view_id}", json={"project": project, "data": data})
+        return view_id
 
     def view_tasks(self, project: int, view: int, *, limit: int = 100) -> list[dict[str, Any]]:
         """The first ``limit`` tasks of a view, in the view's filter and order."""

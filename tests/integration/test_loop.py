@@ -177,8 +177,8 @@ def test_model_cycle_reorders_queue_and_flags_planted_errors(loop: Loop) -> None
     top = set(flagged[: 2 * PLANTED])
     assert len(planted & top) >= PLANTED - 2, (planted, flagged, record["metrics"])
     first = loop.ls.get_task(flagged[0])
-    assert "model says" in first["data"]["labelloop_label_error_reason"]
-    assert first["data"]["labelloop_model_label"] != ""
+    assert "likely mislabeled" in first["data"]["labelloop_label_error_reason"]
+    assert first["data"]["labelloop_model"] != ""
 
 
 def test_reviewed_tasks_leave_the_review_view(loop: Loop) -> None:

@@ -1,0 +1,368 @@
+"""One calibrated suspicion per labeled item, and the decision to flag it only with evidence.
+
+Sources of evidence about each labeled item's given label, each out-of-sample for that item:
+
+- the model's cross-fitted probabilities;
+- its labeled nearest neighbours in embedding space (leave-one-out kNN vote, model-free, in the
+  spirit of kNN label-quality scores);
+- optionally a second model family, e.g. the out-of-bag votes of a bootstrap committee.
+
+They are pooled log-linearly (one weight per source, fitted by the likelihood of the given labels,
+so the pooled probabilities are calibrated to what annotators answer). The pooled distribution is
+what annotators would say; the label noise is then taken out by a noise model fitted by EM
+(``P(given | true)``, a C x C matrix with a prior of 95 % correct labels), which gives each item's
+posterior over its true class and so ``P(given label is wrong)``.
+
+The decision: an item is flagged when it is more likely wrong than right and the expected share of
+false flags among everything flagged stays under ``max_false_share``. Classes the labels cannot
+judge yet (too few labels, or the classes' out-of-sample recall too low) only yield flags whose
+evidence is overwhelming, and each such class carries a reason in words.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from strategies.base import FloatArray, IntArray, Pool, Selection, eligible, need, top_k
+
+#: Neighbours per labeled item for the kNN vote.
+KNN_K = 10
+#: Prior of the noise model: pseudo-counts of correct vs wrong labels per class (95 % correct).
+NOISE_PRIOR = (19.0, 1.0)
+#: Factors on the pooled log-probabilities tried by :func:`sharpened_posterior`.
+SHARPNESS = (1.0, 1.5, 2.0, 3.0)
+_WEIGHT_GRID = np.round(np.linspace(0.0, 2.0, 11), 2)
+_EM_ITERATIONS = 30
+_FLOOR = 1e-9
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Settings of the decision (see :func:`label_quality`)."""
+
+    max_false_share: float = 0.2
+    min_support: int = 10
+    min_recall: float = 0.5
+    overwhelming: float = 0.99
+
+
+@dataclass(frozen=True)
+class LabelQuality:
+    """The suspicion of every item and the decision.
+
+    Attributes:
+        p_error: (n,) probability that the given label is wrong (0 for unlabeled items).
+        suggested: (n,) most probable true class (-1 for unlabeled items).
+        flagged: (n,) True = goes into the review view.
+        judged: (C,) classes the labels can judge; ``class_reasons`` says why not for the others.
+        class_reasons: class index -> why its labels cannot be judged yet.
+        support, recall: (C,) labeled items per class and their out-of-sample recall.
+        weights: pooling weight per evidence source (model, neighbours, committee...).
+        expected_false_share: expected share of false flags among the flagged items.
+        expected_errors: expected number of wrong labels among all labeled items.
+        held_back: items more likely wrong than right but left out, by why ("class", "share").
+    """
+
+    p_error: NDArray[np.float64]
+    suggested: IntArray
+    flagged: NDArray[np.bool_]
+    judged: NDArray[np.bool_]
+    class_reasons: dict[int, str]
+    support: IntArray
+    recall: NDArray[np.float64]
+    weights: tuple[float, ...]
+    expected_false_share: float
+    expected_errors: float
+    held_back: dict[str, int] = field(default_factory=dict)
+
+
+def knn_label_probs(
+    embeddings: FloatArray, labels: IntArray, n_classes: int, *, k: int = KNN_K
+) -> NDArray[np.float64]:
+    """Leave-one-out vote of each labeled item's ``k`` most similar labeled items (cosine).
+
+    Args:
+        embeddings: (n, d) feature vectors.
+        labels: (n,) given class, -1 unlabeled (unlabeled rows get the uniform distribution and
+            never vote).
+        n_classes: C.
+
+    Returns:
+        (n, C) float64 vote shares, smoothed by one pseudo-vote spread over the classes.
+    """
+    n = labels.shape[0]
+    out = np.full((n, n_classes), 1.0 / n_classes)
+    rows = np.flatnonzero(labels >= 0)
+    k = min(k, rows.shape[0] - 1)
+    if k < 1:
+        return out
+    z = np.asarray(embeddings[rows], dtype=np.float64)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    given = labels[rows]
+    chunk = max(1, 4_000_000 // max(1, rows.shape[0]))
+    for start in range(0, rows.shape[0], chunk):
+        sim = z[start : start + chunk] @ z.T
+        local = np.arange(sim.shape[0])
+        sim[local, start + local] = -np.inf  # never one's own vote
+        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        votes = np.zeros((sim.shape[0], n_classes))
+        np.add.at(votes, (np.repeat(local, k), given[nearest].ravel()), 1.0)
+        out[rows[start : start + chunk]] = (votes + 1.0 / n_classes) / (k + 1.0)
+    return out
+
+
+def _pooled(logs: list[NDArray[np.float64]], weights: tuple[float, ...]) -> NDArray[np.float64]:
+    z = np.zeros_like(logs[0])
+    for weight, log_probs in zip(weights, logs, strict=True):
+        z += weight * log_probs
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def pool_evidence(
+    sources: list[FloatArray], given: IntArray
+) -> tuple[NDArray[np.float64], tuple[float, ...]]:
+    """Log-linear pooling of (m, C) probability sources, weights fitted by the likelihood of
+    ``given`` on a grid (0 to 2 in steps of 0.2 per source).
+
+    Returns:
+        (m, C) pooled probabilities and the weights.
+    """
+    logs = [np.log(np.maximum(np.asarray(s, dtype=np.float64), _FLOOR)) for s in sources]
+    rows = np.arange(given.shape[0])
+    best: tuple[float, tuple[float, ...]] = (np.inf, (1.0,) + (0.0,) * (len(logs) - 1))
+    for grid_point in itertools.product(_WEIGHT_GRID, repeat=len(logs)):
+        weights = tuple(float(w) for w in grid_point)
+        if not any(weights):
+            continue
+        pooled = _pooled(logs, weights)
+        nll = float(-np.log(np.maximum(pooled[rows, given], _FLOOR)).mean())
+        if nll < best[0] - 1e-12:
+            best = (nll, weights)
+    return _pooled(logs, best[1]), best[1]
+
+
+def noise_posterior(
+    pooled: FloatArray, given: IntArray, *, prior: tuple[float, float] = NOISE_PRIOR
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Posterior over each item's true class, with the annotators' noise taken out.
+
+    ``pooled`` estimates what an annotator answers, ``q = p_true @ T`` with ``T[j, c] =
+    P(given c | true j)``. EM alternates: the true-class prior ``q @ inv(T)`` (clipped to the
+    simplex), the posterior ``prior * T[:, given]``, and ``T`` from the posteriors plus
+    ``prior`` pseudo-counts (correct, wrong) per class, wrong ones spread evenly.
+
+    Returns:
+        (m, C) posterior over the true class and the (C, C) noise matrix.
+    """
+    n_classes = pooled.shape[1]
+    correct, wrong = prior
+    alpha = np.full((n_classes, n_classes), wrong / max(n_classes - 1, 1))
+    np.fill_diagonal(alpha, correct)
+    transition = alpha / alpha.sum(axis=1, keepdims=True)
+    onehot = np.eye(n_classes)[given]
+    posterior = np.asarray(pooled, dtype=np.float64)
+    for _ in range(_EM_ITERATIONS):
+        clean = pooled @ np.linalg.inv(transition)
+        clean = np.maximum(clean, _FLOOR * pooled)
+        clean /= clean.sum(axis=1, keepdims=True)
+        posterior = clean * transition[:, given].T
+        posterior /= np.maximum(posterior.sum(axis=1, keepdims=True), _FLOOR)
+        transition = (posterior.T @ onehot + alpha) / (
+            posterior.sum(axis=0)[:, None] + alpha.sum(axis=1, keepdims=True)
+        )
+    return posterior, transition
+
+
+def _log_likelihood(pooled: FloatArray, given: IntArray, transition: FloatArray) -> float:
+    clean = np.maximum(pooled @ np.linalg.inv(transition), _FLOOR * pooled)
+    clean /= clean.sum(axis=1, keepdims=True)
+    return float(np.log(np.maximum((clean * transition[:, given].T).sum(axis=1), _FLOOR)).sum())
+
+
+def sharpened_posterior(pooled: FloatArray, given: IntArray) -> tuple[NDArray[np.float64], float]:
+    """:func:`noise_posterior` at the sharpness that best explains the given labels.
+
+    Pooling fitted by the plain likelihood of noisy labels is too soft: it must also give the
+    wrong labels some probability. Under the noise model they are explained by ``T`` instead, so
+    the pooled log-probabilities are scaled by the factor in :data:`SHARPNESS` whose noise model
+    has the highest marginal likelihood.
+
+    Returns:
+        (m, C) posterior over the true class and the chosen factor.
+    """
+    logs = np.log(np.maximum(pooled, _FLOOR))
+    best: tuple[float, float, NDArray[np.float64]] | None = None
+    for factor in SHARPNESS:
+        sharp = _pooled([logs], (factor,))
+        posterior, transition = noise_posterior(sharp, given)
+        score = _log_likelihood(sharp, given, transition)
+        if best is None or score > best[0]:
+            best = (score, factor, posterior)
+    if best is None:  # SHARPNESS is never empty
+        raise ValueError("no sharpness factor to try")
+    return best[2], best[1]
+
+
+def flag_decision(
+    p_error: FloatArray, eligible: NDArray[np.bool_], *, max_false_share: float
+) -> tuple[NDArray[np.bool_], float]:
+    """The most suspicious eligible items, each more likely wrong than right, as many as keep
+    the expected share of false flags (mean of ``1 - p_error``) at or under ``max_false_share``.
+
+    Returns:
+        (n,) flags and the expected false share among them (0 when none).
+    """
+    candidates = np.flatnonzero(eligible & (p_error > 0.5))
+    order = candidates[np.argsort(-p_error[candidates], kind="stable")]
+    false_share = np.cumsum(1.0 - p_error[order]) / np.arange(1, order.shape[0] + 1)
+    ok = np.flatnonzero(false_share <= max_false_share + 1e-12)
+    n = int(ok[-1]) + 1 if ok.shape[0] else 0
+    flagged = np.zeros(p_error.shape[0], dtype=bool)
+    flagged[order[:n]] = True
+    return flagged, float(false_share[n - 1]) if n else 0.0
+
+
+def class_evidence(
+    pooled: FloatArray, given: IntArray, n_classes: int, gate: Gate
+) -> tuple[IntArray, NDArray[np.float64], NDArray[np.bool_], dict[int, str]]:
+    """Per class: support, out-of-sample recall of the pooled prediction, whether it can be
+    judged, and for the others why not (in words, class named by index)."""
+    support = np.bincount(given, minlength=n_classes).astype(np.int64)
+    hits = np.bincount(given, weights=pooled.argmax(axis=1) == given, minlength=n_classes)
+    recall = np.divide(hits, support, out=np.zeros(n_classes), where=support > 0)
+    reasons: dict[int, str] = {}
+    for c in range(n_classes):
+        if support[c] < gate.min_support:
+            reasons[c] = f"{support[c]} labels (needs {gate.min_support})"
+        elif recall[c] < gate.min_recall:
+            reasons[c] = f"out-of-sample recall {recall[c]:.0%} (needs {gate.min_recall:.0%})"
+    judged = np.array([c not in reasons for c in range(n_classes)], dtype=bool)
+    return support, recall, judged, reasons
+
+
+def label_quality(
+    labels: IntArray,
+    oos_probs: FloatArray,
+    *,
+    embeddings: FloatArray | None = None,
+    extra: list[FloatArray] | None = None,
+    strata: IntArray | None = None,
+    gate: Gate | None = None,
+) -> LabelQuality:
+    """Calibrated suspicion of every labeled item and which ones to flag.
+
+    Args:
+        labels: (n,) given class, -1 unlabeled.
+        oos_probs: (n, C) out-of-sample probabilities (rows of labeled items are used).
+        embeddings: (n, d) feature vectors for the neighbours' vote; None = model only.
+        extra: more (n, C) out-of-sample sources (e.g. out-of-bag committee votes).
+        strata: (n,) how each item came to be labeled (e.g. 0 = chosen by the queue, 1 = random
+            audit): pooling weights and the noise model are fitted per stratum with at least 30
+            labeled items, since items the queue chose are harder and the model disagrees with
+            their correct labels more often.
+        gate: decision settings.
+
+    Returns:
+        the :class:`LabelQuality`.
+    """
+    gate = gate or Gate()
+    n, n_classes = oos_probs.shape
+    rows = np.flatnonzero(labels >= 0)
+    if rows.shape[0] == 0:
+        return _nothing_labeled(n, n_classes, gate)
+    given = labels[rows]
+    sources: list[FloatArray] = [oos_probs[rows]]
+    if embeddings is not None:
+        sources.append(knn_label_probs(embeddings, labels, n_classes)[rows])
+    sources += [np.asarray(s)[rows] for s in extra or []]
+    pooled = np.empty((rows.shape[0], n_classes))
+    posterior = np.empty((rows.shape[0], n_classes))
+    plain = np.empty(rows.shape[0])  # unsharpened: the bar for classes not judged
+    weights: tuple[float, ...] = ()
+    for members in _strata_rows(strata[rows] if strata is not None else None, rows.shape[0]):
+        part, weights = pool_evidence([s[members] for s in sources], given[members])
+        pooled[members] = part
+        posterior[members] = sharpened_posterior(part, given[members])[0]
+        soft = noise_posterior(part, given[members])[0]
+        plain[members] = 1.0 - soft[np.arange(members.shape[0]), given[members]]
+    p_error = np.zeros(n)
+    suggested = np.full(n, -1, dtype=np.int64)
+    if rows.shape[0]:
+        p_error[rows] = 1.0 - posterior[np.arange(rows.shape[0]), given]
+        suggested[rows] = posterior.argmax(axis=1)
+    support, recall, judged, reasons = class_evidence(pooled, given, n_classes, gate)
+    eligible = np.zeros(n, dtype=bool)
+    eligible[rows] = True
+    strong = np.zeros(n, dtype=bool)
+    strong[rows] = plain >= gate.overwhelming
+    fair = eligible & judged[np.maximum(labels, 0)] & judged[np.maximum(suggested, 0)]
+    flagged, share = flag_decision(
+        p_error,
+        fair | strong,
+        max_false_share=gate.max_false_share,
+    )
+    likely = eligible & (p_error > 0.5)
+    held = {
+        "class": int((likely & ~fair & ~flagged).sum()),
+        "share": int((likely & fair & ~flagged).sum()),
+    }
+    return LabelQuality(
+        p_error=p_error,
+        suggested=suggested,
+        flagged=flagged,
+        judged=judged,
+        class_reasons=reasons,
+        support=support,
+        recall=recall,
+        weights=weights,
+        expected_false_share=share,
+        expected_errors=float(p_error.sum()),
+        held_back=held,
+    )
+
+
+def _nothing_labeled(n: int, n_classes: int, gate: Gate) -> LabelQuality:
+    reasons = {c: f"0 labels (needs {gate.min_support})" for c in range(n_classes)}
+    return LabelQuality(
+        p_error=np.zeros(n),
+        suggested=np.full(n, -1, dtype=np.int64),
+        flagged=np.zeros(n, dtype=bool),
+        judged=np.zeros(n_classes, dtype=bool),
+        class_reasons=reasons,
+        support=np.zeros(n_classes, dtype=np.int64),
+        recall=np.zeros(n_classes),
+        weights=(),
+        expected_false_share=0.0,
+        expected_errors=0.0,
+    )
+
+
+def _strata_rows(strata: IntArray | None, m: int) -> list[IntArray]:
+    if strata is None:
+        return [np.arange(m)]
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    small = [g for g in groups if g.shape[0] < 30]
+    out = [g for g in groups if g.shape[0] >= 30]
+    if small:
+        out.append(np.concatenate(small))
+    return out
+
+
+def suspicion_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n,) probability the given label is wrong where flagged (> 0.5), half of it elsewhere, so
+    the order is the suspicion's and the alarm at 0.5 is the decision (default :class:`Gate`)."""
+    probs = need(pool, "suspicion", "oos_probs")
+    quality = label_quality(pool.labels, probs, embeddings=pool.embeddings)
+    return np.where(quality.flagged, quality.p_error, 0.5 * quality.p_error)
+
+
+def suspicion(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
+    """The k labeled items most likely mislabeled (needs oos_probs; embeddings used if given)."""
+    scores = suspicion_pool_scores(pool, rng=rng)
+    return top_k(scores, eligible(pool, "review"), k, rng=rng)

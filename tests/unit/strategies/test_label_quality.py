@@ -1,0 +1,111 @@
+"""Planted answers for the calibrated suspicion and the decision to flag it (label_quality)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strategies.label_quality import (
+    Gate,
+    flag_decision,
+    knn_label_probs,
+    label_quality,
+    noise_posterior,
+)
+
+
+def _blobs(n_per: int, n_classes: int, rng: np.random.Generator, spread: float = 0.35):
+    centres = rng.normal(size=(n_classes, 8)) * 3
+    y = np.repeat(np.arange(n_classes), n_per)
+    x = centres[y] + spread * rng.normal(size=(len(y), 8))
+    return x, y
+
+
+def _softmax_probs(
+    x: np.ndarray, y: np.ndarray, n_classes: int, temperature: float = 4.0
+) -> np.ndarray:
+    """Nearest-centroid probabilities (a stand-in for a model's out-of-sample probabilities)."""
+    centres = np.stack([x[y == c].mean(axis=0) for c in range(n_classes)])
+    logits = -((x[:, None, :] - centres[None]) ** 2).sum(axis=2) / temperature
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_knn_votes_leave_the_item_out_and_skip_unlabeled() -> None:
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05]])
+    labels = np.array([0, 0, 1, 1, -1])
+    probs = knn_label_probs(x, labels, 2, k=1)
+    # Each labeled item's one neighbour is the other item of its class, never itself.
+    np.testing.assert_allclose(probs[:4].argmax(axis=1), [0, 0, 1, 1])
+    np.testing.assert_allclose(probs[0], [(1 + 0.5) / 2, 0.5 / 2])
+    np.testing.assert_allclose(probs[4], [0.5, 0.5])  # unlabeled: uniform, never voted
+
+
+def test_noise_posterior_recovers_a_planted_swap() -> None:
+    # Everyone says class 0 confidently; one item given 1 where the annotators' model says 0.
+    pooled = np.array([[0.97, 0.03]] * 50 + [[0.03, 0.97]] * 50 + [[0.97, 0.03]])
+    given = np.array([0] * 50 + [1] * 50 + [1])
+    posterior, transition = noise_posterior(pooled, given)
+    assert posterior[-1].argmax() == 0 and posterior[-1, 1] < 0.3
+    assert posterior[:100].max(axis=1).min() > 0.9  # the agreeing items stay believed
+    assert transition[0, 0] > 0.9 and transition[1, 1] > 0.9
+
+
+def test_flag_decision_keeps_expected_false_share_under_the_setting() -> None:
+    p = np.array([0.99, 0.95, 0.9, 0.7, 0.6, 0.55, 0.4, 0.1])
+    flags, share = flag_decision(p, np.ones(8, bool), max_false_share=0.2)
+    # Prefix means of 1 - p: .01 .03 .053 .115 .172 .218 -> the first five
+    assert flags.tolist() == [True] * 5 + [False] * 3
+    assert share == pytest.approx(np.mean(1 - p[:5]))
+    flags, _ = flag_decision(p, np.ones(8, bool), max_false_share=1.0)
+    assert flags.sum() == 6  # never an item more likely right than wrong
+
+
+def test_planted_errors_fill_the_flags_and_beat_chance() -> None:
+    rng = np.random.default_rng(0)
+    x, y = _blobs(40, 5, rng)
+    noisy = y.copy()
+    planted = rng.choice(len(y), 20, replace=False)
+    noisy[planted] = (y[planted] + 1 + rng.integers(0, 4, 20)) % 5
+    probs = _softmax_probs(x, noisy, 5)  # centroids of the noisy labels
+    quality = label_quality(noisy, probs, embeddings=x)
+    flagged = set(np.flatnonzero(quality.flagged))
+    assert len(flagged & set(planted)) >= 18
+    assert len(flagged - set(planted)) <= 3
+    assert quality.expected_false_share <= 0.2
+    wrong = quality.suggested[planted] == y[planted]
+    assert wrong.mean() >= 0.9  # the suggestion is the true class
+
+
+def test_correct_labels_of_a_weak_model_are_not_accused() -> None:
+    rng = np.random.default_rng(1)
+    x, y = _blobs(3, 10, rng, spread=2.5)  # 30 labels, 3 per class, overlapping classes
+    # calibrated: a weak model is not sure of anything
+    probs = _softmax_probs(x + rng.normal(size=x.shape), y, 10, temperature=60.0)
+    quality = label_quality(y, probs, embeddings=x)
+    assert quality.flagged.sum() <= 1
+    assert set(quality.class_reasons) == set(range(10))
+    assert quality.class_reasons[0] == "3 labels (needs 10)"
+
+
+def test_overwhelming_evidence_passes_the_gate() -> None:
+    rng = np.random.default_rng(2)
+    x, y = _blobs(6, 3, rng, spread=0.05)
+    noisy = y.copy()
+    noisy[0] = 1  # far inside class 0, labeled 1
+    probs = np.full((len(y), 3), 1e-4)
+    probs[np.arange(len(y)), y] = 1.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    quality = label_quality(noisy, probs, embeddings=x, gate=Gate(overwhelming=0.99))
+    assert 0 in quality.class_reasons  # 6 labels: not judged in general ...
+    assert np.flatnonzero(quality.flagged).tolist() == [0]  # ... but this one is overwhelming
+
+
+def test_strata_fit_their_own_calibration() -> None:
+    rng = np.random.default_rng(3)
+    x, y = _blobs(40, 3, rng)
+    probs = _softmax_probs(x, y, 3)
+    strata = np.arange(len(y)) % 2
+    a = label_quality(y, probs, embeddings=x, strata=strata)
+    b = label_quality(y, probs, embeddings=x)
+    assert a.p_error.shape == b.p_error.shape and not a.flagged.any()

@@ -1,0 +1,73 @@
+"""Review flags: a stable suspicion value, and PATCHes only for tasks whose flag changed."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from backend.push import LabelStudioPush, Suspect, push_review, review_view_columns
+from backend.store.db import Store
+from backend.store.models import Project, Task
+from tests.fake_labelstudio import FakeLabelStudio
+
+
+class Recorder(FakeLabelStudio):
+    def ensure_view(self, project: int, title: str, *args: Any, **kwargs: Any) -> int:
+        self.view = (args, kwargs)
+        return super().ensure_view(project, title, *args, **kwargs)
+
+
+def _tasks(store: Store, n: int) -> None:
+    with store.session() as session:
+        session.add(Project(id=7))
+        for i in range(n):
+            session.add(Task(id=100 + i, project_id=7, image_ref=f"/x/{i}", data={"image": "i"}))
+
+
+def _suspect(task: int, score: float) -> Suspect:
+    return Suspect(task, score, f"labeled '1'; evidence says '7': {score:.0%}", "1", "7", score)
+
+
+def test_one_new_suspect_costs_one_patch(store: Store) -> None:
+    _tasks(store, 30)
+    ls = Recorder(n_tasks=0, n_labeled=0)
+    first = [_suspect(100 + i, 0.99 - i / 100) for i in range(20)]
+    counts = push_review(cast(LabelStudioPush, ls), store, 7, "label_error", first, max_flags=50)
+    assert counts["flagged"] == 20
+    ls.calls.clear()
+    # A new most suspicious item on top: every other rank shifts, no value changes.
+    second = [_suspect(129, 0.999), *first]
+    counts = push_review(
+        cast(LabelStudioPush, ls), store, 7, "label_error", second, max_flags=50, image_key="image"
+    )
+    assert counts == {"flagged": 1, "unflagged": 0, "unchanged": 20, "over_limit": 0}
+    assert [c for c in ls.calls if c[0] == "update_task_data"] == [("update_task_data", 129)]
+    data = ls.task_data[129]
+    assert data["labelloop_label_error_suspicion"] == 1.0
+    assert data["labelloop_given"] == "1" and data["labelloop_model"] == "7 (100%)"
+    assert data["image"] == "i"  # the task's own data stays
+    # The view orders by the value (highest first) and shows the case first.
+    args, kwargs = ls.view
+    assert args[1] == ["-tasks:data.labelloop_label_error_suspicion"]
+    assert (
+        kwargs["shown"]
+        == review_view_columns("image", "label_error")
+        == [
+            "tasks:data.image",
+            "tasks:data.labelloop_given",
+            "tasks:data.labelloop_model",
+            "tasks:data.labelloop_label_error_reason",
+        ]
+    )
+
+
+def test_leaving_and_over_the_limit_are_counted(store: Store) -> None:
+    _tasks(store, 5)
+    ls = Recorder(n_tasks=0, n_labeled=0)
+    suspects = [_suspect(100 + i, 0.9) for i in range(5)]
+    push_review(cast(LabelStudioPush, ls), store, 7, "label_error", suspects, max_flags=5)
+    counts = push_review(
+        cast(LabelStudioPush, ls), store, 7, "label_error", suspects[:4], max_flags=3
+    )
+    assert counts == {"flagged": 0, "unflagged": 2, "unchanged": 3, "over_limit": 1}
+    assert "labelloop_label_error_suspicion" not in ls.task_data[104]
+    assert "labelloop_given" not in ls.task_data[104]
