@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.diagnosis.views import push_diagnosis_views
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
 from backend.model.predict import predict_annotation
@@ -374,7 +375,7 @@ def run_cycle(
         counts.update(model=int(trained is not None))
         from backend.diagnosis.record import write_diagnosis
 
-        diagnosis = write_diagnosis(
+        written, diagnosis = write_diagnosis(
             settings,
             project_id,
             snap,
@@ -382,8 +383,14 @@ def run_cycle(
             scored,
             trained,
             lambda: frozenset(reviewed_tasks(store, project_id, "label_error")),
+            store=store,
         )
-        counts.update(diagnosis)
+        counts.update(written)
+        if diagnosis is not None:
+            views = push_diagnosis_views(
+                ls, store, project_id, diagnosis, max_tasks=settings.strategy.review_max_flags
+            )
+            counts.update(views)
     metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
     return CycleResult(model_version=version, metrics=metrics)
 

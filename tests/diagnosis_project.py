@@ -93,7 +93,9 @@ def build(tmp_path: Path) -> DiagnosedProject:
         raise RuntimeError("the test project did not train")
     scored = score_stage(settings, build_pool(snap, result.embeddings, trained))
     activate_version(settings, store, PROJECT, trained.version)
-    counts = write_diagnosis(settings, PROJECT, snap, result.embeddings, scored, trained)
+    counts, _ = write_diagnosis(
+        settings, PROJECT, snap, result.embeddings, scored, trained, store=store
+    )
     if counts.get("diagnosis") != 1:
         raise RuntimeError(f"diagnosis not written: {counts}")
     return DiagnosedProject(settings, store, trained, truth)

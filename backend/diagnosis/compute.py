@@ -43,6 +43,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from backend.diagnosis.duplicates import find_duplicates
 from backend.diagnosis.performance import class_curves, confused_pairs
 from backend.diagnosis.schema import (
     Classification,
@@ -100,6 +101,9 @@ class DiagnosisInputs:
             no confusion matrix), None for single-label projects.
         reviewed: task ids an annotator already reviewed after they were flagged as label errors;
             never listed again.
+        hashes: (n,) sha256 of each item's image bytes (None where unknown), for exact
+            duplicates; None when not known at all.
+        splits: (n,) each task's split (``diagnosis.split_field``), None when no task has one.
     """
 
     task_ids: IntArray
@@ -114,10 +118,21 @@ class DiagnosisInputs:
     metrics: dict[str, Any] | None = None
     reviewed: frozenset[int] = frozenset()
     targets: IntArray | None = None
+    hashes: tuple[str | None, ...] | None = None
+    splits: tuple[str | None, ...] | None = None
 
     @property
     def labeled(self) -> NDArray[np.bool_]:
         return self.labels >= 0
+
+    def label_names(self) -> list[str | None]:
+        """(n,) the given label of each item (tags joined by ", "), None when unlabeled."""
+        if self.targets is not None:
+            return [
+                ", ".join(self.classes[c] for c in np.flatnonzero(row)) if lab >= 0 else None
+                for row, lab in zip(self.targets, self.labels, strict=True)
+            ]
+        return [self.classes[lab] if lab >= 0 else None for lab in self.labels.tolist()]
 
 
 # ---------------------------------------------------------------- sections
@@ -403,6 +418,15 @@ def compute_diagnosis(
         ),
         drift=domain_drift(
             x, labeled, inputs.task_ids, threshold=limits.drift_auc_warning, rng=rng
+        ),
+        duplicates=find_duplicates(
+            inputs.task_ids,
+            x,
+            inputs.label_names(),
+            hashes=inputs.hashes,
+            splits=inputs.splits,
+            threshold=limits.near_duplicate_similarity,
+            limit=limits.listed,
         ),
         **performance(inputs),
     )

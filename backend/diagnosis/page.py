@@ -53,6 +53,7 @@ SECTIONS = (
     Section("confused-pairs", "Most confused class pairs"),
     Section("map", "Embedding map"),
     Section("distribution", "Class distribution"),
+    Section("duplicates", "Duplicates"),
     Section("coverage", "Under-covered clusters"),
     Section("outliers", "Outliers"),
     Section("curve", "Learning curve"),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,8 @@ from backend.diagnosis.schema import Diagnosis
 from backend.files import atomic_write
 from backend.review import SUSPICION, decide, flag_scores, review_signal
 from backend.settings import Settings
+from backend.store import task_images
+from backend.store.db import Store
 from strategies import REGISTRY
 
 if TYPE_CHECKING:
@@ -29,16 +31,37 @@ def diagnosis_path(settings: Settings, project_id: int) -> Path:
     return settings.store.data_dir / "diagnosis" / f"p{project_id}.json"
 
 
+def task_splits(
+    snap: Snapshot, task_ids: Sequence[int] | np.ndarray, field: str | None
+) -> tuple[str | None, ...] | None:
+    """Each task's split (the string in its data ``field``), None when no task has one."""
+    if field is None:
+        return None
+    data = {t.id: t.data or {} for t in snap.tasks}
+    values = [data.get(int(t), {}).get(field) for t in task_ids]
+    splits = tuple(str(v) if isinstance(v, str | int) and v != "" else None for v in values)
+    return splits if any(v is not None for v in splits) else None
+
+
+def task_hashes(store: Store, task_ids: Sequence[int] | np.ndarray) -> tuple[str | None, ...]:
+    """Each task's image sha256 as last featurized, None where never."""
+    with store.session() as session:
+        known = task_images.lookup(session, [int(t) for t in task_ids])
+    return tuple(known[int(t)][0] if int(t) in known else None for t in task_ids)
+
+
 def inputs_from_cycle(
     settings: Settings,
     snap: Snapshot,
     scored: Scored,
     trained: Trained | None,
     reviewed: frozenset[int] = frozenset(),
+    hashes: tuple[str | None, ...] | None = None,
 ) -> DiagnosisInputs:
     """The diagnosis inputs of one cycle: the scored pool plus the snapshot's targets.
 
-    ``reviewed``: task ids whose label-error flag an annotator already answered.
+    ``reviewed``: task ids whose label-error flag an annotator already answered; ``hashes``:
+    each task's image sha256 (exact duplicates).
     """
     pool, classes = scored.pool, tuple(snap.cfg.labels)
     labels = np.array(pool.labels, dtype=np.int64)
@@ -67,6 +90,8 @@ def inputs_from_cycle(
         error_alarm=info.alarm if info.alarm is not None else 0.0,
         metrics=dict(trained.model.metrics) if trained is not None else None,
         reviewed=reviewed,
+        hashes=hashes,
+        splits=task_splits(snap, scored.task_ids, settings.diagnosis.split_field),
     )
 
 
@@ -95,19 +120,22 @@ def write_diagnosis(
     scored: Scored,
     trained: Trained | None,
     reviewed: Callable[[], frozenset[int]] = frozenset,
-) -> dict[str, int]:
-    """Compute and save the project's diagnosis; returns counts for the cycle record.
+    store: Store | None = None,
+) -> tuple[dict[str, int], Diagnosis | None]:
+    """Compute and save the project's diagnosis; returns counts for the cycle record and it.
 
     ``reviewed``: reads the task ids already reviewed as label errors (left out of the
     candidates); called inside the guard, so a failing read only costs the diagnosis.
+    ``store``: where the tasks' image hashes are read from (exact duplicates).
 
     A failure is logged and counted, never raised: the diagnosis must not fail a cycle whose model
     and queue are already live.
     """
     if not embeddings or scored.pool.embeddings is None:
-        return {"diagnosis": 0}
+        return {"diagnosis": 0}, None
     try:
-        inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed())
+        hashes = task_hashes(store, scored.task_ids) if store is not None else None
+        inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed(), hashes)
         diagnosis = compute_diagnosis(
             inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
         ).model_copy(
@@ -116,5 +144,5 @@ def write_diagnosis(
         save_diagnosis(diagnosis_path(settings, project_id), diagnosis)
     except (ValueError, OSError, np.linalg.LinAlgError, SQLAlchemyError) as exc:
         log.warning("project %d: diagnosis not written: %s", project_id, type(exc).__name__)
-        return {"diagnosis": 0, "diagnosis_failed": 1}
-    return {"diagnosis": 1, "diagnosis_errors": len(diagnosis.label_errors)}
+        return {"diagnosis": 0, "diagnosis_failed": 1}, None
+    return {"diagnosis": 1, "diagnosis_errors": len(diagnosis.label_errors)}, diagnosis

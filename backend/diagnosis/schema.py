@@ -169,6 +169,37 @@ class ConfusedPair(_Model):
     examples_b_as_a: list[int]
 
 
+class DuplicateGroup(_Model):
+    """Items that are the same image (``exact``: same bytes) or nearly (``near``: embeddings at or
+    above the similarity bar); ``similarity`` is the lowest near-duplicate link in the group."""
+
+    id: int
+    kind: Literal["exact", "near"]
+    tasks: list[int]
+    #: The given label of each task (None = unlabeled).
+    labels: list[str | None]
+    #: Each task's split when tasks carry one, else null.
+    splits: list[str | None] | None
+    conflicting: bool
+    leak: bool
+    similarity: float
+
+
+class Duplicates(_Model):
+    threshold: float
+    n_groups: int
+    n_exact: int
+    #: Items in some group.
+    n_items: int
+    n_conflicting: int
+    n_leaks: int
+    has_splits: bool
+    #: The groups listed: conflicting labels first, then leaks across splits, then the largest.
+    groups: list[DuplicateGroup]
+    #: Every group whose labels disagree (the Label Studio view holds their tasks).
+    conflicting: list[DuplicateGroup]
+
+
 class Diagnosis(_Model):
     format: int = FORMAT
     created_at: str
@@ -193,6 +224,7 @@ class Diagnosis(_Model):
     class_curves: list[ClassCurve] = []
     #: Most confused class pairs, most mistakes first (single-label projects).
     confused_pairs: list[ConfusedPair] = []
+    duplicates: Duplicates | None = None
     # Filled when viewed.
     learning_curve: list[CurvePoint] = []
     fit_gap: FitGap | None = None

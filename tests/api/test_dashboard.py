@@ -112,6 +112,20 @@ def test_class_curves_and_confused_pairs_follow_the_planted_errors(
     assert html.count('<tr data-class="') == 3 and 'data-a="cat" data-b="dog"' in html
 
 
+def test_duplicates_of_the_planted_errors_are_conflicting_groups(
+    diag_client: FlaskClient,
+) -> None:
+    body = diag_client.get(f"/api/projects/{PROJECT}/diagnosis").get_json()
+    dup = body["duplicates"]
+    # Each colour class is one noisy image drawn many times: near-duplicates of each other.
+    conflicting = {t for g in dup["conflicting"] for t in g["tasks"]}
+    assert set(PLANTED) <= conflicting and dup["n_conflicting"] == len(dup["conflicting"]) >= 2
+    for group in dup["groups"]:
+        assert group["kind"] == "near" and group["similarity"] >= dup["threshold"]
+    html = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
+    assert html.count('data-conflicting="1"') == dup["n_conflicting"]
+
+
 def test_no_diagnosis_yet_is_a_json_404(diag_client: FlaskClient) -> None:
     response = diag_client.get("/api/projects/999/diagnosis")
     assert response.status_code == 404

@@ -152,6 +152,7 @@ SECTIONS_JS = """JSON.stringify(Array.from(document.querySelectorAll('section'))
   s => ({id: s.id, how: (s.querySelector('p.how') || {}).textContent || ''})))"""
 AUC_JS = """JSON.stringify(Array.from(document.querySelectorAll('table.class-curves tbody tr')).map(
   r => [r.dataset.class, +r.querySelector('td.auc').textContent]))"""
+DUPLICATES_JS = "document.querySelectorAll('table.duplicates tr[data-conflicting=\"1\"]').length"
 PAIRS_JS = "document.querySelectorAll('table.confused-pairs tbody tr').length"
 INSIDE_JS = """(() => { const svg = document.querySelector('#curve').getBoundingClientRect();
   return Array.from(document.querySelectorAll('#curve text.series-name')).every(t => {
@@ -181,7 +182,9 @@ def test_dashboard_in_chromium(server: str, page: Page) -> None:
     for task, href in links.items():
         assert href == f"{LS_PUBLIC}/projects/{PROJECT}/data?task={task}"
     sections = json.loads(page.evaluate(SECTIONS_JS))
-    assert {s["id"] for s in sections} >= {"class-curves", "confused-pairs", "curve"}
+    assert {s["id"] for s in sections} >= {"class-curves", "confused-pairs", "curve", "duplicates"}
+    conflicting = page.evaluate(DUPLICATES_JS)
+    assert conflicting == api["duplicates"]["n_conflicting"] > 0
     assert all(s["how"] for s in sections), "every section says how to read it"
     aucs = dict(json.loads(page.evaluate(AUC_JS)))
     assert aucs == {c["name"]: pytest.approx(c["roc_auc"], abs=1e-3) for c in api["class_curves"]}
