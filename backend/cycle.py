@@ -54,6 +54,7 @@ from strategies import REGISTRY, Pool
 from strategies.base import threads
 from strategies.combine import Priority, prioritize
 from strategies.disagreement import doubted_labels, judged_tags
+from strategies.duplicates import demote, near_copies_of_labeled
 from strategies.label_quality import LabelQuality
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,13 @@ def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -
     )
     with limit:
         priority = _prioritize(settings, pool)
+        if strategy.near_duplicates_last and pool.embeddings is not None:
+            copies = near_copies_of_labeled(
+                pool.embeddings,
+                pool.labeled,
+                threshold=settings.diagnosis.near_duplicate_similarity,
+            )
+            priority = demote(priority, copies)
     return Scored(task_ids, pool, priority, probs)
 
 

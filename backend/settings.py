@@ -154,6 +154,7 @@ class StrategySettings(_Section):
     review_overwhelming: float = Field(0.99, gt=0.5, le=1.0)
     review_max_flags: int = Field(50, ge=0, le=1000)
     score_threads: int | None = Field(None, ge=1)
+    near_duplicates_last: bool = True
 
     @field_validator("weights")
     @classmethod

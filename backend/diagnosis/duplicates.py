@@ -21,6 +21,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.decomposition import PCA
 
 from backend.diagnosis.schema import DuplicateGroup, Duplicates
+from strategies.duplicates import centred_unit
 
 #: Dimensions the candidate search runs on, and how far below the bar a candidate may be.
 CANDIDATE_DIMS = 64
@@ -57,8 +58,7 @@ def near_pairs(
     Centring first matters: pooled CNN features are all positive, so raw cosines of unrelated
     images are already high; around the mean only near-copies stay close to 1.
     """
-    x = np.asarray(embeddings, dtype=np.float32)
-    x = _unit(x - x.mean(axis=0, keepdims=True))
+    x = centred_unit(embeddings)
     if len(x) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if x.shape[1] > CANDIDATE_DIMS and len(x) > CANDIDATE_DIMS:

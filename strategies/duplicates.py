@@ -1,0 +1,61 @@
+"""Near-copies of labeled items go to the back of the queue: labeling a second copy of an image
+teaches the model almost nothing, so novel items come first.
+
+Similarity is the cosine of centred embeddings (pooled CNN features are all positive, so raw
+cosines of unrelated images are already high; around the mean only near-copies stay near 1).
+Pure functions: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numpy.typing import NDArray
+
+from strategies.combine import Priority
+
+#: Rows compared at once against the labeled items.
+BLOCK = 2048
+
+
+def centred_unit(embeddings: NDArray[np.floating]) -> NDArray[np.float32]:
+    """(n, d) embeddings minus their mean, scaled to unit length (float32)."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    x = x - x.mean(axis=0, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def near_copies_of_labeled(
+    embeddings: NDArray[np.floating], labeled: NDArray[np.bool_], *, threshold: float
+) -> NDArray[np.bool_]:
+    """(n,) True for unlabeled items whose centred cosine to some labeled item is >= threshold.
+
+    Args:
+        embeddings: (n, d) embeddings of every item.
+        labeled: (n,) which items are labeled.
+        threshold: cosine similarity from which two items count as copies.
+    """
+    out = np.zeros(len(labeled), dtype=bool)
+    if not labeled.any() or labeled.all():
+        return out
+    x = centred_unit(embeddings)
+    known = x[labeled].T
+    rows = np.flatnonzero(~labeled)
+    for start in range(0, len(rows), BLOCK):
+        block = rows[start : start + BLOCK]
+        out[block] = (x[block] @ known).max(axis=1) >= threshold
+    return out
+
+
+def demote(priority: Priority, last: NDArray[np.bool_]) -> Priority:
+    """``priority`` with the ``last`` items moved behind every other unlabeled item (each group
+    keeps its order); positions follow the new order."""
+    order = priority.order
+    moved = last[order]
+    if not moved.any():
+        return priority
+    new_order = np.concatenate((order[~moved], order[moved]))
+    positions = priority.priority.copy()
+    positions[new_order] = np.arange(len(new_order), dtype=np.float64)
+    return dataclasses.replace(priority, order=new_order, priority=positions)
