@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.diagnosis.quality import ImageStatsRecorder, stats_path
 from backend.diagnosis.views import push_diagnosis_views
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
@@ -360,9 +361,11 @@ def run_cycle(
         )
         snap = load_snapshot(store, project_id)
     with ctx.stage("featurize") as counts:
-        fetch = ls.image_resolver(settings.images).fetch
+        stats = ImageStatsRecorder(stats_path(settings, project_id))
+        fetch = stats.observing(ls.image_resolver(settings.images).fetch)
         tuned = project_backbone(settings, project_id, snap.cfg, snap.tasks, snap.targets, fetch)
         result, backbone = embed_tasks(settings, store, snap.tasks, fetch, backbone=tuned)
+        counts.update(image_stats=stats.save())
         counts.update(
             embedded=len(result.embeddings), computed=result.n_computed, failed=len(result.failures)
         )

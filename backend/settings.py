@@ -240,6 +240,19 @@ class LoopSettings(_Section):
         return self
 
 
+class ImageQualitySettings(_Section):
+    """Thresholds of the image-quality issues (see backend/diagnosis/quality.py)."""
+
+    dark_below: float = Field(0.15, ge=0.0, le=1.0)
+    bright_above: float = Field(0.9, ge=0.0, le=1.0)
+    blurry_below: float = Field(0.05, ge=0.0)
+    low_information_below: float = Field(3.0, ge=0.0, le=8.0)
+    grayscale_below: float = Field(3.0, ge=0.0)
+    colour_project_above: float = Field(10.0, ge=0.0)
+    odd_size_factor: float = Field(2.0, gt=1.0)
+    odd_aspect_factor: float = Field(1.5, gt=1.0)
+
+
 class DiagnosisSettings(_Section):
     """The dashboard's diagnosis (see backend/diagnosis/)."""
 
@@ -248,6 +261,7 @@ class DiagnosisSettings(_Section):
     listed: int = Field(50, ge=1, le=1000)
     near_duplicate_similarity: float = Field(0.95, gt=0.5, le=1.0)
     split_field: str | None = "split"
+    image_quality: ImageQualitySettings = ImageQualitySettings()
 
 
 class Settings(_Section):

@@ -2,8 +2,8 @@
 
 Three colour classes with data: URL images; tasks 1-30 are labeled (two planted label errors),
 tasks 31-45 are unlabeled and newer than every labeled one (the "new" data of the drift check).
-The real cycle stages run: featurize, train, score, record (activate + diagnosis); only the
-push to Label Studio is left out.
+The real cycle stages run: featurize (with the image statistics), train, score, record (activate
++ diagnosis); only the push to Label Studio is left out.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from backend.cycle import Trained, build_pool, load_snapshot, score_stage, train_stage
+from backend.diagnosis.quality import ImageStatsRecorder, stats_path
 from backend.diagnosis.record import write_diagnosis
 from backend.labelstudio.images import ImageResolver
 from backend.settings import Settings
@@ -86,8 +87,11 @@ def build(tmp_path: Path) -> DiagnosedProject:
     store.upgrade()
     truth = seed(store)
     snap = load_snapshot(store, PROJECT)
+    stats = ImageStatsRecorder(stats_path(settings, PROJECT))
     with ImageResolver(settings.label_studio, settings.images) as resolver:
-        result, backbone = embed_tasks(settings, store, snap.tasks, resolver.fetch)
+        fetch = stats.observing(resolver.fetch)
+        result, backbone = embed_tasks(settings, store, snap.tasks, fetch)
+    stats.save()
     trained = train_stage(settings, store, PROJECT, snap, result.embeddings, backbone)
     if trained is None:
         raise RuntimeError("the test project did not train")

@@ -45,6 +45,7 @@ from sklearn.preprocessing import StandardScaler
 
 from backend.diagnosis.duplicates import find_duplicates
 from backend.diagnosis.performance import class_curves, confused_pairs
+from backend.diagnosis.quality import image_quality
 from backend.diagnosis.schema import (
     Classification,
     ClassScores,
@@ -55,6 +56,7 @@ from backend.diagnosis.schema import (
     Distribution,
     Drift,
     EmbeddingMap,
+    ImageQuality,
     LabelError,
     Outlier,
 )
@@ -104,6 +106,8 @@ class DiagnosisInputs:
         hashes: (n,) sha256 of each item's image bytes (None where unknown), for exact
             duplicates; None when not known at all.
         splits: (n,) each task's split (``diagnosis.split_field``), None when no task has one.
+        image_stats: (n, 7) image statistics (:data:`backend.diagnosis.quality.STATS`; NaN rows
+            where unmeasured), None when none were measured.
     """
 
     task_ids: IntArray
@@ -120,6 +124,7 @@ class DiagnosisInputs:
     targets: IntArray | None = None
     hashes: tuple[str | None, ...] | None = None
     splits: tuple[str | None, ...] | None = None
+    image_stats: FloatArray | None = None
 
     @property
     def labeled(self) -> NDArray[np.bool_]:
@@ -373,6 +378,18 @@ def performance(inputs: DiagnosisInputs) -> dict[str, Any]:
     }
 
 
+def quality_section(inputs: DiagnosisInputs, limits: DiagnosisSettings) -> ImageQuality | None:
+    """Image-quality issues with the out-of-sample accuracy on the items that have them."""
+    if inputs.image_stats is None:
+        return None
+    correct = None
+    if inputs.oos_probs is not None and inputs.targets is None:
+        correct = inputs.oos_probs.argmax(axis=1) == inputs.labels
+    return image_quality(
+        inputs.task_ids, inputs.image_stats, limits.image_quality, correct, inputs.labeled
+    )
+
+
 # ---------------------------------------------------------------- the whole diagnosis
 
 
@@ -428,5 +445,6 @@ def compute_diagnosis(
             threshold=limits.near_duplicate_similarity,
             limit=limits.listed,
         ),
+        image_quality=quality_section(inputs, limits),
         **performance(inputs),
     )

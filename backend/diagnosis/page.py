@@ -54,6 +54,7 @@ SECTIONS = (
     Section("map", "Embedding map"),
     Section("distribution", "Class distribution"),
     Section("duplicates", "Duplicates"),
+    Section("image-quality", "Image quality"),
     Section("coverage", "Under-covered clusters"),
     Section("outliers", "Outliers"),
     Section("curve", "Learning curve"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from numpy.typing import NDArray
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.diagnosis.compute import DiagnosisInputs, IntArray, compute_diagnosis
+from backend.diagnosis.quality import load_stats, stats_matrix, stats_path
 from backend.diagnosis.schema import Diagnosis
 from backend.files import atomic_write
 from backend.review import SUSPICION, decide, flag_scores, review_signal
@@ -136,6 +138,10 @@ def write_diagnosis(
     try:
         hashes = task_hashes(store, scored.task_ids) if store is not None else None
         inputs = inputs_from_cycle(settings, snap, scored, trained, reviewed(), hashes)
+        if hashes is not None:
+            known = load_stats(stats_path(settings, project_id))
+            if known:
+                inputs = replace(inputs, image_stats=stats_matrix(hashes, known))
         diagnosis = compute_diagnosis(
             inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
         ).model_copy(

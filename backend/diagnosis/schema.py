@@ -200,6 +200,30 @@ class Duplicates(_Model):
     conflicting: list[DuplicateGroup]
 
 
+class QualityIssue(_Model):
+    """One image-quality issue: how many items have it, how many of those are labeled, the
+    out-of-sample accuracy on them and on measured labeled items without it, and examples."""
+
+    issue: str
+    count: int
+    labeled: int
+    accuracy: float | None
+    accuracy_rest: float | None
+    examples: list[int]
+    example_reasons: list[str]
+
+
+class ImageQuality(_Model):
+    #: Items whose image statistics are known (measured when their image was fetched).
+    n_measured: int
+    n_flagged: int
+    issues: list[QualityIssue]
+    #: Every item with an issue, most issues first, and its issues in words (the Label Studio
+    #: view "labelloop: image quality" holds them).
+    flagged: list[int]
+    flagged_reasons: list[str]
+
+
 class Diagnosis(_Model):
     format: int = FORMAT
     created_at: str
@@ -225,6 +249,7 @@ class Diagnosis(_Model):
     #: Most confused class pairs, most mistakes first (single-label projects).
     confused_pairs: list[ConfusedPair] = []
     duplicates: Duplicates | None = None
+    image_quality: ImageQuality | None = None
     # Filled when viewed.
     learning_curve: list[CurvePoint] = []
     fit_gap: FitGap | None = None

@@ -1,6 +1,5 @@
 """Diagnosis findings as Label Studio Data Manager views, so annotators work through them where
-they label: "labelloop: duplicates with conflicting labels" (and, from the image statistics,
-"labelloop: image quality").
+they label: "labelloop: duplicates with conflicting labels" and "labelloop: image quality".
 
 A view can only filter and order on task data, so each listed task gets ``labelloop_*`` keys in
 its data (a rank to order by and a sentence shown as a column). Only tasks whose keys change are
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
-from backend.diagnosis.schema import Diagnosis, Duplicates
+from backend.diagnosis.schema import Diagnosis, Duplicates, ImageQuality
 from backend.labelstudio.client import LabelStudioError
 from backend.store.db import Store
 from backend.store.models import Task
@@ -63,6 +62,21 @@ DUPLICATES_VIEW = TaskView(
     "labelloop_duplicate_group",
     "labelloop_duplicate_reason",
 )
+
+
+QUALITY_VIEW = TaskView(
+    "labelloop: image quality", "labelloop_quality_rank", "labelloop_quality_issue"
+)
+
+
+def quality_marks(quality: ImageQuality) -> dict[int, tuple[int, str]]:
+    """Task id -> (rank, its issues in words) for every task with an image-quality issue."""
+    return {
+        task: (rank, reason)
+        for rank, (task, reason) in enumerate(
+            zip(quality.flagged, quality.flagged_reasons, strict=True), start=1
+        )
+    }
 
 
 def _label(value: str | None) -> str:
@@ -137,6 +151,8 @@ def push_diagnosis_views(
     pending = []
     if diagnosis.duplicates is not None:
         pending.append(("duplicates", DUPLICATES_VIEW, duplicate_marks(diagnosis.duplicates)))
+    if diagnosis.image_quality is not None:
+        pending.append(("quality", QUALITY_VIEW, quality_marks(diagnosis.image_quality)))
     for name, view, marks in pending:
         try:
             done = push_view(ls, store, project_id, view, marks, max_tasks=max_tasks)

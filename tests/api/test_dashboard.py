@@ -126,6 +126,28 @@ def test_duplicates_of_the_planted_errors_are_conflicting_groups(
     assert html.count('data-conflicting="1"') == dup["n_conflicting"]
 
 
+def test_image_quality_is_measured_for_every_image(diag_client: FlaskClient) -> None:
+    body = diag_client.get(f"/api/projects/{PROJECT}/diagnosis").get_json()
+    quality = body["image_quality"]
+    assert quality["n_measured"] == 45
+    issues = {i["issue"]: i for i in quality["issues"]}
+    assert set(issues) == {
+        "dark",
+        "bright",
+        "blurry",
+        "low_information",
+        "grayscale",
+        "odd_size",
+        "odd_aspect",
+    }
+    # Same-size colour images: no size, aspect or grayscale issue.
+    for name in ("odd_size", "odd_aspect", "grayscale"):
+        assert issues[name]["count"] == 0
+    assert quality["n_flagged"] == len(quality["flagged"])
+    html = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
+    assert html.count('<tr data-issue="') == 7
+
+
 def test_no_diagnosis_yet_is_a_json_404(diag_client: FlaskClient) -> None:
     response = diag_client.get("/api/projects/999/diagnosis")
     assert response.status_code == 404

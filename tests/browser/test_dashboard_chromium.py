@@ -182,7 +182,13 @@ def test_dashboard_in_chromium(server: str, page: Page) -> None:
     for task, href in links.items():
         assert href == f"{LS_PUBLIC}/projects/{PROJECT}/data?task={task}"
     sections = json.loads(page.evaluate(SECTIONS_JS))
-    assert {s["id"] for s in sections} >= {"class-curves", "confused-pairs", "curve", "duplicates"}
+    assert {s["id"] for s in sections} >= {
+        "class-curves",
+        "confused-pairs",
+        "curve",
+        "duplicates",
+        "image-quality",
+    }
     conflicting = page.evaluate(DUPLICATES_JS)
     assert conflicting == api["duplicates"]["n_conflicting"] > 0
     assert all(s["how"] for s in sections), "every section says how to read it"

@@ -11,7 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from backend.labelstudio.client import LabelStudio
+from backend.settings import LabelStudioSettings
 from tests.integration.lsserver import LabelStudioServer, running_server, start_server
 
 HERE = Path(__file__).parent
@@ -31,3 +34,11 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def ls(label_studio: LabelStudioServer) -> Iterator[LabelStudio]:
+    """Our client of the session's Label Studio, with default settings (one per module)."""
+    settings = LabelStudioSettings(url=label_studio.url, token=SecretStr(label_studio.token))
+    with LabelStudio(settings) as adapter:
+        yield adapter

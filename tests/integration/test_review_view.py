@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-from pydantic import SecretStr
 
 from backend.labelstudio.client import LabelStudio
 from backend.push import review_view_columns, review_view_filters
-from backend.settings import LabelStudioSettings
 from tests.conftest import SINGLE_CONFIG
 from tests.integration.test_labelstudio_adapter import COLORS, png
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ls(label_studio: Any) -> Iterator[LabelStudio]:
-    settings = LabelStudioSettings(url=label_studio.url, token=SecretStr(label_studio.token))
-    with LabelStudio(settings) as adapter:
-        yield adapter
 
 
 def test_the_view_shows_image_given_model_and_reason_first_and_orders_by_suspicion(
