@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from backend.diagnosis.quality import ImageStatsRecorder, stats_path
+from backend.diagnosis.slices import slice_columns, slice_ids
 from backend.diagnosis.views import push_diagnosis_views
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
@@ -139,9 +140,16 @@ def _annotator_matrix(snap: Snapshot, index: dict[int, int], n: int) -> np.ndarr
 
 
 def build_pool(
-    snap: Snapshot, embeddings: dict[int, np.ndarray], trained: Trained | None
+    snap: Snapshot,
+    embeddings: dict[int, np.ndarray],
+    trained: Trained | None,
+    slice_fields: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, Pool, np.ndarray | None]:
-    """Arrays for the strategies, in ascending task id order (tasks without embeddings left out)."""
+    """Arrays for the strategies, in ascending task id order (tasks without embeddings left out).
+
+    ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
+    low-cardinality fields, see :mod:`backend.diagnosis.slices`).
+    """
     task_ids = np.array(sorted(embeddings), dtype=np.int64)
     index = {int(t): i for i, t in enumerate(task_ids)}
     x = np.stack([embeddings[int(t)] for t in task_ids]) if len(task_ids) else np.zeros((0, 1))
@@ -168,9 +176,17 @@ def build_pool(
         oos_probs=oos,
         annotations=_annotator_matrix(snap, index, len(task_ids)),
         targets=tags if snap.cfg.multiple and oos is not None else None,
+        slices=_slices(snap, task_ids, slice_fields),
         multilabel=snap.cfg.multiple,
     )
     return task_ids, pool, probs
+
+
+def _slices(
+    snap: Snapshot, task_ids: np.ndarray, configured: Sequence[str] | None
+) -> np.ndarray | None:
+    columns = slice_columns(snap.tasks, task_ids, configured, image_key=snap.cfg.value_key)
+    return slice_ids(list(columns.values())) if columns else None
 
 
 def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -> Scored:
@@ -373,7 +389,8 @@ def run_cycle(
         trained = train_stage(settings, store, project_id, snap, result.embeddings, backbone)
         counts.update(labels=len(trained.used.task_ids) if trained else 0)
     with ctx.stage("score") as counts:
-        scored = score_stage(settings, build_pool(snap, result.embeddings, trained))
+        arrays = build_pool(snap, result.embeddings, trained, settings.diagnosis.slice_fields)
+        scored = score_stage(settings, arrays)
         counts.update(unlabeled=len(scored.priority.order), labeled=int(scored.pool.labeled.sum()))
     with ctx.stage("push") as counts:
         version = trained.version if trained else f"{new_version(settings, project_id)}-cold"

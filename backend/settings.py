@@ -261,6 +261,7 @@ class DiagnosisSettings(_Section):
     listed: int = Field(50, ge=1, le=1000)
     near_duplicate_similarity: float = Field(0.95, gt=0.5, le=1.0)
     split_field: str | None = "split"
+    slice_fields: list[str] | None = None
     image_quality: ImageQualitySettings = ImageQualitySettings()
 
 

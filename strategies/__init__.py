@@ -18,6 +18,7 @@ from strategies import (
     disagreement,
     label_quality,
     passive,
+    slices,
     uncertainty,
 )
 from strategies.base import Kind, Pool, Selection, StrategyInfo
@@ -114,6 +115,14 @@ REGISTRY: MappingProxyType[str, StrategyInfo] = MappingProxyType(
             _LABEL,
             _needs("probs"),
             "predicted to be in a class rare among the labels",
+        ),
+        "slice": StrategyInfo(
+            slices.slice_,
+            slices.slice_pool_scores,
+            _LABEL,
+            _needs("oos_probs", "slices"),
+            "item's slice (a task data group) has a high out-of-sample error rate",
+            multilabel=False,
         ),
         # --- review signals: labeled items only -----------------------------------------------
         "suspicion": StrategyInfo(

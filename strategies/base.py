@@ -106,6 +106,7 @@ class Pool:
             by the coverage strategies when None.
         targets: (n, C) int64 {0, 1} given labels of a multi-label pool (rows of unlabeled items
             are ignored); required there with ``oos_probs``, for the label-quality review.
+        slices: (n,) int64 slice (group) id of each item, -1 for items in no slice.
         multilabel: ``probs`` are independent per-label probabilities.
     """
 
@@ -117,6 +118,7 @@ class Pool:
     annotations: IntArray | None = None
     clusters: IntArray | None = None
     targets: IntArray | None = None
+    slices: IntArray | None = None
     multilabel: bool = False
     n_classes: int | None = field(init=False, default=None)
 
@@ -129,16 +131,18 @@ class Pool:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = _as_float(name, value, ndim)
-        for name in ("annotations", "clusters", "targets"):
+        for name in ("annotations", "clusters", "targets", "slices"):
             value = getattr(self, name)
             if value is not None:
-                arrays[name] = _as_int(name, value, 1 if name == "clusters" else 2)
+                arrays[name] = _as_int(name, value, 1 if name in ("clusters", "slices") else 2)
         n_classes = self._check_shapes(arrays, n)
         _check_classes("labels", labels, None if self.multilabel else n_classes)
         if "annotations" in arrays:
             _check_classes("annotations", arrays["annotations"], n_classes)
         if "clusters" in arrays and arrays["clusters"].size and arrays["clusters"].min() < 0:
             raise ValueError("clusters must be >= 0")
+        if "slices" in arrays and arrays["slices"].size and arrays["slices"].min() < -1:
+            raise ValueError("slices must be >= 0 (or -1 for no slice)")
         for name, array in arrays.items():
             object.__setattr__(self, name, _readonly(array))
         object.__setattr__(self, "n_classes", n_classes)

@@ -65,7 +65,8 @@ def seed(store: Store) -> dict[int, str]:
             label = names[(task_id - 1) // 10 % 3] if task_id <= 30 else names[task_id % 3]
             truth[task_id] = label
             image = data_url(COLORS[label], task_id)
-            repo.upsert_task(session, project, {"id": task_id, "data": {"image": image}})
+            data = {"image": image, "source": "cam-a" if task_id % 2 else "cam-b"}
+            repo.upsert_task(session, project, {"id": task_id, "data": data})
             if task_id <= 30:
                 given = PLANTED.get(task_id, label)
                 repo.upsert_annotation(session, project, task_id, _annotation(100 + task_id, given))

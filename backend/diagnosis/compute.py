@@ -30,6 +30,7 @@ Works before any model exists (cold start): classification and label errors are 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 
 from backend.diagnosis.duplicates import find_duplicates
 from backend.diagnosis.performance import class_curves, confused_pairs
-from backend.diagnosis.quality import image_quality
+from backend.diagnosis.quality import ISSUES, image_quality, issue_masks
 from backend.diagnosis.schema import (
     Classification,
     ClassScores,
@@ -59,7 +60,9 @@ from backend.diagnosis.schema import (
     ImageQuality,
     LabelError,
     Outlier,
+    Slices,
 )
+from backend.diagnosis.slices import slice_field, value_groups
 from backend.model.metrics import classification_metrics
 from backend.settings import DiagnosisSettings
 from strategies.coverage import Clustering, cluster_coverage, cluster_embeddings, outlier_scores
@@ -106,6 +109,8 @@ class DiagnosisInputs:
         hashes: (n,) sha256 of each item's image bytes (None where unknown), for exact
             duplicates; None when not known at all.
         splits: (n,) each task's split (``diagnosis.split_field``), None when no task has one.
+        slice_values: task data field -> (n,) each item's value (None where it has none).
+        slices_configured: the fields are the admin's ``diagnosis.slice_fields`` (else offered).
         image_stats: (n, 7) image statistics (:data:`backend.diagnosis.quality.STATS`; NaN rows
             where unmeasured), None when none were measured.
     """
@@ -125,6 +130,8 @@ class DiagnosisInputs:
     hashes: tuple[str | None, ...] | None = None
     splits: tuple[str | None, ...] | None = None
     image_stats: FloatArray | None = None
+    slice_values: Mapping[str, tuple[str | None, ...]] | None = None
+    slices_configured: bool = False
 
     @property
     def labeled(self) -> NDArray[np.bool_]:
@@ -390,6 +397,29 @@ def quality_section(inputs: DiagnosisInputs, limits: DiagnosisSettings) -> Image
     )
 
 
+def slices_section(
+    inputs: DiagnosisInputs, limits: DiagnosisSettings, *, rng: np.random.Generator
+) -> Slices | None:
+    """Per-slice accuracy and macro F1 of every slice field, and of each image-quality issue."""
+    probs, labeled = inputs.oos_probs, inputs.labeled
+    if probs is None or inputs.targets is not None or not labeled.any():
+        return None
+    y, pred = inputs.labels, probs.argmax(axis=1)
+    fields = [
+        slice_field(name, value_groups(values), labeled, y, pred, rng)
+        for name, values in (inputs.slice_values or {}).items()
+    ]
+    if inputs.image_stats is not None:
+        measured = labeled & ~np.isnan(inputs.image_stats).any(axis=1)
+        masks = issue_masks(inputs.image_stats, limits.image_quality)
+        groups = {
+            name: masks[:, k] for k, name in enumerate(ISSUES) if (masks[:, k] & measured).any()
+        }
+        if groups:
+            fields.append(slice_field("image quality", groups, measured, y, pred, rng))
+    return Slices(configured=inputs.slices_configured, fields=fields)
+
+
 # ---------------------------------------------------------------- the whole diagnosis
 
 
@@ -446,5 +476,6 @@ def compute_diagnosis(
             limit=limits.listed,
         ),
         image_quality=quality_section(inputs, limits),
+        slices=slices_section(inputs, limits, rng=rng),
         **performance(inputs),
     )

@@ -55,6 +55,7 @@ SECTIONS = (
     Section("distribution", "Class distribution"),
     Section("duplicates", "Duplicates"),
     Section("image-quality", "Image quality"),
+    Section("slices", "Slices"),
     Section("coverage", "Under-covered clusters"),
     Section("outliers", "Outliers"),
     Section("curve", "Learning curve"),

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.diagnosis.compute import DiagnosisInputs, IntArray, compute_diagnosis
 from backend.diagnosis.quality import load_stats, stats_matrix, stats_path
 from backend.diagnosis.schema import Diagnosis
+from backend.diagnosis.slices import slice_columns
 from backend.files import atomic_write
 from backend.review import SUSPICION, decide, flag_scores, review_signal
 from backend.settings import Settings
@@ -94,7 +95,17 @@ def inputs_from_cycle(
         reviewed=reviewed,
         hashes=hashes,
         splits=task_splits(snap, scored.task_ids, settings.diagnosis.split_field),
+        slice_values=task_slice_values(settings, snap, scored.task_ids),
+        slices_configured=settings.diagnosis.slice_fields is not None,
     )
+
+
+def task_slice_values(
+    settings: Settings, snap: Snapshot, task_ids: Sequence[int] | np.ndarray
+) -> dict[str, tuple[str | None, ...]]:
+    """Slice field -> each task's value (the admin's fields, else the offered ones)."""
+    configured = settings.diagnosis.slice_fields
+    return slice_columns(snap.tasks, task_ids, configured, image_key=snap.cfg.value_key)
 
 
 def _multilabel_marks(

@@ -224,6 +224,36 @@ class ImageQuality(_Model):
     flagged_reasons: list[str]
 
 
+class SliceRow(_Model):
+    """One slice: labeled support, out-of-sample accuracy (95 % Wilson interval), macro F1
+    (95 % bootstrap interval), gap to the rest, and ``worse`` when significantly below it."""
+
+    value: str
+    support: int
+    accuracy: float | None
+    accuracy_low: float
+    accuracy_high: float
+    macro_f1: float | None
+    f1_low: float | None
+    f1_high: float | None
+    gap: float | None
+    p_value: float
+    worse: bool
+
+
+class SliceField(_Model):
+    """The slices of one task data field (or "image quality": one slice per issue)."""
+
+    field: str
+    slices: list[SliceRow]
+
+
+class Slices(_Model):
+    #: The fields used: the admin's ``diagnosis.slice_fields``, else the offered ones.
+    configured: bool
+    fields: list[SliceField]
+
+
 class Diagnosis(_Model):
     format: int = FORMAT
     created_at: str
@@ -250,6 +280,7 @@ class Diagnosis(_Model):
     confused_pairs: list[ConfusedPair] = []
     duplicates: Duplicates | None = None
     image_quality: ImageQuality | None = None
+    slices: Slices | None = None
     # Filled when viewed.
     learning_curve: list[CurvePoint] = []
     fit_gap: FitGap | None = None

@@ -148,6 +148,20 @@ def test_image_quality_is_measured_for_every_image(diag_client: FlaskClient) -> 
     assert html.count('<tr data-issue="') == 7
 
 
+def test_slices_are_offered_from_task_data_and_add_up(diag_client: FlaskClient) -> None:
+    body = diag_client.get(f"/api/projects/{PROJECT}/diagnosis").get_json()
+    slices = body["slices"]
+    assert not slices["configured"]
+    source = next(f for f in slices["fields"] if f["field"] == "source")
+    rows = {r["value"]: r for r in source["slices"]}
+    assert set(rows) == {"cam-a", "cam-b"} and rows["cam-a"]["support"] == 15
+    accuracy = body["classification"]["accuracy"]
+    mean = (rows["cam-a"]["accuracy"] + rows["cam-b"]["accuracy"]) / 2  # equal supports
+    assert mean == pytest.approx(accuracy, abs=1e-3)
+    html = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
+    assert 'data-field="source"' in html and html.count('<tr data-slice="cam-') == 2
+
+
 def test_no_diagnosis_yet_is_a_json_404(diag_client: FlaskClient) -> None:
     response = diag_client.get("/api/projects/999/diagnosis")
     assert response.status_code == 404

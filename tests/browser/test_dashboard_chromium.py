@@ -188,6 +188,7 @@ def test_dashboard_in_chromium(server: str, page: Page) -> None:
         "curve",
         "duplicates",
         "image-quality",
+        "slices",
     }
     conflicting = page.evaluate(DUPLICATES_JS)
     assert conflicting == api["duplicates"]["n_conflicting"] > 0

@@ -30,6 +30,7 @@ def make_arrays(n: int = N_ITEMS, *, seed: int = 0, n_labeled: int = 30) -> dict
         "embeddings": centers[rng.integers(N_CLASSES, size=n)] + rng.normal(size=(n, N_DIMS)),
         "oos_probs": rng.dirichlet(np.ones(N_CLASSES), size=n),
         "annotations": annotations,
+        "slices": rng.integers(-1, 3, size=n),
     }
 
 

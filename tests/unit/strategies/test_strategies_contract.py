@@ -33,6 +33,7 @@ def test_registry_is_read_only_and_documents_each_entry() -> None:
             "oos_probs",
             "annotations",
             "clusters",
+            "slices",
         }
         assert info.summary
 
@@ -93,6 +94,7 @@ def test_empty_pool(name: str) -> None:
         embeddings=np.zeros((0, N_DIMS)),
         oos_probs=np.zeros((0, N_CLASSES)),
         annotations=np.zeros((0, N_ANNOTATORS), dtype=np.int64),
+        slices=np.zeros(0, dtype=np.int64),
     )
     assert len(_select(name, pool, 5)) == 0
 

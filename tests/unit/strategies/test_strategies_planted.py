@@ -12,6 +12,7 @@ from strategies.coverage import (
     outlier_scores,
     under_covered_clusters,
 )
+from strategies.slices import slice_error_rates
 
 RNG = np.random.default_rng
 
@@ -232,3 +233,19 @@ def test_a_tag_nobody_was_given_is_not_held_against_anyone() -> None:
     )
     scores = REGISTRY["self_confidence"].score(unjudged, rng=RNG(0))
     assert set(np.flatnonzero(scores > 0.5)) == {5}
+
+
+def test_slice_lifts_unlabeled_items_of_the_slice_the_model_fails_on() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    slices = np.arange(n) % 3  # three sources
+    labels = np.where(np.arange(n) < 150, rng.integers(0, 2, n), -1)
+    probs = np.where(np.arange(2) == labels[:, None], 0.9, 0.1)
+    noisy = (slices == 1) & (labels >= 0) & (rng.random(n) < 0.5)
+    probs[noisy] = probs[noisy][:, ::-1]  # source 1's labels disagree with the model half the time
+    probs[labels < 0] = 0.5
+    pool = Pool(labels=labels, probs=probs, oos_probs=probs, slices=slices)
+    selection = REGISTRY["slice"](pool, 50, rng=np.random.default_rng(1))
+    assert (slices[selection.indices] == 1).all() and (labels[selection.indices] < 0).all()
+    rates, overall = slice_error_rates(labels, probs, slices)
+    assert rates.argmax() == 1 and rates[0] < overall < rates[1]

@@ -1,0 +1,59 @@
+"""Planted answers for slices: offered fields, a slice with noisier labels flagged worse."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
+from backend.diagnosis.slices import offered_fields, slice_ids, wilson, worse_p_value
+from backend.settings import DiagnosisSettings
+
+
+def test_low_cardinality_string_fields_are_offered() -> None:
+    datas = [
+        {"image": f"http://x/{i}.jpg", "camera": f"cam{i % 3}", "id_text": f"t{i}", "n": i}
+        for i in range(40)
+    ]
+    datas[0]["labelloop_quality_issue"] = "dark"
+    assert offered_fields(datas, exclude=["image"]) == ["camera"]
+    ids = slice_ids([["a", "b", None, "a"], ["x", "x", None, "y"]])
+    assert ids.tolist() == [0, 1, -1, 2]
+
+
+def test_wilson_and_the_one_sided_test() -> None:
+    low, high = wilson(8, 10)
+    assert 0.44 < low < 0.5 and 0.94 < high < 0.97
+    assert worse_p_value(10, 50, 90, 100) < 0.001
+    assert worse_p_value(45, 50, 90, 100) == 0.5 and worse_p_value(48, 50, 90, 100) > 0.8
+
+
+def test_the_slice_with_noisier_labels_is_flagged_worse() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 3, n).astype(np.int64)
+    source = np.where(np.arange(n) % 4 == 0, "phone", "scanner")
+    probs = np.full((n, 3), 0.05)
+    predicted = labels.copy()
+    noisy = (source == "phone") & (rng.random(n) < 0.4)  # 40 % of phone labels disagree
+    predicted[noisy] = (labels[noisy] + 1) % 3
+    probs[np.arange(n), predicted] = 0.9
+    inputs = DiagnosisInputs(
+        task_ids=np.arange(1, n + 1, dtype=np.int64),
+        embeddings=rng.normal(size=(n, 8)),
+        labels=labels,
+        classes=("a", "b", "c"),
+        class_counts=np.bincount(labels, minlength=3),
+        oos_probs=probs,
+        slice_values={"source": tuple(source.tolist())},
+    )
+    diag = compute_diagnosis(inputs, limits=DiagnosisSettings(), rng=rng)
+    assert diag.slices is not None and not diag.slices.configured
+    [field] = diag.slices.fields
+    rows = {r.value: r for r in field.slices}
+    phone, scanner = rows["phone"], rows["scanner"]
+    assert phone.worse and not scanner.worse and field.slices[0].value == "phone"
+    assert phone.support == 100 and phone.accuracy is not None and phone.gap is not None
+    assert phone.accuracy_low < phone.accuracy < phone.accuracy_high
+    assert phone.gap < -0.25 and scanner.accuracy == 1.0
+    assert phone.f1_low is not None and phone.f1_high is not None
+    assert phone.f1_low <= (phone.macro_f1 or 0) <= phone.f1_high
