@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +28,7 @@ from backend.store.db import Store
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
+    from rq.job import Job
     from rq.worker import BaseWorker
 
 log = logging.getLogger(__name__)
@@ -99,33 +98,24 @@ class RQDispatch:
 
 
 @dataclass(frozen=True)
-class _WorkerContext:
+class WorkerContext:
+    """What a cycle job needs from the worker process that runs it (never sent through Redis)."""
+
     settings: Settings
     make_runner: RunnerFactory
 
 
-_CONTEXT: list[_WorkerContext] = []  # set by the worker process before it takes jobs
-
-
-@contextmanager
-def worker_context(settings: Settings, make_runner: RunnerFactory) -> Iterator[None]:
-    """The settings and cycle jobs of this process use (a worker's, or a test's)."""
-    _CONTEXT.append(_WorkerContext(settings, make_runner))
-    try:
-        yield
-    finally:
-        _CONTEXT.pop()
-
-
-def run_project_cycle(project_id: int) -> dict[str, Any]:
+def run_project_cycle(project_id: int, *, context: WorkerContext | None = None) -> dict[str, Any]:
     """The RQ job: run the project's queued cycle under its lease; what happened, for RQ's result.
+
+    The job in Redis holds only ``project_id``; ``context`` is the running worker's, handed to the
+    job by :func:`run_worker`'s job class.
 
     Returns ``{"state": "succeeded" | "failed" | "skipped", ...}``; "skipped" when another process
     holds the lease or nothing is queued (the scheduler offers the job again while it waits).
     """
-    if not _CONTEXT:
+    if context is None:
         raise RuntimeError("run_project_cycle runs inside `labelloop worker` (no worker context)")
-    context = _CONTEXT[-1]
     store = Store(context.settings.store.url)
     try:
         run = run_cycle_once(
@@ -141,18 +131,40 @@ def run_project_cycle(project_id: int) -> dict[str, Any]:
     return {"project": project_id, "cycle": run.cycle_id, "state": run.state, "error": run.error}
 
 
-def _worker_class(*, fork: bool, listen: bool) -> type[BaseWorker]:
+def _job_class() -> type[Job]:
+    from rq.job import Job
+
+    class ContextJob(Job):
+        """A job that runs with the context of the worker that took it (``worker_context``)."""
+
+        worker_context: WorkerContext | None = None
+
+        def _execute(self) -> Any:
+            if self.func is run_project_cycle:
+                return run_project_cycle(*self.args, **self.kwargs, context=self.worker_context)
+            return super()._execute()
+
+    return ContextJob
+
+
+def _worker_class(context: WorkerContext, *, fork: bool, listen: bool) -> type[BaseWorker]:
     from rq import SimpleWorker, Worker
 
     base: type[BaseWorker] = Worker if fork else SimpleWorker
-    if listen:
-        return base
 
-    class Deaf(base):  # type: ignore[valid-type,misc]
-        def subscribe(self) -> None:
-            """No command listener (RQ polls it every 60 s, so it would outlive a burst)."""
+    class ContextWorker(base):  # type: ignore[valid-type,misc]
+        """Hands this worker's context to every job it runs (in the forked child too)."""
 
-    return Deaf
+        def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
+            job.worker_context = context  # type: ignore[attr-defined]
+            super().prepare_job_execution(job, *args, **kwargs)
+
+        if not listen:
+
+            def subscribe(self) -> None:
+                """No command listener (RQ polls it every 60 s, so it would outlive a burst)."""
+
+    return ContextWorker
 
 
 def run_worker(
@@ -175,14 +187,15 @@ def run_worker(
     store.upgrade()  # the schema is current before the first job
     store.dispose()
     connection = connect(settings)
-    worker_class = _worker_class(fork=fork, listen=listen)
+    worker_class = _worker_class(WorkerContext(settings, make_runner), fork=fork, listen=listen)
     # RQ installs its own SIGINT/SIGTERM handlers (finish the job, then stop); put ours back after.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with worker_context(settings, make_runner):
-            worker = worker_class([cycle_queue(settings, connection)], connection=connection)
-            log.info("labelloop worker on queue %s (%s)", settings.loop.rq_queue, worker.name)
-            worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+        worker = worker_class(
+            [cycle_queue(settings, connection)], connection=connection, job_class=_job_class()
+        )
+        log.info("labelloop worker on queue %s (%s)", settings.loop.rq_queue, worker.name)
+        worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
     finally:
         connection.close()
         if threading.current_thread() is threading.main_thread():
