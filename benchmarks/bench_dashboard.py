@@ -1,25 +1,31 @@
-"""Dashboard speed: compute the diagnosis and build the page for projects of 1k-10k items.
+"""Dashboard speed: compute the diagnosis (every section) and build the page, 10k and 100k items.
 
 Synthetic embeddings (d=1280, like efficientnet_lite0) with 10 classes, 20% labeled, the newest
-10% unlabeled (drift check), random out-of-sample probabilities; prints one row per size:
-compute (k-means skipped: the cycle's clusters are passed, as in a real cycle), JSON size, page
-build time and page size.
+10% unlabeled (drift check), random out-of-sample probabilities, 1% planted near-duplicates, a
+split and a source field, image statistics for every item; prints one row per size: compute
+(k-means skipped: the cycle's clusters are passed, as in a real cycle), the near-duplicate search
+alone (part of compute), JSON size, page build time and page size. One BLAS thread.
 
-    python benchmarks/bench_dashboard.py [--quick]
+    python benchmarks/bench_dashboard.py [--quick]      # --quick: 1k and 10k items
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
-from backend.diagnosis.page import render_page
-from backend.diagnosis.schema import Diagnosis
-from backend.diagnosis.view import with_links
-from backend.settings import DiagnosisSettings
+import numpy as np  # noqa: E402
+
+from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis  # noqa: E402
+from backend.diagnosis.duplicates import near_pairs  # noqa: E402
+from backend.diagnosis.page import render_page  # noqa: E402
+from backend.diagnosis.schema import Diagnosis  # noqa: E402
+from backend.diagnosis.view import with_links  # noqa: E402
+from backend.settings import DiagnosisSettings  # noqa: E402
 
 
 def synthetic(n: int, rng: np.random.Generator, d: int = 1280, c: int = 10) -> DiagnosisInputs:
@@ -29,6 +35,19 @@ def synthetic(n: int, rng: np.random.Generator, d: int = 1280, c: int = 10) -> D
     probs = rng.dirichlet(np.ones(c), n)
     probs[np.arange(n), y] += 2.0
     probs /= probs.sum(axis=1, keepdims=True)
+    copies = rng.choice(n, size=(n // 100, 2), replace=False)
+    x[copies[:, 1]] = x[copies[:, 0]] + 0.01 * rng.normal(size=(len(copies), d))
+    stats = np.column_stack(
+        (
+            np.full(n, 640.0),
+            np.full(n, 480.0),
+            rng.uniform(0.05, 0.95, n),
+            rng.uniform(0.05, 0.3, n),
+            rng.uniform(0.01, 2.0, n),
+            rng.uniform(2.0, 7.5, n),
+            rng.uniform(0.0, 120.0, n),
+        )
+    )
     return DiagnosisInputs(
         task_ids=np.arange(1, n + 1, dtype=np.int64),
         embeddings=x,
@@ -39,6 +58,10 @@ def synthetic(n: int, rng: np.random.Generator, d: int = 1280, c: int = 10) -> D
         oos_probs=probs,
         error_scores=rng.random(n) * 2,
         error_alarm=1.9,
+        hashes=tuple(f"{i:064x}" for i in range(n)),
+        splits=tuple(rng.choice(["train", "test"], n).tolist()),
+        image_stats=stats,
+        slice_values={"source": tuple(rng.choice(["cam-a", "cam-b", "cam-c"], n).tolist())},
     )
 
 
@@ -50,8 +73,11 @@ def view(saved: str) -> Diagnosis:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1k and 10k items only")
-    sizes = (1000, 10_000) if parser.parse_args().quick else (1000, 5000, 10_000, 20_000)
-    print(f"{'items':>7} {'compute s':>10} {'json KB':>8} {'page s':>7} {'page KB':>8}")
+    sizes = (1000, 10_000) if parser.parse_args().quick else (10_000, 100_000)
+    print(
+        f"{'items':>7} {'compute s':>10} {'of it dups s':>13} {'json KB':>8} {'page s':>7} "
+        f"{'page KB':>8}"
+    )
     for n in sizes:
         rng = np.random.default_rng(0)
         inputs = synthetic(n, rng)
@@ -62,7 +88,12 @@ def main() -> None:
         size = len(saved) / 1024
         page = render_page(view(saved), 1)
         t2 = time.perf_counter()
-        print(f"{n:>7} {t1 - t0:>10.2f} {size:>8.0f} {t2 - t1:>7.2f} {len(page) / 1024:>8.0f}")
+        near_pairs(inputs.embeddings, threshold=0.95)  # again alone: its share of compute
+        dups = time.perf_counter() - t2
+        print(
+            f"{n:>7} {t1 - t0:>10.2f} {dups:>13.2f} {size:>8.0f} {t2 - t1:>7.2f} "
+            f"{len(page) / 1024:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ SECTIONS = (
     Section("coverage", "Under-covered clusters"),
     Section("outliers", "Outliers"),
     Section("curve", "Learning curve"),
+    Section("forecast", "Forecast: are more labels worth it?"),
 )
 
 

@@ -254,6 +254,36 @@ class Slices(_Model):
     fields: list[SliceField]
 
 
+class ForecastTarget(_Model):
+    """Labels still needed to reach ``accuracy``: the fitted curve's answer and an 80 % interval
+    over bootstrap refits (``high`` null when over 10 % of refits never get there)."""
+
+    accuracy: float
+    more_labels: int | None
+    low: int | None
+    high: int | None
+    #: Share of bootstrap refits that reach the target at all.
+    reachable_share: float
+
+
+class Forecast(_Model):
+    """The learning curve ``acc(n) = plateau - b * n^-c`` fitted to the model versions so far."""
+
+    n_points: int
+    plateau: float
+    plateau_low: float
+    plateau_high: float
+    b: float
+    c: float
+    labels_now: int
+    fitted_now: float
+    #: Expected accuracy gain of the next ``step`` labels; ``diminishing`` when it is small.
+    gain_next: float
+    step: int
+    diminishing: bool
+    targets: list[ForecastTarget]
+
+
 class Diagnosis(_Model):
     format: int = FORMAT
     created_at: str
@@ -284,4 +314,5 @@ class Diagnosis(_Model):
     # Filled when viewed.
     learning_curve: list[CurvePoint] = []
     fit_gap: FitGap | None = None
+    forecast: Forecast | None = None
     label_studio_url: str | None = None

@@ -10,6 +10,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from backend.diagnosis.forecast import forecast
 from backend.diagnosis.performance import fit_gap
 from backend.diagnosis.record import diagnosis_path
 from backend.diagnosis.schema import FORMAT, CurvePoint, Diagnosis, TaskRow
@@ -122,4 +123,6 @@ def diagnosis_view(settings: Settings, store: Store, project_id: int) -> Diagnos
         drift_threshold=settings.diagnosis.drift_auc_warning,
     )
     curve = learning_curve(store, project_id)
-    return linked.model_copy(update={"learning_curve": curve, "fit_gap": fit_gap(curve)})
+    return linked.model_copy(
+        update={"learning_curve": curve, "fit_gap": fit_gap(curve), "forecast": forecast(curve)}
+    )

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from backend.app import create_app
+from backend.diagnosis.forecast import forecast
 from backend.diagnosis.page import SECTIONS, render_page
 from backend.diagnosis.record import diagnosis_path
 from backend.diagnosis.schema import Diagnosis
@@ -160,6 +161,20 @@ def test_slices_are_offered_from_task_data_and_add_up(diag_client: FlaskClient) 
     assert mean == pytest.approx(accuracy, abs=1e-3)
     html = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
     assert 'data-field="source"' in html and html.count('<tr data-slice="cam-') == 2
+
+
+def test_forecast_renders_targets(project: DiagnosedProject) -> None:
+    view = diagnosis_view(project.settings, project.store, PROJECT)
+    assert view is not None and view.forecast is None  # one model version: no fit
+    points = [
+        view.learning_curve[0].model_copy(update={"n_labels": n, "accuracy": 0.95 - 1.6 / n**0.5})
+        for n in (20, 40, 60, 80, 100)
+    ]
+    fitted = forecast(points)
+    assert fitted is not None
+    html = render_page(view.model_copy(update={"forecast": fitted}), PROJECT)
+    assert html.count("<li data-accuracy=") == len(fitted.targets) >= 2
+    assert "more labels to reach" in html
 
 
 def test_no_diagnosis_yet_is_a_json_404(diag_client: FlaskClient) -> None:
