@@ -252,13 +252,68 @@ def map_plot(m: EmbeddingMap, names: Sequence[str], width: int = 760, height: in
         rows = np.flatnonzero(np.asarray(flags, dtype=bool))
         return [Mark(round(xs[i], 1), round(ys[i], 1), int(m.task[i])) for i in rows]
 
-    names_at = []
+    wanted = []
     for c, name in enumerate(names):
         members = labels == c
         if members.any():  # the median is robust to mislabeled points
             x, y = float(np.median(xs[members])), float(np.median(ys[members]))
-            names_at.append(PlotLabel(round(x, 1), round(y - 10, 1), name[:24], class_color(c)))
+            wanted.append((int(members.sum()), PlotLabel(x, y - 10, name[:24], class_color(c))))
+    # Larger classes place their names first; the others move aside where they would overlap.
+    wanted.sort(key=lambda item: -item[0])
+    names_at = place_labels([label for _, label in wanted], width=width, height=height)
     return MapPlot(dots, marks(m.error), marks(m.outlier), names_at, width, height)
+
+
+#: Offsets (px) tried, nearest first, when a name would overlap one already placed.
+NUDGES = tuple(
+    (dx, dy)
+    for r in range(1, 8)
+    for dx, dy in (
+        (0, -16 * r),
+        (0, 16 * r),
+        (-40 * r, 0),
+        (40 * r, 0),
+        (-30 * r, -16 * r),
+        (30 * r, -16 * r),
+        (-30 * r, 16 * r),
+        (30 * r, 16 * r),
+    )
+)
+
+
+def label_box(label: PlotLabel, size: float) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a middle-anchored text at its baseline."""
+    half = text_width(label.text, size) / 2
+    return label.x - half, label.y - size, label.x + half, label.y + 3
+
+
+def boxes_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(
+    labels: Sequence[PlotLabel], *, width: int, height: int, size: float = 14.0
+) -> list[PlotLabel]:
+    """Labels moved (nearest free offset first) so that none overlaps another or leaves the
+    plot; a label with no free spot keeps its place (inside the plot)."""
+    placed: list[PlotLabel] = []
+    boxes: list[tuple[float, float, float, float]] = []
+    for label in labels:
+        choice = None
+        for dx, dy in ((0.0, 0.0), *NUDGES):
+            moved = PlotLabel(label.x + dx, label.y + dy, label.text, label.color)
+            box = label_box(moved, size)
+            inside = box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
+            if inside and not any(boxes_overlap(box, other) for other in boxes):
+                choice = moved
+                break
+        if choice is None:
+            half = text_width(label.text, size) / 2
+            x = min(max(label.x, half), width - half)
+            choice = PlotLabel(x, min(max(label.y, size), height - 3), label.text, label.color)
+        placed.append(PlotLabel(round(choice.x, 1), round(choice.y, 1), choice.text, choice.color))
+        boxes.append(label_box(choice, size))
+    return placed
 
 
 # ---------------------------------------------------------------- learning curve

@@ -159,6 +159,14 @@ INSIDE_JS = """(() => { const svg = document.querySelector('#curve').getBounding
     const b = t.getBoundingClientRect();
     return b.left >= svg.left && b.right <= svg.right && b.top >= svg.top && b.bottom <= svg.bottom;
   }); })()"""
+MAP_NAMES_JS = """(() => { const svg = document.querySelector('#map').getBoundingClientRect();
+  const boxes = Array.from(document.querySelectorAll('#map text.halo')).map(
+    t => t.getBoundingClientRect());
+  const apart = (a, b) => a.right <= b.left || b.right <= a.left || a.bottom <= b.top
+    || b.bottom <= a.top;
+  return boxes.length > 0 && boxes.every((a, i) => a.left >= svg.left && a.right <= svg.right
+    && a.top >= svg.top && a.bottom <= svg.bottom && boxes.slice(i + 1).every(b => apart(a, b)));
+})()"""
 IMAGES_JS = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
 
 
@@ -197,6 +205,7 @@ def test_dashboard_in_chromium(server: str, page: Page) -> None:
     assert aucs == {c["name"]: pytest.approx(c["roc_auc"], abs=1e-3) for c in api["class_curves"]}
     assert page.evaluate(PAIRS_JS) == len(api["confused_pairs"])
     assert page.evaluate(INSIDE_JS), "a learning-curve name leaves its plot"
+    assert page.evaluate(MAP_NAMES_JS), "class names on the map overlap or leave it"
     _screenshot(page, ARTIFACTS / "dashboard.png")
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.diagnosis.page import curve_plot, spread, text_width
+from backend.diagnosis.page import (
+    PlotLabel,
+    boxes_overlap,
+    curve_plot,
+    label_box,
+    place_labels,
+    spread,
+    text_width,
+)
 from backend.diagnosis.performance import CURVE_POINTS, class_curves, confused_pairs, fit_gap
 from backend.diagnosis.schema import CurvePoint
 
@@ -85,3 +93,14 @@ def test_learning_curve_names_stay_inside_the_plot_and_apart() -> None:
         left = s.label.x - (text_width(s.label.text) if s.anchor == "end" else 0)
         assert left >= 0 and left + text_width(s.label.text) <= plot.width
         assert plot.top <= s.label.y <= plot.height - plot.bottom
+
+
+def test_map_names_never_overlap_and_stay_inside() -> None:
+    crowded = [PlotLabel(380, 270, f"class number {i}", "#000") for i in range(12)]
+    crowded.append(PlotLabel(5, 5, "at the corner", "#000"))
+    placed = place_labels(crowded, width=760, height=540)
+    boxes = [label_box(p, 14.0) for p in placed]
+    for i, a in enumerate(boxes):
+        assert a[0] >= 0 and a[1] >= 0 and a[2] <= 760 and a[3] <= 540
+        assert not any(boxes_overlap(a, b) for b in boxes[i + 1 :])
+    assert (placed[0].x, placed[0].y) == (380, 270)  # the first keeps its place
