@@ -376,14 +376,19 @@ def run_cycle(
             tasks=report.tasks, annotations=report.annotations, events_applied=report.events_applied
         )
         snap = load_snapshot(store, project_id)
-    with ctx.stage("featurize") as counts:
+    with ctx.stage("featurize") as counts, ls.image_resolver(settings.images) as resolver:
         stats = ImageStatsRecorder(stats_path(settings, project_id))
-        fetch = stats.observing(ls.image_resolver(settings.images).fetch)
+        fetch = stats.observing(resolver.fetch)
         tuned = project_backbone(settings, project_id, snap.cfg, snap.tasks, snap.targets, fetch)
-        result, backbone = embed_tasks(settings, store, snap.tasks, fetch, backbone=tuned)
+        result, backbone = embed_tasks(
+            settings, store, snap.tasks, fetch, backbone=tuned, progress=ctx.progress
+        )
         counts.update(image_stats=stats.save())
         counts.update(
-            embedded=len(result.embeddings), computed=result.n_computed, failed=len(result.failures)
+            embedded=len(result.embeddings),
+            computed=result.n_computed,
+            fetched=result.n_fetched,
+            failed=len(result.failures),
         )
     with ctx.stage("train") as counts:
         trained = train_stage(settings, store, project_id, snap, result.embeddings, backbone)

@@ -15,6 +15,7 @@ from backend.model.featurize import featurize
 from backend.model.predict import predict_annotation
 from backend.models_registry import ServedModel
 from backend.project_settings import effective_settings
+from backend.store import task_images
 
 if TYPE_CHECKING:
     from backend.app import Services
@@ -49,14 +50,26 @@ def predict_with_model(
         )
         return []  # Label Studio then stores nothing and asks again after the next cycle
     resolver = svc.image_resolver()
-    items = []
+    items, refs = [], {}
     for task in tasks:
         ref = task_image_ref(task, cfg)
+        if ref:
+            refs[int(task["id"])] = ref
         items.append(
             (int(task["id"]), partial(resolver.fetch, ref) if ref else partial(_missing_ref, ref))
         )
+    with svc.store.session() as session:
+        known = task_images.known_by_ref(session, refs)  # embedded by a cycle: nothing to fetch
     cache = EmbeddingCache(settings.store.data_dir / "embeddings")
-    result = featurize(items, backbone, cache, batch_size=settings.model.batch_size, log_every=0)
+    result = featurize(
+        items,
+        backbone,
+        cache,
+        batch_size=settings.model.batch_size,
+        log_every=0,
+        known=known,
+        workers=settings.images.fetch_workers,
+    )
     ok = [int(t["id"]) for t in tasks if int(t["id"]) in result.embeddings]
     rows = np.stack([result.embeddings[i] for i in ok]) if ok else None
     probs = served.model.predict_proba(rows) if rows is not None else np.zeros((0, 0))

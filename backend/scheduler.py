@@ -132,15 +132,16 @@ class CycleContext:
                 cycles.end_stage(session, self.cycle_id, name, seconds=seconds, counts=counts)
             log.info("cycle %d %s: %.1f s %s", self.cycle_id, name, seconds, counts)
 
-    def progress(self, done: int, total: int | None = None) -> None:
-        """Report progress inside the current stage (``done`` of ``total`` items)."""
+    def progress(self, done: int, total: int | None = None, per_s: float | None = None) -> None:
+        """Report progress inside the current stage (``done`` of ``total`` items, ``per_s`` items
+        per second)."""
         self.check()
         clock = time.monotonic()
         if clock - self._last_progress < PROGRESS_EVERY_S and done != total:
             return
         self._last_progress = clock
         with self._store.session() as session:
-            cycles.set_progress(session, self.cycle_id, done, total)
+            cycles.set_progress(session, self.cycle_id, done, total, per_s)
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` when this cycle may no longer run."""

@@ -96,6 +96,10 @@ class ImageSettings(_Section):
     max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=64)
     timeout_s: float = Field(20.0, gt=0)
+    fetch_workers: int = Field(8, ge=1, le=64)
+    retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0.0, le=30.0)
+    deadline_s: float = Field(60.0, gt=0)
 
 
 class ModelSettings(_Section):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -19,10 +19,16 @@ import numpy as np
 from sqlalchemy import select
 
 from backend.labelstudio.config import LabelConfig
-from backend.model.backbones import TorchBackbone, build_backbone, save_weights, weights_path
+from backend.model.backbones import (
+    Backbone,
+    TorchBackbone,
+    build_backbone,
+    save_weights,
+    weights_path,
+)
 from backend.model.cache import EmbeddingCache
 from backend.model.checkpoint import save_checkpoint
-from backend.model.featurize import FeaturizeResult, featurize
+from backend.model.featurize import FeaturizeResult, Progress, featurize
 from backend.model.finetune import fine_tune_backbone
 from backend.model.train import TrainedModel, train_model
 from backend.settings import Settings
@@ -92,20 +98,33 @@ def embed_tasks(
     tasks: Sequence[Task],
     fetch: Callable[[str], bytes],
     *,
-    backbone: TorchBackbone | None = None,
+    backbone: Backbone | None = None,
+    progress: Progress | None = None,
 ) -> tuple[FeaturizeResult, str]:
     """Embeddings for ``tasks`` (cached by image content) and the backbone's name.
 
-    ``backbone`` defaults to the one the settings name (see :func:`project_backbone`).
-    Failures are recorded on the task rows (``image_error``) and skipped.
+    A task whose image reference is the one the store remembers embedding is served from the
+    cache by its remembered content hash: its image is not fetched again. ``backbone`` defaults
+    to the one the settings name (see :func:`project_backbone`). Failures are recorded on the task
+    rows (``image_error``) and skipped.
     """
+    project_ids = {t.project_id for t in tasks}
+    with store.session() as session:
+        known: dict[int, str] = {}
+        for project_id in project_ids:
+            known.update(task_images.known_hashes(session, project_id, tasks))
     items = [(t.id, partial(fetch, t.image_ref)) for t in tasks if t.image_ref]
-    result, backbone_name = embed_items(settings, items, backbone=backbone)
+    result, backbone_name = embed_items(
+        settings, items, backbone=backbone, known=known, progress=progress
+    )
     missing = {t.id: "task has no image reference" for t in tasks if not t.image_ref}
     failures = {**result.failures, **missing}
+    stale = [t.id for t in tasks if t.image_error != failures.get(t.id)]
     with store.session() as session:
-        for task in session.scalars(select(Task).where(Task.id.in_([t.id for t in tasks]))):
-            task.image_error = failures.get(task.id)
+        for start in range(0, len(stale), task_images.CHUNK):
+            chunk = stale[start : start + task_images.CHUNK]
+            for task in session.scalars(select(Task).where(Task.id.in_(chunk))):
+                task.image_error = failures.get(task.id)
         task_images.record(session, tasks, result, backbone_name)
     return result, backbone_name
 
@@ -114,19 +133,32 @@ def embed_items(
     settings: Settings,
     items: Sequence[tuple[int, Callable[[], bytes]]],
     *,
-    backbone: TorchBackbone | None = None,
+    backbone: Backbone | None = None,
+    known: Mapping[int, str] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[FeaturizeResult, str]:
     """Embeddings of ``(id, fetch)`` items through the disk cache.
 
     Args:
         backbone: the feature extractor; by default the one ``settings.model`` names.
+        known: id -> image content hash already known (see :func:`featurize`).
+        progress: called with (done, total, images per second) while it runs.
 
     Returns:
         the featurize result (failed items are in ``failures``) and the backbone's name.
     """
     backbone = backbone or build_backbone(settings.model)
     cache = EmbeddingCache(settings.store.data_dir / "embeddings")
-    return featurize(items, backbone, cache, batch_size=settings.model.batch_size), backbone.name
+    result = featurize(
+        items,
+        backbone,
+        cache,
+        batch_size=settings.model.batch_size,
+        known=known,
+        workers=settings.images.fetch_workers,
+        progress=progress,
+    )
+    return result, backbone.name
 
 
 def project_backbone(

@@ -46,6 +46,12 @@ class _Resolver:
     def fetch(self, ref: str) -> bytes:
         return self.images[ref]
 
+    def __enter__(self) -> _Resolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
 
 MULTI_TAGS_CONFIG = SINGLE_CONFIG.replace('choice="single"', 'choice="multiple"')
 

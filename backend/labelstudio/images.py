@@ -20,11 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import requests
 from PIL import Image
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from backend.labelstudio.auth import SdkAuth, token_auth
 from backend.settings import ImageSettings, LabelStudioSettings
@@ -33,6 +36,33 @@ LS_PREFIXES = ("/data/upload/", "/data/local-files", "/tasks/", "/storage-data/"
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 REDIRECTS = {301, 302, 303, 307, 308}
+RETRY_STATUSES = (500, 502, 503, 504)
+
+
+def pooled_session(images: ImageSettings) -> requests.Session:
+    """A keep-alive session for image fetches: ``images.fetch_workers`` connections per host,
+    GETs retried ``images.retries`` times on timeouts, dropped connections and 5xx answers with
+    exponential backoff (``images.backoff_s``, doubling; a ``Retry-After`` is honoured)."""
+    retry = Retry(
+        total=images.retries,
+        connect=images.retries,
+        read=images.retries,
+        status=images.retries,
+        redirect=0,
+        allowed_methods=frozenset({"GET"}),
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=images.backoff_s,
+        raise_on_status=False,
+        raise_on_redirect=False,
+        respect_retry_after_header=True,
+    )
+    adapter = HTTPAdapter(
+        pool_connections=4, pool_maxsize=images.fetch_workers, pool_block=True, max_retries=retry
+    )
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 class ImageError(Exception):
@@ -54,7 +84,7 @@ class ImageResolver:
     Args:
         ls: where Label Studio is and the token to send it.
         images: allowed hosts, local root and limits.
-        session: reused for connection pooling; a private one when None.
+        session: reused for connection pooling; a private :func:`pooled_session` when None.
         auth: adds Label Studio's ``Authorization`` header; built from ``ls.token`` when None
             (a personal access token is exchanged for access tokens as needed).
     """
@@ -70,7 +100,7 @@ class ImageResolver:
         self._ls = ls
         self._images = images
         self._owned_session = session is None
-        self._session = session or requests.Session()
+        self._session = session or pooled_session(images)
         self._auth = auth
         self._owned_auth: SdkAuth | None = None
         self._ls_origins = {_origin(u) for u in (ls.url, ls.public_url) if u}
@@ -179,7 +209,10 @@ class ImageResolver:
         return url
 
     def _http(self, url: str) -> bytes:
+        deadline = time.monotonic() + self._images.deadline_s
         for _ in range(MAX_REDIRECTS + 1):
+            if time.monotonic() > deadline:
+                raise ImageError(f"download took over {self._images.deadline_s:g} s")
             url = self._to_internal(url)
             if not self._allowed(url):
                 raise ImageError(
@@ -192,7 +225,7 @@ class ImageResolver:
                     continue
                 if response.status_code != 200:
                     raise ImageError(f"HTTP {response.status_code} from {urlsplit(url).netloc}")
-                return self._read_body(response)
+                return self._read_body(response, deadline)
         raise ImageError(f"more than {MAX_REDIRECTS} redirects")
 
     def _get(self, url: str) -> requests.Response:
@@ -210,7 +243,7 @@ class ImageResolver:
                 f"cannot fetch from {urlsplit(url).netloc}: {type(exc).__name__}"
             ) from None
 
-    def _read_body(self, response: requests.Response) -> bytes:
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit():
             self._check_size(int(declared))
@@ -219,6 +252,8 @@ class ImageResolver:
             for chunk in response.iter_content(CHUNK):
                 body.extend(chunk)
                 self._check_size(len(body))
+                if time.monotonic() > deadline:
+                    raise ImageError(f"download took over {self._images.deadline_s:g} s")
         except requests.RequestException as exc:
             raise ImageError(f"download failed: {type(exc).__name__}") from None
         return bytes(body)

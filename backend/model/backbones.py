@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import itertools
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,13 +55,28 @@ class Backbone(Protocol):
         """Length of one embedding."""
         ...
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One image to a (3, S, S) float tensor ready for :meth:`embed`."""
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """One image to the (S, S, 3) uint8 square :meth:`embed_pixels` takes (PIL + numpy)."""
         ...
 
-    def embed(self, batch: torch.Tensor) -> np.ndarray:
-        """(b, 3, S, S) preprocessed images to (b, dim) float32 embeddings."""
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """(b, S, S, 3) uint8 squares to (b, dim) float32 embeddings."""
         ...
+
+
+def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(b, S, S, 3) uint8 to float32 ``(x / 255 - mean) / std``, same layout, in two numpy ops.
+
+    Kept out of torch: on small tensors its per-op threading costs more than the arithmetic.
+    """
+    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32))).astype(np.float32)
+    shift = (-np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).astype(
+        np.float32
+    )
+    out = batch.astype(np.float32)
+    out *= scale
+    out += shift
+    return out
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -110,17 +126,26 @@ class TorchBackbone:
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.mean, self.std = mean, std
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(resize_center_crop(image, self.image_size), dtype=np.uint8)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        square = resize_center_crop(image, self.image_size)
-        pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0)
-        return (pixels.permute(2, 0, 1) - self._mean) / self._std
+        """One image to the (3, S, S) normalized float tensor :meth:`embed` takes."""
+        square = normalize(self.pixels(image)[None], self.mean, self.std)[0]
+        return torch.from_numpy(square).permute(2, 0, 1)
+
+    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        """(b, S, S, 3) uint8 to the normalized (b, 3, S, S) tensor (channels-last memory)."""
+        return torch.from_numpy(normalize(batch, self.mean, self.std)).permute(0, 3, 1, 2)
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        return self.embed(self.to_tensor(batch))
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         self.module.eval()
         with torch.inference_mode():
             features = self.module(batch)

@@ -1,15 +1,22 @@
-"""Images to embeddings in batches, through the on-disk cache, one failure per task at most."""
+"""Images to embeddings in batches, through the on-disk cache, one failure per task at most.
+
+A pass runs in two parts that overlap: a thread pool fetches, hashes, decodes and resizes images
+(network waits and PIL's decoders release the GIL), while the calling thread runs the backbone on
+full batches. Tasks whose image content hash is already known (``known``: the store remembers what
+it embedded) and cached are served without fetching anything.
+"""
 
 from __future__ import annotations
 
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image
 
 from backend.model.backbones import Backbone
@@ -18,6 +25,8 @@ from backend.model.cache import EmbeddingCache, content_hash
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[], bytes]
+#: ``progress(done, total, images_per_second)`` while a pass runs.
+Progress = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class FeaturizeResult:
         n_cached: items served from the cache (or a duplicate image in the same pass).
         n_computed: items the backbone ran on.
         seconds: wall time of the pass.
+        n_fetched: items whose image was fetched (the others were known and cached).
     """
 
     embeddings: dict[int, np.ndarray]
@@ -39,6 +49,7 @@ class FeaturizeResult:
     n_cached: int
     n_computed: int
     seconds: float
+    n_fetched: int = 0
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -53,6 +64,30 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+@dataclass(frozen=True)
+class _Ready:
+    """One fetched item: its hash and either a cached vector, the pixels to embed, or why not."""
+
+    task_id: int
+    sha: str | None = None
+    vector: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None
+
+
+def _prepare(task_id: int, fetch: Fetch, backbone: Backbone, cache: EmbeddingCache) -> _Ready:
+    """Fetch, hash and (on a cache miss) decode and resize one image; runs in the pool."""
+    try:
+        data = fetch()
+        sha = content_hash(data)
+        vector = cache.get(sha, backbone.name)
+        if vector is not None:
+            return _Ready(task_id, sha, vector=vector)
+        return _Ready(task_id, sha, pixels=backbone.pixels(decode_image(data)))
+    except Exception as exc:  # one bad image must not stop a pass over thousands
+        return _Ready(task_id, error=_reason(exc))
+
+
 @dataclass
 class _Pass:
     """Mutable bookkeeping of one featurize() call (kept off the module and the cache)."""
@@ -62,75 +97,91 @@ class _Pass:
     batch_size: int
     log_every: int
     total: int
+    progress: Progress | None
     started: float = field(default_factory=time.perf_counter)
     by_sha: dict[str, np.ndarray] = field(default_factory=dict)
     waiting: dict[str, list[int]] = field(default_factory=dict)
-    batch: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    batch: list[tuple[str, np.ndarray]] = field(default_factory=list)
     embeddings: dict[int, np.ndarray] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     hashes: dict[int, str] = field(default_factory=dict)
     n_cached: int = 0
     n_computed: int = 0
+    n_fetched: int = 0
     next_log: int = 0
 
-    def add(self, task_id: int, fetch: Fetch) -> None:
-        try:
-            data = fetch()
-            sha = content_hash(data)
-            self.hashes[task_id] = sha
-            if self._reuse(task_id, sha):
-                return
-            tensor = self.backbone.preprocess(decode_image(data))
-        except Exception as exc:  # one bad image must not stop a pass over thousands
-            self.failures[task_id] = _reason(exc)
-            log.warning("image of task %d skipped: %s", task_id, type(exc).__name__)
-            return
-        self.waiting[sha] = [task_id]
-        self.batch.append((sha, tensor))
-        if len(self.batch) >= self.batch_size:
-            self.flush()
+    def reuse_known(self, known: Mapping[int, str]) -> None:
+        """Serve the tasks whose image hash is known and cached, fetching nothing."""
+        found = self.cache.get_many(known.values(), self.backbone.name)
+        for task_id, sha in known.items():
+            vector = found.get(sha)
+            if vector is not None:
+                self.by_sha[sha] = self.embeddings[task_id] = vector
+                self.hashes[task_id] = sha
+                self.n_cached += 1
+        self._progress()
 
-    def _reuse(self, task_id: int, sha: str) -> bool:
+    def add(self, ready: _Ready) -> None:
+        self.n_fetched += 1
+        if ready.error is not None or ready.sha is None:
+            self.failures[ready.task_id] = ready.error or "no image"
+            log.warning(
+                "image of task %d skipped: %s", ready.task_id, (ready.error or "").split(":")[0]
+            )
+            self._progress()
+            return
+        task_id, sha = ready.task_id, ready.sha
+        self.hashes[task_id] = sha
         if sha in self.waiting:
             self.waiting[sha].append(task_id)
-            return True
-        vector = self.by_sha.get(sha)
-        if vector is None:
-            vector = self.cache.get(sha, self.backbone.name)
-        if vector is None:
-            return False
-        self.by_sha[sha] = self.embeddings[task_id] = vector
-        self.n_cached += 1
-        self._progress()
-        return True
+            return
+        vector = self.by_sha.get(sha) if ready.vector is None else ready.vector
+        if vector is not None:
+            self.by_sha[sha] = self.embeddings[task_id] = vector
+            self.n_cached += 1
+            self._progress()
+            return
+        assert ready.pixels is not None
+        self.waiting[sha] = [task_id]
+        self.batch.append((sha, ready.pixels))
+        if len(self.batch) >= self.batch_size:
+            self.flush()
 
     def flush(self) -> None:
         if not self.batch:
             return
-        vectors = self.backbone.embed(torch.stack([tensor for _, tensor in self.batch]))
+        vectors = self.backbone.embed_pixels(np.stack([pixels for _, pixels in self.batch]))
+        fresh = {}
         for (sha, _), vector in zip(self.batch, vectors, strict=True):
-            self.cache.put(sha, self.backbone.name, vector)
-            self.by_sha[sha] = vector
+            fresh[sha] = self.by_sha[sha] = vector
             tasks = self.waiting.pop(sha)
             for task_id in tasks:
                 self.embeddings[task_id] = vector
             self.n_computed += 1
             self.n_cached += len(tasks) - 1
+        self.cache.put_many(fresh, self.backbone.name)
         self.batch.clear()
         self._progress()
 
+    def rate(self) -> float:
+        """Items finished per second so far."""
+        done = len(self.embeddings) + len(self.failures)
+        return done / max(time.perf_counter() - self.started, 1e-9)
+
     def _progress(self) -> None:
         done = len(self.embeddings) + len(self.failures)
+        if self.progress is not None:
+            self.progress(done, self.total, self.rate())
         if self.log_every > 0 and done >= self.next_log:
-            elapsed = max(time.perf_counter() - self.started, 1e-9)
             log.info(
-                "featurize %s: %d/%d items (%d cached, %d failed), %.1f items/s",
+                "featurize %s: %d/%d images (%d cached, %d fetched, %d failed), %.1f images/s",
                 self.backbone.name,
                 done,
                 self.total,
                 self.n_cached,
+                self.n_fetched,
                 len(self.failures),
-                done / elapsed,
+                self.rate(),
             )
             self.next_log = done + self.log_every
 
@@ -142,6 +193,9 @@ def featurize(
     *,
     batch_size: int = 32,
     log_every: int = 500,
+    known: Mapping[int, str] | None = None,
+    workers: int = 4,
+    progress: Progress | None = None,
 ) -> FeaturizeResult:
     """Embed every item's image, reusing cached vectors for image bytes seen before.
 
@@ -151,22 +205,45 @@ def featurize(
         cache: the on-disk embedding cache.
         batch_size: images per forward pass.
         log_every: log progress every this many items (0: only at the end).
+        known: task id -> content hash of the image it had when last embedded; such a task is
+            served from the cache without calling its ``fetch`` (fetched when not cached).
+        workers: threads that fetch, decode and resize while the backbone runs.
+        progress: called with (done, total, images per second) as items finish.
 
     Returns:
         Embeddings for the items that worked, a reason for each that did not.
     """
-    state = _Pass(backbone, cache, batch_size, log_every, total=len(items))
-    for task_id, fetch in items:
-        state.add(task_id, fetch)
-    state.flush()
+    state = _Pass(backbone, cache, batch_size, log_every, len(items), progress)
+    ids = {task_id for task_id, _ in items}
+    if known:
+        state.reuse_known({t: sha for t, sha in known.items() if t in ids})
+    todo = [(task_id, fetch) for task_id, fetch in items if task_id not in state.embeddings]
+    window = max(2 * batch_size, 4 * workers)  # prepared items held at once (bounded memory)
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="featurize") as pool:
+        pending: deque[Future[_Ready]] = deque()
+        queue = iter(todo)
+        for task_id, fetch in queue:
+            pending.append(pool.submit(_prepare, task_id, fetch, backbone, cache))
+            if len(pending) >= window:
+                break
+        while pending:
+            ready = pending.popleft().result()
+            for task_id, fetch in queue:
+                pending.append(pool.submit(_prepare, task_id, fetch, backbone, cache))
+                break
+            state.add(ready)
+        state.flush()
     seconds = time.perf_counter() - state.started
     log.info(
-        "featurize %s done: %d embedded (%d computed), %d failed in %.1fs",
+        "featurize %s done: %d embedded (%d computed, %d fetched), %d failed in %.1fs, "
+        "%.1f images/s",
         backbone.name,
         len(state.embeddings),
         state.n_computed,
+        state.n_fetched,
         len(state.failures),
         seconds,
+        state.rate(),
     )
     return FeaturizeResult(
         embeddings=state.embeddings,
@@ -175,4 +252,5 @@ def featurize(
         n_cached=state.n_cached,
         n_computed=state.n_computed,
         seconds=seconds,
+        n_fetched=state.n_fetched,
     )

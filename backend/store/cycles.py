@@ -296,10 +296,14 @@ def end_stage(
         cycle.counts = {**cycle.counts, stage: dict(counts)}
 
 
-def set_progress(session: Session, cycle_id: int, done: int, total: int | None) -> None:
+def set_progress(
+    session: Session, cycle_id: int, done: int, total: int | None, per_s: float | None = None
+) -> None:
     cycle = session.get(Cycle, cycle_id)
     if cycle is not None and cycle.state == "running":
         cycle.progress = {"done": done, "total": total}
+        if per_s is not None:
+            cycle.progress["per_s"] = round(per_s, 1)
 
 
 def succeed(

@@ -255,7 +255,9 @@ class TaskImage(Base):
     """The content hash of a task's image and the backbone that last embedded it.
 
     Together they are the key of the task's vector in :class:`backend.model.cache.EmbeddingCache`,
-    so the admin preview can score the pool without fetching or embedding any image.
+    so the admin preview can score the pool without fetching or embedding any image. ``image_ref``
+    is the reference the hash was taken from: while the task still has it, a cycle reuses the hash
+    instead of fetching the image again.
     """
 
     __tablename__ = "task_images"
@@ -265,4 +267,5 @@ class TaskImage(Base):
     project_id: Mapped[int] = mapped_column(BigInteger)
     sha: Mapped[str] = mapped_column(String(64))
     backbone: Mapped[str] = mapped_column(String(200))
+    image_ref: Mapped[str | None] = mapped_column(Text)
     embedded_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

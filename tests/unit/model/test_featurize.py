@@ -78,14 +78,64 @@ def test_cache_is_reused_across_passes_and_duplicates_embed_once(
     assert (content_hash(a), "another-backbone") not in cache
 
 
-def test_unreadable_cache_entry_is_recomputed(backbone: TorchBackbone, tmp_path: Path) -> None:
-    data = png_bytes((1, 2, 3))
+def test_torn_cache_tail_is_cut_and_recomputed(backbone: TorchBackbone, tmp_path: Path) -> None:
+    a, b = png_bytes((1, 2, 3)), png_bytes((3, 2, 1))
     cache = EmbeddingCache(tmp_path)
-    featurize([(1, fetcher(data))], backbone, cache)
-    [entry] = list(tmp_path.rglob("*.npy"))
-    entry.write_bytes(b"\x93NUMPY garbage")
-    result = featurize([(1, fetcher(data))], backbone, cache)
-    assert result.n_computed == 1 and 1 in result.embeddings
+    featurize([(1, fetcher(a))], backbone, cache)
+    [index] = list(tmp_path.rglob("index.sha"))
+    with index.open("ab") as handle:  # a crash in the middle of appending b's row
+        handle.write(bytes.fromhex(content_hash(b))[:10])
+    fresh = EmbeddingCache(tmp_path)
+    result = featurize([(1, fetcher(a)), (2, fetcher(b))], backbone, fresh)
+    assert (result.n_cached, result.n_computed) == (1, 1)
+    assert index.stat().st_size == 2 * 32
+    again = EmbeddingCache(tmp_path).get_many([content_hash(a), content_hash(b)], backbone.name)
+    np.testing.assert_array_equal(again[content_hash(b)], result.embeddings[2])
+
+
+def test_known_hashes_are_served_without_fetching(backbone: TorchBackbone, tmp_path: Path) -> None:
+    a, b = png_bytes((200, 0, 0)), png_bytes((0, 0, 200))
+    cache = EmbeddingCache(tmp_path)
+    first = featurize([(1, fetcher(a)), (2, fetcher(b))], backbone, cache)
+    calls: list[int] = []
+
+    def counted(task_id: int, data: bytes) -> Callable[[], bytes]:
+        def fetch() -> bytes:
+            calls.append(task_id)
+            return data
+
+        return fetch
+
+    c = png_bytes((0, 200, 0))
+    known = {1: content_hash(a), 2: content_hash(b), 3: content_hash(c)}  # c was never embedded
+    items = [(1, counted(1, a)), (2, counted(2, b)), (3, counted(3, c))]
+    second = featurize(items, backbone, EmbeddingCache(tmp_path), known=known)
+    assert calls == [3]  # only the task whose vector is not cached is fetched
+    assert (second.n_fetched, second.n_computed, second.n_cached) == (1, 1, 2)
+    np.testing.assert_array_equal(second.embeddings[1], first.embeddings[1])
+    assert second.hashes == known
+
+
+def test_cache_is_shared_between_instances_and_reads_the_old_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = {f"{i:064x}": rng.normal(size=8).astype(np.float32) for i in range(50)}
+    writer, reader = EmbeddingCache(tmp_path), EmbeddingCache(tmp_path)
+    assert reader.get_many(vectors, "bb") == {}
+    writer.put_many(dict(list(vectors.items())[:30]), "bb")
+    writer.put_many(dict(list(vectors.items())[20:]), "bb")  # overlap is stored once
+    got = reader.get_many(list(vectors)[::-1], "bb")
+    assert sorted(got) == sorted(vectors)
+    for sha, vector in vectors.items():
+        np.testing.assert_array_equal(got[sha], vector)
+    assert (tmp_path / "bb" / "index.sha").stat().st_size == 50 * 32
+    with pytest.raises(ValueError, match="8-long"):
+        writer.put(f"{99:064x}", "bb", np.zeros(4, dtype=np.float32))
+    old = tmp_path / "other" / "ab"
+    old.mkdir(parents=True)
+    sha = "ab" + "0" * 62
+    np.save(old / f"{sha}.npy", vectors[f"{1:064x}"])
+    np.testing.assert_array_equal(EmbeddingCache(tmp_path).get(sha, "other"), vectors[f"{1:064x}"])
+    assert (tmp_path / "other" / "index.sha").stat().st_size == 32  # copied into the arrays
 
 
 def test_progress_is_logged_without_image_bytes(
@@ -96,5 +146,5 @@ def test_progress_is_logged_without_image_bytes(
     with caplog.at_level(logging.INFO, logger="backend.model.featurize"):
         featurize(items, backbone, EmbeddingCache(tmp_path), batch_size=2, log_every=2)
     text = caplog.text
-    assert "items/s" in text and "5/5 items" in text
+    assert "images/s" in text and "5/5 images" in text
     assert "PNG" not in text and "task 0" in text
