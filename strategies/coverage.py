@@ -92,6 +92,17 @@ def cluster_embeddings(
     )
 
 
+def assign_to_centers(
+    embeddings: FloatArray, centers: NDArray[np.floating[Any]]
+) -> tuple[IntArray, NDArray[np.float64]]:
+    """(m,) nearest centre of each item and (m,) its distance: incremental assignment of items a
+    clustering has not seen, without refitting it."""
+    if embeddings.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    labels, dist = pairwise_distances_argmin_min(embeddings, centers)
+    return labels.astype(np.int64), dist.astype(np.float64)
+
+
 def pool_clusters(
     pool: Pool, *, rng: np.random.Generator, n_clusters: int | None = None
 ) -> IntArray:
