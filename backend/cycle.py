@@ -12,17 +12,18 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from backend.clusters import project_clusters
 from backend.diagnosis.quality import ImageStatsRecorder, stats_path
 from backend.diagnosis.slices import slice_columns, slice_ids
 from backend.diagnosis.views import push_diagnosis_views
+from backend.labeling_queue import QueueState, save_state
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
-from backend.model.predict import predict_annotation
 from backend.model.train import TrainedModel
 from backend.project_settings import effective_settings
 from backend.push import (
@@ -30,6 +31,7 @@ from backend.push import (
     ReviewKind,
     Suspect,
     mark_reviewed,
+    prune_versions,
     push_queue,
     push_review,
     reviewed_tasks,
@@ -51,6 +53,7 @@ from backend.training import (
     new_version,
     project_backbone,
     store_version,
+    version_prefix,
 )
 from strategies import REGISTRY, Pool
 from strategies.base import threads
@@ -139,16 +142,22 @@ def _annotator_matrix(snap: Snapshot, index: dict[int, int], n: int) -> np.ndarr
     return matrix
 
 
+ClustersFor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def build_pool(
     snap: Snapshot,
     embeddings: dict[int, np.ndarray],
     trained: Trained | None,
     slice_fields: Sequence[str] | None = None,
+    clusters_for: ClustersFor | None = None,
 ) -> tuple[np.ndarray, Pool, np.ndarray | None]:
     """Arrays for the strategies, in ascending task id order (tasks without embeddings left out).
 
     ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
     low-cardinality fields, see :mod:`backend.diagnosis.slices`).
+    ``clusters_for(task_ids, embeddings)``: the pool's clusters once a model exists (the cycle
+    reuses stored ones, :mod:`backend.clusters`); None lets the strategies run k-means.
     """
     task_ids = np.array(sorted(embeddings), dtype=np.int64)
     index = {int(t): i for i, t in enumerate(task_ids)}
@@ -175,6 +184,7 @@ def build_pool(
         embeddings=x,
         oos_probs=oos,
         annotations=_annotator_matrix(snap, index, len(task_ids)),
+        clusters=clusters_for(task_ids, x) if clusters_for and probs is not None else None,
         targets=tags if snap.cfg.multiple and oos is not None else None,
         slices=_slices(snap, task_ids, slice_fields),
         multilabel=snap.cfg.multiple,
@@ -222,33 +232,45 @@ def _prioritize(settings: Settings, pool: Pool) -> Priority:
     )
 
 
-def _suggestion(trained: Trained | None, probs: np.ndarray | None, row: int) -> tuple[str, ...]:
+def suggestions(trained: Trained | None, probs: np.ndarray | None, n: int) -> np.ndarray:
+    """(n, C) bool pre-annotation of every pool row (``predict_annotation``, vectorized): the top
+    class, or every label at or above its threshold; (n, 0) before a model exists."""
     if trained is None or probs is None:
-        return ()
-    labels, _ = predict_annotation(
-        probs[row],
-        trained.model.classes,
-        multilabel=trained.model.multilabel,
-        thresholds=trained.model.thresholds,
+        return np.zeros((n, 0), dtype=bool)
+    model = trained.model
+    if model.multilabel:
+        cut = 0.5 if model.thresholds is None else np.asarray(model.thresholds, dtype=float)
+        return np.asarray(probs >= cut, dtype=bool)
+    chosen = np.zeros(probs.shape, dtype=bool)
+    chosen[np.arange(probs.shape[0]), probs.argmax(axis=1)] = True
+    return chosen
+
+
+def queue_of(
+    settings: Settings, scored: Scored, trained: Trained | None, version: str
+) -> QueueState:
+    """Every unlabeled task in the order the strategies chose, with its pre-annotation."""
+    order = scored.priority.order
+    clusters = scored.priority.clusters if settings.strategy.push_clusters else None
+    classes = tuple(trained.model.classes) if trained is not None else ()
+    return QueueState(
+        version=version,
+        task_ids=scored.task_ids[order].astype(np.int64),
+        suggested=suggestions(trained, scored.probs, len(scored.task_ids))[order],
+        classes=classes,
+        clusters=clusters[order].astype(np.int64) if clusters is not None else None,
+        pushed=0,
     )
-    return tuple(labels)
 
 
 def queue_items(settings: Settings, scored: Scored, trained: Trained | None) -> list[QueueItem]:
-    """One queue entry per unlabeled task, in the order the strategies chose."""
-    clusters = scored.priority.clusters if settings.strategy.push_clusters else None
-    # Label Studio's prediction import drops scores outside [0, 1], so the queue position is
-    # scaled into [0, 1): lower still means label first.
-    n = max(1, len(scored.priority.order))
-    return [
-        QueueItem(
-            task_id=int(scored.task_ids[row]),
-            position=position / n,
-            labels=_suggestion(trained, scored.probs, int(row)),
-            cluster=int(clusters[row]) if clusters is not None else None,
-        )
-        for position, row in enumerate(scored.priority.order)
-    ]
+    """One queue entry per unlabeled task, in the order the strategies chose.
+
+    Label Studio's prediction import drops scores outside [0, 1], so the queue position is
+    scaled into [0, 1): lower still means label first.
+    """
+    queue = queue_of(settings, scored, trained, "")
+    return queue.items(0, queue.n)
 
 
 def _describe(counts: Counter[str]) -> str:
@@ -394,13 +416,28 @@ def run_cycle(
         trained = train_stage(settings, store, project_id, snap, result.embeddings, backbone)
         counts.update(labels=len(trained.used.task_ids) if trained else 0)
     with ctx.stage("score") as counts:
-        arrays = build_pool(snap, result.embeddings, trained, settings.diagnosis.slice_fields)
+        reused: list[bool] = []
+
+        def clusters_for(task_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
+            labels, again = project_clusters(settings, project_id, task_ids, x)
+            reused.append(again)
+            return labels
+
+        model_phase = len(snap.targets.task_ids) >= settings.strategy.cold_start_labels
+        arrays = build_pool(
+            snap,
+            result.embeddings,
+            trained,
+            settings.diagnosis.slice_fields,
+            clusters_for if model_phase else None,
+        )
         scored = score_stage(settings, arrays)
         counts.update(unlabeled=len(scored.priority.order), labeled=int(scored.pool.labeled.sum()))
+        counts.update(clusters_reused=int(any(reused)))
     with ctx.stage("push") as counts:
         version = trained.version if trained else f"{new_version(settings, project_id)}-cold"
-        items = queue_items(settings, scored, trained)
-        counts.update(push_queue(ls, project_id, version, items, snap.cfg))
+        queue = queue_of(settings, scored, trained, version)
+        counts.update(push_head(settings, ls, project_id, queue, snap.cfg))
         counts.update(_push_reviews(settings, store, ls, project_id, snap, scored))
     with ctx.stage("record") as counts:
         if trained is not None:
@@ -425,7 +462,25 @@ def run_cycle(
             )
             counts.update(views)
     metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
-    return CycleResult(model_version=version, metrics=metrics)
+
+    def prune() -> dict[str, int]:
+        # After the cycle is recorded: the new version serves already, nobody waits on this.
+        prefix = version_prefix(settings, project_id)
+        return {"deleted_predictions": prune_versions(ls, project_id, prefix, version)}
+
+    return CycleResult(model_version=version, metrics=metrics, after=prune)
+
+
+def push_head(
+    settings: Settings, ls: LabelStudio, project_id: int, queue: QueueState, cfg: LabelConfig
+) -> dict[str, int]:
+    """Push the queue's first ``strategy.push_top_k`` tasks and switch Label Studio to them; the
+    whole queue is stored for top-ups and ``/predict`` (:mod:`backend.labeling_queue`)."""
+    top_k = settings.strategy.push_top_k
+    head = queue.n if top_k is None else min(top_k, queue.n)
+    counts = push_queue(ls, project_id, queue.version, queue.items(0, head), cfg)
+    save_state(settings, project_id, replace(queue, pushed=head))
+    return {**counts, "queued": queue.n}
 
 
 def _push_reviews(

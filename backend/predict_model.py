@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backend.labeling_queue import queue_positions
 from backend.labelstudio.config import LabelConfig
 from backend.labelstudio.convert import prediction_item, task_image_ref
 from backend.model.cache import EmbeddingCache
@@ -74,6 +75,9 @@ def predict_with_model(
     rows = np.stack([result.embeddings[i] for i in ok]) if ok else None
     probs = served.model.predict_proba(rows) if rows is not None else np.zeros((0, 0))
     by_task = dict(zip(ok, probs, strict=True))
+    # Label Studio stores what we answer under the current version, so it joins the queue that
+    # "Label All Tasks" serves by ascending score: a task of our queue gets its queue position.
+    positions = queue_positions(settings, served.project_id, served.version, list(by_task))
     out = []
     for task in tasks:
         row = by_task.get(int(task["id"]))
@@ -86,6 +90,7 @@ def predict_with_model(
             multilabel=served.model.multilabel,
             thresholds=served.model.thresholds,
         )
+        score = positions.get(int(task["id"]), score)
         out.append(prediction_item(labels, score, served.version, cfg))
     log.info(
         "predict project %d: %d tasks, %d images failed",

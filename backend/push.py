@@ -1,12 +1,14 @@
 """Push a cycle's decisions into Label Studio: the labeling queue and the review views.
 
-What works and what it costs (measured on Label Studio 1.23, see shared/docs/label-studio.md):
+What works and what it costs (measured on a real Label Studio 1.23.2):
 
 - Labeling queue: bulk-import one prediction per unlabeled task under a fresh model version, with
   ``score`` = queue position scaled into [0, 1) (uncertainty sampling serves ascending scores; the
   import silently drops predictions whose score is outside [0, 1]) and
   ``result`` = the suggested label, then switch ``project.model_version`` to it. ~3 s per 5,000
-  predictions. Older versions of ours are deleted only after the switch.
+  predictions; the project's ``model_version`` and ``sampling`` are set in one PATCH. Only the
+  queue's head is pushed (see :mod:`backend.labeling_queue`); older versions of ours are deleted
+  after the cycle is recorded.
 - Review queue: Data Manager views can only order on task data (ordering on ``meta`` gives 500),
   so a flagged task gets ``labelloop_*`` keys in its data (the stable suspicion value the view
   orders on, the given label, the model's label with its confidence and the reason) with one
@@ -45,8 +47,8 @@ class LabelStudioPush(Protocol):
 
     def import_predictions(self, project: int, predictions: Sequence[dict[str, Any]]) -> int: ...
     def create_prediction(self, prediction: dict[str, Any]) -> dict[str, Any]: ...
-    def set_model_version(self, project: int, version: str) -> None: ...
-    def set_sampling(self, project: int, sampling: Any) -> None: ...
+    def get_project(self, project: int) -> dict[str, Any]: ...
+    def update_project(self, project: int, **fields: Any) -> dict[str, Any]: ...
     def model_versions(self, project: int) -> dict[str, int]: ...
     def delete_model_version(self, project: int, version: str) -> int: ...
     def update_task_data(self, task: int, data: dict[str, Any]) -> None: ...
@@ -73,14 +75,10 @@ class QueueItem:
     cluster: int | None = None
 
 
-def push_queue(
-    ls: LabelStudioPush,
-    project_id: int,
-    version: str,
-    items: Sequence[QueueItem],
-    cfg: LabelConfig,
-) -> dict[str, int]:
-    """Import the queue as predictions of ``version`` and make Label Studio serve it."""
+def queue_predictions(
+    items: Sequence[QueueItem], version: str, cfg: LabelConfig
+) -> list[dict[str, Any]]:
+    """The predictions that put ``items`` into Label Studio's queue under ``version``."""
     predictions = []
     for item in items:
         prediction: dict[str, Any] = {
@@ -92,6 +90,18 @@ def push_queue(
         if item.cluster is not None:
             prediction["cluster"] = int(item.cluster)
         predictions.append(prediction)
+    return predictions
+
+
+def add_to_queue(
+    ls: LabelStudioPush,
+    project_id: int,
+    version: str,
+    items: Sequence[QueueItem],
+    cfg: LabelConfig,
+) -> int:
+    """Create the predictions of ``items`` under ``version``; raises unless all were stored."""
+    predictions = queue_predictions(items, version, cfg)
     if any("cluster" in p for p in predictions):
         # The bulk import drops ``cluster`` (Label Studio 1.23.2), so clustered predictions are
         # created one by one: ~0.2 s each, only sensible for a few thousand tasks.
@@ -104,18 +114,39 @@ def push_queue(
         raise PushError(
             f"Label Studio stored {created} of {len(predictions)} predictions of {version}"
         )
-    ls.set_model_version(project_id, version)
-    ls.set_sampling(project_id, SAMPLING)
-    return {"predictions": created, "pruned_versions": prune_versions(ls, project_id, version)}
+    return created
 
 
-def prune_versions(ls: LabelStudioPush, project_id: int, current: str) -> int:
-    """Delete our older prediction versions; called only after ``current`` serves the queue."""
-    prefix = current.rsplit("-", 1)[0] + "-"
+def push_queue(
+    ls: LabelStudioPush,
+    project_id: int,
+    version: str,
+    items: Sequence[QueueItem],
+    cfg: LabelConfig,
+) -> dict[str, int]:
+    """Import ``items`` (the queue's head) under ``version``, then make Label Studio serve it.
+
+    One project PATCH switches the model version and the sampling together. Older versions stay
+    until :func:`prune_versions` runs, after the cycle is recorded.
+    """
+    created = add_to_queue(ls, project_id, version, items, cfg)
+    if created:  # nothing left to label: the version would not exist (400), keep the old one
+        ls.update_project(project_id, model_version=version, sampling=SAMPLING)
+    return {"predictions": created}
+
+
+def prune_versions(ls: LabelStudioPush, project_id: int, prefix: str, current: str) -> int:
+    """Delete every prediction version named ``prefix...`` but ``current``: one request each.
+
+    Runs off the annotators' critical path (after ``current`` serves the queue and the cycle is
+    recorded): Label Studio deletes predictions row by row, seconds per thousand.
+    """
     stale = [v for v in ls.model_versions(project_id) if v.startswith(prefix) and v != current]
+    deleted = 0
     for version in stale:
-        ls.delete_model_version(project_id, version)
-    return len(stale)
+        deleted += ls.delete_model_version(project_id, version)
+    log.info("project %d: pruned %d old versions (%d predictions)", project_id, len(stale), deleted)
+    return deleted
 
 
 @dataclass(frozen=True)

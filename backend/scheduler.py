@@ -59,6 +59,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.labeling_queue import make_refill
 from backend.project_settings import loop_settings_for
 from backend.settings import LoopSettings, Settings
 from backend.store import cycles
@@ -83,6 +84,9 @@ class CycleResult:
 
     model_version: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    #: Work that must not delay the cycle (pruning old predictions): run after the record says
+    #: succeeded, still under the lease; its seconds and counts go to the record as "after".
+    after: Callable[[], Mapping[str, int]] | None = None
 
 
 class LeaseLost(RuntimeError):
@@ -302,7 +306,22 @@ def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock)
         time.perf_counter() - started,
         result.model_version,
     )
+    if result.after is not None:
+        _after(store, ctx, result.after)
     return CycleRun(ctx.cycle_id, "succeeded")
+
+
+def _after(store: Store, ctx: CycleContext, work: Callable[[], Mapping[str, int]]) -> None:
+    started = time.perf_counter()
+    try:
+        counts = dict(work())
+    except Exception:  # the cycle has succeeded; the next one does this work again
+        log.exception("after cycle %d of project %d", ctx.cycle_id, ctx.project_id)
+        counts = {"failed": 1}
+    with store.session() as session:
+        cycles.record_after(
+            session, ctx.cycle_id, seconds=time.perf_counter() - started, counts=counts
+        )
 
 
 def run_cycle_once(
@@ -428,6 +447,8 @@ class LoopScheduler:
         dispatch: hand a due cycle to other processes instead of running it here
             (``loop.executor: rq``: :class:`backend.workers.RQDispatch`); the waiting record is
             offered again every ``poll_s`` until a worker has taken it.
+        refill: tops up the project's pushed queue after annotation changes, on a worker thread
+            (:func:`backend.labeling_queue.make_refill`); None: never.
     """
 
     def __init__(
@@ -442,8 +463,10 @@ class LoopScheduler:
         clock: Clock = utcnow,
         max_workers: int = 4,
         dispatch: Callable[[int], None] | None = None,
+        refill: Callable[[int], None] | None = None,
     ) -> None:
         self.scheduler_id = scheduler_id
+        self._refill = refill
         self._dispatch = dispatch
         self._store, self._runner, self._settings = store, runner, settings
         self._settings_for: SettingsFor = settings_for or (lambda _project_id: settings)
@@ -529,6 +552,15 @@ class LoopScheduler:
     def note_changes(self, project_id: int, n: int) -> datetime | None:
         """Count ``n`` annotation changes; returns when the project's cycle is due, if it is."""
         now, settings = self._clock(), self._settings_for(project_id)
+        if self._refill is not None:
+            self._aps.add_job(
+                self._refill_now,
+                args=(project_id,),
+                id=f"refill:{project_id}",
+                name=f"queue top-up of project {project_id}",
+                jobstore=VOLATILE,
+                replace_existing=True,
+            )
         with self._store.session() as session:
             state = cycles.add_changes(session, project_id, n)
             decision = debounce(state.changes, state.triggered_at, now=now, settings=settings)
@@ -551,6 +583,11 @@ class LoopScheduler:
         return cycle_id
 
     # -- jobs
+
+    def _refill_now(self, project_id: int) -> None:
+        refill = self._refill
+        if refill is not None:
+            self._guarded(lambda: refill(project_id))
 
     def run_due(self, project_id: int) -> None:
         """What ``cycle:<project>`` does when it fires: run the waiting cycle under the lease."""
@@ -716,7 +753,12 @@ def start_embedded_scheduler(
         log.info("loop.run_scheduler is false: a separate `labelloop scheduler` runs cycles")
         return None
     scheduler = LoopScheduler(
-        store, runner, settings.loop, settings_for=settings_for, dispatch=cycle_dispatch(settings)
+        store,
+        runner,
+        settings.loop,
+        settings_for=settings_for,
+        dispatch=cycle_dispatch(settings),
+        refill=make_refill(settings, store),
     )
     scheduler.start()
     return scheduler
@@ -739,6 +781,7 @@ def run_scheduler_process(
         settings_for=settings_for or loop_settings_for(store, settings),
         apply_inbox=True,
         dispatch=cycle_dispatch(settings),
+        refill=make_refill(settings, store),
     )
     try:
         scheduler.start()

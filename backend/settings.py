@@ -145,6 +145,7 @@ class StrategySettings(_Section):
     cold_start_labels: int = Field(20, ge=0)
     fade_after: dict[str, int | None] = Field(default_factory=lambda: dict(DEFAULT_FADE_AFTER))
     push_clusters: bool = False
+    push_top_k: int | None = Field(2000, ge=1)
     review_signal: Literal[
         "suspicion",
         "confident_learning",

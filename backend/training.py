@@ -219,9 +219,14 @@ class TrainOutcome:
     train_seconds: float
 
 
+def version_prefix(settings: Settings, project_id: int) -> str:
+    """What every model version of the project starts with (the cold ones too)."""
+    return f"{settings.server.title}-p{project_id}-"
+
+
 def new_version(settings: Settings, project_id: int) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{settings.server.title}-p{project_id}-{stamp}"
+    return f"{version_prefix(settings, project_id)}{stamp}"
 
 
 def _load_inputs(store: Store, project_id: int) -> tuple[LabelConfig, list[Task], Targets]:

@@ -141,15 +141,19 @@ def signal_rows(
     rows = []
     for n in sizes:
         d = _data(n, np.random.default_rng(0))
+        total = [0.0, 0.0]
         for name, ours, theirs in contenders(d):
             if only is not None and name.split()[0] not in only:
                 continue
             t_ours, t_all = timed(ours, n_threads), timed(ours, all_cpus)
+            total[0], total[1] = total[0] + t_ours, total[1] + t_all
             t_theirs = _best(theirs, 1 if n >= 1_000_000 else repeats) if theirs else None
             speedup = f"{t_theirs / t_ours:.1f}x" if t_theirs else "-"
             rows.append(
                 [f"{n:,}", name, _rate(n, t_ours), _rate(n, t_all), _rate(n, t_theirs), speedup]
             )
+        ours_total, all_total = f"{total[0]:.2f} s", f"{total[1]:.2f} s"
+        rows.append([f"{n:,}", "all signals above, total", ours_total, all_total, "-", "-"])
         if only is not None:
             continue
         pool_t = _best(lambda d=d: Pool(labels=d["labels"], probs=d["probs"]), repeats)

@@ -104,7 +104,12 @@ class FakeLabelStudio:
 
     def get_project(self, project: int) -> dict[str, Any]:
         config = MULTI_TAGS_CONFIG if self.multi else SINGLE_CONFIG
-        return {"id": project, "title": "fake", "label_config": config}
+        return {
+            "id": project,
+            "title": "fake",
+            "label_config": config,
+            "model_version": self.version or "",
+        }
 
     def iter_tasks(
         self, project: int, *, updated_since: datetime | None = None
@@ -124,20 +129,26 @@ class FakeLabelStudio:
         self.predictions.append(prediction)
         return {"id": len(self.predictions)}
 
-    def set_model_version(self, project: int, version: str) -> None:
-        self.calls.append(("set_model_version", version))
-        self.version = version
-
-    def set_sampling(self, project: int, sampling: Any) -> None:
-        self.calls.append(("set_sampling", sampling))
+    def update_project(self, project: int, **fields: Any) -> dict[str, Any]:
+        self.calls.append(("update_project", fields))
+        if "model_version" in fields:
+            if not any(p["model_version"] == fields["model_version"] for p in self.predictions):
+                raise AssertionError("Label Studio refuses a model version without predictions")
+            self.version = fields["model_version"]
+        return {"id": project, "model_version": self.version}
 
     def model_versions(self, project: int) -> dict[str, int]:
         self.calls.append(("model_versions", project))
-        return {}
+        counts: dict[str, int] = {}
+        for p in self.predictions:
+            counts[p["model_version"]] = counts.get(p["model_version"], 0) + 1
+        return counts
 
     def delete_model_version(self, project: int, version: str) -> int:
         self.calls.append(("delete_model_version", version))
-        return 0
+        before = len(self.predictions)
+        self.predictions = [p for p in self.predictions if p["model_version"] != version]
+        return before - len(self.predictions)
 
     def update_task_data(self, task: int, data: dict[str, Any]) -> None:
         self.calls.append(("update_task_data", task))

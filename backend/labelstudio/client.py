@@ -450,7 +450,11 @@ class LabelStudio:
         self._call("PATCH", f"/api/tasks/{task}", json={"data": data})
 
     def delete_model_version(self, project: int, version: str) -> int:
-        """Delete every prediction of ``version`` in the project; how many were deleted."""
+        """Delete every prediction of ``version`` in the project; how many were deleted.
+
+        Label Studio 1.23.2 answers ``{"deleted_predictions": N}``; it deletes row by row (a
+        ``pre_delete`` hook per prediction), seconds per thousand, so call it off the critical path.
+        """
         body = self._call(
             "DELETE",
             f"/api/projects/{project}/model-versions/",
@@ -458,7 +462,7 @@ class LabelStudio:
             ok=(200, 204),
             timeout=max(self.settings.timeout_s, BULK_TIMEOUT_S),
         )
-        return int((body or {}).get("count", 0)) if isinstance(body, dict) else 0
+        return int(body.get("deleted_predictions", 0)) if isinstance(body, dict) else 0
 
     def create_prediction(self, prediction: dict[str, Any]) -> dict[str, Any]:
         """Create one prediction (~0.2 s). Unlike the bulk import it keeps ``cluster``, which

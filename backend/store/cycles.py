@@ -296,6 +296,17 @@ def end_stage(
         cycle.counts = {**cycle.counts, stage: dict(counts)}
 
 
+def record_after(
+    session: Session, cycle_id: int, *, seconds: float, counts: Mapping[str, Any]
+) -> None:
+    """Record the work a succeeded cycle left for after its record (as the stage "after")."""
+    cycle = session.get(Cycle, cycle_id)
+    if cycle is None:
+        return
+    cycle.stage_timings = {**cycle.stage_timings, "after": round(seconds, 3)}
+    cycle.counts = {**cycle.counts, "after": dict(counts)}
+
+
 def set_progress(
     session: Session, cycle_id: int, done: int, total: int | None, per_s: float | None = None
 ) -> None:

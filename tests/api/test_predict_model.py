@@ -109,6 +109,35 @@ def test_train_then_predict_serves_the_model(
     assert results[-1] == {"result": [], "score": 0.0, "model_version": outcome.version}
 
 
+def test_predict_answers_a_queued_task_its_queue_position(
+    small_settings: Settings, store: Store
+) -> None:
+    """Label Studio stores /predict's answer under the current version, where uncertainty
+    sampling orders by score: a task of the pushed queue must keep its place there."""
+    from backend.labeling_queue import QueueState, save_state
+
+    truth = _seed_project(store, 9, per_class=4)
+    resolver = ImageResolver(small_settings.label_studio, small_settings.images)
+    outcome = train_project(small_settings, store, 9, resolver.fetch)
+    queued = [t for t in truth if t % 6 in (5, 0)]  # the unlabeled ones, in some queue order
+    order = np.array(queued[::-1], dtype=np.int64)
+    save_state(
+        small_settings,
+        9,
+        QueueState(outcome.version, order, np.zeros((len(order), 3), bool), (), None, 1),
+    )
+    app = create_app(small_settings, store=store)
+    try:
+        tasks = [{"id": t, "data": {"image": _data_url(COLORS[truth[t]], t)}} for t in (1, *queued)]
+        body = app.test_client().post("/predict", json={"tasks": tasks, "project": "9.1"})
+    finally:
+        shutdown(app)
+    scores = [r["score"] for r in body.get_json()["results"]]
+    assert 1 / 3 <= scores[0] <= 1.0  # task 1 is labeled, not queued: the model's confidence
+    n = len(order)
+    assert scores[1:] == [list(order).index(t) / n for t in queued]
+
+
 def test_versions_are_pruned_but_never_the_current(small_settings: Settings, store: Store) -> None:
     _seed_project(store, 9, per_class=3)
     resolver = ImageResolver(small_settings.label_studio, small_settings.images)

@@ -153,8 +153,8 @@ def test_imported_predictions_steer_next_task(
     assert (stored["score"], stored["model_version"]) == (0.5, "al-1")
     assert stored["result"] == result("bird")
 
-    ls.set_model_version(project_id, "al-1")
-    ls.set_sampling(project_id, "Uncertainty sampling")
+    # Model version and sampling in one PATCH (the version must exist first).
+    ls.update_project(project_id, model_version="al-1", sampling="Uncertainty sampling")
     info = ls.get_project(project_id)
     assert (info["model_version"], info["sampling"]) == ("al-1", "Uncertainty sampling")
     served = []
@@ -165,6 +165,9 @@ def test_imported_predictions_steer_next_task(
         ls.create_annotation(task["id"], result("cat"))
     assert served == [ids[1], ids[3], ids[2], ids[4], ids[0]]
     assert ls.next_task(project_id) is None
+    # Deleting a version answers how many predictions went (``deleted_predictions``).
+    assert ls.delete_model_version(project_id, "al-1") == 5
+    assert ls.model_versions(project_id) == {}
 
 
 def test_model_version_must_exist(ls: LabelStudio, project: tuple[int, list[int]]) -> None:

@@ -149,6 +149,7 @@ def test_cold_start_cycle_steers_label_all_tasks(loop: Loop) -> None:
         "score",
         "push",
         "record",
+        "after",  # pruning old versions, once the cycle is recorded
     }
     assert loop.ls.get_project(loop.project)["model_version"] == record["model_version"]
     expected = _queue_order(loop)[:10]
@@ -227,16 +228,18 @@ def test_crash_mid_cycle_keeps_previous_version(loop: Loop) -> None:
     real = make_runner(loop.settings, loop.store)
 
     def crashing(ctx: Any, project_id: int) -> Any:
-        original = LabelStudio.set_model_version
+        original = LabelStudio.update_project
 
-        def boom(self: LabelStudio, project: int, version: str) -> None:
-            raise Crash("label studio went away mid-push")
+        def boom(self: LabelStudio, project: int, **fields: Any) -> dict[str, Any]:
+            if "model_version" in fields:  # the switch to the new version
+                raise Crash("label studio went away mid-push")
+            return original(self, project, **fields)
 
-        LabelStudio.set_model_version = boom  # type: ignore[method-assign]
+        LabelStudio.update_project = boom  # type: ignore[method-assign]
         try:
             return real(ctx, project_id)
         finally:
-            LabelStudio.set_model_version = original  # type: ignore[method-assign]
+            LabelStudio.update_project = original  # type: ignore[method-assign]
 
     run = loop.cycle(crashing)
     assert run.state == "failed"

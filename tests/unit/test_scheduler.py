@@ -435,3 +435,22 @@ def test_scheduler_process_applies_the_inbox_and_runs_start_training(
     assert runner.calls == [(9, "start_training")]
     with store.session() as s:
         assert repo.pending_events(s) == []
+
+
+def test_annotation_changes_run_the_queue_top_up_on_a_worker_thread(
+    store: Store, loops: Callable[..., LoopScheduler]
+) -> None:
+    topped: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def refill(project_id: int) -> None:
+        topped.append((project_id, threading.current_thread().name))
+        done.set()
+
+    loop = loops(FakeCycle(), refill=refill)
+    loop.on_applied(report({(5, "ANNOTATION_CREATED"): 1}))
+    assert done.wait(10)
+    assert [project for project, _ in topped] == [5]
+    assert topped[0][1] != threading.current_thread().name
+    with store.session() as s:  # one change is below retrain_after: no cycle, only the top-up
+        assert cycles.queued_cycle(s, 5) is None

@@ -1,0 +1,134 @@
+"""A top-K push against a REAL Label Studio: annotators label past K and still get our order.
+
+Label Studio serves tasks without a prediction of the current version in RANDOM order, so the
+pushed head must be topped up before annotators run out. Here the backend runs as ``labelloop
+serve`` does (webhooks -> inbox -> scheduler), cycles only when the test runs one, and the
+simulated annotator labels through the next-task API ("Label All Tasks") well past K.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backend.cycle import make_runner
+from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
+from backend.labeling_queue import load_state
+from backend.labelstudio.client import LabelStudio
+from backend.lsprocess import free_port
+from backend.scheduler import run_cycle_once
+from backend.settings import Settings, load_settings
+from backend.store import cycles
+from backend.store.db import Store
+
+N_IMAGES, TOP_K, LABELED = 60, 10, 26
+
+
+def _result(label: str) -> list[dict[str, Any]]:
+    return [
+        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
+    ]
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the queue was not topped up in time")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def served(label_studio: Any, tmp_path: Path) -> Iterator[tuple[Settings, LabelStudio, Store]]:
+    port = free_port()
+    config = tmp_path / "labelloop.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "label_studio": {"url": label_studio.url, "token": label_studio.token},
+                "server": {
+                    "port": port,
+                    "public_url": f"http://127.0.0.1:{port}",
+                    "log_level": "WARNING",
+                },
+                "store": {"data_dir": str(tmp_path / "data")},
+                "model": {"backbone": "small_cnn", "image_size": 32, "committee_size": 2},
+                "strategy": {"push_top_k": TOP_K, "cold_start_labels": 20},
+                # Cycles run only when the test asks; the scheduler still applies webhooks.
+                "loop": {
+                    "retrain_after": 100_000,
+                    "schedule_interval_minutes": None,
+                    "poll_s": 0.5,
+                },
+            }
+        )
+    )
+    settings = load_settings(config, environ={})
+    ls = LabelStudio(settings.label_studio)
+    store = Store(settings.store.url)
+    store.upgrade()
+    backend: ServedBackend = serve_in_thread(settings, loop=True)
+    try:
+        yield settings, ls, store
+    finally:
+        backend.stop()
+        store.dispose()
+        ls.close()
+
+
+def test_label_all_tasks_keeps_our_order_past_k(
+    served: tuple[Settings, LabelStudio, Store],
+) -> None:
+    settings, ls, store = served
+    project = ls.create_project("queue head", DEMO_CONFIG)
+    images = list(digit_images(N_IMAGES, size=32, seed=3))
+    ids = ls.upload_images(project, [(name, data) for name, data, _ in images])
+    truth = {t: str(digit) for t, (_, _, digit) in zip(ids, images, strict=True)}
+    assert ls.connect_ml_backend(project, settings.server.public_url, "labelloop")
+
+    def cycle() -> dict[str, Any]:
+        run = None
+        for _ in range(50):  # a top-up may hold the project's lease for a moment
+            run = run_cycle_once(store, make_runner(settings, store), project, trigger="manual")
+            if run is not None:
+                break
+            time.sleep(0.2)
+        assert run is not None and run.state == "succeeded", run
+        with store.session() as session:
+            return cycles.to_dict(cycles.history(session, project, 1)[0])
+
+    first = cycle()
+    state = load_state(settings, project)
+    assert state is not None and state.n == N_IMAGES and state.pushed == TOP_K
+    assert ls.model_versions(project) == {first["model_version"]: TOP_K}
+
+    def pushed() -> int:
+        now = load_state(settings, project)
+        return now.pushed if now is not None else 0
+
+    served_ids = []
+    for step in range(LABELED):
+        task = ls.next_task(project)
+        assert task is not None
+        served_ids.append(int(task["id"]))
+        ls.create_annotation(task["id"], _result(truth[task["id"]]))
+        # An annotator slower than the top-up: once half the head is labeled it grows again.
+        _wait_for(lambda step=step: pushed() - (step + 1) >= (TOP_K + 1) // 2)
+    assert served_ids == [int(t) for t in state.task_ids[:LABELED]]  # never random, past K
+    before = pushed()
+    assert before > LABELED
+    assert ls.model_versions(project) == {first["model_version"]: before}
+
+    second = cycle()  # a model now; the first version is pruned after the record
+    assert not second["model_version"].endswith("-cold")
+    assert second["counts"]["after"] == {"deleted_predictions": before}
+    assert ls.model_versions(project) == {second["model_version"]: TOP_K}
+    head = load_state(settings, project)
+    assert head is not None and head.version == second["model_version"]
+    task = ls.next_task(project)
+    assert task is not None and int(task["id"]) == int(head.task_ids[0])
