@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, Unauthorized
+from flask import Flask, Response, current_app, g, request
 
+from backend.api.access import check_access
+from backend.api.errors import error_response, register_error_handlers
+from backend.api.requests import IdConverter
 from backend.inbox import ApplyReport, InboxWorker
 from backend.metrics import Metrics
 from backend.models_registry import ModelRegistry
@@ -22,6 +23,7 @@ from backend.store.db import Store
 
 log = logging.getLogger(__name__)
 EXTENSION = "labelloop"
+__all__ = ["EXTENSION", "Services", "create_app", "error_response", "services", "shutdown"]
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Services:
     def events_applied(self, report: ApplyReport) -> None:
         for (project, action), count in report.applied.items():
             self.metrics.events_applied.labels(str(project), action).inc(count)
+        self.metrics.inbox_retries.inc(report.retries)
         if self.loop is not None:
             self.loop.on_applied(report)
 
@@ -59,48 +62,9 @@ def services() -> Services:
     return cast(Services, current_app.extensions[EXTENSION])
 
 
-def error_response(status: int, error: str, detail: str) -> Response:
-    response = jsonify({"error": error, "detail": detail})
-    response.status_code = status
-    return response
-
-
-def _handle_http(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    name = (exc.name or "error").lower().replace(" ", "_")
-    response = error_response(status, name, exc.description or name)
-    if isinstance(exc, Unauthorized):
-        response.headers["WWW-Authenticate"] = 'Basic realm="labelloop"'
-    return response
-
-
-def _handle_unexpected(exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.path)
-    return error_response(500, "internal_error", f"{type(exc).__name__}; see the server log")
-
-
-def _check_auth() -> Response | None:
-    expected = services().settings.server.basic_auth
-    # The admin API has its own bearer tokens (backend.api.admin), checked on every admin route.
-    if expected is None or request.endpoint == "static" or request.blueprint == "admin":
-        return None
-    auth = request.authorization
-    ok = (
-        auth is not None
-        and auth.type == "basic"
-        and hmac.compare_digest((auth.username or "").encode(), expected[0].encode())
-        and hmac.compare_digest((auth.password or "").encode(), expected[1].encode())
-    )
-    if ok:
-        return None
-    response = error_response(401, "unauthorized", "valid HTTP basic auth credentials required")
-    response.headers["WWW-Authenticate"] = 'Basic realm="labelloop"'
-    return response
-
-
-def _start_timer() -> Response | None:
+def _start_timer() -> None:
     g.started = time.perf_counter()
-    return _check_auth()
+    check_access(services().settings.server)
 
 
 def _observe(response: Response) -> Response:
@@ -138,8 +102,10 @@ def create_app(
     from backend.api.cycles import bp as cycles_bp
     from backend.api.dashboard import bp as dashboard_bp
     from backend.api.ml import bp as ml_bp
+    from backend.api.openapi import bp as openapi_bp
 
     app = Flask(__name__)
+    app.url_map.converters["id"] = IdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = store or Store(settings.store.url)
@@ -156,12 +122,12 @@ def create_app(
     app.extensions[EXTENSION] = svc
     app.before_request(_start_timer)
     app.after_request(_observe)
-    app.register_error_handler(HTTPException, _handle_http)
-    app.register_error_handler(Exception, _handle_unexpected)
+    register_error_handlers(app)
     app.register_blueprint(ml_bp)
     app.register_blueprint(cycles_bp)
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(openapi_bp)
     return app
 
 

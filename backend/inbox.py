@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from sqlalchemy.orm import Session
 
 from backend.store import repo
 from backend.store.db import Store
-from backend.store.models import InboxEvent, utcnow
+from backend.store.models import InboxEvent, Project, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,49 @@ HANDLED_ACTIONS = frozenset(
 )
 
 
+#: The largest id the store holds (a signed 64-bit column).
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+
+
 class BadEvent(ValueError):
     """A webhook body that is not a Label Studio event we can read."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ProjectRef(_Open):
+    id: Id
+    title: str | None = None
+    label_config: str | None = None
+
+
+class Ref(_Open):
+    id: Id
+
+
+class AnnotationRef(_Open):
+    id: Id
+    task: Id | None = None
+    result: list[Any] | None = None
+
+
+class WebhookHead(_Open):
+    """What every webhook delivery has: the action and (for the actions we handle) the project."""
+
+    action: str = Field(min_length=1, max_length=100)
+    project: ProjectRef | Id | None = None
+
+
+class WebhookEvent(WebhookHead):
+    """A webhook of an action we handle: the parts the inbox reads, typed and bounded."""
+
+    annotation: AnnotationRef | None = None
+    task: Ref | None = None
+    tasks: list[Ref] | None = None
+    annotations: list[Ref] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,20 +91,27 @@ class ParsedEvent:
     payload: dict[str, Any]
 
 
+def _validated(model: type[WebhookHead], payload: dict[str, Any]) -> WebhookHead:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadEvent(f"'{where}': {first['msg']}") from None
+
+
 def parse_event(payload: Any) -> ParsedEvent:
     """Validate the parts of a webhook body we rely on; the rest is kept as it came."""
     if not isinstance(payload, dict):
         raise BadEvent("webhook body must be a JSON object")
-    action = payload.get("action")
-    if not isinstance(action, str) or not action:
-        raise BadEvent("webhook body has no 'action'")
-    project = payload.get("project")
-    project_id = project.get("id") if isinstance(project, dict) else project
-    if project_id is not None and not isinstance(project_id, int):
-        raise BadEvent("'project.id' must be an integer")
-    if action in HANDLED_ACTIONS and project_id is None:
-        raise BadEvent(f"{action} event has no 'project.id'")
-    return ParsedEvent(action=action, project_id=project_id, payload=payload)
+    head = _validated(WebhookHead, payload)
+    if head.action in HANDLED_ACTIONS:
+        head = _validated(WebhookEvent, payload)
+    project = head.project
+    project_id = project.id if isinstance(project, ProjectRef) else project
+    if head.action in HANDLED_ACTIONS and project_id is None:
+        raise BadEvent(f"{head.action} event has no 'project.id'")
+    return ParsedEvent(action=head.action, project_id=project_id, payload=payload)
 
 
 @dataclass
@@ -67,13 +119,26 @@ class ApplyReport:
     applied: Counter[tuple[int | None, str]] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     train_requested: set[int] = field(default_factory=set)
+    #: Events set aside in this pass (they failed deterministically).
+    set_aside: int = 0
+    #: Transactions rolled back and tried again after a transient database error.
+    retries: int = 0
+    #: The pass stopped on a persisting transient error; events are still pending.
+    deferred: bool = False
+
+    def merge(self, other: ApplyReport) -> None:
+        """Add what ``other`` (one committed transaction) applied to this report."""
+        self.applied.update(other.applied)
+        self.outcomes.update(other.outcomes)
+        self.train_requested |= other.train_requested
+        self.set_aside += other.set_aside
 
     @property
     def total(self) -> int:
         return sum(self.applied.values())
 
 
-def _apply_annotation(session: Session, payload: Mapping[str, Any], project_id: int) -> str:
+def _apply_annotation(session: Session, payload: Mapping[str, Any], project: Project) -> str:
     annotation = payload.get("annotation")
     if not isinstance(annotation, dict) or "id" not in annotation:
         return "ignored: no annotation"
@@ -81,7 +146,6 @@ def _apply_annotation(session: Session, payload: Mapping[str, Any], project_id: 
     task_id = annotation.get("task") or (task.get("id") if isinstance(task, dict) else None)
     if task_id is None:
         return "ignored: no task id"
-    project = repo.ensure_project(session, project_id)
     if isinstance(task, dict) and "id" in task:
         repo.upsert_task(session, project, task)
     return repo.upsert_annotation(session, project, int(task_id), annotation)
@@ -90,88 +154,176 @@ def _apply_annotation(session: Session, payload: Mapping[str, Any], project_id: 
 def _apply_deleted(session: Session, payload: Mapping[str, Any], event: InboxEvent) -> str:
     items = payload.get("annotations") or []
     ids = [int(a["id"]) for a in items if isinstance(a, dict) and "id" in a]
-    return f"deleted {repo.delete_annotations(session, ids, at=event.received_at)}"
+    deleted = repo.delete_annotations(
+        session, ids, project_id=event.project_id, at=event.received_at
+    )
+    return f"deleted {deleted}"
 
 
-def _apply_tasks(session: Session, payload: Mapping[str, Any], project_id: int) -> str:
-    project = repo.ensure_project(session, project_id)
+def _apply_tasks(session: Session, payload: Mapping[str, Any], project: Project) -> str:
     tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
     outcomes = Counter(repo.upsert_task(session, project, t) for t in tasks)
     return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "no tasks"
 
 
-def _refresh_project(session: Session, payload: Mapping[str, Any], project_id: int) -> None:
+def _refresh_project(session: Session, payload: Mapping[str, Any], project: Project) -> None:
     """Every event carries the project; keep its title and label config current."""
-    project = repo.ensure_project(session, project_id)
     body = payload.get("project")
     if isinstance(body, dict):
-        project.title = body.get("title") or project.title
+        title = body.get("title")
+        project.title = title[:500] if isinstance(title, str) and title else project.title
         if isinstance(body.get("label_config"), str):
             repo.set_label_config(session, project, body["label_config"])
 
 
-def _apply_project(session: Session, project_id: int) -> str:
-    project = repo.ensure_project(session, project_id)
-    return "project updated" if project.config_error is None else "unsupported config"
+def _apply_to(session: Session, event: InboxEvent, project: Project, report: ApplyReport) -> str:
+    payload, action = event.payload, event.action
+    _refresh_project(session, payload, project)
+    if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        return _apply_annotation(session, payload, project)
+    if action == "ANNOTATIONS_DELETED":
+        return _apply_deleted(session, payload, event)
+    if action == "TASKS_CREATED":
+        return _apply_tasks(session, payload, project)
+    if action == "PROJECT_UPDATED":
+        return "project updated" if project.config_error is None else "unsupported config"
+    report.train_requested.add(project.id)  # START_TRAINING
+    return "train requested"
 
 
 def apply_event(session: Session, event: InboxEvent, report: ApplyReport) -> None:
-    """Apply one stored event inside the caller's transaction and mark it applied."""
-    payload, pid, action = event.payload, event.project_id, event.action
-    if action in HANDLED_ACTIONS and pid is not None:
-        _refresh_project(session, payload, pid)
+    """Apply one stored event inside the caller's transaction and mark it applied.
+
+    Events of projects this backend was never set up for change nothing (they are only stored
+    when the project was known; one removed since is skipped the same way).
+    """
+    pid, action = event.project_id, event.action
+    project = session.get(Project, pid) if pid is not None else None
     if action not in HANDLED_ACTIONS or pid is None:
         outcome = "ignored: action not handled"
-    elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-        outcome = _apply_annotation(session, payload, pid)
-    elif action == "ANNOTATIONS_DELETED":
-        outcome = _apply_deleted(session, payload, event)
-    elif action == "TASKS_CREATED":
-        outcome = _apply_tasks(session, payload, pid)
-    elif action == "PROJECT_UPDATED":
-        outcome = _apply_project(session, pid)
-    else:  # START_TRAINING
-        repo.ensure_project(session, pid)
-        report.train_requested.add(pid)
-        outcome = "train requested"
+    elif project is None:
+        outcome = "ignored: project not set up"
+    else:
+        outcome = _apply_to(session, event, project, report)
     event.applied_at, event.outcome = utcnow(), outcome
     report.applied[(pid, action)] += 1
     report.outcomes[outcome.split(":")[0]] += 1
 
 
-def _apply_guarded(session: Session, event: InboxEvent, report: ApplyReport) -> None:
-    """Apply one event in a savepoint; one that cannot be applied is marked and skipped.
+def is_transient(exc: BaseException) -> bool:
+    """A database error that may pass when tried again (locked, busy, connection lost, deadlock).
 
-    Skipping loses nothing: the next reconcile reads the same state from Label Studio.
+    Everything else an event raises fails the same way every time it is applied.
+    """
+    if isinstance(exc, OperationalError | InterfaceError | SqlTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class TransientError(Exception):
+    """Applying stopped on a transient database error; the events stay pending."""
+
+
+def _apply_guarded(session: Session, event: InboxEvent, report: ApplyReport) -> None:
+    """Apply one event in a savepoint; one that fails deterministically is set aside.
+
+    A transient database error is raised as :class:`TransientError` (the caller rolls the batch
+    back and tries again later): such an event is never set aside. Setting one aside loses
+    nothing either: the next reconcile reads the same state from Label Studio, and
+    ``labelloop inbox retry`` applies it again.
     """
     try:
         with session.begin_nested():
             apply_event(session, event, report)
-    except Exception as exc:  # a poison event must not block every later one
+    except Exception as exc:
+        if is_transient(exc):
+            raise TransientError(str(exc)) from exc
         log.exception("inbox event %d (%s) could not be applied", event.id, event.action)
-        event.applied_at, event.outcome = utcnow(), f"error: {type(exc).__name__}"
+        event.set_aside_at, event.outcome = utcnow(), f"error: {type(exc).__name__}"
         report.outcomes["error"] += 1
+        report.set_aside += 1
 
 
-def apply_pending(store: Store, *, batch: int = 500, project_id: int | None = None) -> ApplyReport:
-    """Apply every stored, unapplied event in arrival order, one transaction per batch.
+def _apply_batch(
+    store: Store, report: ApplyReport, *, batch: int, budget_s: float, project_id: int | None
+) -> int:
+    """Apply pending events in one short write transaction; returns how many it looked at.
+
+    ``report`` only learns what was committed.
+    """
+    started, done, this = time.perf_counter(), 0, ApplyReport()
+    with store.write_session() as session:
+        for event in repo.pending_events(session, limit=batch, project_id=project_id):
+            _apply_guarded(session, event, this)
+            done += 1
+            if time.perf_counter() - started > budget_s:
+                break
+    report.merge(this)
+    return done
+
+
+def apply_pending(
+    store: Store,
+    *,
+    batch: int = 200,
+    budget_s: float = 0.02,
+    project_id: int | None = None,
+    retries: int = 5,
+    backoff_s: float = 0.05,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ApplyReport:
+    """Apply every stored, pending event in arrival order, in short write transactions.
+
+    Each transaction applies at most ``batch`` events or what fits in ``budget_s`` seconds, so a
+    webhook waiting for the write lock waits little. A transient database error rolls the
+    current transaction back and retries it after a growing pause (``backoff_s`` doubling, at
+    most ``retries`` times in a row) with half as many events; when it persists the events stay
+    pending for the next call.
 
     Args:
         store: the state store.
-        batch: events per transaction.
+        batch: most events per transaction.
+        budget_s: seconds after which a transaction commits what it applied so far.
         project_id: apply only this project's events (others stay pending).
+        retries: tries in a row after a transient error before giving up for now.
+        backoff_s: the first pause after a transient error.
+        sleep: how to pause (tests pass a recorder).
     """
-    report = ApplyReport()
+    report, failures = ApplyReport(), 0
     while True:
-        with store.session() as session:
-            events = repo.pending_events(session, limit=batch, project_id=project_id)
-            for event in events:
-                _apply_guarded(session, event, report)
-        if len(events) < batch:
+        try:
+            seen = _apply_batch(
+                store, report, batch=batch, budget_s=budget_s, project_id=project_id
+            )
+        except Exception as exc:
+            if not isinstance(exc, TransientError) and not is_transient(exc):
+                raise
+            report.retries += 1
+            failures += 1
+            batch = max(1, batch // 2)
+            if failures > retries:
+                log.warning("inbox: a transient database error persists; events stay pending")
+                report.deferred = True
+                break
+            sleep(backoff_s * 2 ** (failures - 1))
+            continue
+        failures = 0
+        if seen == 0:
             break
-    if report.total:
-        log.info("inbox applied %d events: %s", report.total, dict(report.outcomes))
+    if report.total or report.retries:
+        log.info(
+            "inbox applied %d events: %s (%d transient retries)",
+            report.total,
+            dict(report.outcomes),
+            report.retries,
+        )
     return report
+
+
+def retry_set_aside(store: Store, *, project_id: int | None = None) -> int:
+    """Put set-aside events back in the queue (``labelloop inbox retry``); returns how many."""
+    with store.session() as session:
+        return repo.requeue_set_aside(session, project_id=project_id)
 
 
 class InboxWorker:
@@ -210,5 +362,5 @@ class InboxWorker:
             except Exception:  # the worker must outlive one bad batch; the event stays pending
                 log.exception("applying the inbox failed; will retry")
                 continue
-            if report.total and self._on_applied is not None:
+            if (report.total or report.set_aside or report.retries) and self._on_applied:
                 self._on_applied(report)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -41,6 +41,22 @@ class Metrics:
             "labelloop_webhook_events_applied",
             "Stored webhook events applied to the store, by project and action.",
             ["project", "action"],
+            registry=self.registry,
+        )
+
+        self.events_unknown_project = Counter(
+            "labelloop_webhook_events_unknown_project",
+            "Webhook deliveries for projects this backend was never set up for (ignored).",
+            registry=self.registry,
+        )
+        self.inbox_set_aside = Gauge(
+            "labelloop_inbox_set_aside_events",
+            "Stored events set aside after failing to apply (labelloop inbox retry).",
+            registry=self.registry,
+        )
+        self.inbox_retries = Counter(
+            "labelloop_inbox_transient_retries",
+            "Inbox transactions rolled back on a transient database error and tried again.",
             registry=self.registry,
         )
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend.labelstudio.config import LabelConfig, parse_label_config
 from backend.store import repo
+from backend.store.models import Project
 
 if TYPE_CHECKING:
     from backend.app import Services
@@ -23,11 +24,15 @@ log = logging.getLogger(__name__)
 def project_label_config(svc: Services, project_id: int, label_config: str | None) -> LabelConfig:
     """The project's parsed config: the stored one, else the one sent with the request.
 
+    A project this backend was never set up for gets no row: its config is only parsed.
+
     Raises:
         UnsupportedConfig: neither is an image classification config we support.
     """
     with svc.store.session() as session:
-        project = repo.ensure_project(session, project_id)
+        project = session.get(Project, project_id)
+        if project is None:
+            return parse_label_config(label_config or "")
         cfg = repo.project_config(project)
         if cfg is None and label_config:
             cfg = repo.set_label_config(session, project, label_config)

@@ -70,7 +70,14 @@ class ServerSettings(_Section):
     basic_auth_user: str | None = None
     basic_auth_password: SecretStr | None = None
     admin_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    metrics_token: SecretStr | None = None
+    allow_anonymous: bool = False
+    max_projects: int = Field(100, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    wsgi: Literal["waitress", "werkzeug"] = "waitress"
+    threads: int = Field(16, ge=1, le=256)
+    connection_limit: int = Field(200, ge=1)
+    read_timeout_s: float = Field(30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
@@ -375,7 +382,7 @@ def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings
     """A copy of ``settings`` with nested overrides applied and validated again."""
     data = _deep_merge(settings.model_dump(mode="python"), overrides)
     for section in ("label_studio", "server"):
-        for key in ("token", "basic_auth_password"):
+        for key in ("token", "basic_auth_password", "metrics_token"):
             value = data.get(section, {}).get(key)
             if isinstance(value, SecretStr):
                 data[section][key] = value.get_secret_value()

@@ -120,8 +120,17 @@ SMALL_MODEL: dict[str, Any] = {
 }
 
 
+#: The admin token every test's settings carry (``server.admin_tokens: {tests: ...}``); the
+#: ``client`` fixture sends it, so routes that need a credential answer.
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
-    environ = {"LABELLOOP_STORE__DATA_DIR": str(tmp_path / "data")}
+    environ = {
+        "LABELLOOP_STORE__DATA_DIR": str(tmp_path / "data"),
+        "LABELLOOP_SERVER__ADMIN_TOKENS": f"{{tests: {ADMIN_TOKEN}}}",
+    }
     if "url" in _POSTGRES:
         from tests.postgres import fresh_database
 
@@ -171,4 +180,7 @@ def app(settings: Settings, store: Store) -> Iterator[Flask]:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A client that sends the tests' admin token with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = ADMIN["Authorization"]
+    return client

@@ -1,32 +1,48 @@
-"""Cycle status and manual triggers: ``/api/projects/<id>/cycles``."""
+"""Cycle status and manual triggers: ``/api/projects/<id>/cycles`` (admin bearer token)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
-from backend.app import error_response, services
-from backend.store import cycles
+from backend.api.errors import ApiError
+from backend.api.operations import operation
+from backend.api.requests import query
+from backend.api.schemas import LimitQuery
+from backend.app import services
+from backend.store import cycles, repo
 from backend.store.models import utcnow
 
 bp = Blueprint("cycles", __name__, url_prefix="/api/projects")
 
 
-@bp.get("/<int:project_id>/cycles")
+@bp.get("/<id:project_id>/cycles")
+@operation(
+    "The current state (idle, queued, running with stage and progress, failed), the history, "
+    "and the project's inbox (pending and set-aside events).",
+    access="admin",
+    query=LimitQuery,
+)
 def list_cycles(project_id: int) -> Response:
-    """The current state (idle, queued, running with stage and progress, failed) and history."""
-    limit = request.args.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
-        return error_response(400, "bad_request", "'limit' must be an integer from 1 to 500")
+    limit = query(LimitQuery).limit
     with services().store.session() as session:
         state = cycles.current_state(session, project_id, now=utcnow()).to_dict()
-        history = [cycles.to_dict(c) for c in cycles.history(session, project_id, int(limit))]
-    return jsonify({"project": project_id, "state": state, "cycles": history})
+        history = [cycles.to_dict(c) for c in cycles.history(session, project_id, limit)]
+        counts = repo.project_counts(session, project_id)
+    inbox = {"pending": counts.pending_events, "set_aside": counts.set_aside_events}
+    return jsonify({"project": project_id, "state": state, "inbox": inbox, "cycles": history})
 
 
-@bp.post("/<int:project_id>/cycles")
+@bp.post("/<id:project_id>/cycles")
+@operation(
+    "Ask for a cycle now; it joins an already queued one. Runs on the deployment's scheduler.",
+    access="admin",
+    responses={202: "queued"},
+)
 def request_cycle(project_id: int) -> Response:
-    """Ask for a cycle now; it joins an already queued one. Runs on the deployment's scheduler."""
     svc = services()
+    with svc.store.session() as session:
+        if not repo.project_known(session, project_id):
+            raise ApiError(404, "not_found", f"project {project_id} is not set up on this backend")
     if svc.loop is not None:
         cycle_id = svc.loop.request(project_id, "manual")
     else:  # a web worker in scale-out mode: the scheduler process picks the request up

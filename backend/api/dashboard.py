@@ -19,7 +19,9 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, send_file
 from PIL import Image
 
-from backend.app import Services, error_response, services
+from backend.api.errors import error_response
+from backend.api.operations import operation
+from backend.app import Services, services
 from backend.diagnosis.page import render_not_yet, render_page
 from backend.diagnosis.view import diagnosis_view
 from backend.files import atomic_write
@@ -36,7 +38,8 @@ THUMB_PX = 96
 NOT_YET = "no diagnosis yet: it is written at the end of the project's first cycle"
 
 
-@bp.get("/api/projects/<int:project_id>/diagnosis")
+@bp.get("/api/projects/<id:project_id>/diagnosis")
+@operation("The diagnosis as JSON (404 before the first cycle).", access="dashboard")
 def diagnosis_json(project_id: int) -> Response:
     """The diagnosis with the learning curve, Label Studio links and thumbnail URLs."""
     svc = services()
@@ -46,7 +49,8 @@ def diagnosis_json(project_id: int) -> Response:
     return jsonify(data.model_dump(mode="json"))
 
 
-@bp.get("/dashboard/<int:project_id>")
+@bp.get("/dashboard/<id:project_id>")
+@operation("The dashboard page.", access="dashboard", content_type="text/html")
 def dashboard(project_id: int) -> Response:
     """The dashboard page (server-rendered HTML, inline SVG)."""
     svc = services()
@@ -99,7 +103,8 @@ def first_cycle_triggers(loop: LoopSettings, project_id: int) -> list[str]:
     return when
 
 
-@bp.get("/dashboard/<int:project_id>/thumb/<int:task_id>.png")
+@bp.get("/dashboard/<id:project_id>/thumb/<id:task_id>.png")
+@operation("A task's thumbnail.", access="dashboard", content_type="image/png")
 def thumbnail(project_id: int, task_id: int) -> Response:
     """A small PNG of the task's image; 404 JSON when the task or its image is unavailable."""
     svc = services()

@@ -1,20 +1,24 @@
 """The ML backend endpoints exactly as Label Studio 1.23 calls them.
 
 ``/health`` and ``/webhook`` do no work beyond one small query or one durable insert: Label Studio
-waits 1 s for each, and a webhook is sent inside the annotator's save request.
+waits 1 s for each, and a webhook is sent inside the annotator's save request. Only projects this
+backend was set up for (Label Studio's ``/setup`` when it connects a backend, ``labelloop
+connect``, a sync) get rows: webhooks of any other project are acknowledged and ignored.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+import re
 
-from flask import Blueprint, Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
-from backend.app import error_response, services
+from backend.api.errors import ApiError, bad_request
+from backend.api.operations import operation
+from backend.api.requests import body, cached_body, json_body, parse_json, validated
+from backend.api.schemas import MAX_ID, PredictRequest, SetupRequest, WebhookEvent
+from backend.app import services
 from backend.inbox import HANDLED_ACTIONS, BadEvent, parse_event
 from backend.labelstudio.config import UnsupportedConfig, parse_label_config
 from backend.metrics import CONTENT_TYPE
@@ -25,63 +29,24 @@ from backend.store.models import Project
 log = logging.getLogger(__name__)
 bp = Blueprint("ml", __name__)
 UNTRAINED = "untrained"
-
-
-class SetupRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    project: str | int
-    schema_: str = Field(alias="schema", min_length=1)
-    hostname: str | None = None
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    tasks: list[dict[str, Any]]
-    project: str | int | None = None
-    label_config: str | None = None
-
-
-class BadRequest(Exception):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-@bp.errorhandler(BadRequest)
-def _bad_request(exc: BadRequest) -> Response:
-    return error_response(400, "bad_request", exc.detail)
-
-
-def _json_body() -> Any:
-    raw = request.get_data(cache=True)
-    if not raw:
-        raise BadRequest("request body is empty; a JSON object is required")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-
-
-def _validated(model: type[BaseModel], body: Any) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadRequest(f"'{where}': {first['msg']}") from None
+_PROJECT = re.compile(r"([0-9]{1,19})(?:\.[0-9]*)?")
 
 
 def project_id_of(value: str | int | None) -> int | None:
     """Label Studio sends ``"<id>.<created unix ts>"`` to /setup and /predict."""
-    if value is None:
-        return None
-    head = str(value).split(".", 1)[0]
-    if not head.isdigit():
-        raise BadRequest(f"'project' must look like '<id>.<timestamp>', got {str(value)[:40]!r}")
-    return int(head)
+    if value is None or isinstance(value, int):
+        return value
+    match = _PROJECT.fullmatch(value)
+    if match is None or not 1 <= int(match[1]) <= MAX_ID:
+        raise bad_request(f"'project' must look like '<id>.<timestamp>', got {value[:40]!r}")
+    return int(match[1])
 
 
 @bp.get("/health")
+@operation(
+    "Liveness for Label Studio: every project and the model version it serves.",
+    access="labelstudio",
+)
 def health() -> Response:
     svc = services()
     with svc.store.session() as session:
@@ -96,53 +61,82 @@ def health() -> Response:
 
 
 @bp.post("/setup")
+@operation(
+    "Register a project with its label config (Label Studio calls it when connecting).",
+    access="labelstudio",
+    body=SetupRequest,
+)
 def setup() -> Response:
-    body = _validated(SetupRequest, _json_body())
-    pid = project_id_of(body.project)
+    request = body(SetupRequest)
+    pid = project_id_of(request.project)
     if pid is None:
-        raise BadRequest("'project' is required")
+        raise bad_request("'project' is required")
     try:
-        parse_label_config(body.schema_)
+        parse_label_config(request.schema_)
     except UnsupportedConfig as exc:
-        return error_response(422, "unsupported_label_config", str(exc))
-    with services().store.session() as session:
+        raise ApiError(422, "unsupported_label_config", str(exc)) from None
+    svc = services()
+    with svc.store.write_session() as session:
+        if not repo.project_known(session, pid):
+            limit = svc.settings.server.max_projects
+            if repo.project_count(session) >= limit:
+                raise ApiError(
+                    409,
+                    "too_many_projects",
+                    f"this backend already serves {limit} projects (server.max_projects)",
+                )
         project = repo.ensure_project(session, pid)
-        repo.set_label_config(session, project, body.schema_)
-        project.ls_hostname = body.hostname or project.ls_hostname
+        repo.set_label_config(session, project, request.schema_)
+        project.ls_hostname = request.hostname or project.ls_hostname
         version = project.model_version or UNTRAINED
     log.info("setup for project %s: %d labels", pid, len(project.labels))
     return jsonify({"model_version": version})
 
 
 @bp.post("/predict")
+@operation(
+    "One pre-annotation per task, in order; no results before the project has a model.",
+    access="labelstudio",
+    body=PredictRequest,
+)
 def predict() -> Response:
-    body = _validated(PredictRequest, _json_body())
-    tasks = body.tasks
-    if any(not isinstance(t.get("id"), int) for t in tasks):
-        raise BadRequest("every task needs an integer 'id'")
-    pid = project_id_of(body.project)
+    data = json_body()
+    request = validated(PredictRequest, data)
+    tasks = data["tasks"]  # as Label Studio sent them, now known to carry valid ids
+    pid = project_id_of(request.project)
     if pid is None and tasks:
-        pid = tasks[0].get("project") if isinstance(tasks[0].get("project"), int) else None
+        first = tasks[0].get("project")
+        pid = first if isinstance(first, int) and not isinstance(first, bool) else None
+        pid = pid if pid is not None and 1 <= pid <= MAX_ID else None
     if pid is None:
-        raise BadRequest("'project' is required")
+        raise bad_request("'project' is required")
     try:
-        results = predict_tasks(services(), pid, tasks, label_config=body.label_config)
+        results = predict_tasks(services(), pid, tasks, label_config=request.label_config)
     except UnsupportedConfig as exc:
-        return error_response(422, "unsupported_label_config", str(exc))
+        raise ApiError(422, "unsupported_label_config", str(exc)) from None
     return jsonify({"results": results})
 
 
 @bp.post("/webhook")
+@operation(
+    "Store a Label Studio event durably and answer at once; it is applied later.",
+    access="labelstudio",
+    body=WebhookEvent,
+)
 def webhook() -> Response:
     svc = services()
-    raw = request.get_data(cache=True)
+    raw = cached_body()
     try:
-        event = parse_event(_json_body())
+        event = parse_event(parse_json(raw))
     except BadEvent as exc:
-        raise BadRequest(str(exc)) from None
-    project = str(event.project_id)
-    if event.action not in HANDLED_ACTIONS:
+        raise bad_request(str(exc)) from None
+    if event.action not in HANDLED_ACTIONS or event.project_id is None:
         return jsonify({"status": "ignored", "action": event.action})
+    with svc.store.session() as session:
+        known = repo.project_known(session, event.project_id)
+    if not known:
+        svc.metrics.events_unknown_project.inc()
+        return jsonify({"status": "ignored", "action": event.action, "reason": "unknown project"})
     with svc.store.session() as session:
         stored = repo.record_delivery(
             session,
@@ -151,6 +145,7 @@ def webhook() -> Response:
             project_id=event.project_id,
             payload=event.payload,
         )
+    project = str(event.project_id)
     counter = svc.metrics.events_received if stored else svc.metrics.events_duplicate
     counter.labels(project, event.action).inc()
     if svc.worker is not None:
@@ -160,5 +155,14 @@ def webhook() -> Response:
 
 
 @bp.get("/metrics")
+@operation(
+    "Prometheus metrics.",
+    access="metrics",
+    responses={200: "Prometheus text format"},
+    content_type="text/plain",
+)
 def metrics() -> Response:
-    return Response(services().metrics.render(), mimetype=CONTENT_TYPE.split(";")[0])
+    svc = services()
+    with svc.store.session() as session:
+        svc.metrics.inbox_set_aside.set(repo.set_aside_count(session))
+    return Response(svc.metrics.render(), mimetype=CONTENT_TYPE.split(";")[0])

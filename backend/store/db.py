@@ -10,7 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,6 +70,20 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session whose transaction holds the write lock from its start (SQLite).
+
+        SQLite in WAL mode refuses at once ("database is locked", no busy wait) a transaction
+        that read first and then tries to write after another connection committed; taking the
+        lock up front (``BEGIN IMMEDIATE``) makes it wait its turn instead. Keep these short:
+        every other writer waits while one is open.
+        """
+        with self.session() as session:
+            if self.engine.dialect.name == "sqlite":
+                session.execute(text("BEGIN IMMEDIATE"))
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -125,6 +125,8 @@ class InboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     applied_at: Mapped[datetime | None]
+    #: When applying it failed deterministically; it then waits for ``labelloop inbox retry``.
+    set_aside_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(Text)
 
 

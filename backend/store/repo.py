@@ -23,6 +23,8 @@ from backend.labelstudio.convert import annotation_labels, task_image_ref
 from backend.store.models import Annotation, InboxEvent, ModelVersion, Project, Task, utcnow
 
 Outcome = Literal["created", "updated", "unchanged", "stale", "ignored"]
+#: The largest id a BigInteger column holds.
+MAX_ID = 2**63 - 1
 
 
 def parse_ts(value: Any) -> datetime | None:
@@ -94,12 +96,18 @@ def list_projects(session: Session) -> list[Project]:
 
 
 def upsert_task(session: Session, project: Project, data: Mapping[str, Any]) -> Outcome:
-    """Insert or refresh one task from Label Studio's task JSON."""
+    """Insert or refresh one task from Label Studio's task JSON.
+
+    A task stored under another project is left alone ("ignored"): an event of one project
+    never changes another project's rows.
+    """
     task_id = int(data["id"])
     cfg = project_config(project)
     ref = task_image_ref(dict(data), cfg) if cfg is not None else None
     updated = parse_ts(data.get("updated_at"))
     row = session.get(Task, task_id)
+    if row is not None and row.project_id != project.id:
+        return "ignored"
     if row is None:
         session.add(
             Task(
@@ -133,9 +141,13 @@ def upsert_annotation(
     """Insert or update one annotation, never letting older data overwrite newer data.
 
     A deleted annotation is only brought back by a reconcile (Label Studio still lists it); a
-    webhook about it that arrives after its deletion is ignored.
+    webhook about it that arrives after its deletion is ignored, and so is one about an
+    annotation or a task of another project.
     """
     ann_id = int(data["id"])
+    task = session.get(Task, task_id)
+    if task is not None and task.project_id != project.id:
+        return "ignored"
     cfg = project_config(project)
     labels = list(annotation_labels(dict(data), cfg)) if cfg is not None else []
     updated = parse_ts(data.get("updated_at")) or parse_ts(data.get("created_at"))
@@ -151,6 +163,8 @@ def upsert_annotation(
     if row is None:
         session.add(Annotation(id=ann_id, project_id=project.id, **fields))
         return "created"
+    if row.project_id != project.id:
+        return "ignored"
     if row.deleted and not from_reconcile:
         return "ignored"
     if not _newer_or_equal(updated, row.ls_updated_at):
@@ -163,24 +177,36 @@ def upsert_annotation(
 
 
 def _annotator(value: Any) -> int | None:
+    """The annotator's user id, or None when it is not a positive 64-bit integer."""
     if isinstance(value, dict):
         value = value.get("id")
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         return None
+    try:
+        user = int(value)
+    except ValueError:
+        return None
+    return user if 0 < user <= MAX_ID else None
 
 
-def delete_annotations(session: Session, ids: Iterable[int], *, at: datetime | None = None) -> int:
-    """Mark annotations deleted (tombstones keep the history); returns how many changed."""
+def delete_annotations(
+    session: Session,
+    ids: Iterable[int],
+    *,
+    project_id: int | None = None,
+    at: datetime | None = None,
+) -> int:
+    """Mark annotations deleted (tombstones keep the history); returns how many changed.
+
+    With ``project_id`` only that project's annotations are touched.
+    """
     wanted = [int(i) for i in ids]
     if not wanted:
         return 0
-    result = session.execute(
-        update(Annotation)
-        .where(Annotation.id.in_(wanted), Annotation.deleted.is_(False))
-        .values(deleted=True, deleted_at=at or utcnow())
-    )
+    stmt = update(Annotation).where(Annotation.id.in_(wanted), Annotation.deleted.is_(False))
+    if project_id is not None:
+        stmt = stmt.where(Annotation.project_id == project_id)
+    result = session.execute(stmt.values(deleted=True, deleted_at=at or utcnow()))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -206,6 +232,7 @@ class ProjectCounts:
     labeled_tasks: int
     deleted_annotations: int
     pending_events: int
+    set_aside_events: int
 
 
 def project_counts(session: Session, project_id: int) -> ProjectCounts:
@@ -228,10 +255,11 @@ def project_counts(session: Session, project_id: int) -> ProjectCounts:
             )
         ),
         deleted_annotations=count(ann.where(Annotation.deleted.is_(True))),
-        pending_events=count(
+        pending_events=count(_pending(project_id, select(func.count()).select_from(InboxEvent))),
+        set_aside_events=count(
             select(func.count())
             .select_from(InboxEvent)
-            .where(InboxEvent.project_id == project_id, InboxEvent.applied_at.is_(None))
+            .where(InboxEvent.project_id == project_id, InboxEvent.set_aside_at.is_not(None))
         ),
     )
 
@@ -260,13 +288,42 @@ def record_delivery(
     return True
 
 
+def _pending(project_id: int | None, stmt: Any) -> Any:
+    stmt = stmt.where(InboxEvent.applied_at.is_(None), InboxEvent.set_aside_at.is_(None))
+    return stmt if project_id is None else stmt.where(InboxEvent.project_id == project_id)
+
+
 def pending_events(
     session: Session, *, limit: int = 500, project_id: int | None = None
 ) -> list[InboxEvent]:
-    stmt = select(InboxEvent).where(InboxEvent.applied_at.is_(None))
+    """Events stored and neither applied nor set aside, oldest first."""
+    stmt = _pending(project_id, select(InboxEvent))
+    return list(session.scalars(stmt.order_by(InboxEvent.id).limit(limit)))
+
+
+def set_aside_count(session: Session, *, project_id: int | None = None) -> int:
+    stmt = select(func.count()).select_from(InboxEvent).where(InboxEvent.set_aside_at.is_not(None))
     if project_id is not None:
         stmt = stmt.where(InboxEvent.project_id == project_id)
-    return list(session.scalars(stmt.order_by(InboxEvent.id).limit(limit)))
+    return int(session.scalar(stmt) or 0)
+
+
+def requeue_set_aside(session: Session, *, project_id: int | None = None) -> int:
+    """Make set-aside events pending again; returns how many."""
+    stmt = update(InboxEvent).where(InboxEvent.set_aside_at.is_not(None))
+    if project_id is not None:
+        stmt = stmt.where(InboxEvent.project_id == project_id)
+    result = session.execute(stmt.values(set_aside_at=None, outcome=None))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def project_known(session: Session, project_id: int) -> bool:
+    """Whether this backend was set up for the project (``/setup``, connect or a sync)."""
+    return session.scalar(select(Project.id).where(Project.id == project_id)) is not None
+
+
+def project_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Project)) or 0)
 
 
 # ---------------------------------------------------------------- model versions

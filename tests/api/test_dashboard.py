@@ -19,6 +19,7 @@ from backend.diagnosis.record import diagnosis_path
 from backend.diagnosis.schema import Diagnosis
 from backend.diagnosis.view import diagnosis_view
 from backend.store import repo
+from tests.conftest import ADMIN
 from tests.diagnosis_project import LS_PUBLIC, PLANTED, PROJECT, DiagnosedProject, build
 
 
@@ -37,7 +38,9 @@ def diag_app(project: DiagnosedProject) -> Flask:
 
 @pytest.fixture
 def diag_client(diag_app: Flask) -> FlaskClient:
-    return diag_app.test_client()
+    client = diag_app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = ADMIN["Authorization"]
+    return client
 
 
 def test_diagnosis_json_equals_the_models_metrics(

@@ -45,6 +45,12 @@ def _annotation(ann_id: int = 1, label: str = "cat") -> dict[str, Any]:
     }
 
 
+def set_up(store: Store, project_id: int = 3) -> None:
+    """A project row, as ``labelloop connect`` (a sync) or Label Studio's /setup leaves it."""
+    with store.session() as session:
+        repo.ensure_project(session, project_id)
+
+
 def test_health_lists_projects_and_versions(client: FlaskClient, store: Store) -> None:
     assert client.get("/health").get_json() == {
         "status": "UP",
@@ -93,6 +99,7 @@ def test_setup_refuses_unsupported_configs_naming_them(client: FlaskClient) -> N
 
 
 def test_predict_without_a_model_returns_no_results(client: FlaskClient, store: Store) -> None:
+    set_up(store)
     tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.png"}}, {"id": 2, "data": {}}]
     response = client.post(
         "/predict", json={"tasks": tasks, "project": "3.17", "label_config": SINGLE_CONFIG}
@@ -107,7 +114,10 @@ def test_predict_without_a_model_returns_no_results(client: FlaskClient, store: 
     ("body", "detail"),
     [
         ({"project": "3.1"}, "tasks"),
-        ({"tasks": [{"data": {}}], "project": "3.1", "label_config": SINGLE_CONFIG}, "'id'"),
+        (
+            {"tasks": [{"data": {}}], "project": "3.1", "label_config": SINGLE_CONFIG},
+            "'tasks.0.id'",
+        ),
         ({"tasks": [{"id": 1}], "project": "abc"}, "'<id>.<timestamp>'"),
         ({"tasks": "nope", "project": "3.1"}, "tasks"),
     ],
@@ -131,6 +141,7 @@ def test_malformed_json_is_a_400_json_error(client: FlaskClient, path: str) -> N
 
 
 def test_webhook_stores_without_applying(client: FlaskClient, store: Store) -> None:
+    set_up(store)
     response = client.post("/webhook", json=_event("ANNOTATION_CREATED", annotation=_annotation()))
     assert response.status_code == 200
     assert response.get_json() == {"status": "stored", "action": "ANNOTATION_CREATED"}
@@ -146,6 +157,7 @@ def test_webhook_stores_without_applying(client: FlaskClient, store: Store) -> N
 
 
 def test_webhook_duplicate_delivery_is_acknowledged_once(client: FlaskClient, store: Store) -> None:
+    set_up(store)
     body = json.dumps(_event("ANNOTATION_UPDATED", annotation=_annotation(label="dog")))
     first = client.post("/webhook", data=body, content_type="application/json")
     second = client.post("/webhook", data=body, content_type="application/json")
@@ -171,7 +183,8 @@ def test_webhook_rejects_events_it_cannot_read(client: FlaskClient) -> None:
     assert "project.id" in response.get_json()["detail"]
 
 
-def test_metrics_count_requests_and_events(client: FlaskClient) -> None:
+def test_metrics_count_requests_and_events(client: FlaskClient, store: Store) -> None:
+    set_up(store)
     client.get("/health")
     client.post("/webhook", json=_event("TASKS_CREATED", tasks=[{"id": 5, "data": {}}]))
     text = client.get("/metrics").get_data(as_text=True)
@@ -188,11 +201,12 @@ def test_unknown_route_and_method_are_json(client: FlaskClient) -> None:
 
 
 def test_unexpected_errors_are_json_without_traceback(
-    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+    client: FlaskClient, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def boom(*_a: Any, **_k: Any) -> None:
         raise RuntimeError("secret internals")
 
+    set_up(store)
     monkeypatch.setattr(repo, "record_delivery", boom)
     response = client.post("/webhook", json=_event("TASKS_CREATED", tasks=[]))
     assert response.status_code == 500
@@ -217,7 +231,7 @@ def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-@pytest.mark.parametrize("path", ["/health", "/metrics"])
+@pytest.mark.parametrize("path", ["/health"])
 def test_basic_auth_required_when_configured(auth_app: Flask, path: str) -> None:
     client = auth_app.test_client()
     missing = client.get(path)
@@ -252,6 +266,7 @@ def test_with_a_separate_scheduler_the_api_stores_webhooks_and_the_scheduler_cou
         "schedule_interval_minutes": None,
     }
     split = with_overrides(settings, {"loop": loop})
+    set_up(store)
     api = create_app(split, store=store, start_worker=True, runner=FakeCycle())
     try:
         assert api.extensions[EXTENSION].worker is None  # no inbox worker, no scheduler

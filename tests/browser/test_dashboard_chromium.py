@@ -24,6 +24,7 @@ import websocket
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from backend.app import create_app
+from tests.conftest import ADMIN, ADMIN_TOKEN
 from tests.diagnosis_project import LS_PUBLIC, PLANTED, PROJECT, build
 from tests.processes import stop_process
 
@@ -171,11 +172,14 @@ IMAGES_JS = "Array.from(document.images).every(i => i.complete && i.naturalWidth
 
 
 def test_dashboard_in_chromium(server: str, page: Page) -> None:
-    api = json.load(urllib.request.urlopen(f"{server}/api/projects/{PROJECT}/diagnosis"))
+    diagnosis = urllib.request.Request(f"{server}/api/projects/{PROJECT}/diagnosis", headers=ADMIN)
+    api = json.load(urllib.request.urlopen(diagnosis))
     for domain in ("Page", "Runtime", "Log"):
         page.send(f"{domain}.enable")
     _viewport(page, 8000)  # tall enough that every lazy thumbnail is in view and loads
-    page.send("Page.navigate", url=f"{server}/dashboard/{PROJECT}")
+    # The admin's browser logs in with basic auth: the admin token's name and the token.
+    login = server.replace("http://", f"http://tests:{ADMIN_TOKEN}@")
+    page.send("Page.navigate", url=f"{login}/dashboard/{PROJECT}")
     page.wait_for("Page.loadEventFired")
     deadline = time.monotonic() + 10
     while not page.evaluate(IMAGES_JS) and time.monotonic() < deadline:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
+import threading
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from backend.inbox import BadEvent, apply_pending, parse_event
+from backend.inbox import BadEvent, apply_pending, parse_event, retry_set_aside
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, InboxEvent, Task
@@ -44,9 +47,19 @@ def ev(action: str, **body: Any) -> dict[str, Any]:
     return {"action": action, "project": PROJECT, **body}
 
 
-def deliver(store: Store, *events: dict[str, Any]) -> None:
-    import json
+def store_raw(store: Store, event: dict[str, Any], project_id: int = 7) -> None:
+    """Store an event as it came, unvalidated (as an older version of the webhook did)."""
+    with store.session() as session:
+        repo.record_delivery(
+            session,
+            key=repo.delivery_key(json.dumps(event, sort_keys=True).encode()),
+            action=event["action"],
+            project_id=project_id,
+            payload=event,
+        )
 
+
+def deliver(store: Store, *events: dict[str, Any]) -> None:
     with store.session() as session:
         for event in events:
             parsed = parse_event(event)
@@ -59,6 +72,12 @@ def deliver(store: Store, *events: dict[str, Any]) -> None:
             )
 
 
+def set_up(store: Store, project_id: int = 7) -> None:
+    """The project row /setup or a sync makes: only such projects' events are applied."""
+    with store.session() as session:
+        repo.ensure_project(session, project_id)
+
+
 def labels_of(store: Store) -> dict[int, tuple[list[str], bool]]:
     with store.session() as session:
         rows = session.query(Annotation).order_by(Annotation.id).all()
@@ -67,6 +86,7 @@ def labels_of(store: Store) -> dict[int, tuple[list[str], bool]]:
 
 @pytest.fixture
 def project_store(store: Store) -> Store:
+    set_up(store)
     deliver(store, ev("PROJECT_UPDATED"), ev("TASKS_CREATED", tasks=[_task(1), _task(2)]))
     apply_pending(store)
     return store
@@ -128,6 +148,7 @@ def test_deletion_is_final_for_late_updates(project_store: Store) -> None:
 
 
 def test_start_training_is_reported_and_unknown_actions_are_not_applied(store: Store) -> None:
+    set_up(store)
     deliver(store, ev("START_TRAINING"))
     report = apply_pending(store)
     assert report.train_requested == {7}
@@ -140,12 +161,14 @@ def test_a_poison_event_does_not_block_later_ones(
     bad["annotation"]["completed_by"] = {"id": "x"}
     bad["annotation"]["id"] = "not-a-number"
     good = ev("ANNOTATION_CREATED", annotation=_ann(21, 2, "dog", "2026-01-01T10:00:00Z"))
-    deliver(project_store, bad, good)
+    store_raw(project_store, bad)
+    deliver(project_store, good)
     report = apply_pending(project_store)
-    assert report.outcomes["error"] == 1
+    assert report.outcomes["error"] == 1 and report.set_aside == 1
     assert labels_of(project_store) == {21: (["dog"], False)}
     with project_store.session() as session:
         assert not repo.pending_events(session)
+        assert repo.set_aside_count(session, project_id=7) == 1
 
 
 @pytest.mark.parametrize(
@@ -160,3 +183,102 @@ def test_a_poison_event_does_not_block_later_ones(
 def test_malformed_events_are_rejected(body: Any, message: str) -> None:
     with pytest.raises(BadEvent, match=message):
         parse_event(body)
+
+
+def _locked() -> OperationalError:
+    return OperationalError("UPDATE annotations ...", {}, Exception("database is locked"))
+
+
+def test_transient_lock_errors_are_retried_and_never_set_aside(
+    project_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transient 'database is locked' marked events poisoned: acknowledged, never applied."""
+    events = [
+        ev("ANNOTATION_CREATED", annotation=_ann(100 + i, 1 + i % 2, "dog", "2026-01-01T10:00Z"))
+        for i in range(12)
+    ]
+    deliver(project_store, *events)
+    real, calls = repo.upsert_annotation, itertools.count()
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) % 3 == 0:  # every third write hits a lock
+            raise _locked()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "upsert_annotation", flaky)
+    pauses: list[float] = []
+    report = apply_pending(project_store, batch=4, sleep=pauses.append)
+    assert report.set_aside == 0 and report.retries > 0 and not report.deferred
+    assert pauses and pauses[0] == 0.05
+    assert {i: labels for i, (labels, _) in labels_of(project_store).items()} == {
+        100 + i: ["dog"] for i in range(12)
+    }
+    with project_store.session() as session:
+        assert repo.pending_events(session) == []
+        assert repo.set_aside_count(session) == 0
+
+
+def test_a_lock_that_persists_leaves_events_pending_with_backoff(
+    project_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver(project_store, ev("ANNOTATION_CREATED", annotation=_ann(30, 1, "cat", "2026-01-01")))
+
+    def locked(*_a: Any, **_k: Any) -> Any:
+        raise _locked()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(repo, "upsert_annotation", locked)
+        pauses: list[float] = []
+        report = apply_pending(project_store, retries=3, backoff_s=0.1, sleep=pauses.append)
+    assert report.deferred and report.set_aside == 0 and report.total == 0
+    assert pauses == [0.1, 0.2, 0.4]
+    with project_store.session() as session:
+        assert len(repo.pending_events(session)) == 1
+    assert apply_pending(project_store).total == 1  # the lock is gone: applied
+    assert labels_of(project_store) == {30: (["cat"], False)}
+
+
+def test_set_aside_events_are_applied_again_by_retry(
+    project_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver(project_store, ev("ANNOTATION_CREATED", annotation=_ann(40, 1, "bird", "2026-01-01")))
+
+    def broken(*_a: Any, **_k: Any) -> Any:
+        raise KeyError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(repo, "upsert_annotation", broken)
+        assert apply_pending(project_store).set_aside == 1
+    assert apply_pending(project_store).total == 0  # set aside: not tried again by itself
+    assert retry_set_aside(project_store, project_id=7) == 1
+    assert apply_pending(project_store).total == 1
+    assert labels_of(project_store) == {40: (["bird"], False)}
+
+
+def test_concurrent_webhooks_and_the_worker_lose_nothing(project_store: Store) -> None:
+    """Deliveries stored while the inbox applies (real SQLite locking): all applied."""
+    stop, reports = threading.Event(), []
+
+    def worker() -> None:
+        while not stop.is_set():
+            reports.append(apply_pending(project_store, batch=5))
+
+    def sender(offset: int) -> None:
+        for i in range(25):
+            ann = _ann(1000 + offset * 100 + i, 1 + i % 2, "cat", "2026-01-01T10:00Z")
+            deliver(project_store, ev("ANNOTATION_CREATED", annotation=ann))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    senders = [threading.Thread(target=sender, args=(k,)) for k in range(4)]
+    for s in senders:
+        s.start()
+    for s in senders:
+        s.join()
+    stop.set()
+    thread.join()
+    apply_pending(project_store)
+    assert sum(r.set_aside for r in reports) == 0
+    assert len(labels_of(project_store)) == 100
+    with project_store.session() as session:
+        assert repo.pending_events(session) == [] and repo.set_aside_count(session) == 0
