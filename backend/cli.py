@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
-from types import FrameType
+from typing import Any
 
 from backend.cli_common import (
     NEEDS_LABEL_STUDIO,
@@ -20,7 +19,7 @@ from backend.cli_common import (
     label_studio_client,
     require_label_studio,
 )
-from backend.settings import Settings, SettingsError, load_settings
+from backend.settings import Settings, SettingsError, load_settings, with_overrides
 
 log = logging.getLogger("labelloop")
 
@@ -41,10 +40,15 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.serving import Refused, check_exposure, serve_embedded
+
+    settings = with_overrides(settings, serve_overrides(args))
+    try:
+        check_exposure(settings.server)
+    except Refused as exc:
+        raise CliError(str(exc)) from None
     if args.workers != 1:
         return _serve_gunicorn(settings, args.workers)
-    from werkzeug.serving import make_server
-
     from backend.app import create_app, shutdown
     from backend.cycle import make_runner
     from backend.store.db import Store
@@ -52,21 +56,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.store.url)
     store.upgrade()
     app = create_app(settings, store=store, start_worker=True, runner=make_runner(settings, store))
-    server = make_server(settings.server.host, settings.server.port, app, threaded=True)
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    log.info("labelloop serving on http://%s:%d", settings.server.host, server.server_port)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        log.info("stopping")
+        return serve_embedded(settings, app)
     finally:
-        server.server_close()
         shutdown(app)
-    return 0
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--host``/``--port`` of ``labelloop serve`` as settings overrides."""
+    given = {"host": args.host, "port": args.port}
+    return {"server": {k: v for k, v in given.items() if v is not None}}
 
 
 def _serve_gunicorn(settings: Settings, workers: int) -> int:
@@ -203,6 +202,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from backend.admin_cli import add_parsers as add_admin_parsers
+    from backend.inbox_cli import add_parser as add_inbox_parser
     from backend.simulate_cli import add_arguments as simulate_arguments
 
     parser = argparse.ArgumentParser(prog="labelloop", description=__doc__)
@@ -216,6 +216,8 @@ def _parser() -> argparse.ArgumentParser:
         help="API worker processes under gunicorn (needs loop.run_scheduler: false); 1 = one "
         "threaded process that also runs the scheduler",
     )
+    serve.add_argument("--host", help="address to bind (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to bind (overrides server.port)")
     for name, text in (
         ("connect", "register this backend in a Label Studio project and sync it"),
         ("sync", "reconcile the store with Label Studio (tasks and annotations)"),
@@ -242,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only tasks changed since the last sync (deleted tasks need a full sync)",
     )
     add_admin_parsers(sub)
+    add_inbox_parser(sub)
     status = sub.add_parser("status", help="what the store holds per project")
     status.add_argument("--project", type=int)
     status.add_argument("--json", action="store_true")
@@ -262,12 +265,14 @@ def _parser() -> argparse.ArgumentParser:
 def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
     from backend.admin_cli import cmd_preview, cmd_strategy
     from backend.demo import cmd_demo
+    from backend.inbox_cli import cmd_inbox
     from backend.scheduler import cmd_scheduler
     from backend.simulate_cli import cmd_simulate
     from backend.train_cli import cmd_train
 
     return {
         "serve": cmd_serve,
+        "inbox": cmd_inbox,
         "connect": cmd_connect,
         "sync": cmd_sync,
         "status": cmd_status,

@@ -11,6 +11,7 @@ import argparse
 import io
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -94,11 +95,30 @@ def serve_in_thread(settings: Settings, *, loop: bool = False) -> ServedBackend:
     return ServedBackend(f"http://{settings.server.host}:{server.server_port}", server, thread, app)
 
 
+#: The demo's admin token name: the user name of the dashboard's browser login.
+DEMO_ADMIN = "admin"
+
+
+def demo_admin_token(root: Path) -> str:
+    """The demo's admin token, made once and kept under ``root`` (the dashboard's password)."""
+    path = root / "admin-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as sink:
+            sink.write(secrets.token_urlsafe(18).encode())
+    return path.read_text().strip()
+
+
 def demo_overrides(ls: LabelStudioProcess, root: Path, port: int) -> dict[str, Any]:
-    """The settings the demo changes: where its Label Studio is, its port, its data."""
+    """The settings the demo changes: where its Label Studio is, its port, its data, and the
+    admin token that opens the dashboard."""
     return {
         "label_studio": {"url": ls.url, "token": ls.token},
-        "server": {"port": port, "public_url": f"http://127.0.0.1:{port}"},
+        "server": {
+            "port": port,
+            "public_url": f"http://127.0.0.1:{port}",
+            "admin_tokens": {DEMO_ADMIN: demo_admin_token(root)},
+        },
         "store": {"data_dir": str(root / "data"), "database_url": None},
     }
 
@@ -229,10 +249,15 @@ def _print_welcome(demo: RunningDemo) -> None:
         f"  login: {demo.ls.username}  password: {demo.ls.password}\n"
         f"labelloop backend: {demo.backend.url} (connected to project {demo.project_id}; "
         f"dashboard {demo.backend.url}/dashboard/{demo.project_id})\n"
+        f"  dashboard login: {DEMO_ADMIN}  password: {_admin_password(demo.settings)}\n"
         f"CLI against this demo: labelloop --config {config} cycle --project {demo.project_id}\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )
+
+
+def _admin_password(settings: Settings) -> str:
+    return settings.server.admin_tokens[DEMO_ADMIN].get_secret_value()
 
 
 def _shown_path(path: Path) -> str:

@@ -74,9 +74,8 @@ class ServerSettings(_Section):
     allow_anonymous: bool = False
     max_projects: int = Field(100, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    wsgi: Literal["waitress", "werkzeug"] = "waitress"
     threads: int = Field(16, ge=1, le=256)
-    connection_limit: int = Field(200, ge=1)
+    connection_limit: int = Field(500, ge=1, le=10_000)
     read_timeout_s: float = Field(30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -68,6 +68,8 @@ def test_workers_serve_and_store_webhooks_then_stop_on_sigterm(tmp_path: Path) -
                 assert time.monotonic() < deadline, "the API did not come up"
                 time.sleep(0.2)
         assert len(_children(process.pid)) == 2  # the gunicorn master and two workers
+        setup = {"project": "3.1", "schema": SINGLE_CONFIG}  # as Label Studio connects it
+        assert _post(f"{base}/setup", setup) == 200
 
         def deliver(ann_id: int) -> int:
             event = {

@@ -5,16 +5,21 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy.exc import OperationalError
 
+from backend.app import create_app, shutdown
+from backend.cli import main
 from backend.inbox import BadEvent, apply_pending, parse_event, retry_set_aside
+from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, InboxEvent, Task
-from tests.conftest import SINGLE_CONFIG
+from tests.conftest import ADMIN, SINGLE_CONFIG
 
 PROJECT = {"id": 7, "title": "pets", "label_config": SINGLE_CONFIG}
 
@@ -282,3 +287,32 @@ def test_concurrent_webhooks_and_the_worker_lose_nothing(project_store: Store) -
     assert len(labels_of(project_store)) == 100
     with project_store.session() as session:
         assert repo.pending_events(session) == [] and repo.set_aside_count(session) == 0
+
+
+def test_set_aside_events_show_in_status_and_cycles_and_inbox_retry_applies_them(
+    settings: Settings,
+    project_store: Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deliver(project_store, ev("ANNOTATION_CREATED", annotation=_ann(50, 1, "dog", "2026-01-01")))
+    with monkeypatch.context() as patch:
+        patch.setattr(repo, "upsert_annotation", lambda *_a, **_k: {}["a bug"])
+        assert apply_pending(project_store).set_aside == 1
+    config = tmp_path / "cli.yaml"
+    config.write_text(yaml.safe_dump({"store": {"database_url": settings.store.url}}))
+    assert main(["--config", str(config), "status", "--project", "7", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["pending_events"], row["set_aside_events"]) == (0, 1)
+    app = create_app(settings, store=project_store, upgrade=False)
+    try:
+        body = app.test_client().get("/api/projects/7/cycles", headers=ADMIN).get_json()
+        metrics = app.test_client().get("/metrics", headers=ADMIN).get_data(as_text=True)
+    finally:
+        shutdown(app)
+    assert body["inbox"] == {"pending": 0, "set_aside": 1}
+    assert "labelloop_inbox_set_aside_events 1.0" in metrics
+    assert main(["--config", str(config), "inbox", "retry", "--project", "7"]) == 0
+    assert "requeued 1 set-aside events; applied 1" in capsys.readouterr().out
+    assert labels_of(project_store) == {50: (["dog"], False)}

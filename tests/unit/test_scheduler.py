@@ -418,6 +418,7 @@ def test_scheduler_process_applies_the_inbox_and_runs_start_training(
     settings: Settings, store: Store
 ) -> None:
     with store.session() as s:
+        repo.ensure_project(s, 9)  # set up (only such projects' events are applied)
         repo.record_delivery(
             s, key="k1", action="START_TRAINING", project_id=9, payload={"action": "START_TRAINING"}
         )
