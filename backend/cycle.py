@@ -34,9 +34,9 @@ from backend.push import (
     prune_versions,
     push_queue,
     push_review,
-    reviewed_tasks,
+    settled_tasks,
 )
-from backend.review import SUSPICION, decide, flag_scores, review_signal
+from backend.review import SUSPICION, crowd_of, decide, flag_scores, review_signal
 from backend.scheduler import CycleContext, CycleResult, CycleRunner
 from backend.settings import Settings
 from backend.store import repo
@@ -47,6 +47,7 @@ from backend.training import (
     NotEnoughLabels,
     Targets,
     activate_version,
+    annotator_matrix,
     consensus_targets,
     embed_tasks,
     fit,
@@ -128,18 +129,11 @@ def train_stage(
     return Trained(model, used, version)
 
 
-def _annotator_matrix(snap: Snapshot, index: dict[int, int], n: int) -> np.ndarray | None:
+def _annotator_matrix(snap: Snapshot, task_ids: np.ndarray) -> np.ndarray | None:
     if snap.cfg.multiple:
         return None
     classes = {label: i for i, label in enumerate(snap.cfg.labels)}
-    annotators = sorted({a.annotator or 0 for a in snap.annotations})
-    column = {a: j for j, a in enumerate(annotators)}
-    matrix = np.full((n, max(1, len(annotators))), -1, dtype=np.int64)
-    for ann in snap.annotations:
-        row = index.get(ann.task_id)
-        if row is not None and ann.labels and ann.labels[0] in classes:
-            matrix[row, column[ann.annotator or 0]] = classes[ann.labels[0]]
-    return matrix
+    return annotator_matrix(snap.annotations, task_ids, classes)[0]
 
 
 ClustersFor = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -183,7 +177,7 @@ def build_pool(
         committee=committee,
         embeddings=x,
         oos_probs=oos,
-        annotations=_annotator_matrix(snap, index, len(task_ids)),
+        annotations=_annotator_matrix(snap, task_ids),
         clusters=clusters_for(task_ids, x) if clusters_for and probs is not None else None,
         targets=tags if snap.cfg.multiple and oos is not None else None,
         slices=_slices(snap, task_ids, slice_fields),
@@ -287,8 +281,15 @@ def suspects(
     if info.unavailable(pool) is not None:
         return []  # e.g. annotator disagreement in a multi-label project, or no model yet
     quality = decide(settings, pool) if name == SUSPICION else None
+    crowd = crowd_of(pool) if kind == "disagreement" else None
     if quality is not None:
         scores, suggested = flag_scores(quality), quality.suggested
+    elif crowd is not None:
+        # Disagreements first where the reliability-weighted consensus (with the model) is least
+        # sure; only items whose annotators actually disagree are flagged.
+        entropy = info.score(pool, rng=np.random.default_rng(settings.model.seed))
+        scores = np.where(entropy > 0, 1.0 - crowd.consensus.max(axis=1) + 1e-6, 0.0)
+        suggested = crowd.consensus.argmax(axis=1)
     else:
         scores = info.score(pool, rng=np.random.default_rng(settings.model.seed))
         suggested = None
@@ -315,7 +316,13 @@ def suspects(
         else:
             votes = Counter(a.labels[0] for a in by_task.get(task_id, []) if a.labels)
             reason = f"annotators chose {_describe(votes)}"
-            if d is not None:
+            if crowd is not None:
+                top = int(crowd.consensus[i].argmax())
+                reason += (
+                    f"; consensus weighing annotator reliability and the model: "
+                    f"{snap.cfg.labels[top]!r} ({crowd.consensus[i, top]:.0%})"
+                )
+            elif d is not None:
                 reason += f"; model says {d.predicted!r} ({d.confidence:.0%})"
         given = d.given if d is not None else snap.cfg.labels[int(pool.labels[i])]
         predicted, confidence = (d.predicted, d.confidence) if d is not None else (None, None)
@@ -373,11 +380,16 @@ def _class_doubt(names: Sequence[str], given: int, probs: np.ndarray) -> Doubt:
     return Doubt(reason, names[given], names[top], confidence)
 
 
+def tag_names(names: Sequence[str], tags: np.ndarray) -> str:
+    """The tags set in a (C,) 0/1 row, as flags and reasons name them."""
+    return ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
+
+
 def _tag_doubt(
     names: Sequence[str], tags: np.ndarray, probs: np.ndarray, judged: np.ndarray
 ) -> Doubt:
-    given = ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
-    predicted = ", ".join(names[i] for i in np.flatnonzero((probs >= 0.5) & judged)) or "(no tag)"
+    given = tag_names(names, tags)
+    predicted = tag_names(names, (probs >= 0.5) & judged)
     doubted = int(doubted_labels(tags[None], probs[None], judged)[0])
     p, name = float(probs[doubted]), names[doubted]
     if tags[doubted]:
@@ -438,7 +450,7 @@ def run_cycle(
         version = trained.version if trained else f"{new_version(settings, project_id)}-cold"
         queue = queue_of(settings, scored, trained, version)
         counts.update(push_head(settings, ls, project_id, queue, snap.cfg))
-        counts.update(_push_reviews(settings, store, ls, project_id, snap, scored))
+        counts.update(_push_reviews(settings, store, ls, ctx, snap, scored))
     with ctx.stage("record") as counts:
         if trained is not None:
             activate_version(settings, store, project_id, trained.version)
@@ -452,7 +464,7 @@ def run_cycle(
             result.embeddings,
             scored,
             trained,
-            lambda: frozenset(reviewed_tasks(store, project_id, "label_error")),
+            lambda: frozenset(settled_tasks(store, project_id, "label_error", given_labels(snap))),
             store=store,
         )
         counts.update(written)
@@ -483,18 +495,35 @@ def push_head(
     return {**counts, "queued": queue.n}
 
 
+def given_labels(snap: Snapshot) -> dict[int, str]:
+    """Task id -> its given label(s) now, written as review flags write them (``Doubt.given``)."""
+    names = snap.cfg.labels
+    if snap.cfg.multiple:
+        return {
+            int(t): tag_names(names, y)
+            for t, y in zip(snap.targets.task_ids, snap.targets.y, strict=True)
+        }
+    return {
+        int(t): names[int(y)] for t, y in zip(snap.targets.task_ids, snap.targets.y, strict=True)
+    }
+
+
 def _push_reviews(
     settings: Settings,
     store: Store,
     ls: LabelStudio,
-    project_id: int,
+    ctx: CycleContext,
     snap: Snapshot,
     scored: Scored,
 ) -> dict[str, int]:
-    counts: dict[str, int] = {"reviewed": mark_reviewed(store, project_id)}
+    project_id, current = ctx.project_id, given_labels(snap)
+    outcomes = mark_reviewed(store, project_id, current)
+    counts: dict[str, int] = {f"review_{k}": v for k, v in outcomes.items()}
     kinds: tuple[ReviewKind, ...] = ("label_error", "disagreement")
     for kind in kinds:
-        found = suspects(settings, snap, scored, kind, reviewed_tasks(store, project_id, kind))
+        found = suspects(
+            settings, snap, scored, kind, settled_tasks(store, project_id, kind, current)
+        )
         pushed = push_review(
             ls,
             store,
@@ -503,6 +532,7 @@ def _push_reviews(
             found,
             max_flags=settings.strategy.review_max_flags,
             image_key=snap.cfg.value_key,
+            cycle_id=ctx.cycle_id,
         )
         counts.update({f"{kind}_{k}": v for k, v in pushed.items()})
     return counts

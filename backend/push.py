@@ -22,7 +22,7 @@ What works and what it costs (measured on a real Label Studio 1.23.2):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -216,12 +216,24 @@ def _unflag_data(data: dict[str, Any], kind: ReviewKind) -> dict[str, Any]:
     return out
 
 
-def mark_reviewed(store: Store, project_id: int) -> int:
-    """Flags whose task got an annotation created or updated after the flag: reviewed."""
+CONFIRMED, REJECTED = "confirmed", "rejected"
+
+
+def mark_reviewed(store: Store, project_id: int, current: Mapping[int, str]) -> dict[str, int]:
+    """Record what reviewers did with the active flags: a flag whose task got an annotation saved
+    after it was flagged is reviewed, "confirmed" when the task's label (``current``: task id ->
+    its given label(s) now, as flags write them) differs from the one flagged, else "rejected".
+
+    Returns:
+        how many flags were confirmed and rejected now.
+    """
+    counts = {CONFIRMED: 0, REJECTED: 0}
     with store.session() as session:
         flags = session.scalars(
             select(ReviewFlag).where(
-                ReviewFlag.project_id == project_id, ReviewFlag.reviewed_at.is_(None)
+                ReviewFlag.project_id == project_id,
+                ReviewFlag.reviewed_at.is_(None),
+                ReviewFlag.active.is_(True),
             )
         ).all()
         latest: dict[int, Any] = {}
@@ -234,25 +246,60 @@ def mark_reviewed(store: Store, project_id: int) -> int:
                 ann.task_id not in latest or ann.ls_updated_at > latest[ann.task_id]
             ):
                 latest[ann.task_id] = ann.ls_updated_at
-        count = 0
         for flag in flags:
             seen = latest.get(flag.task_id)
-            if seen is not None and seen > flag.flagged_at:
-                flag.reviewed_at, count = utcnow(), count + 1
-    return count
+            if seen is None or seen <= flag.flagged_at:
+                continue
+            now = current.get(flag.task_id)
+            flag.reviewed_at, flag.resolved_label = utcnow(), now
+            flag.outcome = REJECTED if now == flag.annotated_label else CONFIRMED
+            counts[flag.outcome] += 1
+    return counts
 
 
-def reviewed_tasks(store: Store, project_id: int, kind: ReviewKind) -> set[int]:
+def settled_tasks(
+    store: Store, project_id: int, kind: ReviewKind, current: Mapping[int, str]
+) -> set[int]:
+    """Tasks a reviewer already settled whose label has not changed since: not flagged again."""
     with store.session() as session:
-        return set(
-            session.scalars(
-                select(ReviewFlag.task_id).where(
-                    ReviewFlag.project_id == project_id,
-                    ReviewFlag.kind == kind,
-                    ReviewFlag.reviewed_at.is_not(None),
-                )
+        rows = session.execute(
+            select(ReviewFlag.task_id, ReviewFlag.resolved_label)
+            .where(
+                ReviewFlag.project_id == project_id,
+                ReviewFlag.kind == kind,
+                ReviewFlag.reviewed_at.is_not(None),
             )
-        )
+            .order_by(ReviewFlag.reviewed_at)
+        ).all()
+    resolved = {int(task): label for task, label in rows}  # the latest review per task wins
+    return {task for task, label in resolved.items() if current.get(task) == label}
+
+
+def review_outcomes(store: Store, project_id: int) -> dict[str, Any]:
+    """Measured precision of the review flags, per kind: confirmed, rejected, pending (in a view,
+    not reviewed yet) and withdrawn (left the view unreviewed), per cycle that raised them and in
+    total, with ``precision`` = confirmed / (confirmed + rejected) (None before any review)."""
+    with store.session() as session:
+        rows = session.execute(
+            select(
+                ReviewFlag.kind, ReviewFlag.cycle_id, ReviewFlag.outcome, ReviewFlag.active
+            ).where(ReviewFlag.project_id == project_id)
+        ).all()
+    out: dict[str, Any] = {}
+    for kind, cycle_id, outcome, active in rows:
+        state = outcome or ("pending" if active else "withdrawn")
+        entry = out.setdefault(kind, {"total": _tally(), "cycles": {}})
+        for tally in (entry["total"], entry["cycles"].setdefault(str(cycle_id), _tally())):
+            tally[state] += 1
+    for entry in out.values():
+        for tally in (entry["total"], *entry["cycles"].values()):
+            judged = tally[CONFIRMED] + tally[REJECTED]
+            tally["precision"] = round(tally[CONFIRMED] / judged, 4) if judged else None
+    return out
+
+
+def _tally() -> dict[str, Any]:
+    return {CONFIRMED: 0, REJECTED: 0, "pending": 0, "withdrawn": 0}
 
 
 def push_review(
@@ -264,6 +311,7 @@ def push_review(
     *,
     max_flags: int,
     image_key: str | None = None,
+    cycle_id: int | None = None,
 ) -> dict[str, int]:
     """Make the review view hold ``suspects`` (best first), writing only what changed: a task is
     PATCHed when it enters or leaves the view or its rounded suspicion value changes, so one new
@@ -303,7 +351,7 @@ def push_review(
         ):
             counts["unchanged"] += 1
             continue
-        _write_flag(ls, store, project_id, tasks.get(task_id), kind, rank, suspect)
+        _write_flag(ls, store, project_id, tasks.get(task_id), kind, rank, suspect, cycle_id)
         counts["flagged"] += 1
     filters, ordering = review_view_filters(kind)
     shown = review_view_columns(image_key, kind) if image_key else None
@@ -332,31 +380,37 @@ def _write_flag(
     kind: ReviewKind,
     rank: int,
     suspect: Suspect,
+    cycle_id: int | None,
 ) -> None:
     if task is None or task.data is None:
         return
     data = _flag_data(task.data, kind, suspect)
     ls.update_task_data(task.id, data)
     _save_task_data(store, task.id, data)
+    values = {
+        "rank": rank,
+        "score": suspect.score,
+        "reason": suspect.reason,
+        "annotated_label": suspect.annotated_label,
+        "model_label": suspect.model_label,
+        "model_confidence": suspect.model_confidence,
+        "pushed": True,
+    }
     with store.session() as session:
-        for old in session.scalars(
+        current = session.scalars(
             select(ReviewFlag).where(
                 ReviewFlag.task_id == task.id, ReviewFlag.kind == kind, ReviewFlag.active.is_(True)
             )
-        ):
-            old.active = False
+        ).all()
+        if current:  # the same flag with a new value: one row per flag, for its outcome
+            for name, value in values.items():
+                setattr(current[0], name, value)
+            for extra in current[1:]:
+                extra.active = False
+            return
         session.add(
             ReviewFlag(
-                project_id=project_id,
-                task_id=task.id,
-                kind=kind,
-                rank=rank,
-                score=suspect.score,
-                reason=suspect.reason,
-                annotated_label=suspect.annotated_label,
-                model_label=suspect.model_label,
-                model_confidence=suspect.model_confidence,
-                pushed=True,
+                project_id=project_id, task_id=task.id, kind=kind, cycle_id=cycle_id, **values
             )
         )
 

@@ -35,6 +35,7 @@ from backend.settings import Settings
 from backend.store import repo, task_images
 from backend.store.db import Store
 from backend.store.models import Annotation, ModelVersion, Project, Task
+from strategies.label_quality import crowd_consensus
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,42 @@ def consensus_targets(annotations: Sequence[Annotation], cfg: LabelConfig) -> Ta
         counts = Counter(firsts)
         best = max(counts.values())
         y[row] = index[next(label for label in reversed(firsts) if counts[label] == best)]
-    return Targets(task_ids, y)
+    return Targets(task_ids, _reliability_weighted(y, annotations, task_ids, index))
+
+
+def annotator_matrix(
+    annotations: Sequence[Annotation], task_ids: np.ndarray, index: dict[str, int]
+) -> tuple[np.ndarray, list[int]]:
+    """(n, A) first chosen class per task (rows: ``task_ids``) and annotator, -1 where none; and
+    the annotator ids of the columns (0 for annotations without one)."""
+    rows = {int(t): i for i, t in enumerate(task_ids)}
+    annotators = sorted({a.annotator or 0 for a in annotations})
+    column = {a: j for j, a in enumerate(annotators)}
+    matrix = np.full((len(task_ids), max(1, len(annotators))), -1, dtype=np.int64)
+    for ann in annotations:
+        row = rows.get(ann.task_id)
+        first = next((label for label in ann.labels if label in index), None)
+        if row is not None and first is not None:
+            matrix[row, column[ann.annotator or 0]] = index[first]
+    return matrix, annotators
+
+
+def _reliability_weighted(
+    y: np.ndarray, annotations: Sequence[Annotation], task_ids: np.ndarray, index: dict[str, int]
+) -> np.ndarray:
+    """Where annotators disagree, the consensus weighs each by their estimated reliability
+    (:func:`strategies.label_quality.crowd_consensus`); an exact tie keeps ``y`` (the label
+    chosen most recently among the most common)."""
+    matrix, _ = annotator_matrix(annotations, task_ids, index)
+    lo = np.where(matrix >= 0, matrix, np.iinfo(np.int64).max).min(axis=1)
+    disputed = (matrix >= 0).sum(axis=1) >= 2
+    disputed &= lo != matrix.max(axis=1)
+    if not disputed.any():
+        return y
+    crowd = crowd_consensus(matrix, len(index))
+    top = np.sort(crowd.consensus, axis=1)
+    clear = top[:, -1] - top[:, -2] > 1e-9
+    return np.where(disputed & clear, crowd.consensus.argmax(axis=1), y).astype(np.int64)
 
 
 def embed_tasks(

@@ -366,3 +366,75 @@ def suspicion(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
     """The k labeled items most likely mislabeled (needs oos_probs; embeddings used if given)."""
     scores = suspicion_pool_scores(pool, rng=rng)
     return top_k(scores, eligible(pool, "review"), k, rng=rng)
+
+
+@dataclass(frozen=True)
+class Crowd:
+    """Consensus of several annotators, weighed by how reliable each one is (CROWDLAB-style).
+
+    Attributes:
+        consensus: (n, C) posterior over each item's true class (uniform rows for items nobody
+            labeled).
+        reliability: (A,) estimated accuracy of each annotator.
+        annotations: (A,) labels each annotator gave.
+        agreement: (A,) share of an annotator's labels equal to the consensus label (NaN for
+            annotators without labels).
+    """
+
+    consensus: NDArray[np.float64]
+    reliability: NDArray[np.float64]
+    annotations: IntArray
+    agreement: NDArray[np.float64]
+
+
+def crowd_consensus(
+    annotations: IntArray,
+    n_classes: int,
+    *,
+    model_probs: FloatArray | None = None,
+    iterations: int = 20,
+) -> Crowd:
+    """Per-annotator reliability estimated jointly with the consensus (one-coin Dawid-Skene, the
+    model's out-of-sample probabilities as the prior over each item's class when given, as
+    CROWDLAB combines them).
+
+    Each annotator is right with probability ``a`` and otherwise picks another class uniformly;
+    the consensus is the posterior ``prior * prod_a (a if vote == c else (1 - a) / (C - 1))``,
+    and ``a`` the posterior-weighted share of their votes that match, with one pseudo-vote each
+    way (Beta(2, 1) prior: annotators are assumed better than chance).
+
+    Args:
+        annotations: (n, A) class per annotator, -1 where none.
+        n_classes: C.
+        model_probs: (n, C) out-of-sample probabilities, or None (uniform prior).
+
+    Returns:
+        the :class:`Crowd`.
+    """
+    n, n_annotators = annotations.shape
+    voted = annotations >= 0
+    votes = np.where(voted, annotations, 0)
+    prior = (
+        np.full((n, n_classes), 1.0 / n_classes)
+        if model_probs is None
+        else np.maximum(np.asarray(model_probs, dtype=np.float64), _FLOOR)
+    )
+    reliability = np.full(n_annotators, 0.8)
+    onehot = np.eye(n_classes)[votes] * voted[..., None]  # (n, A, C)
+    consensus = prior
+    for _ in range(iterations):
+        right = np.log(np.maximum(reliability, _FLOOR))
+        wrong = np.log(np.maximum((1.0 - reliability) / max(n_classes - 1, 1), _FLOOR))
+        # log-likelihood of the votes for each class: right where the vote is c, wrong elsewhere
+        log_post = np.log(prior) + np.einsum("nac,a->nc", onehot, right - wrong)
+        log_post += (voted * wrong[None, :]).sum(axis=1, keepdims=True)
+        log_post -= log_post.max(axis=1, keepdims=True)
+        consensus = np.exp(log_post)
+        consensus /= consensus.sum(axis=1, keepdims=True)
+        matched = np.einsum("nac,nc->a", onehot, consensus)
+        reliability = np.clip((matched + 2.0) / (voted.sum(axis=0) + 3.0), 1e-3, 1 - 1e-3)
+    label = consensus.argmax(axis=1)
+    counts = voted.sum(axis=0).astype(np.int64)
+    same = ((annotations == label[:, None]) & voted).sum(axis=0)
+    agreement = np.where(counts > 0, same / np.maximum(counts, 1), np.nan)
+    return Crowd(consensus, reliability, counts, agreement)

@@ -9,6 +9,7 @@ from backend.api.operations import operation
 from backend.api.requests import query
 from backend.api.schemas import LimitQuery
 from backend.app import services
+from backend.push import review_outcomes
 from backend.store import cycles, repo
 from backend.store.models import utcnow
 
@@ -29,7 +30,21 @@ def list_cycles(project_id: int) -> Response:
         history = [cycles.to_dict(c) for c in cycles.history(session, project_id, limit)]
         counts = repo.project_counts(session, project_id)
     inbox = {"pending": counts.pending_events, "set_aside": counts.set_aside_events}
-    return jsonify({"project": project_id, "state": state, "inbox": inbox, "cycles": history})
+    review = review_outcomes(services().store, project_id)
+    for cycle in history:  # what reviewers did with the flags each cycle raised
+        cycle["review"] = {
+            kind: entry["cycles"].get(str(cycle["id"])) for kind, entry in review.items()
+        }
+    totals = {kind: entry["total"] for kind, entry in review.items()}
+    return jsonify(
+        {
+            "project": project_id,
+            "state": state,
+            "inbox": inbox,
+            "cycles": history,
+            "review": totals,
+        }
+    )
 
 
 @bp.post("/<id:project_id>/cycles")

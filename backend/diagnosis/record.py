@@ -15,13 +15,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from backend.diagnosis.compute import DiagnosisInputs, IntArray, compute_diagnosis
 from backend.diagnosis.quality import load_stats, stats_matrix, stats_path
-from backend.diagnosis.schema import Diagnosis
+from backend.diagnosis.schema import Diagnosis, Review
 from backend.diagnosis.slices import slice_columns
 from backend.files import atomic_write
-from backend.review import SUSPICION, decide, flag_scores, review_signal
+from backend.push import review_outcomes
+from backend.review import SUSPICION, decide, flag_scores, review_section, review_signal
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store
+from backend.training import annotator_matrix
 from strategies import REGISTRY
 
 if TYPE_CHECKING:
@@ -125,6 +127,17 @@ def save_diagnosis(path: Path, diagnosis: Diagnosis) -> None:
         handle.write(diagnosis.model_dump_json().encode("utf-8"))
 
 
+def _review(
+    settings: Settings, snap: Snapshot, scored: Scored, store: Store | None, project_id: int
+) -> Review | None:
+    if snap.cfg.multiple and scored.pool.oos_probs is None:
+        return None
+    outcomes = review_outcomes(store, project_id) if store is not None else {}
+    classes = {label: i for i, label in enumerate(snap.cfg.labels)}
+    _, annotators = annotator_matrix(snap.annotations, scored.task_ids, classes)
+    return review_section(settings, scored.pool, snap.cfg.labels, outcomes, annotators)
+
+
 def write_diagnosis(
     settings: Settings,
     project_id: int,
@@ -156,7 +169,11 @@ def write_diagnosis(
         diagnosis = compute_diagnosis(
             inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
         ).model_copy(
-            update={"project": project_id, "model_version": trained.version if trained else None}
+            update={
+                "project": project_id,
+                "model_version": trained.version if trained else None,
+                "review": _review(settings, snap, scored, store, project_id),
+            }
         )
         save_diagnosis(diagnosis_path(settings, project_id), diagnosis)
     except (ValueError, OSError, np.linalg.LinAlgError, SQLAlchemyError) as exc:

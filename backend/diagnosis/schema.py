@@ -284,6 +284,43 @@ class Forecast(_Model):
     targets: list[ForecastTarget]
 
 
+class ReviewTally(_Model):
+    """What reviewers did with the flags of one kind: changed the label (confirmed), saved it
+    unchanged (rejected), not yet (pending), or the flag left the view unreviewed (withdrawn)."""
+
+    confirmed: int
+    rejected: int
+    pending: int
+    withdrawn: int
+    precision: float | None
+
+
+class ReviewAnnotator(_Model):
+    """One annotator in a project with several annotations per task."""
+
+    annotator: int
+    annotations: int
+    agreement: float | None  # share of their labels equal to the consensus
+    reliability: float  # estimated accuracy, jointly with the consensus
+
+
+class Review(_Model):
+    """How the review queue decided, and how often reviewers agreed.
+
+    ``gate``: sentences saying which classes cannot be judged yet and what was held back (never a
+    silent cap); ``expected_false_share``: expected share of false flags among this cycle's label-
+    error flags, against the setting ``max_false_share``; ``outcomes``: per kind of view.
+    """
+
+    signal: str
+    flagged: int
+    expected_false_share: float | None
+    max_false_share: float
+    gate: list[str]
+    outcomes: dict[str, ReviewTally]
+    annotators: list[ReviewAnnotator] = []
+
+
 class Diagnosis(_Model):
     format: int = FORMAT
     created_at: str
@@ -311,6 +348,7 @@ class Diagnosis(_Model):
     duplicates: Duplicates | None = None
     image_quality: ImageQuality | None = None
     slices: Slices | None = None
+    review: Review | None = None
     # Filled when viewed.
     learning_curve: list[CurvePoint] = []
     fit_gap: FitGap | None = None

@@ -198,8 +198,11 @@ class ReviewFlag(Base):
     """A task flagged for review (suspected label error or annotator disagreement).
 
     ``pushed`` says the flag is written into the task's data in Label Studio (where the review
-    views filter and order on it); ``reviewed_at`` is set when an annotation of the task changed
-    after ``flagged_at``, which takes the task out of the queue for good.
+    views filter and order on it); ``reviewed_at`` is set when an annotation of the task was
+    saved after ``flagged_at``, which takes the task out of the queue. ``outcome`` is what the
+    reviewer said: "confirmed" (the label was changed: the flag was right) or "rejected" (saved
+    unchanged: the label was right); ``resolved_label`` is the label then, which is not flagged
+    again while it stays. ``cycle_id`` is the cycle that raised the flag.
     """
 
     __tablename__ = "review_flags"
@@ -219,6 +222,9 @@ class ReviewFlag(Base):
     reviewed_at: Mapped[datetime | None]
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     pushed: Mapped[bool] = mapped_column(Boolean, default=False)
+    cycle_id: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    resolved_label: Mapped[str | None] = mapped_column(String(500))
 
 
 class ProjectSettings(Base):
