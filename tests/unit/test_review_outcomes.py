@@ -21,7 +21,7 @@ from backend.store.db import Store
 from backend.store.models import Annotation, Project, ReviewFlag, Task, utcnow
 from backend.training import consensus_targets
 from strategies.label_quality import crowd_consensus
-from tests.conftest import SINGLE_CONFIG
+from tests.conftest import ADMIN, SINGLE_CONFIG
 from tests.fake_labelstudio import FakeLabelStudio
 
 
@@ -149,7 +149,7 @@ def test_the_cycles_api_reports_running_precision(store: Store, app: Flask) -> N
     _flag_three(store)
     _annotate(store, 100, later=True)
     mark_reviewed(store, 7, {100: "dog"})
-    body = app.test_client().get("/api/projects/7/cycles").get_json()
+    body = app.test_client().get("/api/projects/7/cycles", headers=ADMIN).get_json()
     assert body["review"]["label_error"] == {
         "confirmed": 1,
         "rejected": 0,
