@@ -11,9 +11,11 @@ import numpy as np
 from backend.labeling_queue import queue_positions
 from backend.labelstudio.config import LabelConfig
 from backend.labelstudio.convert import prediction_item, task_image_ref
+from backend.model.backbones import TorchBackbone
 from backend.model.cache import EmbeddingCache
 from backend.model.featurize import featurize
 from backend.model.predict import predict_annotation
+from backend.model.runtime import for_inference
 from backend.models_registry import ServedModel
 from backend.project_settings import effective_settings
 from backend.store import task_images
@@ -41,6 +43,8 @@ def predict_with_model(
     backbone = svc.models.backbone_for(
         settings.model, served.model.backbone or "", settings.store.data_dir, served.project_id
     )
+    if isinstance(backbone, TorchBackbone):
+        backbone = for_inference(backbone, settings.model, settings.store.data_dir)
     if served.model.backbone and served.model.backbone != backbone.name:
         log.warning(
             "project %d: model %s was trained on %s but settings name %s; no predictions",

@@ -115,6 +115,9 @@ class ModelSettings(_Section):
     batch_size: int = Field(16, ge=1, le=4096)
     num_threads: int = Field(0, ge=0)
     channels_last: bool = True
+    runtime: Literal["auto", "openvino", "onnxruntime", "torch"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     head: Literal["linear", "mlp"] = "linear"
     hidden_dim: int = Field(256, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)

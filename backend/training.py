@@ -30,6 +30,7 @@ from backend.model.cache import EmbeddingCache
 from backend.model.checkpoint import save_checkpoint
 from backend.model.featurize import FeaturizeResult, Progress, featurize
 from backend.model.finetune import fine_tune_backbone
+from backend.model.runtime import for_inference
 from backend.model.train import TrainedModel, train_model
 from backend.settings import Settings
 from backend.store import repo, task_images
@@ -184,6 +185,8 @@ def embed_items(
         the featurize result (failed items are in ``failures``) and the backbone's name.
     """
     backbone = backbone or build_backbone(settings.model)
+    if isinstance(backbone, TorchBackbone):
+        backbone = for_inference(backbone, settings.model, settings.store.data_dir)
     cache = EmbeddingCache(settings.store.data_dir / "embeddings")
     result = featurize(
         items,

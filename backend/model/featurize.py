@@ -109,6 +109,8 @@ class _Pass:
     n_computed: int = 0
     n_fetched: int = 0
     next_log: int = 0
+    #: images the first forward pass waits for (a runtime converts and checks on them)
+    first_batch: int = 0
 
     def reuse_known(self, known: Mapping[int, str]) -> None:
         """Serve the tasks whose image hash is known and cached, fetching nothing."""
@@ -144,13 +146,14 @@ class _Pass:
         assert ready.pixels is not None
         self.waiting[sha] = [task_id]
         self.batch.append((sha, ready.pixels))
-        if len(self.batch) >= self.batch_size:
+        if len(self.batch) >= self.batch_size and len(self.batch) >= self.first_batch:
             self.flush()
 
     def flush(self) -> None:
         if not self.batch:
             return
         vectors = self.backbone.embed_pixels(np.stack([pixels for _, pixels in self.batch]))
+        self.first_batch = 0
         fresh = {}
         for (sha, _), vector in zip(self.batch, vectors, strict=True):
             fresh[sha] = self.by_sha[sha] = vector
@@ -214,6 +217,7 @@ def featurize(
         Embeddings for the items that worked, a reason for each that did not.
     """
     state = _Pass(backbone, cache, batch_size, log_every, len(items), progress)
+    state.first_batch = int(getattr(backbone, "min_images", 0))
     ids = {task_id for task_id, _ in items}
     if known:
         state.reuse_known({t: sha for t, sha in known.items() if t in ids})

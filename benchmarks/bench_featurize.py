@@ -1,0 +1,248 @@
+"""Featurization benchmark: images/s of the backbone at 224 px on each runtime and precision, the
+cosine of every embedding to torch eager fp32, decode+preprocess ms per image, and end to end
+(image bytes to cached embedding, through ``featurize`` with its thread pool) for JPEG 640x480
+and PNG inputs. The baseline, torch eager fp32, is measured in the same run.
+
+    python benchmarks/bench_featurize.py --quick      # 64 images, one repeat
+    python benchmarks/bench_featurize.py              # 256 images, best of 3
+
+Images are scikit-image's sample photographs (shipped with the package), cut at random offsets,
+scales and flips to 640x480, so they compress like photographs. Threads are pinned with
+``--threads`` (torch intra-op, OpenVINO, BLAS); the decode pool uses ``--decode-workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+GOAL_IMG_S = 100.0
+GOAL_SPEEDUP = 5.0
+
+
+def pin_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def photos(n: int, fmt: str, seed: int = 0) -> list[bytes]:
+    """``n`` 640x480 crops of scikit-image's sample photographs, encoded as JPEG or PNG."""
+    from PIL import Image
+    from skimage import data
+
+    sources = [
+        data.astronaut(),
+        data.chelsea(),
+        data.coffee(),
+        data.rocket(),
+        np.stack([data.camera()] * 3, axis=-1),
+        data.immunohistochemistry(),
+    ]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        src = Image.fromarray(sources[i % len(sources)])
+        scale = rng.uniform(1.3, 2.2)
+        big = src.resize((int(640 * scale), int(480 * scale)), Image.Resampling.BILINEAR)
+        left = int(rng.integers(0, big.width - 640 + 1))
+        top = int(rng.integers(0, big.height - 480 + 1))
+        crop = big.crop((left, top, left + 640, top + 480))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        buffer = io.BytesIO()
+        if fmt == "jpeg":
+            crop.save(buffer, format="JPEG", quality=90)
+        else:
+            crop.save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def best_of(run: Callable[[], object], repeats: int) -> float:
+    """Fastest wall time of ``repeats`` runs (after one warm-up)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 images, one repeat")
+    parser.add_argument("--images", type=int, default=None, help="images per set (256)")
+    parser.add_argument("--threads", type=int, default=2, help="inference threads (2)")
+    parser.add_argument("--decode-workers", type=int, default=4, help="featurize's thread pool")
+    parser.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--int8", action="store_true", help="also convert and time int8 (nncf)")
+    args = parser.parse_args(argv)
+    n = args.images or (64 if args.quick else 256)
+    repeats = 1 if args.quick else 3
+    pin_threads(args.threads)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    from backend.model.backbones import build_backbone
+    from backend.model.cache import EmbeddingCache
+    from backend.model.featurize import decode_image, featurize
+    from backend.model.runtime import RuntimeBackbone, cosines
+    from backend.settings import ModelSettings
+
+    print(
+        f"# featurize benchmark: {n} images per set, {args.threads} inference threads, "
+        f"{args.decode_workers} decode workers, batch {args.batch}, {os.cpu_count()} CPUs "
+        f"visible (load average {os.getloadavg()[0]:.1f})"
+    )
+    jpeg, png = photos(n, "jpeg"), photos(n, "png", seed=1)
+    eager = build_backbone(ModelSettings(fine_tune=True, channels_last=False, num_threads=0))
+    base = build_backbone(ModelSettings(num_threads=0))  # batch norms folded, channels-last
+
+    # -- decode + preprocess, one thread
+    rows = []
+    for name, images in (("JPEG 640x480", jpeg), ("PNG 640x480", png)):
+        seconds = best_of(lambda imgs=images: [base.pixels(decode_image(d)) for d in imgs], 1)
+        torch_style = best_of(
+            lambda imgs=images: [eager.preprocess(decode_image(d)) for d in imgs], 1
+        )
+        rows.append([name, f"{1000 * seconds / n:.2f}", f"{1000 * torch_style / n:.2f}"])
+    print_table(
+        ["input", "decode+resize to uint8 (ms/img)", "+ normalize to a torch tensor (ms/img)"],
+        rows,
+        "decode + preprocess, one thread",
+    )
+
+    # -- forward pass only, on the same pixels
+    pixels = np.stack([base.pixels(decode_image(d)) for d in jpeg])
+    batches = [pixels[i : i + args.batch] for i in range(0, n, args.batch)]
+
+    def forward(embed: Callable[[np.ndarray], np.ndarray]) -> Callable[[], np.ndarray]:
+        return lambda: np.concatenate([embed(b) for b in batches])
+
+    reference = forward(eager.embed_pixels)()
+    eager_s = best_of(forward(eager.embed_pixels), repeats)
+    rows = [["torch eager fp32 (baseline)", f"{n / eager_s:.1f}", "1.00x", "1.000000", "-"]]
+    contenders: dict[str, object] = {"torch fused channels-last fp32": base}
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime, precision in (
+            ("openvino", "fp32"),
+            ("openvino", "bf16"),
+            ("onnxruntime", "fp32"),
+            *([("openvino", "int8")] if args.int8 else []),
+        ):
+            settings = ModelSettings(
+                runtime=runtime, precision=precision, device="cpu", num_threads=args.threads
+            )
+            wrapped = RuntimeBackbone(base, settings, Path(tmp) / "runtimes")
+            try:
+                wrapped.embed_pixels(pixels if precision == "int8" else batches[0])
+            except Exception as exc:  # a runtime that is not installed is reported, not fatal
+                rows.append([f"{runtime} {precision}", "-", "-", "-", f"unavailable: {exc}"[:80]])
+                continue
+            contenders[f"{runtime} {precision}"] = wrapped
+        for label, backbone in contenders.items():
+            embed = backbone.embed_pixels  # type: ignore[attr-defined]
+            seconds = best_of(forward(embed), repeats)
+            cos = cosines(reference, forward(embed)())
+            check = getattr(backbone, "check", None)
+            rows.append(
+                [
+                    label,
+                    f"{n / seconds:.1f}",
+                    f"{eager_s / seconds:.2f}x",
+                    f"{cos.min():.6f}",
+                    f"{check.min_cosine:.6f} on {check.images}" if check else "-",
+                ]
+            )
+        print_table(
+            ["forward pass (224 px)", "img/s", "vs eager", "min cosine to eager", "stored check"],
+            rows,
+            f"forward pass only, {n} JPEG-sourced images",
+        )
+
+        # -- end to end: bytes -> embedding through featurize (fetch from memory, cache miss)
+        chosen = RuntimeBackbone(
+            base, ModelSettings(num_threads=args.threads), Path(tmp) / "runtimes"
+        )
+        chosen.embed_pixels(batches[0])
+        rows = []
+        for name, images in (("JPEG 640x480", jpeg), ("PNG 640x480", png)):
+            items = [(i, (lambda d=d: d)) for i, d in enumerate(images)]
+            ref_vectors = eager.embed_pixels(
+                np.stack([base.pixels(decode_image(d)) for d in images])
+            )
+            for label, backbone, workers in (
+                ("torch eager fp32, no pool (baseline)", eager, 0),
+                ("labelloop default", chosen, args.decode_workers),
+            ):
+                timings = []
+                result = None
+                for r in range(repeats):
+                    cache = EmbeddingCache(Path(tmp) / f"cache-{name[:3]}-{label[:5]}-{r}")
+                    started = time.perf_counter()
+                    if workers == 0:
+                        vectors = [
+                            eager.embed_pixels(
+                                np.stack(
+                                    [
+                                        base.pixels(decode_image(d))
+                                        for d in images[i : i + args.batch]
+                                    ]
+                                )
+                            )
+                            for i in range(0, n, args.batch)
+                        ]
+                        got = np.concatenate(vectors)
+                    else:
+                        result = featurize(
+                            items,
+                            backbone,
+                            cache,
+                            batch_size=args.batch,
+                            workers=workers,
+                            log_every=0,
+                        )
+                        got = np.stack([result.embeddings[i] for i in range(n)])
+                    timings.append(time.perf_counter() - started)
+                cos = cosines(ref_vectors, got)
+                rows.append([name, label, f"{n / min(timings):.1f}", f"{cos.min():.6f}"])
+            base_rate = float(rows[-2][2])
+            rows[-1].append(f"{float(rows[-1][2]) / base_rate:.2f}x")
+            rows[-2].append("1.00x")
+        chosen_check = chosen.check
+        print_table(
+            ["input", "path", "img/s end to end", "min cosine to eager", "vs eager"],
+            rows,
+            "end to end (bytes -> embedding, cache empty): labelloop default = "
+            + (
+                f"{chosen_check.runtime} {chosen_check.precision}" if chosen_check else "torch fp32"
+            ),
+        )
+    print(
+        f"\ngoal: >= {GOAL_IMG_S:.0f} img/s end to end with cosine >= 0.999 and >= "
+        f"{GOAL_SPEEDUP:.0f}x torch eager on 2 cores (the machine may be shared: compare ratios)"
+    )
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str) -> None:
+    from benchmarks._common import print_table as table
+
+    table(headers, rows, title=title)
+
+
+if __name__ == "__main__":
+    main()
