@@ -5,7 +5,10 @@ Rules:
 
 - Label Studio relative URLs (``/data/upload/...``, ``/data/local-files/?d=...``, ``/tasks/...``,
   ``/storage-data/...``) and absolute URLs on Label Studio's own address are fetched from the
-  configured ``label_studio.url`` with the API token. The token goes to Label Studio only.
+  configured ``label_studio.url`` with the API token. The token goes to Label Studio only, and
+  only to its media paths: the path is percent-decoded and ``..`` resolved first, and what
+  remains must still be under one of those prefixes (``/data/upload/../../api/...`` is refused
+  without any request). The same holds for every redirect hop.
 - ``data:`` URLs are decoded in memory.
 - Other ``http(s)`` URLs only from ``images.allowed_hosts``; redirects are followed one hop at a
   time and each hop is checked again, so an allowed host cannot bounce us elsewhere.
@@ -13,6 +16,9 @@ Rules:
   resolved first.
 - At most ``images.max_bytes`` are read (the body is streamed, never slurped) and at most
   ``images.max_pixels`` decoded; the size is checked from the header before decoding.
+- One fetch, redirects and every read included, ends within ``images.deadline_s`` (plus at most
+  one read timeout): a server trickling a byte at a time cannot hold it.
+- Every failure, a malformed reference included, is an :class:`ImageError`.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import posixpath
 import time
 from pathlib import Path
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import parse_qs, quote, unquote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from PIL import Image
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -32,7 +40,9 @@ from urllib3.util.retry import Retry
 from backend.labelstudio.auth import SdkAuth, token_auth
 from backend.settings import ImageSettings, LabelStudioSettings
 
-LS_PREFIXES = ("/data/upload/", "/data/local-files", "/tasks/", "/storage-data/")
+LS_PREFIXES = ("/data/upload/", "/data/local-files/", "/tasks/", "/storage-data/")
+#: How a Label Studio relative reference starts (before its path is resolved and checked).
+LS_RELATIVE = (*LS_PREFIXES, "/data/local-files?")
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 REDIRECTS = {301, 302, 303, 307, 308}
@@ -124,13 +134,18 @@ class ImageResolver:
         return self._auth
 
     def fetch(self, ref: str) -> bytes:
-        """The raw bytes behind ``ref``. Raises :class:`ImageError`."""
-        ref = (ref or "").strip()
+        """The raw bytes behind ``ref``. Raises :class:`ImageError` (and nothing else)."""
+        try:
+            return self._fetch((ref or "").strip())
+        except (ValueError, OSError, RuntimeError) as exc:  # a malformed reference or path
+            raise ImageError(f"bad image reference ({type(exc).__name__})") from None
+
+    def _fetch(self, ref: str) -> bytes:
         if not ref:
             raise ImageError("empty image reference")
         if ref.startswith("data:"):
             return self._data_url(ref)
-        if ref.startswith(LS_PREFIXES):
+        if ref.startswith(LS_RELATIVE):
             return self._http(self._ls.url + ref)
         scheme = urlsplit(ref).scheme.lower()
         if scheme in ("http", "https"):
@@ -201,6 +216,34 @@ class ImageResolver:
         allowed = {h.lower() for h in self._images.allowed_hosts}
         return parts.hostname.lower() in allowed or parts.netloc.lower() in allowed
 
+    def _checked(self, url: str) -> str:
+        """``url`` with its path resolved; on Label Studio only its media paths pass.
+
+        Raises:
+            ImageError: a host not allowed, or a Label Studio path outside the media prefixes.
+        """
+        url = self._to_internal(url)
+        if not self._allowed(url):
+            raise ImageError(f"host {urlsplit(url).netloc or '?'} is not in images.allowed_hosts")
+        parts = urlsplit(url)
+        path = resolved_path(parts.path)
+        if _origin(url) in self._ls_origins and not is_media_path(
+            self._below_ls_base(path), parts.query
+        ):
+            raise ImageError("not a Label Studio media path (/data/upload/, /data/local-files/..)")
+        return urlunsplit(
+            (parts.scheme, parts.netloc, quote(path, safe="/:@!$&'()*+,;=~"), parts.query, "")
+        )
+
+    def _below_ls_base(self, path: str) -> str:
+        """``path`` without the path Label Studio is served under (``http://host/ls``)."""
+        for base in {
+            urlsplit(u).path.rstrip("/") for u in (self._ls.url, self._ls.public_url) if u
+        }:
+            if base and path.startswith(base + "/"):
+                return path[len(base) :]
+        return path
+
     def _to_internal(self, url: str) -> str:
         """A URL on Label Studio's public address, rewritten to the address we reach it on."""
         public = self._ls.public_url
@@ -213,12 +256,8 @@ class ImageResolver:
         for _ in range(MAX_REDIRECTS + 1):
             if time.monotonic() > deadline:
                 raise ImageError(f"download took over {self._images.deadline_s:g} s")
-            url = self._to_internal(url)
-            if not self._allowed(url):
-                raise ImageError(
-                    f"host {urlsplit(url).netloc or '?'} is not in images.allowed_hosts"
-                )
-            response = self._get(url)
+            url = self._checked(url)
+            response = self._get(url, deadline)
             with response:
                 if response.status_code in REDIRECTS and "Location" in response.headers:
                     url = urljoin(url, response.headers["Location"])
@@ -228,15 +267,17 @@ class ImageResolver:
                 return self._read_body(response, deadline)
         raise ImageError(f"more than {MAX_REDIRECTS} redirects")
 
-    def _get(self, url: str) -> requests.Response:
+    def _get(self, url: str, deadline: float) -> requests.Response:
         auth = self._ls_auth() if _origin(url) in self._ls_origins else None
+        # No single connect or read may outlast the fetch's deadline.
+        timeout = max(0.05, min(self._images.timeout_s, deadline - time.monotonic()))
         try:
             return self._session.get(
                 url,
                 auth=auth,
                 stream=True,
                 allow_redirects=False,
-                timeout=self._images.timeout_s,
+                timeout=timeout,
             )
         except requests.RequestException as exc:
             raise ImageError(
@@ -249,14 +290,34 @@ class ImageResolver:
             self._check_size(int(declared))
         body = bytearray()
         try:
-            for chunk in response.iter_content(CHUNK):
+            # read1 returns what one receive brought (iter_content waits for a whole chunk, so
+            # a byte every half second would pass every check between chunks for hours).
+            while chunk := response.raw.read1(CHUNK, decode_content=True):
                 body.extend(chunk)
                 self._check_size(len(body))
                 if time.monotonic() > deadline:
                     raise ImageError(f"download took over {self._images.deadline_s:g} s")
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ImageError(f"download failed: {type(exc).__name__}") from None
         return bytes(body)
+
+
+def resolved_path(path: str) -> str:
+    """A URL path percent-decoded with ``.`` and ``..`` resolved (what a server will serve)."""
+    decoded = unquote(path, errors="strict")
+    if "\\" in decoded or "\x00" in decoded:
+        raise ImageError("image path holds a backslash or NUL")
+    resolved = posixpath.normpath("/" + decoded.lstrip("/"))
+    resolved = "/" + resolved.lstrip("/")  # normpath keeps a leading '//'
+    return resolved + "/" if decoded.endswith("/") and resolved != "/" else resolved
+
+
+def is_media_path(path: str, query: str) -> bool:
+    """Whether a resolved path on Label Studio is one of its media routes."""
+    if path.rstrip("/") == "/data/local-files":
+        targets = parse_qs(query).get("d", [])
+        return len(targets) == 1 and ".." not in targets[0].replace("\\", "/").split("/")
+    return path.startswith(LS_PREFIXES)
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -274,7 +335,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"too many pixels (> {max_pixels})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except ImageError:
+        raise
+    except Exception as exc:  # PIL's format plugins raise many types on hostile input
         raise ImageError(f"corrupt or unsupported image ({type(exc).__name__})") from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -240,3 +241,129 @@ def test_decompression_bomb_is_refused() -> None:
 def test_corrupt_images(data: bytes) -> None:
     with pytest.raises(ImageError, match="corrupt"):
         decode_image(data, max_pixels=100)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "/data/upload/../../api/current-user/token",
+        "/data/upload/%2e%2e/%2e%2e/api/current-user/token",
+        "/data/upload/..%2f..%2fapi/current-user/token",
+        "/data/upload/1/..\\..\\..\\api/current-user/token",
+        "/tasks/../api/current-user/token",
+        "/data/local-files/?d=../../etc/passwd",
+        "/data/local-files/../../api/current-user/token?d=a.png",
+        "/data/local-files?d=a.png&d=../b",
+        "/api/current-user/token",
+        "{ls}/api/current-user/token",
+        "{ls}/data/upload/../../api/current-user/token",
+        "{ls}/data/upload/%2E%2E/%2E%2E/api/projects",
+        "/data/upload/%ff.png",
+        "/data/upload/a%00.png",
+    ],
+)
+def test_label_studio_paths_are_resolved_before_the_check(server: Server, ref: str) -> None:
+    """A task image /data/upload/../../api/current-user/token made labelloop send an
+    authenticated GET for Label Studio's API token endpoint."""
+    server.add("/api/current-user/token", b'{"token": "secret"}')
+    with pytest.raises(ImageError):
+        resolver(server).fetch(ref.format(ls=server.url))
+    assert server.seen == []
+
+
+def test_a_path_that_resolves_inside_the_media_prefix_is_fetched_resolved(server: Server) -> None:
+    server.add("/data/upload/1/a.png", png())
+    assert resolver(server).fetch("/data/upload/2/../1/./a.png") == png()
+    assert server.seen == [("/data/upload/1/a.png", f"Token {TOKEN}")]
+
+
+def test_a_redirect_to_label_studios_api_is_refused(server: Server) -> None:
+    server.add("/data/upload/r.png", status=302, Location="/data/upload/../api/current-user/token")
+    server.add("/elsewhere", status=302, Location=f"{server.url}/api/current-user/token")
+    with pytest.raises(ImageError, match="media path"):
+        resolver(server).fetch("/data/upload/r.png")
+    with pytest.raises(ImageError, match="media path"):
+        resolver(server, allowed_hosts=("localhost",)).fetch(
+            server.url.replace("127.0.0.1", "localhost") + "/elsewhere"
+        )
+    assert [path for path, _ in server.seen] == ["/data/upload/r.png", "/elsewhere"]
+
+
+def test_label_studio_under_a_path_keeps_its_media_prefixes(server: Server) -> None:
+    server.add("/ls/data/upload/1/a.png", png())
+    ls = LabelStudioSettings(url=f"{server.url}/ls", token=TOKEN)
+    with ImageResolver(ls, ImageSettings()) as under_path:
+        assert under_path.fetch("/data/upload/1/a.png") == png()
+        with pytest.raises(ImageError):
+            under_path.fetch("/data/upload/../../api/current-user/token")
+    assert [path for path, _ in server.seen] == ["/ls/data/upload/1/a.png"]
+
+
+class Trickle(BaseHTTPRequestHandler):
+    """Declares 400 bytes and sends one every 50 ms (20 s in all)."""
+
+    sent: list[int]
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "400")
+        self.end_headers()
+        for _ in range(400):
+            try:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+            except OSError:
+                return
+            self.sent.append(1)
+            time.sleep(0.05)
+
+
+def test_a_trickling_server_cannot_hold_a_fetch_past_its_deadline() -> None:
+    """A byte every 0.5 s held a fetch 40 s with timeout_s: 2 (each read was bounded)."""
+    sent: list[int] = []
+    handler = type("Handler", (Trickle,), {"sent": sent})
+    srv = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=srv.serve_forever, name="trickle-server")
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        images = ImageSettings(allowed_hosts=("127.0.0.1",), timeout_s=2, deadline_s=0.5)
+        fetcher = ImageResolver(LabelStudioSettings(url="http://ls.invalid"), images)
+        with fetcher, pytest.raises(ImageError, match=r"took over 0\.5 s"):
+            fetcher.fetch(f"{url}/slow.png")
+        assert len(sent) < 100  # stopped long before the 400 bytes
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    "ref", ["file:///%ff", "file:///a%00b.png", "a\x00b.png", "x" * 5000, "file:///" + "y" * 5000]
+)
+def test_malformed_local_references_are_image_errors(tmp_path: Path, ref: str) -> None:
+    """file:///%ff was a UnicodeDecodeError (a 500 through the thumbnail); a NUL a ValueError;
+    a 5,000-character name ENAMETOOLONG."""
+    local = ImageResolver(LabelStudioSettings(), ImageSettings(local_root=tmp_path))
+    with local, pytest.raises(ImageError):
+        local.fetch(ref)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GIF89a" + b"\xff" * 20,
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,
+        b"BM" + b"\xff" * 60,
+        b"II*\x00" + b"\xff" * 40,
+        b"\xff\xd8\xff\xe0" + b"\x00" * 10,
+        b"P6\n-1 -1\n255\n",
+        b"",
+    ],
+)
+def test_hostile_bytes_decode_to_image_errors(data: bytes) -> None:
+    with pytest.raises(ImageError):
+        decode_image(data, max_pixels=10_000)
