@@ -22,10 +22,13 @@ from PIL import Image
 from backend.api.errors import error_response
 from backend.api.operations import operation
 from backend.app import Services, services
-from backend.diagnosis.page import render_not_yet, render_page
+from backend.cycle import load_snapshot
+from backend.diagnosis.explained import Explained, explain_task
+from backend.diagnosis.page import Links, render_explanation, render_not_yet, render_page
 from backend.diagnosis.view import diagnosis_view
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
+from backend.model.backbones import TorchBackbone
 from backend.project_settings import effective_settings
 from backend.settings import LoopSettings, SettingsError
 from backend.store import cycles
@@ -101,6 +104,74 @@ def first_cycle_triggers(loop: LoopSettings, project_id: int) -> list[str]:
             "(loop.schedule_interval_minutes)."
         )
     return when
+
+
+@bp.get("/dashboard/<id:project_id>/explain/<id:task_id>.png")
+@operation(
+    "A task's explanation image (the image, Grad-CAM, occlusion).",
+    access="dashboard",
+    content_type="image/png",
+)
+def explanation_image(project_id: int, task_id: int) -> Response:
+    """The task's explanation image (as the model saw it, Grad-CAM, occlusion), cached."""
+    found = _explained(services(), project_id, task_id)
+    if isinstance(found, Response):
+        return found
+    return send_file(found.png, mimetype="image/png", max_age=3600)
+
+
+@bp.get("/dashboard/<id:project_id>/explain/<id:task_id>")
+@operation("A task's explanation page.", access="dashboard", content_type="text/html")
+def explanation_page(project_id: int, task_id: int) -> Response:
+    """The explanation page: the maps side by side and the nearest labeled examples."""
+    svc = services()
+    found = _explained(svc, project_id, task_id)
+    if isinstance(found, Response):
+        return found
+    links = Links(svc.settings.label_studio.browser_url, project_id)
+    page = render_explanation(found.info, project_id, links)
+    return _html(page, 200)
+
+
+def _explained(svc: Services, project_id: int, task_id: int) -> Explained | Response:
+    """The explanation, or the JSON error response saying why there is none."""
+    with svc.store.session() as session:
+        task = session.get(Task, task_id)
+        ref = task.image_ref if task is not None and task.project_id == project_id else None
+    if not ref:
+        return error_response(404, "not_found", f"task {task_id} has no image in this project")
+    served = svc.models.get(project_id)
+    if served is None:
+        return error_response(404, "no_model", "no model yet: explanations need a trained model")
+    settings = effective_settings(svc.store, svc.settings, project_id)
+    data_dir = settings.store.data_dir
+    backbone = svc.models.backbone_for(
+        settings.model, served.model.backbone or "", data_dir, project_id
+    )
+    if not isinstance(backbone, TorchBackbone) or (
+        served.model.backbone and served.model.backbone != backbone.name
+    ):
+        detail = "the model's backbone is no longer the one the settings name"
+        return error_response(409, "backbone_changed", detail)
+    try:
+        image = decode_image(
+            svc.image_resolver().fetch(ref), max_pixels=svc.settings.images.max_pixels
+        )
+    except ImageError as exc:
+        return error_response(404, "image_unavailable", exc.reason)
+    snap = load_snapshot(svc.store, project_id)
+    return explain_task(
+        image=image,
+        task_id=task_id,
+        project_id=project_id,
+        version=served.version,
+        backbone=backbone,
+        model=served.model,
+        store=svc.store,
+        data_dir=data_dir,
+        targets=snap.targets,
+        classes=tuple(snap.cfg.labels),
+    )
 
 
 @bp.get("/dashboard/<id:project_id>/thumb/<id:task_id>.png")

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from backend.diagnosis.schema import ClassCurve, Confusion, CurvePoint, Diagnosis, EmbeddingMap
+from backend.diagnosis.schema import (
+    ClassCurve,
+    Confusion,
+    CurvePoint,
+    Diagnosis,
+    EmbeddingMap,
+    TaskExplanation,
+)
 from backend.diagnosis.view import task_link, thumb_url
 
 #: Okabe-Ito and Tableau colours, distinguishable for most colour-vision deficiencies first.
@@ -508,4 +515,13 @@ def render_not_yet(project_id: int, *, known: bool, status: dict[str, Any], when
         environment()
         .get_template("not_yet.html")
         .render(project_id=project_id, known=known, status=status, when=when, sections=SECTIONS)
+    )
+
+
+def render_explanation(info: TaskExplanation, project_id: int, links: Links) -> str:
+    """The per-task explanation page."""
+    return (
+        environment()
+        .get_template("explain.html")
+        .render(e=info, project_id=project_id, links=links)
     )

@@ -321,6 +321,25 @@ class Review(_Model):
     annotators: list[ReviewAnnotator] = []
 
 
+class Neighbour(_Model):
+    """A labeled item near the explained one in embedding space, with its given label."""
+
+    task: int
+    label: str
+    similarity: float
+
+
+class TaskExplanation(_Model):
+    """What the explanation page shows beside its image."""
+
+    task: int
+    model_version: str
+    predicted: str
+    confidence: float
+    given: str | None
+    neighbours: list[Neighbour]
+
+
 class Diagnosis(_Model):
     format: int = FORMAT
     created_at: str

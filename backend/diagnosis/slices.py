@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics import f1_score
 
 from backend.diagnosis.schema import SliceField, SliceRow
 
@@ -99,7 +98,14 @@ def worse_p_value(k1: int, n1: int, k2: int, n2: int) -> float:
 
 
 def _macro_f1(y: NDArray[np.int64], pred: NDArray[np.int64]) -> float:
-    return float(f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0.0))
+    """Macro F1 over the classes present in ``y`` (as scikit-learn's with those labels)."""
+    k = int(max(y.max(), pred.max())) + 1 if len(y) else 1
+    tp = np.bincount(y[y == pred], minlength=k)
+    support, predicted = np.bincount(y, minlength=k), np.bincount(pred, minlength=k)
+    present = support > 0
+    denominator = support + predicted
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(k), where=denominator > 0)
+    return float(f1[present].mean()) if present.any() else 0.0
 
 
 def slice_row(

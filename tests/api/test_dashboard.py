@@ -180,6 +180,34 @@ def test_forecast_renders_targets(project: DiagnosedProject) -> None:
     assert "more labels to reach" in html
 
 
+def test_explanation_page_and_image_are_cached_per_task_and_version(
+    project: DiagnosedProject, diag_client: FlaskClient
+) -> None:
+    page = diag_client.get(f"/dashboard/{PROJECT}/explain/2")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    # Task 2 is a red (cat) image labeled dog: the model says cat, its neighbours are cats.
+    assert '<b id="predicted">cat</b>' in html and '<b id="given">dog</b>' in html
+    neighbours = re.findall(r'<figure data-task="(\d+)">.*?<figcaption>(\w+) ', html)
+    assert len(neighbours) == 6 and sum(label == "cat" for _, label in neighbours) >= 5
+    assert "2" not in {t for t, _ in neighbours}
+    image = diag_client.get(f"/dashboard/{PROJECT}/explain/2.png")
+    assert image.status_code == 200 and image.mimetype == "image/png"
+    with Image.open(io.BytesIO(image.get_data())) as shown:
+        assert shown.size == (3 * 224 + 16, 224)
+    image.close()
+    cached = list((project.settings.store.data_dir / "explain" / f"p{PROJECT}").glob("2-*"))
+    assert {p.suffix for p in cached} == {".png", ".json"}
+    assert project.trained.version.replace(":", "_") in cached[0].name
+    before = {p: p.stat().st_mtime_ns for p in cached}
+    assert diag_client.get(f"/dashboard/{PROJECT}/explain/2").status_code == 200
+    assert {p: p.stat().st_mtime_ns for p in cached} == before  # served from the cache
+    dashboard = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
+    assert f'href="/dashboard/{PROJECT}/explain/2"' in dashboard
+    missing = diag_client.get(f"/dashboard/{PROJECT}/explain/9999")
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+
+
 def test_no_diagnosis_yet_is_a_json_404(diag_client: FlaskClient) -> None:
     response = diag_client.get("/api/projects/999/diagnosis")
     assert response.status_code == 404

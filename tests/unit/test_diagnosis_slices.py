@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
 from backend.diagnosis.slices import offered_fields, slice_ids, wilson, worse_p_value
@@ -57,3 +58,14 @@ def test_the_slice_with_noisier_labels_is_flagged_worse() -> None:
     assert phone.gap < -0.25 and scanner.accuracy == 1.0
     assert phone.f1_low is not None and phone.f1_high is not None
     assert phone.f1_low <= (phone.macro_f1 or 0) <= phone.f1_high
+
+
+def test_fast_macro_f1_equals_scikit_learns() -> None:
+    from sklearn.metrics import f1_score
+
+    from backend.diagnosis.slices import _macro_f1
+
+    rng = np.random.default_rng(3)
+    y, pred = rng.integers(0, 4, 50), rng.integers(0, 5, 50)
+    expected = f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0.0)
+    assert _macro_f1(y, pred) == pytest.approx(expected)
