@@ -29,6 +29,7 @@ from backend.diagnosis.view import diagnosis_view
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
 from backend.model.backbones import TorchBackbone
+from backend.model.runtime import RuntimeBackbone
 from backend.project_settings import effective_settings
 from backend.settings import LoopSettings, SettingsError
 from backend.store import cycles
@@ -148,11 +149,14 @@ def _explained(svc: Services, project_id: int, task_id: int) -> Explained | Resp
     backbone = svc.models.backbone_for(
         settings.model, served.model.backbone or "", data_dir, project_id
     )
-    if not isinstance(backbone, TorchBackbone) or (
-        served.model.backbone and served.model.backbone != backbone.name
-    ):
+    if served.model.backbone and served.model.backbone != backbone.name:
         detail = "the model's backbone is no longer the one the settings name"
         return error_response(409, "backbone_changed", detail)
+    cached_as = backbone.name  # the embeddings' cache key (a runtime may add +int8)
+    if isinstance(backbone, RuntimeBackbone):  # the maps need torch's gradients: its weights
+        backbone = backbone.base
+    if not isinstance(backbone, TorchBackbone):
+        return error_response(409, "no_torch_backbone", "the maps need a torch backbone")
     try:
         image = decode_image(
             svc.image_resolver().fetch(ref), max_pixels=svc.settings.images.max_pixels
@@ -171,6 +175,7 @@ def _explained(svc: Services, project_id: int, task_id: int) -> Explained | Resp
         data_dir=data_dir,
         targets=snap.targets,
         classes=tuple(snap.cfg.labels),
+        cached_as=cached_as,
     )
 
 

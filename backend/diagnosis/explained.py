@@ -42,7 +42,7 @@ def cache_paths(data_dir: Path, project_id: int, task_id: int, version: str) -> 
 def nearest_labeled(
     store: Store,
     data_dir: Path,
-    backbone: TorchBackbone,
+    backbone_name: str,
     model: TrainedModel,
     embedding: np.ndarray,
     targets: Targets,
@@ -53,9 +53,9 @@ def nearest_labeled(
     ids = [int(t) for t in targets.task_ids if int(t) != exclude]
     with store.session() as session:
         known = task_images.lookup(session, ids)
-    usable = [t for t in ids if t in known and known[t][1] == backbone.name]
+    usable = [t for t in ids if t in known and known[t][1] == backbone_name]
     vectors = EmbeddingCache(data_dir / "embeddings").get_many(
-        {known[t][0] for t in usable}, backbone.name
+        {known[t][0] for t in usable}, backbone_name
     )
     usable = [t for t in usable if known[t][0] in vectors]
     if not usable:
@@ -91,8 +91,13 @@ def explain_task(
     data_dir: Path,
     targets: Targets,
     classes: tuple[str, ...],
+    cached_as: str | None = None,
 ) -> Explained:
-    """The cached explanation of ``task_id`` under ``version``, computed when missing."""
+    """The cached explanation of ``task_id`` under ``version``, computed when missing.
+
+    ``cached_as``: the backbone name the labeled items' embeddings are cached under (default the
+    backbone's own).
+    """
     png, meta = cache_paths(data_dir, project_id, task_id, version)
     if png.exists() and meta.exists():
         return Explained(png, TaskExplanation.model_validate_json(meta.read_text()))
@@ -108,7 +113,14 @@ def explain_task(
         confidence=round(result.confidence, 4),
         given=given,
         neighbours=nearest_labeled(
-            store, data_dir, backbone, model, result.embedding, targets, classes, task_id
+            store,
+            data_dir,
+            cached_as or backbone.name,
+            model,
+            result.embedding,
+            targets,
+            classes,
+            task_id,
         ),
     )
     with atomic_write(png) as handle:
