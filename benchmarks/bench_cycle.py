@@ -1,27 +1,40 @@
-"""Cycle time per stage against a real Label Studio 1.23.2, for 1,000 and 10,000 tasks.
+"""Cycle time per stage against a real Label Studio 1.23.2 serving images from local-files storage.
 
-For each size: import N tasks (digit images as data: URLs, every 10th one annotated) into a fresh
-project, run a cycle with an empty embedding cache, then a second cycle with the cache warm. The
-table gives every stage's seconds (from the cycle record, as ``GET /api/projects/<id>/cycles``
-shows them) and the push cost per 1,000 tasks. The baseline row, measured in the same run, is
-Label Studio's bulk prediction import alone for the same N (the floor of the push stage).
+For each size N: write N JPEG images (640x480 digits with noise, distinct bytes) into a folder
+under Label Studio's document root, connect it as a Local Files import storage, bulk-import N
+tasks referring to them (``/data/local-files/?d=...``, as users' projects do) with ``--labeled``
+of them annotated inline, then run a cold cycle (empty embedding cache), a warm one, label 20
+tasks through "Label All Tasks" and run another warm one. Per stage: seconds (the cycle record,
+as ``GET /api/projects/<id>/cycles`` shows them; ``after`` is the pruning of old versions, run
+once the cycle is recorded) and the requests the cycle sent to Label Studio: API calls and image
+fetches (``/data/...``), counted on this process's HTTP sessions.
 
-    python benchmarks/bench_cycle.py                  # 1,000 and 10,000 tasks
+Baselines from the same run, for the push: Label Studio's bulk import of a prediction for every
+unlabeled task (what "push all" costs each cycle) and the deletion of that version (what its
+pruning costs), beside our top-K push.
+
+    python benchmarks/bench_cycle.py                  # 10,000 tasks
     python benchmarks/bench_cycle.py --quick          # 1,000 tasks
-    python benchmarks/bench_cycle.py --image-size 224 --threads 2
+    python benchmarks/bench_cycle.py --sizes 10000,100000 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
+import io
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 import torch
+from _common import machine
+from PIL import Image
 
 from backend.cycle import make_runner
 from backend.demo import DEMO_CONFIG, digit_images
@@ -32,36 +45,53 @@ from backend.settings import Settings, load_settings
 from backend.store import cycles
 from backend.store.db import Store
 
-STAGES = ("reconcile", "featurize", "train", "score", "push", "record")
+STAGES = ("reconcile", "featurize", "train", "score", "push", "record", "after")
+REQUESTS: Counter[str] = Counter()
 
 
-def _tasks(n: int) -> list[dict[str, Any]]:
-    base = list(digit_images(1797, size=64))
+@contextmanager
+def counting_requests() -> Iterator[Counter[str]]:
+    """Count every request this process sends through ``requests`` (API and image fetches)."""
+    original = requests.Session.send
+
+    def send(self: requests.Session, request: requests.PreparedRequest, **kw: Any) -> Any:
+        path = (request.path_url or "").split("?")[0]
+        REQUESTS["images" if path.startswith("/data/") else "api"] += 1
+        return original(self, request, **kw)
+
+    requests.Session.send = send  # type: ignore[method-assign]
+    try:
+        yield REQUESTS
+    finally:
+        requests.Session.send = original  # type: ignore[method-assign]
+
+
+def _jpeg(digit_png: bytes, rng: np.random.Generator) -> bytes:
+    small = Image.open(io.BytesIO(digit_png)).convert("RGB").resize((640, 480))
+    pixels = np.asarray(small, dtype=np.int16) + rng.integers(-12, 12, size=(480, 640, 3))
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def _write_images(folder: Path, n: int) -> list[int]:
+    """N JPEGs ``folder/img_<i>.jpg``; their digits."""
+    base = list(digit_images(1797, size=32))
     rng = np.random.default_rng(0)
-    tasks = []
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = []
     for i in range(n):
         _, png, digit = base[i % len(base)]
-        # Append a few random bytes after the PNG end so every task has distinct content
-        # (decoders ignore trailing bytes; the embedding cache keys on the bytes).
-        data = png + rng.bytes(8)
-        task: dict[str, Any] = {
-            "data": {"image": "data:image/png;base64," + base64.b64encode(data).decode()}
-        }
-        if i % 10 == 0:
-            task["annotations"] = [
-                {
-                    "result": [
-                        {
-                            "from_name": "digit",
-                            "to_name": "image",
-                            "type": "choices",
-                            "value": {"choices": [str(digit)]},
-                        }
-                    ]
-                }
-            ]
-        tasks.append(task)
-    return tasks
+        (folder / f"img_{i:06d}.jpg").write_bytes(_jpeg(png, rng))
+        digits.append(int(digit))
+    return digits
+
+
+def _annotation(digit: int) -> dict[str, Any]:
+    value = {"choices": [str(digit)]}
+    return {
+        "result": [{"from_name": "digit", "to_name": "image", "type": "choices", "value": value}]
+    }
 
 
 def _settings(url: str, token: str, data_dir: Path, image_size: int) -> Settings:
@@ -76,7 +106,8 @@ def _settings(url: str, token: str, data_dir: Path, image_size: int) -> Settings
     )
 
 
-def _cycle(settings: Settings, store: Store, project: int) -> dict[str, Any]:
+def _cycle(settings: Settings, store: Store, project: int) -> tuple[dict[str, Any], Counter[str]]:
+    before = Counter(REQUESTS)
     run = run_cycle_once(
         store, make_runner(settings, store), project, trigger="manual", lease_s=600
     )
@@ -84,42 +115,82 @@ def _cycle(settings: Settings, store: Store, project: int) -> dict[str, Any]:
         record = cycles.to_dict(cycles.history(session, project, 1)[0])
     if run is None or run.state != "succeeded":
         raise SystemExit(f"cycle failed: {record.get('error')}")
-    return record
+    return record, REQUESTS - before
 
 
-def _baseline_import(ls: LabelStudio, project: int, task_ids: list[int]) -> float:
+def _import_project(ls: LabelStudio, root: Path, n: int, labeled: float) -> tuple[int, list[int]]:
+    folder = root / f"images-{n}"
+    digits = _write_images(folder, n)
+    project = ls.create_project(f"bench cycle {n}", DEMO_CONFIG)
+    ls._call(  # a Local Files import storage over the folder (no sync: tasks are imported)
+        "POST",
+        "/api/storages/localfiles",
+        json={"project": project, "path": str(folder), "title": "images", "use_blob_urls": True},
+    )
+    every = max(1, round(1 / labeled))
+    tasks = []
+    for i, digit in enumerate(digits):
+        task: dict[str, Any] = {
+            "data": {"image": f"/data/local-files/?d={folder.relative_to(root)}/img_{i:06d}.jpg"}
+        }
+        if i % every == 0:
+            task["annotations"] = [_annotation(digit)]
+        tasks.append(task)
+    ids: list[int] = []
+    for start in range(0, n, 5000):
+        ids.extend(ls.import_tasks(project, tasks[start : start + 5000]))
+    return project, ids
+
+
+def _baseline(ls: LabelStudio, project: int, task_ids: list[int]) -> tuple[float, float]:
+    """Seconds to import one prediction per task (push all) and to delete them (its pruning)."""
     predictions = [
-        {"task": t, "model_version": "bench-baseline", "score": i / len(task_ids), "result": []}
+        {"task": t, "model_version": "bench-push-all", "score": i / len(task_ids), "result": []}
         for i, t in enumerate(task_ids)
     ]
     t0 = time.perf_counter()
     ls.import_predictions(project, predictions)
-    seconds = time.perf_counter() - t0
-    ls.delete_model_version(project, "bench-baseline")
-    return seconds
+    t1 = time.perf_counter()
+    ls.delete_model_version(project, "bench-push-all")
+    return t1 - t0, time.perf_counter() - t1
 
 
-def run_size(url: str, token: str, root: Path, n: int, image_size: int) -> list[str]:
-    settings = _settings(url, token, root / f"data-{n}", image_size)
+def _row(n: int, label: str, record: dict[str, Any], sent: Counter[str]) -> list[str]:
+    timings = record["stage_timings"]
+    cells = [f"{timings.get(s, 0.0):.2f}" for s in STAGES]
+    total = sum(timings.get(s, 0.0) for s in STAGES if s != "after")
+    pushed = record["counts"].get("push", {}).get("predictions", 0)
+    return [f"{n:,}", label, *cells, f"{total:.2f}", str(pushed), str(sent["api"]),
+            str(sent["images"])]  # fmt: skip
+
+
+def run_size(
+    url: str, token: str, root: Path, n: int, image_size: int, labeled: float
+) -> list[list[str]]:
+    settings = _settings(url, token, root / f"labelloop-{n}", image_size)
     ls = LabelStudio(settings.label_studio)
-    project = ls.create_project(f"bench cycle {n}", DEMO_CONFIG)
-    task_ids = ls.import_tasks(project, _tasks(n))
+    project, ids = _import_project(ls, root, n, labeled)
     store = Store(settings.store.url)
     store.upgrade()
     rows = []
-    for label in ("cold cache", "warm cache"):
-        record = _cycle(settings, store, project)
-        timings = record["stage_timings"]
-        total = sum(timings.get(s, 0.0) for s in STAGES)
-        per_1000 = timings.get("push", 0.0) / (n / 1000)
-        cells = " | ".join(f"{timings.get(s, 0.0):>7.2f}" for s in STAGES)
-        rows.append(f"| {n:>6} | {label:<18} | {cells} | {total:>7.2f} | {per_1000:>10.2f} |")
-    baseline = _baseline_import(ls, project, task_ids[: n - n // 10])
-    empty = " | ".join(f"{'':>7}" for _ in STAGES[:4])
-    rows.append(
-        f"| {n:>6} | {'baseline: LS import':<18} | {empty} | {baseline:>7.2f} | "
-        f"{'':>7} | {baseline:>7.2f} | {baseline / (n / 1000):>10.2f} |"
-    )
+    record, sent = _cycle(settings, store, project)
+    rows.append(_row(n, "cold (empty embedding cache)", record, sent))
+    record, sent = _cycle(settings, store, project)
+    rows.append(_row(n, "warm (nothing changed)", record, sent))
+    for _ in range(20):  # annotators label between two cycles
+        task = ls.next_task(project)
+        if task is not None:
+            ls.create_annotation(task["id"], _annotation(0)["result"])
+    record, sent = _cycle(settings, store, project)
+    rows.append(_row(n, "warm (20 new labels)", record, sent))
+    every = max(1, round(1 / labeled))
+    unlabeled = [t for i, t in enumerate(ids) if i % every != 0]
+    push_all, prune_all = _baseline(ls, project, unlabeled)
+    empty = ["-"] * 4
+    rows.append([f"{n:,}", "baseline: push all (LS import)", *empty, f"{push_all:.2f}",
+                 "-", "-", "-", str(len(unlabeled)), "-", "-"])  # fmt: skip
+    rows.append([f"{n:,}", "baseline: prune all (LS delete)", *empty, "-", "-",
+                 f"{prune_all:.2f}", "-", "-", "-", "-"])  # fmt: skip
     store.dispose()
     ls.close()
     return rows
@@ -127,32 +198,36 @@ def run_size(url: str, token: str, root: Path, n: int, image_size: int) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--quick", action="store_true", help="1,000 tasks")
+    parser.add_argument("--sizes", default="10000")
+    parser.add_argument("--labeled", type=float, default=0.03, help="share annotated at import")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ls-bin", default=".cache/ls-venv/bin/label-studio")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = start_label_studio(args.ls_bin, Path(tmp) / "ls")
+    with tempfile.TemporaryDirectory() as tmp, counting_requests():
+        root = Path(tmp) / "ls"
+        proc = start_label_studio(args.ls_bin, root)
         try:
             rows = [
                 row
                 for n in sizes
-                for row in run_size(proc.url, proc.token, Path(tmp), n, args.image_size)
+                for row in run_size(proc.url, proc.token, root, n, args.image_size, args.labeled)
             ]
         finally:
             proc.stop()
     print(
-        f"Cycle time per stage (s), real Label Studio 1.23.2, EfficientNet-Lite0 at "
-        f"{args.image_size} px, {args.threads} torch threads, 10 % of tasks labeled"
+        f"\nCycle per stage (s), real Label Studio 1.23.2, images from its local-files storage "
+        f"(JPEG 640x480), default settings at {args.image_size} px, {args.threads} torch threads, "
+        f"{args.labeled:.0%} labeled ({machine()})\n"
     )
-    head = " | ".join(f"{s:>7}" for s in STAGES)
-    print(f"| tasks  | embeddings         | {head} |   total | push/1000 |")
-    print("|--------|--------------------|" + "---------|" * (len(STAGES) + 1) + "-----------|")
-    print("\n".join(rows))
+    headers = ["tasks", "cycle", *STAGES, "total", "pushed", "API req", "image req"]
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
