@@ -524,6 +524,8 @@ def _push_reviews(
         found = suspects(
             settings, snap, scored, kind, settled_tasks(store, project_id, kind, current)
         )
+        explain = f"{settings.server.public_url}/dashboard/{project_id}/explain"
+        found = [replace(f, explain_url=f"{explain}/{f.task_id}") for f in found]
         pushed = push_review(
             ls,
             store,

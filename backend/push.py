@@ -163,11 +163,14 @@ class Suspect:
     annotated_label: str | None
     model_label: str | None
     model_confidence: float | None
+    #: The task's explanation page (the model's maps and similar labeled items), a view column.
+    explain_url: str | None = None
 
 
 #: Decimals of the suspicion value written into a task: a change below that is not worth a PATCH.
 SUSPICION_DECIMALS = 2
 GIVEN_KEY, MODEL_KEY = "labelloop_given", "labelloop_model"
+EXPLAIN_KEY = "labelloop_explain"
 
 
 def _keys(kind: ReviewKind) -> tuple[str, str]:
@@ -190,10 +193,11 @@ def review_view_filters(kind: ReviewKind) -> tuple[dict[str, Any], list[str]]:
     return {"conjunction": "and", "items": [item]}, [f"-tasks:data.{value_key}"]
 
 
-def review_view_columns(image_key: str, kind: ReviewKind) -> list[str]:
+def review_view_columns(image_key: str, kind: ReviewKind, *, explain: bool = False) -> list[str]:
     """What a review view shows, in this order: the image, the given label(s), the model's label
-    with its confidence, and the reason sentence."""
-    return [f"tasks:data.{k}" for k in (image_key, GIVEN_KEY, MODEL_KEY, _keys(kind)[1])]
+    with its confidence, the reason sentence, and (``explain``) the explanation link."""
+    keys = (image_key, GIVEN_KEY, MODEL_KEY, _keys(kind)[1], *([EXPLAIN_KEY] if explain else []))
+    return [f"tasks:data.{k}" for k in keys]
 
 
 def _flag_data(data: dict[str, Any], kind: ReviewKind, s: Suspect) -> dict[str, Any]:
@@ -203,6 +207,8 @@ def _flag_data(data: dict[str, Any], kind: ReviewKind, s: Suspect) -> dict[str, 
     confidence = f" ({s.model_confidence:.0%})" if s.model_confidence is not None else ""
     out[MODEL_KEY] = f"{s.model_label}{confidence}" if s.model_label else ""
     out[reason_key], out[value_key] = s.reason, suspicion_value(s.score)
+    if s.explain_url:
+        out[EXPLAIN_KEY] = s.explain_url
     return out
 
 
@@ -210,7 +216,7 @@ def _unflag_data(data: dict[str, Any], kind: ReviewKind) -> dict[str, Any]:
     drop = set(_keys(kind)) | {f"labelloop_{kind}_rank"}  # the rank of earlier versions
     out = {k: v for k, v in (data or {}).items() if k not in drop}
     if not any(k.endswith("_suspicion") and k.startswith("labelloop_") for k in out):
-        out = {k: v for k, v in out.items() if k not in (GIVEN_KEY, MODEL_KEY)}
+        out = {k: v for k, v in out.items() if k not in (GIVEN_KEY, MODEL_KEY, EXPLAIN_KEY)}
         out.pop("labelloop_model_label", None)
         out.pop("labelloop_model_confidence", None)
     return out
@@ -354,7 +360,8 @@ def push_review(
         _write_flag(ls, store, project_id, tasks.get(task_id), kind, rank, suspect, cycle_id)
         counts["flagged"] += 1
     filters, ordering = review_view_filters(kind)
-    shown = review_view_columns(image_key, kind) if image_key else None
+    explain = any(s.explain_url for s in wanted.values())
+    shown = review_view_columns(image_key, kind, explain=explain) if image_key else None
     ls.ensure_view(project_id, VIEW_TITLES[kind], filters, ordering, shown=shown)
     return counts
 

@@ -19,6 +19,7 @@ from backend.diagnosis.views import (
     quality_marks,
 )
 from backend.labelstudio.client import LabelStudio
+from backend.push import VIEW_TITLES, Suspect, push_review, review_view_columns
 from backend.settings import ImageQualitySettings
 from backend.store import repo
 from backend.store.db import Store
@@ -75,4 +76,26 @@ def test_duplicate_and_image_quality_views_hold_the_planted_tasks(
     assert "labelloop_duplicate_group" in ls.get_task(ids[1])["data"]
     again = push_view(ls, store, project, QUALITY_VIEW, marks, max_tasks=50)
     assert again["tasks_written"] == 0
+    store.dispose()
+
+
+def test_the_review_view_shows_the_explanation_link_column(ls: LabelStudio, tmp_path: Path) -> None:
+    project = ls.create_project("explain column", SINGLE_CONFIG)
+    ids = ls.upload_images(project, [("0.png", png((200, 0, 0))), ("1.png", png((0, 0, 200)))])
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.upgrade()
+    with store.session() as session:
+        row = repo.ensure_project(session, project)
+        for task in ids:
+            repo.upsert_task(session, row, ls.get_task(task))
+    url = f"http://labelloop.test/dashboard/{project}/explain/{ids[0]}"
+    flagged = [Suspect(ids[0], 0.9, "labeled 'a'; evidence says 'b': 90%", "a", "b", 0.9, url)]
+    push_review(ls, store, project, "label_error", flagged, max_flags=10, image_key="image")
+    view = next(
+        v for v in ls.list_views(project) if v["data"]["title"] == VIEW_TITLES["label_error"]
+    )
+    hidden = set(view["data"]["hiddenColumns"]["explore"])
+    visible = [c for c in ls.data_manager_columns(project) if c not in hidden]
+    assert visible == review_view_columns("image", "label_error", explain=True)
+    assert [t["data"]["labelloop_explain"] for t in ls.view_tasks(project, view["id"])] == [url]
     store.dispose()

@@ -71,3 +71,20 @@ def test_leaving_and_over_the_limit_are_counted(store: Store) -> None:
     assert counts == {"flagged": 0, "unflagged": 2, "unchanged": 3, "over_limit": 1}
     assert "labelloop_label_error_suspicion" not in ls.task_data[104]
     assert "labelloop_given" not in ls.task_data[104]
+
+
+def test_flags_link_their_explanation_as_a_view_column_and_drop_it_when_cleared(
+    store: Store,
+) -> None:
+    _tasks(store, 3)
+    ls = Recorder(n_tasks=0, n_labeled=0)
+    url = "http://labelloop:9090/dashboard/7/explain/100"
+    flagged = [Suspect(100, 0.9, "labeled '1'; evidence says '7': 90%", "1", "7", 0.9, url)]
+    push = cast(LabelStudioPush, ls)
+    push_review(push, store, 7, "label_error", flagged, max_flags=50, image_key="image")
+    assert ls.task_data[100]["labelloop_explain"] == url
+    _, kwargs = ls.view
+    assert kwargs["shown"] == review_view_columns("image", "label_error", explain=True)
+    assert kwargs["shown"][-1] == "tasks:data.labelloop_explain"
+    push_review(push, store, 7, "label_error", [], max_flags=50, image_key="image")
+    assert "labelloop_explain" not in ls.task_data[100]
