@@ -308,7 +308,10 @@ def suspects(
     for i in hits:
         task_id, d = int(scored.task_ids[i]), doubt(i)
         if kind == "label_error" and quality is not None and suggested is not None:
-            d = _suspected(snap.cfg.labels, int(pool.labels[i]), int(suggested[i]), quality, i)
+            if pool.targets is not None:
+                d = _suspected_tag(snap.cfg.labels, pool.targets[i], int(suggested[i]), quality, i)
+            else:
+                d = _suspected(snap.cfg.labels, int(pool.labels[i]), int(suggested[i]), quality, i)
             reason = d.reason
         elif kind == "label_error":
             assert d is not None  # every label-error signal needs out-of-sample probabilities
@@ -378,6 +381,21 @@ def _class_doubt(names: Sequence[str], given: int, probs: np.ndarray) -> Doubt:
     confidence = float(probs[top])
     reason = f"labeled {names[given]!r}; model says {names[top]!r} ({confidence:.0%})"
     return Doubt(reason, names[given], names[top], confidence)
+
+
+def _suspected_tag(
+    names: Sequence[str], tags: np.ndarray, doubted: int, quality: LabelQuality, row: int
+) -> Doubt:
+    """The doubt of the per-tag decision: the doubted tag, given or not, and how sure."""
+    p, name = float(quality.p_error[row]), names[doubted]
+    given = tag_names(names, tags)
+    if tags[doubted]:
+        reason = f"tagged {name!r}; the model and similar labeled items say it is absent"
+        predicted = tag_names(names, np.where(np.arange(len(tags)) == doubted, 0, tags))
+    else:
+        reason = f"not tagged {name!r}; the model and similar labeled items say it is present"
+        predicted = tag_names(names, np.where(np.arange(len(tags)) == doubted, 1, tags))
+    return Doubt(f"{reason}: {p:.0%} likely mislabeled", given, predicted, p)
 
 
 def tag_names(names: Sequence[str], tags: np.ndarray) -> str:

@@ -15,17 +15,22 @@ from numpy.typing import NDArray
 from backend.diagnosis.schema import Review, ReviewAnnotator, ReviewTally
 from backend.settings import Settings
 from strategies import Pool
-from strategies.label_quality import Crowd, Gate, LabelQuality, crowd_consensus, label_quality
+from strategies.label_quality import (
+    Crowd,
+    Gate,
+    LabelQuality,
+    crowd_consensus,
+    label_quality,
+    multilabel_quality,
+)
 
 #: The review signal that decides with evidence (the others flag above a fixed alarm).
 SUSPICION = "suspicion"
 
 
 def review_signal(settings: Settings, pool: Pool) -> str:
-    """The label-error signal for this pool: suspicion decides single-label pools; multi-label
-    ones use confident learning one-vs-rest per tag."""
-    name = settings.strategy.review_signal
-    return "confident_learning" if name == SUSPICION and pool.multilabel else name
+    """The label-error signal configured for this pool."""
+    return settings.strategy.review_signal
 
 
 def gate_of(settings: Settings) -> Gate:
@@ -39,9 +44,19 @@ def gate_of(settings: Settings) -> Gate:
 
 
 def decide(settings: Settings, pool: Pool) -> LabelQuality | None:
-    """The label-quality decision for a single-label pool with a model, else None."""
-    if pool.oos_probs is None or pool.multilabel or not pool.labeled.any():
+    """The label-quality decision for a pool with a model (multi-label: per tag), else None."""
+    if pool.oos_probs is None or not pool.labeled.any():
         return None
+    if pool.multilabel:
+        if pool.targets is None:
+            return None
+        return multilabel_quality(
+            pool.labeled,
+            pool.targets,
+            pool.oos_probs,
+            embeddings=pool.embeddings,
+            gate=gate_of(settings),
+        )
     return label_quality(
         pool.labels, pool.oos_probs, embeddings=pool.embeddings, gate=gate_of(settings)
     )

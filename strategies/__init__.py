@@ -131,8 +131,7 @@ REGISTRY: MappingProxyType[str, StrategyInfo] = MappingProxyType(
             _REVIEW,
             _needs("oos_probs"),
             "calibrated probability the label is wrong (out-of-sample model + labeled neighbours), "
-            "above 0.5 only where flagged with evidence",
-            multilabel=False,
+            "above 0.5 only where flagged with evidence (multi-label: per tag)",
             alarm=0.5,
         ),
         "self_confidence": StrategyInfo(

@@ -358,7 +358,11 @@ def suspicion_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np
     """(n,) probability the given label is wrong where flagged (> 0.5), half of it elsewhere, so
     the order is the suspicion's and the alarm at 0.5 is the decision (default :class:`Gate`)."""
     probs = need(pool, "suspicion", "oos_probs")
-    quality = label_quality(pool.labels, probs, embeddings=pool.embeddings)
+    if pool.multilabel:
+        targets = need(pool, "suspicion", "targets")
+        quality = multilabel_quality(pool.labeled, targets, probs, embeddings=pool.embeddings)
+    else:
+        quality = label_quality(pool.labels, probs, embeddings=pool.embeddings)
     return np.where(quality.flagged, quality.p_error, 0.5 * quality.p_error)
 
 
@@ -438,3 +442,69 @@ def crowd_consensus(
     same = ((annotations == label[:, None]) & voted).sum(axis=0)
     agreement = np.where(counts > 0, same / np.maximum(counts, 1), np.nan)
     return Crowd(consensus, reliability, counts, agreement)
+
+
+def multilabel_quality(
+    labeled: NDArray[np.bool_],
+    targets: IntArray,
+    probs: FloatArray,
+    *,
+    embeddings: FloatArray | None = None,
+    gate: Gate | None = None,
+) -> LabelQuality:
+    """The same decision per tag: each tag some labeled items have and some lack is a binary
+    problem ("has the tag") judged by :func:`label_quality` with its own gate; an item's
+    suspicion is that of its most doubted tag, flagged when that tag's decision flags it.
+
+    Args:
+        labeled: (n,) True for labeled items.
+        targets: (n, C) given tags, 0 or 1.
+        probs: (n, C) out-of-sample per-tag probabilities.
+
+    Returns:
+        a :class:`LabelQuality` whose ``suggested`` is the doubted tag per item and whose
+        ``class_reasons``, ``judged``, ``support`` and ``recall`` are per tag (support: items
+        with the tag).
+    """
+    n, n_tags = probs.shape
+    p_error = np.zeros((n, n_tags))
+    flagged = np.zeros((n, n_tags), dtype=bool)
+    reasons: dict[int, str] = {}
+    judged = np.zeros(n_tags, dtype=bool)
+    held = {"class": 0, "share": 0}
+    recall = np.zeros(n_tags)
+    for tag in range(n_tags):
+        given = np.where(labeled, targets[:, tag], -1).astype(np.int64)
+        if given[labeled].min(initial=1) == given[labeled].max(initial=0):
+            reasons[tag] = "every labeled item has it, or none"
+            continue
+        binary = np.stack((1.0 - probs[:, tag], probs[:, tag]), axis=1)
+        quality = label_quality(given, binary, embeddings=embeddings, gate=gate)
+        p_error[:, tag], flagged[:, tag] = quality.p_error, quality.flagged
+        judged[tag], recall[tag] = quality.judged.all(), quality.recall[1]
+        if not judged[tag]:
+            reasons[tag] = "; ".join(
+                f"{'with' if c else 'without'} it: {why}"
+                for c, why in quality.class_reasons.items()
+            )
+        for key, value in quality.held_back.items():
+            held[key] += value
+    doubted = p_error.argmax(axis=1)
+    rows = np.arange(n)
+    any_flag = flagged[rows, doubted] | flagged.any(axis=1)
+    worst = np.where(any_flag, np.where(flagged, p_error, 0.0).max(axis=1), p_error.max(axis=1))
+    doubted = np.where(any_flag, np.where(flagged, p_error, -1.0).argmax(axis=1), doubted)
+    share = float((1.0 - worst[any_flag]).mean()) if any_flag.any() else 0.0
+    return LabelQuality(
+        p_error=np.where(labeled, worst, 0.0),
+        suggested=np.where(labeled, doubted, -1).astype(np.int64),
+        flagged=any_flag & labeled,
+        judged=judged,
+        class_reasons=reasons,
+        support=(targets * labeled[:, None]).sum(axis=0).astype(np.int64),
+        recall=recall,
+        weights=(),
+        expected_false_share=share,
+        expected_errors=float(np.where(labeled, worst, 0.0).sum()),
+        held_back=held,
+    )

@@ -64,3 +64,25 @@ def test_a_wrong_tag_is_flagged_with_the_tag_named(
         }
     finally:
         store.dispose()
+
+
+def test_the_default_suspicion_judges_each_tag(ml_settings: Settings) -> None:
+    assert ml_settings.strategy.review_signal == "suspicion"
+    store = next(upgraded_store(ml_settings))
+    try:
+        ls = FakeLabelStudio(n_tasks=60, n_labeled=48, multi=True, wrong=PLANTED)
+        run_one_cycle(ml_settings, store, ls, project=7)
+        with store.session() as session:
+            flags = {
+                f.task_id: f
+                for f in session.query(ReviewFlag).filter_by(project_id=7, kind="label_error")
+            }
+        planted = {100 + i: tags for i, tags in PLANTED.items()}
+        assert len(set(planted) & set(flags)) >= 2, sorted(flags)
+        assert len(set(flags) - set(planted)) <= 2, sorted(flags)
+        for task in set(planted) & set(flags):
+            reason = flags[task].reason
+            assert re.match(r"^(not )?tagged '\w+'; the model and similar labeled items", reason)
+            assert reason.endswith("likely mislabeled"), reason
+    finally:
+        store.dispose()

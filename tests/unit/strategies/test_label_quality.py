@@ -109,3 +109,21 @@ def test_strata_fit_their_own_calibration() -> None:
     a = label_quality(y, probs, embeddings=x, strata=strata)
     b = label_quality(y, probs, embeddings=x)
     assert a.p_error.shape == b.p_error.shape and not a.flagged.any()
+
+
+def test_multilabel_flags_the_wrong_tag_and_names_it() -> None:
+    from strategies.label_quality import multilabel_quality
+
+    rng = np.random.default_rng(4)
+    x, y = _blobs(40, 3, rng)
+    targets = np.eye(3, dtype=np.int64)[y]
+    planted = rng.choice(len(y), 8, replace=False)
+    wrong = (y[planted] + 1) % 3
+    targets[planted, wrong] = 1  # an extra wrong tag on each
+    probs = _softmax_probs(x, y, 3)  # the model believes one tag per item
+    quality = multilabel_quality(np.ones(len(y), bool), targets, probs, embeddings=x)
+    flagged = set(np.flatnonzero(quality.flagged))
+    assert len(flagged & set(planted)) >= 7 and len(flagged - set(planted)) <= 2
+    hit = [i for i, p in enumerate(planted) if p in flagged]
+    assert (quality.suggested[planted[hit]] == wrong[hit]).all()  # the doubted tag is the wrong one
+    assert quality.expected_false_share <= 0.2
