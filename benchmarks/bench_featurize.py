@@ -88,10 +88,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--decode-workers", type=int, default=4, help="featurize's thread pool")
     parser.add_argument("--batch", type=int, default=16, help="images per forward pass")
     parser.add_argument("--int8", action="store_true", help="also convert and time int8 (nncf)")
+    parser.add_argument("--cache-tasks", type=int, default=None, help="cache load size (100000)")
+    parser.add_argument("--skip-speed", action="store_true", help="only the cache load table")
     args = parser.parse_args(argv)
     n = args.images or (64 if args.quick else 256)
     repeats = 1 if args.quick else 3
     pin_threads(args.threads)
+    if args.skip_speed:
+        cache_section(args.cache_tasks or (20_000 if args.quick else 100_000), 1280)
+        return
 
     import torch
 
@@ -232,9 +237,46 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{chosen_check.runtime} {chosen_check.precision}" if chosen_check else "torch fp32"
             ),
         )
+    cache_section(args.cache_tasks or (20_000 if args.quick else 100_000), eager.dim)
     print(
         f"\ngoal: >= {GOAL_IMG_S:.0f} img/s end to end with cosine >= 0.999 and >= "
         f"{GOAL_SPEEDUP:.0f}x torch eager on 2 cores (the machine may be shared: compare ratios)"
+    )
+
+
+def cache_section(n: int, dim: int) -> None:
+    """Seconds to load ``n`` cached embeddings: the memory-mapped arrays against one ``.npy``
+    file per embedding (the layout before; timed on at most 5,000 files and scaled)."""
+    from backend.model.cache import EmbeddingCache
+
+    rng = np.random.default_rng(0)
+    shas = [f"{i:064x}" for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = EmbeddingCache(Path(tmp))
+        for start in range(0, n, 10_000):
+            block = rng.normal(size=(min(10_000, n - start), dim)).astype(np.float32)
+            cache.put_many(dict(zip(shas[start : start + 10_000], block, strict=True)), "bb")
+        started = time.perf_counter()
+        found = EmbeddingCache(Path(tmp)).get_many(shas, "bb")  # a new process's first read
+        matrix = np.stack([found[sha] for sha in shas])
+        arrays = time.perf_counter() - started
+        assert matrix.shape == (n, dim)
+        files = min(n, 5_000)
+        folder = Path(tmp) / "per-file"
+        for sha in shas[:files]:
+            (folder / sha[:2]).mkdir(parents=True, exist_ok=True)
+            np.save(folder / sha[:2] / f"{sha}.npy", rng.normal(size=dim).astype(np.float32))
+        started = time.perf_counter()
+        loaded = [np.load(folder / sha[:2] / f"{sha}.npy") for sha in shas[:files]]
+        per_file = (time.perf_counter() - started) * n / files
+        assert len(loaded) == files
+    print_table(
+        ["layout", f"seconds to load {n:,} x {dim} embeddings"],
+        [
+            ["one .npy per embedding (before; baseline)", f"{per_file:.2f} (scaled from {files})"],
+            ["memory-mapped arrays (now)", f"{arrays:.2f}"],
+        ],
+        "embedding cache load (page cache warm)",
     )
 
 

@@ -17,6 +17,7 @@ precision where the same check holds; without a GPU it falls back to the CPU and
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -108,7 +109,8 @@ class _Engine:
 class _TorchEngine(_Engine):
     def __init__(self, base: TorchBackbone, device: str, half: bool) -> None:
         self.base, self.device, self.half = base, device, half
-        self.module = base.module.to(device)
+        # A copy: moving or halving the module in place would change the torch fp32 reference.
+        self.module = copy.deepcopy(base.module).to(device)
         if half:
             self.module = self.module.half()
 

@@ -160,3 +160,9 @@ def test_featurize_waits_for_the_images_int8_calibrates_on(
     ]
     featurize(items, wrapped, EmbeddingCache(tmp_path / "cache"), batch_size=16)
     assert Recording.batches[0] == 128 and sum(Recording.batches) == 140
+
+
+def test_a_half_precision_engine_leaves_the_torch_reference_in_fp32(base: TorchBackbone) -> None:
+    engine = runtime._TorchEngine(base, "cpu", half=True)
+    assert next(engine.module.parameters()).dtype == torch.float16
+    assert next(base.module.parameters()).dtype == torch.float32  # the check's reference
