@@ -266,7 +266,13 @@ def main() -> None:
         ),
     )
     print_table(
-        ["data", "labels", "cleanlab default flags", "ours flags", "ours false-flag share"],
+        [
+            "data",
+            "labels",
+            "cleanlab default flags",
+            "ours flags",
+            "ours: share of correct labels flagged",
+        ],
         growth,
         title=f"Flags on correct labels only (random labels, mean of {seeds} seed(s))",
     )
