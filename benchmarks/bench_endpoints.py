@@ -1,33 +1,57 @@
-"""Latency of /webhook and /health over real HTTP, as Label Studio calls them.
+"""Latency of /health, /webhook and /predict over real HTTP, as Label Studio calls them.
 
-Runs `labelloop serve`'s server (werkzeug, threaded, SQLite in WAL mode with synchronous=FULL) on
-127.0.0.1 and sends N sequential requests per endpoint from one client, like Label Studio's
-synchronous webhook inside an annotation save. The baseline, measured in the same run, is an empty
-Flask route on the same server: the cost of HTTP itself.
+Starts ``labelloop serve`` as a subprocess (waitress, the inbox worker applying every stored
+event, SQLite in WAL mode with ``synchronous=FULL``; ``--database-url`` for PostgreSQL) and, as
+the baseline in the same run, an empty Flask route under the same server settings. Two tables:
 
-    python benchmarks/bench_endpoints.py            # 1,000 requests each
-    python benchmarks/bench_endpoints.py --quick    # 200
+1. closed loop: 1, 8 and 32 concurrent senders, each sending its requests back to back: p50/p99
+   for the baseline, ``GET /health``, ``POST /webhook`` (new events and duplicate deliveries) and
+   ``POST /predict`` with 100 tasks (no model yet: the instant empty answer);
+2. open loop: new webhooks at a fixed rate (200 req/s by default) for 60 s while the inbox
+   worker applies them; latency counts from each request's scheduled time, so a stall is not
+   hidden by senders waiting (coordinated omission); then every stored event must be applied.
+
+    python benchmarks/bench_endpoints.py                  # 400 requests per sender count, 60 s
+    python benchmarks/bench_endpoints.py --quick          # 100 requests, 10 s
+    python benchmarks/bench_endpoints.py --database-url postgresql+psycopg://...
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
+import yaml
 
-from backend.demo import serve_in_thread
 from backend.lsprocess import free_port
-from backend.settings import load_settings
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
     '<Choice value="a"/><Choice value="b"/></Choices></View>'
 )
+BASELINE = """
+import sys
+from flask import Flask
+from waitress import serve
+app = Flask("baseline")
+app.add_url_rule("/baseline", "baseline", lambda: "ok")
+serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=16, asyncore_use_poll=True)
+"""
+HEADERS = {"Content-Type": "application/json"}
+_IDS = itertools.count(1)
 
 
 def _event(i: int) -> bytes:
@@ -55,69 +79,196 @@ def _event(i: int) -> bytes:
     return json.dumps(body).encode()
 
 
-def _measure(
-    session: requests.Session, method: str, url: str, bodies: list[bytes | None]
-) -> list[float]:
-    times = []
-    for body in bodies:
-        t0 = time.perf_counter()
-        response = session.request(
-            method, url, data=body, headers={"Content-Type": "application/json"}
+PREDICT = json.dumps(
+    {
+        "project": "1.1",
+        "tasks": [{"id": i, "data": {"image": f"/data/upload/1/{i}.png"}} for i in range(1, 101)],
+    }
+).encode()
+
+
+def _wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read() if process.stderr else ''}")
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def servers(
+    tmp: Path, database_url: str | None
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    port, base_port = free_port(), free_port()
+    config = tmp / "bench.yaml"
+    store: dict[str, object] = {"data_dir": str(tmp / "data")}
+    if database_url:
+        store["database_url"] = database_url
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": port, "log_level": "WARNING"},
+                "store": store,
+                "loop": {"retrain_after": 10**9, "schedule_interval_minutes": None},
+            }
         )
-        times.append(time.perf_counter() - t0)
-        response.raise_for_status()
-    return times
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    labelloop = Path(sys.executable).with_name("labelloop")
+    log = (tmp / "server.log").open("wb")
+    server = subprocess.Popen(
+        [str(labelloop), "--config", str(config), "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=env,
+    )
+    baseline = subprocess.Popen(
+        [sys.executable, "-c", BASELINE, str(base_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        url, base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{base_port}"
+        _wait_up(f"{url}/health", server)
+        _wait_up(f"{base}/baseline", baseline)
+        yield url, base, server
+    except BaseException:
+        log.flush()
+        print((tmp / "server.log").read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        log.close()
+        for process in (server, baseline):
+            process.terminate()
+            process.wait(30)
+            if process.stderr is not None:
+                process.stderr.close()
 
 
-def _row(name: str, times: list[float]) -> str:
-    ms = sorted(t * 1000 for t in times)
-    p50 = statistics.median(ms)
-    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
-    return f"| {name:<34} | {len(ms):>6} | {p50:>8.2f} | {p99:>8.2f} | {ms[-1]:>8.2f} |"
+def _percentiles(ms: list[float]) -> tuple[float, float]:
+    ms = sorted(ms)
+    return statistics.median(ms), ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+
+
+def closed_loop(send: Callable[[requests.Session], None], senders: int, each: int) -> list[float]:
+    """Latencies (ms) of ``senders`` threads each sending ``each`` requests back to back."""
+
+    def run(_: int) -> list[float]:
+        times = []
+        with requests.Session() as session:
+            for _ in range(each):
+                t0 = time.perf_counter()
+                send(session)
+                times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    with ThreadPoolExecutor(senders) as pool:
+        return [t for part in pool.map(run, range(senders)) for t in part]
+
+
+def _post(url: str, body: Callable[[], bytes]) -> Callable[[requests.Session], None]:
+    def send(session: requests.Session) -> None:
+        session.post(url, data=body(), headers=HEADERS, timeout=30).raise_for_status()
+
+    return send
+
+
+def _get(url: str) -> Callable[[requests.Session], None]:
+    def send(session: requests.Session) -> None:
+        session.get(url, timeout=30).raise_for_status()
+
+    return send
+
+
+def open_loop(url: str, rate: float, seconds: float) -> tuple[list[float], float]:
+    """New webhooks at ``rate``/s for ``seconds``; latency (ms) from each scheduled send time."""
+    local = threading.local()
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.2
+
+    def one(k: int) -> None:
+        due = start + k / rate
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        local.session.post(
+            url, data=_event(next(_IDS)), headers=HEADERS, timeout=30
+        ).raise_for_status()
+        latencies.append((time.perf_counter() - due) * 1000)
+
+    with ThreadPoolExecutor(64) as pool:
+        list(pool.map(one, range(total)))
+    achieved = total / (time.perf_counter() - start)
+    return latencies, achieved
+
+
+def _pending(url: str) -> tuple[int, int]:
+    """(pending, set aside) events of project 1, from the cycles API."""
+    body = requests.get(f"{url}/api/projects/1/cycles", headers=ADMIN, timeout=10).json()
+    return body["inbox"]["pending"], body["inbox"]["set_aside"]
+
+
+ADMIN: dict[str, str] = {}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=400, help="per sender count, in all")
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--database-url", default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 200 if args.quick else args.requests
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        settings = load_settings(
-            environ={
-                "LABELLOOP_STORE__DATA_DIR": str(Path(tmp)),
-                "LABELLOOP_SERVER__PORT": str(port),
-                "LABELLOOP_SERVER__LOG_LEVEL": "WARNING",
-            }
+    n, seconds = (100, 10.0) if args.quick else (args.requests, args.seconds)
+    os.environ["LABELLOOP_SERVER__ADMIN_TOKENS"] = "{bench: bench-token}"
+    ADMIN["Authorization"] = "Bearer bench-token"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        servers(Path(tmp), args.database_url) as (url, base, _),
+    ):
+        setup = {"project": "1.1", "schema": CONFIG}
+        requests.post(f"{url}/setup", json=setup, timeout=10).raise_for_status()
+        cases = [
+            ("baseline: empty Flask route (waitress)", _get(f"{base}/baseline")),
+            ("GET /health", _get(f"{url}/health")),
+            ("POST /webhook (new event)", _post(f"{url}/webhook", lambda: _event(next(_IDS)))),
+            ("POST /webhook (duplicate delivery)", _post(f"{url}/webhook", lambda: _event(1))),
+            ("POST /predict (100 tasks, no model yet)", _post(f"{url}/predict", lambda: PREDICT)),
+        ]
+        closed_loop(_get(f"{url}/health"), 2, 20)  # warm up
+        print(f"Closed loop: concurrent senders, {n} requests per row in all (ms)")
+        print("| endpoint                                 | senders |   p50 |    p99 |")
+        print("|------------------------------------------|---------|-------|--------|")
+        for senders in (1, 8, 32):
+            for name, send in cases:
+                p50, p99 = _percentiles(closed_loop(send, senders, max(1, n // senders)))
+                print(f"| {name:<40} | {senders:>7} | {p50:>5.1f} | {p99:>6.1f} |", flush=True)
+        latencies, achieved = open_loop(f"{url}/webhook", args.rate, seconds)
+        time.sleep(3)
+        pending, set_aside = _pending(url)
+        p50, p99 = _percentiles(latencies)
+        print(
+            f"\nOpen loop: new webhooks at {args.rate:g}/s for {seconds:g} s, inbox worker applying"
         )
-        served = serve_in_thread(settings)
-        served.app.add_url_rule("/baseline", "baseline", lambda: "ok")
-        try:
-            with requests.Session() as session:
-                base = served.url
-                _measure(session, "GET", f"{base}/health", [None] * 20)  # warm up
-                rows = [
-                    _row(
-                        "baseline: empty Flask route",
-                        _measure(session, "GET", f"{base}/baseline", [None] * n),
-                    ),
-                    _row("GET /health", _measure(session, "GET", f"{base}/health", [None] * n)),
-                    _row(
-                        "POST /webhook (new event, durable)",
-                        _measure(session, "POST", f"{base}/webhook", [_event(i) for i in range(n)]),
-                    ),
-                    _row(
-                        "POST /webhook (duplicate delivery)",
-                        _measure(session, "POST", f"{base}/webhook", [_event(0)] * n),
-                    ),
-                ]
-        finally:
-            served.stop()
-    print(f"Endpoint latency over HTTP on 127.0.0.1, {n} sequential requests each (ms)")
-    print("| endpoint                           |      n |      p50 |      p99 |      max |")
-    print("|------------------------------------|--------|----------|----------|----------|")
-    print("\n".join(rows))
+        print(
+            "| target/s | achieved/s | requests |   p50 |    p99 | pending after 3 s | set aside |"
+        )
+        print(
+            "|----------|------------|----------|-------|--------|-------------------|-----------|"
+        )
+        print(
+            f"| {args.rate:>8g} | {achieved:>10.1f} | {len(latencies):>8} | {p50:>5.1f} | "
+            f"{p99:>6.1f} | {pending:>17} | {set_aside:>9} |"
+        )
 
 
 if __name__ == "__main__":

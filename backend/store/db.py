@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,10 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite's busy handler retries a locked database with sleeps growing to 100 ms, so
+        # threads of one process queueing for the write lock wait far longer than the writes
+        # take; this lock hands the turn over at once (other processes still use the busy wait).
+        self._writer = threading.Lock()
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
@@ -80,9 +85,12 @@ class Store:
         lock up front (``BEGIN IMMEDIATE``) makes it wait its turn instead. Keep these short:
         every other writer waits while one is open.
         """
-        with self.session() as session:
-            if self.engine.dialect.name == "sqlite":
-                session.execute(text("BEGIN IMMEDIATE"))
+        if self.engine.dialect.name != "sqlite":
+            with self.session() as session:
+                yield session
+            return
+        with self._writer, self.session() as session:
+            session.execute(text("BEGIN IMMEDIATE"))
             yield session
 
     def dispose(self) -> None:
