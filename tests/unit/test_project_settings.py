@@ -138,7 +138,11 @@ def test_preview_ranks_by_the_proposed_weights_and_writes_nothing(
         fast_settings,
         7,
         {
-            "strategy": {"weights": {"margin": 0, "coverage": 0, "entropy": 1}},
+            # Near-copies of labeled items would go last whatever their entropy.
+            "strategy": {
+                "weights": {"margin": 0, "coverage": 0, "entropy": 1},
+                "near_duplicates_last": False,
+            },
             "model": {"head": "mlp"},
         },
         top=5,
