@@ -77,7 +77,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             "--port",
             str(ls_port),
             "--ls-bin",
-            str(label_studio_binary()),
+            str(label_studio_binary().absolute()),  # the demo runs in another directory
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
