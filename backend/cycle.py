@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from backend import selection
 from backend.clusters import project_clusters
 from backend.diagnosis.quality import ImageStatsRecorder, stats_path
 from backend.diagnosis.slices import slice_columns, slice_ids
@@ -462,12 +463,18 @@ def run_cycle(
             clusters_for if model_phase else None,
         )
         scored = score_stage(settings, arrays)
+        chosen = select_stage(settings, store, project_id, snap, scored)
+        scored = replace(scored, priority=chosen.priority)
         counts.update(unlabeled=len(scored.priority.order), labeled=int(scored.pool.labeled.sum()))
         counts.update(clusters_reused=int(any(reused)))
     with ctx.stage("push") as counts:
         version = trained.version if trained else f"{new_version(settings, project_id)}-cold"
         queue = queue_of(settings, scored, trained, version)
         counts.update(push_head(settings, ls, project_id, queue, snap.cfg))
+        head = queue.items(0, min(queue.n, len(chosen.arms)))
+        counts.update(
+            audit_recorded=record_picks(store, project_id, ctx.cycle_id, version, head, chosen)
+        )
         counts.update(_push_reviews(settings, store, ls, ctx, snap, scored))
     with ctx.stage("record") as counts:
         if trained is not None:
@@ -491,7 +498,10 @@ def run_cycle(
                 ls, store, project_id, diagnosis, max_tasks=settings.strategy.review_max_flags
             )
             counts.update(views)
-    metrics = dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
+    metrics: dict[str, Any] = (
+        dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
+    )
+    metrics.update(chosen.metrics(selection.audit_accuracy(store, project_id)))
 
     def prune() -> dict[str, int]:
         # After the cycle is recorded: the new version serves already, nobody waits on this.
@@ -524,6 +534,42 @@ def given_labels(snap: Snapshot) -> dict[int, str]:
     return {
         int(t): names[int(y)] for t, y in zip(snap.targets.task_ids, snap.targets.y, strict=True)
     }
+
+
+def select_stage(
+    settings: Settings, store: Store, project_id: int, snap: Snapshot, scored: Scored
+) -> selection.Plan:
+    """The audit share and the adaptive selection over the scored pool."""
+    return selection.plan(
+        settings,
+        store,
+        project_id,
+        scored.pool,
+        scored.priority,
+        scored.task_ids,
+        given_labels(snap),
+    )
+
+
+def record_picks(
+    store: Store,
+    project_id: int,
+    cycle_id: int,
+    version: str,
+    items: Sequence[QueueItem],
+    chosen: selection.Plan,
+) -> int:
+    """Record the pushed queue's first positions: arm or audit, and the model's prediction."""
+    head = items[: len(chosen.arms)]
+    return selection.record(
+        store,
+        project_id,
+        cycle_id,
+        version,
+        [item.task_id for item in head],
+        chosen.arms[: len(head)],
+        [selection.predicted_string(item.labels) if item.labels else None for item in head],
+    )
 
 
 def _push_reviews(

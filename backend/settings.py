@@ -169,6 +169,8 @@ class StrategySettings(_Section):
     review_max_flags: int = Field(50, ge=0, le=1000)
     score_threads: int | None = Field(None, ge=1)
     near_duplicates_last: bool = True
+    selection: Literal["adaptive", "fixed"] = "adaptive"
+    audit_share: float = Field(0.1, ge=0.0, le=0.5)
 
     @field_validator("weights")
     @classmethod

@@ -10,23 +10,44 @@ from the configured backbone through the embedding cache under ``store.data_dir`
 Each seed draws its own stratified test split and its own planted errors; every strategy of a seed
 meets the same split and the same annotator. Each strategy can also run under Label Studio's own
 cluster serving (``strategy.push_clusters``, :func:`ls_cluster_picks`) instead of our order.
+
+What annotators get is what is measured: every strategy chooses its own first batch (there is no
+shared random seed set), every queue carries the audit share and, for ``adaptive``, the bandit's
+arms, exactly as :func:`backend.cycle.select_stage` builds it, with its picks recorded in a
+throwaway store as a cycle records them. Accuracy is on the held-out split against the data set's
+labels, which are the true classes for the built-in and generated sets; for a folder they are the
+given labels (:attr:`Dataset.true_labels` is False and the CLI warns).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
 
-from backend.cycle import Scored, Snapshot, Trained, build_pool, queue_items, score_stage, suspects
+from backend.cycle import (
+    Scored,
+    Snapshot,
+    Trained,
+    build_pool,
+    queue_items,
+    record_picks,
+    score_stage,
+    select_stage,
+    suspects,
+)
 from backend.labelstudio.config import LabelConfig
+from backend.push import QueueItem
 from backend.settings import Settings, StrategySettings
+from backend.simulate_sets import GENERATED, generate
+from backend.store.db import Store
 from backend.store.models import Annotation, Task
 from backend.training import NotEnoughLabels, consensus_targets, embed_items, fit
 
@@ -41,6 +62,8 @@ ANNOTATOR = 1
 #: cluster rule (see :func:`ls_cluster_picks`).
 Serve = Literal["ours", "ls-clusters"]
 SERVES: tuple[Serve, ...] = get_args(Serve)
+#: The row that runs the configured weights under ``strategy.selection: adaptive``.
+ADAPTIVE = "adaptive"
 
 
 class DatasetError(ValueError):
@@ -55,13 +78,16 @@ class Dataset:
         name: what the user asked for (``digits``, ``textures`` or a folder path).
         classes: class names, in label-index order.
         images: one callable per item returning its image bytes.
-        y: (n,) true class index of each item.
+        y: (n,) class index of each item.
+        true_labels: ``y`` are the true classes (built-in and generated sets), not only the
+            labels someone gave (a folder).
     """
 
     name: str
     classes: tuple[str, ...]
     images: tuple[Callable[[], bytes], ...]
     y: np.ndarray
+    true_labels: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,11 +182,18 @@ def _folder(root: Path, limit: int | None) -> Dataset:
         classes,
         tuple(files[i][0].read_bytes for i in keep),
         np.array([files[i][1] for i in keep], dtype=np.int64),
+        true_labels=False,
     )
 
 
+def _generated(name: str, limit: int | None) -> Dataset:
+    made = generate(name, n=limit)
+    return Dataset(name, made.classes, tuple(_constant(png) for png in made.images), made.y)
+
+
 def load_dataset(spec: str, *, limit: int | None = None) -> Dataset:
-    """``digits``, ``textures`` or a folder laid out as ``<root>/<class>/<images>``.
+    """``digits``, ``textures``, a generated set (``nuisance``, ``rare``:
+    :mod:`backend.simulate_sets`) or a folder laid out as ``<root>/<class>/<images>``.
 
     Args:
         spec: the dataset name or folder.
@@ -173,6 +206,8 @@ def load_dataset(spec: str, *, limit: int | None = None) -> Dataset:
         return _digits(limit)
     if spec == "textures":
         return _textures(limit)
+    if spec in GENERATED:
+        return _generated(spec, limit)
     return _folder(Path(spec), limit)
 
 
@@ -232,15 +267,26 @@ def make_problem(
 
 
 def strategy_settings(
-    settings: Settings, weights: Mapping[str, float], *, seed: int, batch_size: int
+    settings: Settings,
+    weights: Mapping[str, float],
+    *,
+    seed: int,
+    batch_size: int,
+    selection: str = "fixed",
 ) -> Settings:
-    """``settings`` with these strategy weights (replacing, not merged), batch size and seed.
+    """``settings`` with these strategy weights (replacing, not merged), batch size, selection
+    mode (a named strategy runs ``fixed``; the ``adaptive`` row runs the bandit) and seed.
 
     Raises:
         pydantic.ValidationError: an unknown signal, a negative weight or a bad batch size.
     """
     strategy = StrategySettings.model_validate(
-        {**settings.strategy.model_dump(), "weights": dict(weights), "batch_size": batch_size}
+        {
+            **settings.strategy.model_dump(),
+            "weights": dict(weights),
+            "batch_size": batch_size,
+            "selection": selection,
+        }
     )
     model = settings.model.model_copy(update={"seed": seed})
     return settings.model_copy(update={"strategy": strategy, "model": model})
@@ -331,11 +377,11 @@ def ls_cluster_picks(
 
 
 def _next_batch(
-    settings: Settings, scored: Scored, trained: Trained | None, size: int, serve: Serve
+    settings: Settings, queue: Sequence[QueueItem], size: int, serve: Serve
 ) -> list[int]:
     """The next ``size`` tasks the annotator is served: our queue order (lowest score first),
     or Label Studio's cluster rule over it (``ls-clusters``, clusters pushed)."""
-    queue = sorted(queue_items(settings, scored, trained), key=lambda item: item.position)
+    queue = sorted(queue, key=lambda item: item.position)
     if serve == "ours":
         return [item.task_id for item in queue[:size]]
     scores = np.array([item.position for item in queue], dtype=np.float64)
@@ -344,12 +390,20 @@ def _next_batch(
 
 
 def run_curve(
-    settings: Settings, problem: Problem, *, budget: int, serve: Serve = "ours"
+    settings: Settings,
+    problem: Problem,
+    *,
+    budget: int,
+    serve: Serve = "ours",
+    store: Store,
+    project_id: int = 1,
 ) -> list[Point]:
     """Label from zero up to ``budget`` labels in batches; one point per round.
 
-    Each round is a cycle: train on the labels so far, score the pool, measure, then the annotator
-    labels the next ``settings.strategy.batch_size`` items as ``serve`` serves them.
+    Each round is a cycle: train on the labels so far, score the pool, build the queue with the
+    audit share (and the bandit, when adaptive), measure, then the annotator labels the next
+    ``settings.strategy.batch_size`` items as ``serve`` serves them. The picks are recorded in
+    ``store`` under ``project_id`` (one per curve), round numbers standing for cycle ids.
     """
     if serve == "ls-clusters":
         strategy = settings.strategy.model_copy(update={"push_clusters": True})
@@ -357,17 +411,22 @@ def run_curve(
     batch_size = settings.strategy.batch_size
     labeled: dict[int, int] = {}
     snap, trained, points = _snapshot(problem, labeled), None, []
-    while True:
+    for round_ in range(1, budget + 2):
         scored = score_stage(settings, build_pool(snap, problem.embeddings, trained))
+        chosen = select_stage(settings, store, project_id, snap, scored)
+        scored = replace(scored, priority=chosen.priority)
         if labeled:
             points.append(_measure(settings, problem, snap, scored, trained))
         size = min(batch_size, budget - len(labeled))
-        batch = _next_batch(settings, scored, trained, size, serve) if size > 0 else []
+        queue = queue_items(settings, scored, trained)
+        batch = _next_batch(settings, queue, size, serve) if size > 0 else []
         if not batch:
-            return points
+            break
+        record_picks(store, project_id, round_, "simulated", queue, chosen)
         labeled.update((task, problem.answers[task]) for task in batch)
         snap = _snapshot(problem, labeled)
         trained = _train(settings, snap, problem)
+    return points
 
 
 @dataclass(frozen=True)
@@ -413,14 +472,28 @@ def simulate(
         serves: the serving rules to run each strategy under (see :data:`Serve`).
     """
     x, y = embed_dataset(settings, dataset)
-    curves = []
-    for seed in seeds:
-        problem = make_problem(x, y, dataset.classes, seed=seed, test_size=test_size, noise=noise)
-        for name, weights in strategies.items():
-            run = strategy_settings(settings, weights, seed=seed, batch_size=batch_size)
-            for serve in serves:
-                points = run_curve(run, problem, budget=budget, serve=serve)
-                row = row_name(name, serve)
-                log.info("simulate: %s seed %d: %d rounds", row, seed, len(points))
-                curves.append(Curve(row, seed, tuple(points), serve))
+    curves: list[Curve] = []
+    with tempfile.TemporaryDirectory(prefix="labelloop-simulate-") as scratch:
+        store = Store(f"sqlite:///{Path(scratch) / 'picks.db'}")
+        store.upgrade()
+        try:
+            for seed in seeds:
+                problem = make_problem(
+                    x, y, dataset.classes, seed=seed, test_size=test_size, noise=noise
+                )
+                for name, weights in strategies.items():
+                    mode = "adaptive" if name == ADAPTIVE else "fixed"
+                    run = strategy_settings(
+                        settings, weights, seed=seed, batch_size=batch_size, selection=mode
+                    )
+                    for serve in serves:
+                        points = run_curve(
+                            run, problem, budget=budget, serve=serve, store=store,
+                            project_id=len(curves) + 1,
+                        )  # fmt: skip
+                        row = row_name(name, serve)
+                        log.info("simulate: %s seed %d: %d rounds", row, seed, len(points))
+                        curves.append(Curve(row, seed, tuple(points), serve))
+        finally:
+            store.dispose()
     return curves

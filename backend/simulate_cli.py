@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -29,7 +30,7 @@ from backend.settings import Settings
 if TYPE_CHECKING:
     from backend.simulate import Curve
 
-BUILT_IN = ("default", "random")
+BUILT_IN = ("adaptive", "default", "random")
 #: Share of the best final mean accuracy that "labels to reach" counts up to.
 REACH = 0.95
 PALETTE = ("#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c", "#8a5a44")
@@ -40,13 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="digits, textures or a folder laid out as <root>/<class name>/<images>",
+        help="digits, textures, nuisance, rare (generated) or a folder laid out as "
+        "<root>/<class name>/<images>",
     )
     parser.add_argument(
         "--strategies",
-        default="default,random",
-        help="comma-separated: default (the configured weights), random, a signal name, or "
-        "NAME=signal:weight,signal:weight (e.g. default,random,unc=entropy:1,coverage:0.5)",
+        default="adaptive,default,random",
+        help="comma-separated: adaptive (the configured weights and the bandit over the arms, as "
+        "strategy.selection: adaptive runs them), default (the configured weights alone), "
+        "random, a signal name, or NAME=signal:weight,signal:weight "
+        "(e.g. default,random,unc=entropy:1,coverage:0.5); every row carries the audit share",
     )
     parser.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 (3)")
     parser.add_argument("--budget", type=_positive, default=200, help="labels per run (200)")
@@ -97,7 +101,7 @@ def parse_strategies(text: str, default: Mapping[str, float]) -> dict[str, dict[
             if current:
                 raise CliError(f"strategy {name!r} is given twice")
         elif ":" not in rest:
-            weights = dict(default) if rest == "default" else {rest: 1.0}
+            weights = dict(default) if rest in ("default", "adaptive") else {rest: 1.0}
             out[rest], current = weights, None
             continue
         if current is None:
@@ -353,6 +357,12 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         )
     except DatasetError as exc:
         raise CliError(str(exc)) from None
+    if not dataset.true_labels:
+        print(
+            f"warning: {dataset.name} has only the labels it was given; test accuracy is "
+            "measured against them, not against true classes",
+            file=sys.stderr,
+        )
     rows = {row_name(n, s): w for n, w in strategies.items() for s in serves}
     _report(settings, args, dataset.name, curves, rows)
     return 0

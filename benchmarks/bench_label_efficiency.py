@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +44,30 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
+from backend.selection import AUDIT_WINDOW
 from backend.settings import StrategySettings
+from backend.simulate_sets import GENERATED, generate
 from strategies import REGISTRY, Pool
+from strategies.audit import prequential_accuracy
+from strategies.bandit import AUDIT, build_queue, judge_push, proxy_features
 from strategies.base import threads
 from strategies.combine import prioritize
 
 BATCH = 10
-CHECKPOINTS = (50, 100, 200, 300)
+CHECKPOINTS = (10, 20, 40, 60, 100, 200, 300)
+#: Rows compared by the issue's goals: random, the single fixed strategies, the configured
+#: combination and the adaptive selection (``--methods contenders``).
+CONTENDERS = ("random", "margin", "entropy", "cold_start", "default", "adaptive")
+AUDIT_SHARE = 0.1
+#: Audit estimates are checked once they rest on this many audit labels.
+AUDIT_MIN = 5
 COMMITTEE = 5
 DEFAULT_WEIGHTS = dict(StrategySettings().weights)
 DEFAULT_FADE = dict(StrategySettings().fade_after)
 MODEL_SIGNALS = ("least_confidence", "margin", "entropy", "balance")
 COMMITTEE_SIGNALS = ("bald", "vote_entropy", "kl_consensus")
 EMBEDDING_SIGNALS = ("coverage", "coreset", "typicality", "cold_start")
-DATASETS = ("digits", "digits-emb", "textures", "tiles")
+DATASETS = ("digits", "digits-emb", "textures", "tiles", "nuisance", "rare")
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "bench-embeddings"
 EMBED_SIZE = 96  # Lite0 input side for these small images; 224 is slower and no better on digits
 PCA_DIMS = 64  # 1280-d fits are ~8x slower for 1-3 points of full-data accuracy
@@ -88,6 +98,9 @@ class State:
     rng: np.random.Generator
     model: LogisticRegression | None = None
     members: list[LogisticRegression] | None = None
+    y: np.ndarray | None = None  # true classes, for the audit checks only
+    test_accuracy: float = float("nan")  # of ``model``, on the test split
+    memory: dict[str, Any] = field(default_factory=dict)  # a method's own state across rounds
 
     def probs(self, model: LogisticRegression) -> np.ndarray:
         full = np.zeros((self.X.shape[0], self.n_classes))
@@ -147,6 +160,84 @@ def _combination(
     return pick
 
 
+def _adaptive(state: State) -> np.ndarray:
+    """The cycle's selection: audit share + the bandit over the arms (``strategies.bandit``)."""
+    mem = state.memory
+    if "proxy" not in mem:
+        mem.update(proxy=proxy_features(state.X, rng=state.rng), rewards=[], audit=[], checks=[])
+    previous = mem.pop("picks", None)
+    if previous is not None:  # the annotator labeled the whole previous batch
+        rows, arms = previous
+        picked: dict[str, list[int]] = {}
+        for row, arm in zip(rows, arms, strict=True):
+            (mem["audit"] if arm == AUDIT else picked.setdefault(arm, [])).append(int(row))
+        mem["rewards"] += judge_push(
+            mem["proxy"],
+            state.labels,
+            {a: np.asarray(r, dtype=np.int64) for a, r in picked.items()},
+            np.asarray(mem["audit"], dtype=np.int64),
+            cycle=len(mem["checks"]),
+            n_classes=state.n_classes,
+        )
+    pool = _pool(state)
+    combined = prioritize(
+        pool, DEFAULT_WEIGHTS, rng=state.rng, batch_size=BATCH, fade_after=DEFAULT_FADE
+    ).order
+    built, allocation = build_queue(
+        pool,
+        combined,
+        mem["rewards"],
+        rng=state.rng,
+        batch_size=BATCH,
+        audit_share=AUDIT_SHARE,
+        adaptive=True,
+    )
+    chosen, arms = built.order[:BATCH], built.arms[:BATCH]
+    mem["picks"] = (chosen, arms)
+    mem["checks"].append(_audit_check(state, chosen, arms))
+    mem.setdefault("shares", []).append(dict(allocation.shares))
+    return chosen
+
+
+def _audit_check(state: State, chosen: np.ndarray, arms: tuple[str, ...]) -> dict[str, Any]:
+    """This round's audit predictions (before labels) and whether both estimates cover the truth.
+
+    Prequential: the newest ``AUDIT_WINDOW`` audit outcomes against the mean test accuracy of the
+    models that made them. Cross-fitted: the audit items labeled so far, each predicted by a model
+    fit without its fold, against the current model's test accuracy.
+    """
+    mem, check = state.memory, {}
+    outcomes = mem.setdefault("outcomes", [])
+    if state.model is not None and state.y is not None:
+        audit = chosen[np.asarray(arms) == AUDIT]
+        hits = state.model.predict(state.X[audit]) == state.y[audit]
+        outcomes += [(bool(h), state.test_accuracy) for h in hits]
+    recent = outcomes[-AUDIT_WINDOW:]
+    if len(recent) >= AUDIT_MIN:
+        est = prequential_accuracy(np.array([h for h, _ in recent]))
+        truth = float(np.mean([a for _, a in recent]))
+        check["prequential"] = est.low <= truth <= est.high
+    audit_rows = np.asarray(mem.get("audit", []), dtype=np.int64)
+    if state.model is not None and audit_rows.shape[0] >= AUDIT_MIN:
+        est = prequential_accuracy(_crossfit_hits(state, audit_rows))
+        check["crossfit"] = est.low <= state.test_accuracy <= est.high
+    return check
+
+
+def _crossfit_hits(state: State, audit: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Out-of-fold predictions of the labeled audit items (each fold fit without its items)."""
+    labeled = state.labels >= 0
+    hits = np.zeros(audit.shape[0], dtype=bool)
+    for part in np.array_split(np.arange(audit.shape[0]), folds):
+        train = labeled.copy()
+        train[audit[part]] = False
+        if part.shape[0] == 0 or np.unique(state.labels[train]).shape[0] < 2:
+            continue
+        model = _fit(state.X[train], state.labels[train])
+        hits[part] = model.predict(state.X[audit[part]]) == state.labels[audit[part]]
+    return hits
+
+
 def _modal(query: str) -> Callable[[State], np.ndarray]:
     from modAL import disagreement, uncertainty
     from modAL.models import ActiveLearner, Committee
@@ -185,6 +276,9 @@ def methods() -> dict[str, Callable[[State], np.ndarray]]:
         table[name] = _ours(name)
     default = _weights_label(DEFAULT_WEIGHTS, DEFAULT_FADE)
     table[f"ours: default ({default})"] = _combination(DEFAULT_WEIGHTS, DEFAULT_FADE)
+    table[
+        "ours: adaptive (audit 10 % + bandit over random, margin, entropy, typiclust, default)"
+    ] = _adaptive
     table["  ablation: default, no fading"] = _combination(DEFAULT_WEIGHTS, {})
     table["  ablation: default, no batch diversity"] = _combination(
         DEFAULT_WEIGHTS, DEFAULT_FADE, diversity="none"
@@ -225,6 +319,9 @@ def tile_images(tile: int = 32, per_photo: int = TILES_PER_PHOTO) -> tuple[list[
 
 
 def _images(dataset: str) -> tuple[list[bytes], np.ndarray]:
+    if dataset in GENERATED:
+        made = generate(dataset)
+        return list(made.images), made.y
     if dataset == "digits-emb":
         from backend.demo import digit_images
 
@@ -270,8 +367,29 @@ def features(dataset: str) -> Path:
     return path
 
 
-def race(task: Task) -> tuple[str, int, dict[int, float], float]:
-    """Run one method on one seed; returns test accuracy per label count and the full accuracy."""
+@dataclass(frozen=True)
+class Result:
+    """One race's outcome.
+
+    Attributes:
+        curve: labels -> test accuracy.
+        full: test accuracy of a model fit on the whole pool.
+        rare: labels of the dataset's rarest class among the first 100.
+        checks: per round, whether each audit estimate's interval covered the truth.
+        shares: per round, the arms' shares (adaptive only).
+    """
+
+    method: str
+    seed: int
+    curve: dict[int, float]
+    full: float
+    rare: int
+    checks: tuple[dict[str, bool], ...] = ()
+    shares: tuple[dict[str, float], ...] = ()
+
+
+def race(task: Task) -> Result:
+    """Run one method on one seed: its learning curve, the full accuracy, the audit checks."""
     # One process per CPU already: BLAS and the scoring kernels stay on one thread each.
     with threadpool_limits(1), threads(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -286,36 +404,51 @@ def race(task: Task) -> tuple[str, int, dict[int, float], float]:
         full = _fit(X, y).score(X_test, y_test)
         rng = np.random.default_rng(task.seed)
         n_classes = int(y_all.max()) + 1
-        state = State(X=X, labels=np.full(len(y), -1), n_classes=n_classes, rng=rng)
+        rarest = int(np.argmin(np.bincount(y_all, minlength=n_classes)))
+        state = State(X=X, labels=np.full(len(y), -1), n_classes=n_classes, rng=rng, y=y)
         pick = methods()[task.method]
         curve: dict[int, float] = {}
+        rare = 0
         while (n_labeled := int((state.labels >= 0).sum())) < task.budget:
             chosen = pick(state)
+            rare += int(np.sum(y[chosen][: max(0, 100 - n_labeled)] == rarest))
             state.labels[chosen] = y[chosen]
             n_labeled += len(chosen)
             known = state.labels >= 0
             if np.unique(state.labels[known]).shape[0] >= 2:
                 state.model = _fit(X[known], state.labels[known])
-                curve[n_labeled] = state.model.score(X_test, y_test)
-        return task.method, task.seed, curve, full
+                curve[n_labeled] = state.test_accuracy = state.model.score(X_test, y_test)
+            else:  # one class: every test item gets it
+                curve[n_labeled] = float(np.mean(y_test == state.labels[known][0]))
+        checks = tuple(state.memory.get("checks", ()))
+        shares = tuple(state.memory.get("shares", ()))
+        return Result(task.method, task.seed, curve, full, rare, checks, shares)
 
 
-def summarize(
-    results: list[tuple[str, int, dict[int, float], float]], budget: int, dataset: str
-) -> None:
-    """Aggregate over seeds and print one table."""
-    names = list(dict.fromkeys(r[0] for r in results))
+def _reach(results: list[Result]) -> list[float]:
+    needed = []
+    for r in results:
+        hits = [n for n, acc in sorted(r.curve.items()) if acc >= 0.95 * r.full]
+        needed.append(hits[0] if hits else np.inf)
+    return needed
+
+
+def summarize(results: list[Result], budget: int, dataset: str) -> None:
+    """Aggregate over seeds and print one table: mean and 10th percentile per label count."""
+    names = list(dict.fromkeys(r.method for r in results))
     rows = []
     for name in names:
-        runs = [r for r in results if r[0] == name]
-        accs = [np.mean([r[2].get(c, np.nan) for r in runs]) for c in CHECKPOINTS]
-        needed = []
-        for _, _, curve, full in runs:
-            hits = [n for n, acc in sorted(curve.items()) if acc >= 0.95 * full]
-            needed.append(hits[0] if hits else np.inf)
+        runs = [r for r in results if r.method == name]
+        cells = []
+        for c in CHECKPOINTS:
+            accs = np.array([r.curve.get(c, np.nan) for r in runs])
+            cells.append(f"{np.nanmean(accs):.3f} / {np.nanpercentile(accs, 10):.3f}")
+        needed = _reach(runs)
         reached = f"{np.mean(needed):.0f}" if np.isfinite(needed).all() else f">{budget}"
-        rows.append([name, *(f"{a:.3f}" for a in accs), reached, f"{np.mean(accs):.3f}"])
-    full = np.mean([r[3] for r in results if r[0] == names[0]])
+        spread = f"{np.std(needed):.0f}" if np.isfinite(needed).all() else "-"
+        rare = np.mean([r.rare for r in runs])
+        rows.append([name, *cells, reached, spread, f"{rare:.1f}"])
+    full = np.mean([r.full for r in results if r.method == names[0]])
     features = (
         "raw pixels"
         if dataset == "digits"
@@ -323,14 +456,45 @@ def summarize(
     )
     title = (
         f"Label efficiency, {dataset} ({features}), LogisticRegression, batch {BATCH}, "
-        f"{len({r[1] for r in results})} seeds, full-data accuracy {full:.3f} ({machine()})"
+        f"{len({r.seed for r in results})} seeds, full-data accuracy {full:.3f} ({machine()}); "
+        "cells: mean / 10th percentile over seeds"
     )
-    headers = ["method", *(f"acc@{c}" for c in CHECKPOINTS), "labels to 95% of full", "mean acc"]
+    headers = [
+        "method",
+        *(f"acc@{c}" for c in CHECKPOINTS),
+        "labels to 95% of full",
+        "std",
+        "rarest class in first 100",
+    ]
     print_table(headers, rows, title=title)
+    _print_audit(results)
+
+
+def _print_audit(results: list[Result]) -> None:
+    """How often the audit estimates' 90 % intervals covered the truth, and the mean shares."""
+    checked = [r for r in results if r.checks]
+    if not checked:
+        return
+    for kind in ("prequential", "crossfit"):
+        flags = [c[kind] for r in checked for c in r.checks if kind in c]
+        if flags:
+            print(
+                f"audit {kind}: 90 % interval covered the truth in {np.mean(flags):.1%} "
+                f"of {len(flags)} rounds"
+            )
+    arms = sorted({a for r in checked for s in r.shares for a in s})
+    for start, stop in ((0, 5), (5, 15), (15, None)):
+        means = {
+            a: np.mean([s.get(a, 0.0) for r in checked for s in r.shares[start:stop]]) for a in arms
+        }
+        span = f"rounds {start + 1}-{stop}" if stop else f"rounds {start + 1}+"
+        print(f"adaptive shares, {span}: " + ", ".join(f"{a} {v:.2f}" for a, v in means.items()))
 
 
 def _chosen(name: str, wanted: list[str] | None) -> bool:
     """Whether ``--methods`` keeps the row ``name`` ("default" keeps "ours: default (...)")."""
+    if wanted is not None and "contenders" in wanted:
+        wanted = [*wanted, *CONTENDERS]
     return wanted is None or any(name == w or name.startswith(f"ours: {w} (") for w in wanted)
 
 
@@ -361,7 +525,7 @@ def main() -> None:
             raise SystemExit(f"--methods {args.methods} names no row; rows: {list(methods())}")
         tasks = [Task(name, seed, budget, data) for name in names for seed in seeds]
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            results = list(pool.map(race, tasks))
+            results = list(pool.map(race, tasks, chunksize=4))
         summarize(results, budget, dataset)
 
 

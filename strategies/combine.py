@@ -3,7 +3,8 @@
 1. Phase. While the pool has no probabilities, or embeddings exist and fewer than
    ``cold_start_labels`` items are labeled, the queue is the cold-start ordering
    (:mod:`strategies.coldstart`; random when there are no embeddings either). Otherwise the
-   model-based signals take over (phase "model").
+   model-based signals take over (phase "model"). Weights without any model-based signal
+   (random, coverage, typicality alone) need no cold start: they order the queue from the start.
 2. Fusion. Each weighted labeling signal is rank-normalized over the unlabeled items (percentile in
    [0, 1], ties averaged), so its scale does not matter; the combined score is the weighted mean.
    Signals whose inputs are missing are skipped and reported in ``Priority.skipped``. A signal
@@ -352,6 +353,15 @@ def merge_batch(
     return items[order], is_review[order]
 
 
+def _needs_model(weights: Mapping[str, float]) -> bool:
+    """Whether some weighted labeling signal needs a model (weights of random, coverage or
+    typicality alone order the queue from the first item, with no cold start)."""
+    return any(
+        w > 0 and REGISTRY[name].kind == "label" and REGISTRY[name].needs & {"probs", "committee"}
+        for name, w in weights.items()
+    )
+
+
 def prioritize(
     pool: Pool,
     weights: Mapping[str, float],
@@ -388,7 +398,9 @@ def prioritize(
             f"need batch_size >= 1 and 0 <= review_share <= 1, got {batch_size}, {review_share}"
         )
     n_labeled = int(pool.labeled.sum())
-    cold = pool.probs is None or (pool.embeddings is not None and n_labeled < cold_start_labels)
+    cold = _needs_model(weights) and (
+        pool.probs is None or (pool.embeddings is not None and n_labeled < cold_start_labels)
+    )
     skipped: dict[str, str] = {}
     used = {} if cold else faded_weights(weights, fade_after, n_labeled)
     if cold:

@@ -277,3 +277,49 @@ class TaskImage(Base):
     backbone: Mapped[str] = mapped_column(String(200))
     image_ref: Mapped[str | None] = mapped_column(Text)
     embedded_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SelectionPick(Base):
+    """One recorded queue position of a push: which arm chose the task, or ``audit``.
+
+    Audit items are uniform random draws from the unlabeled pool (``arm == "audit"``);
+    ``predicted`` is the model's label for the task when it was pushed (None before a model
+    existed). The next cycle resolves every pending pick: ``labeled`` (the label arrived while this
+    push was the live queue; ``label`` and ``correct`` filled) or ``expired`` (it did not).
+    """
+
+    __tablename__ = "selection_picks"
+    __table_args__ = (
+        Index("ix_selection_picks_project", "project_id", "state", "cycle_id"),
+        Index("ix_selection_picks_arm", "project_id", "arm", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigInteger)
+    cycle_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(BigInteger)
+    arm: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(200))
+    predicted: Mapped[str | None] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    label: Mapped[str | None] = mapped_column(String(500))
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None]
+
+
+class SelectionReward(Base):
+    """One arm's reward in one cycle (:class:`strategies.bandit.Reward`), kept for the bandit."""
+
+    __tablename__ = "selection_rewards"
+    __table_args__ = (Index("ix_selection_rewards_project", "project_id", "cycle_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigInteger)
+    cycle_id: Mapped[int] = mapped_column(Integer)
+    arm: Mapped[str] = mapped_column(String(32))
+    win: Mapped[float] = mapped_column(Float)
+    gain: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import select
 
 from backend.cycle import make_runner
 from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
@@ -24,6 +25,9 @@ from backend.scheduler import CycleRun, run_cycle_once
 from backend.settings import Settings, load_settings
 from backend.store import cycles, repo
 from backend.store.db import Store
+from backend.store.models import SelectionPick
+from strategies.audit import audit_count
+from strategies.bandit import ARMS
 
 pytestmark = pytest.mark.integration
 N_IMAGES = 240
@@ -180,6 +184,39 @@ def test_model_cycle_reorders_queue_and_flags_planted_errors(loop: Loop) -> None
     first = loop.ls.get_task(flagged[0])
     assert "likely mislabeled" in first["data"]["labelloop_label_error_reason"]
     assert first["data"]["labelloop_model"] != ""
+
+
+def test_the_pushed_queue_carries_the_recorded_audit_share(loop: Loop) -> None:
+    """The 5 labels since the last push resolve its picks; the new push's first batch holds the
+    audit share, recorded position by position in the order Label Studio serves."""
+    run = loop.cycle()
+    assert run.state == "succeeded", loop.last_cycle()
+    record = loop.last_cycle()
+    strategy = loop.settings.strategy
+    with loop.store.session() as session:
+        picks = session.scalars(
+            select(SelectionPick)
+            .where(SelectionPick.cycle_id == run.cycle_id)
+            .order_by(SelectionPick.position)
+        ).all()
+        resolved = session.scalars(
+            select(SelectionPick).where(SelectionPick.state == "labeled")
+        ).all()
+        assert picks and all(p.state == "pending" for p in picks)
+        queue = _queue_order(loop)
+        assert [p.task_id for p in picks] == queue[: len(picks)]
+        first = picks[: strategy.batch_size]
+        audit = [p for p in first if p.arm == "audit"]
+        assert len(audit) == audit_count(strategy.batch_size, strategy.audit_share)
+        assert all(p.predicted is not None and p.model_version == record["model_version"]
+                   for p in audit)  # fmt: skip
+        assert {p.arm for p in first} - {"audit"} <= set(ARMS)
+        # the 5 tasks labeled after the model cycle's push were its recorded first positions
+        assert len([p for p in resolved if p.cycle_id < run.cycle_id]) >= 5
+        assert all(p.label == loop.truth[p.task_id] for p in resolved)
+    assert record["metrics"]["selection"]["mode"] == "adaptive"
+    assert "accuracy" in record["metrics"]  # the cross-validated figure, beside the audit's
+    assert "audit_accuracy" in record["metrics"]
 
 
 def test_reviewed_tasks_leave_the_review_view(loop: Loop) -> None:

@@ -123,9 +123,11 @@ def test_cli_json_on_an_image_folder(tmp_path: Path, capsys: pytest.CaptureFixtu
     argv = ["--config", str(_config(tmp_path)), "simulate", "--dataset", str(images)]
     argv += ["--seeds", "2", "--budget", "20", "--batch-size", "10", "--json", "--plot", str(plot)]
     assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "only the labels it was given" in captured.err  # a folder has no true classes
     assert out["dataset"] == str(images) and out["backbone"] == "small_cnn"
-    assert set(out["strategies"]) == {"default", "random"}
+    assert set(out["strategies"]) == {"adaptive", "default", "random"}
     runs = out["strategies"]["random"]["runs"]
     assert [r["seed"] for r in runs] == [0, 1]
     assert all(r["labels"] == [10, 20] for r in runs)

@@ -1,0 +1,301 @@
+"""The audit sample and the adaptive selection in the cycle: what is pushed, recorded and learned.
+
+Each cycle, after scoring:
+
+1. :func:`resolve` marks the pending picks of the previous push whose task is labeled now: those
+   labels arrived while that push was the live queue. An audit pick's outcome (was the model's
+   prediction at push time right?) feeds :func:`audit_accuracy`.
+2. :func:`plan` turns the judged picks into rewards (:func:`strategies.bandit.arm_rewards`), sets
+   the arms' shares from every reward of the project (:func:`strategies.bandit.allocate`; with
+   ``strategy.selection: fixed`` the configured weights alone) and builds the queue: audit items
+   drawn uniformly, interleaved with the arms' picks.
+3. After Label Studio took the push, :func:`record` expires what the previous push left unlabeled
+   and records the new push's first positions (arm, audit, the model's prediction).
+
+An annotation saved between this cycle's reconcile and its push is counted for the new push; at
+``loop.retrain_after`` labels per cycle that is a handful of items at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from sqlalchemy import select, update
+
+from backend.settings import Settings
+from backend.store.db import Store
+from backend.store.models import SelectionPick, SelectionReward, utcnow
+from strategies import Pool
+from strategies.audit import AccuracyEstimate, prequential_accuracy
+from strategies.bandit import (
+    ARMS,
+    AUDIT,
+    Allocation,
+    Belief,
+    Reward,
+    build_queue,
+    judge_push,
+    proxy_features,
+)
+from strategies.combine import Priority
+
+#: The audit estimate uses the newest this many audit labels (older models weigh less then).
+AUDIT_WINDOW = 200
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The queue this cycle pushes and why.
+
+    Attributes:
+        priority: the scored priority with ``order``/``priority`` replaced by the built queue.
+        arms: arm of each of the first ``len(arms)`` queue positions ("audit" for audit items).
+        mode: "adaptive" or "fixed" (multi-label projects and a zero audit share run fixed).
+        allocation: the shares and beliefs (fixed: "combined" alone, random none).
+        rewards: the rewards filed this cycle.
+        crossfit: the current model's accuracy on the audit items (:func:`crossfit_accuracy`).
+    """
+
+    priority: Priority
+    arms: tuple[str, ...]
+    mode: str
+    allocation: Allocation
+    rewards: tuple[Reward, ...]
+    crossfit: AccuracyEstimate | None
+
+    def metrics(self, prequential: AccuracyEstimate | None) -> dict[str, object]:
+        """What the cycle record and the cycles API carry, beside the cross-validated metrics:
+        the audit estimates (prequential, and cross-fitted for the current model) and the
+        selection's report."""
+        return {
+            "audit_accuracy": prequential.as_dict() if prequential is not None else None,
+            "audit_accuracy_crossfit": self.crossfit.as_dict() if self.crossfit else None,
+            "selection": self.report(),
+        }
+
+    def report(self) -> dict[str, object]:
+        """JSON-ready summary for the cycle's metrics, the diagnosis and ``strategy show``."""
+        return {
+            "mode": self.mode,
+            "shares": {a: round(s, 4) for a, s in self.allocation.shares.items()},
+            "arms": [_belief_dict(b) for b in self.allocation.beliefs],
+            "audit_items": sum(a == AUDIT for a in self.arms),
+            "rewards": [
+                {"arm": r.arm, "win": r.win, "gain": r.gain, "n": r.n} for r in self.rewards
+            ],
+        }
+
+
+def _belief_dict(b: Belief) -> dict[str, object]:
+    return {
+        "arm": b.arm,
+        "share": round(b.share, 4),
+        "trusted": b.trusted,
+        "p_better": round(b.p_better, 4),
+        "wins": round(b.wins, 3),
+        "comparisons": round(b.comparisons, 3),
+        "reason": b.reason,
+    }
+
+
+def predicted_string(labels: Sequence[str]) -> str:
+    """A suggestion as text, as :func:`backend.cycle.given_labels` writes a given label (tags in
+    the label config's order, comma-joined)."""
+    return ", ".join(labels)
+
+
+def resolve(store: Store, project_id: int, labels: Mapping[int, str]) -> list[SelectionPick]:
+    """Mark pending picks whose task is labeled now; returns them (detached)."""
+    now = utcnow()
+    with store.session() as session:
+        pending = session.scalars(
+            select(SelectionPick).where(
+                SelectionPick.project_id == project_id, SelectionPick.state == "pending"
+            )
+        ).all()
+        done = []
+        for pick in pending:
+            label = labels.get(pick.task_id)
+            if label is None:
+                continue
+            pick.state, pick.label, pick.resolved_at = "labeled", label, now
+            pick.correct = None if pick.predicted is None else pick.predicted == label
+            done.append(pick)
+        session.flush()
+        session.expunge_all()
+    return done
+
+
+def audit_accuracy(
+    store: Store, project_id: int, *, window: int = AUDIT_WINDOW
+) -> AccuracyEstimate | None:
+    """The prequential accuracy of the project's serving models on its pool, from the newest
+    ``window`` audit labels that had a prediction; None before there is one.
+
+    For the review thresholds and the forecast: unlike cross-validated accuracy on the labels the
+    strategies chose (the hard items), this is unbiased for the pool.
+    """
+    with store.session() as session:
+        outcomes = session.scalars(
+            select(SelectionPick.correct)
+            .where(
+                SelectionPick.project_id == project_id,
+                SelectionPick.arm == AUDIT,
+                SelectionPick.state == "labeled",
+                SelectionPick.correct.is_not(None),
+            )
+            .order_by(SelectionPick.id.desc())
+            .limit(window)
+        ).all()
+    if not outcomes:
+        return None
+    return prequential_accuracy(np.array([bool(c) for c in outcomes], dtype=bool))
+
+
+def load_rewards(store: Store, project_id: int) -> list[Reward]:
+    """Every reward of the project, cycles numbered 0, 1, ... in order."""
+    with store.session() as session:
+        rows = session.scalars(
+            select(SelectionReward)
+            .where(SelectionReward.project_id == project_id)
+            .order_by(SelectionReward.cycle_id)
+        ).all()
+        numbers = {c: i for i, c in enumerate(sorted({r.cycle_id for r in rows}))}
+        return [Reward(numbers[r.cycle_id], r.arm, r.win, r.gain, r.n) for r in rows]
+
+
+def _judge(
+    store: Store, project_id: int, pool: Pool, task_ids: np.ndarray, done: Sequence[SelectionPick]
+) -> list[Reward]:
+    """File the rewards of the newest push's judged picks (:func:`strategies.bandit.judge_push`)."""
+    arm_picks = [p for p in done if p.arm != AUDIT]
+    if not arm_picks or pool.embeddings is None or pool.multilabel:
+        return []
+    cycle_id = max(p.cycle_id for p in arm_picks)
+    row = {int(t): i for i, t in enumerate(task_ids)}
+    picked: dict[str, list[int]] = {}
+    for pick in sorted(arm_picks, key=lambda p: p.position):
+        if pick.cycle_id == cycle_id and pick.task_id in row:
+            picked.setdefault(pick.arm, []).append(row[pick.task_id])
+    rng = np.random.default_rng(cycle_id)
+    rewards = judge_push(
+        proxy_features(pool.embeddings, rng=rng),
+        pool.labels,
+        {a: np.asarray(r, dtype=np.int64) for a, r in picked.items()},
+        _audit_rows(store, project_id, pool, row),
+        cycle=cycle_id,
+        n_classes=int(pool.n_classes or pool.labels.max() + 1),
+    )
+    with store.session() as session:
+        session.add_all(
+            SelectionReward(
+                project_id=project_id, cycle_id=cycle_id, arm=r.arm, win=r.win, gain=r.gain, n=r.n
+            )
+            for r in rewards
+        )
+    return rewards
+
+
+def _audit_rows(store: Store, project_id: int, pool: Pool, row: Mapping[int, int]) -> np.ndarray:
+    """Pool rows of every audit item whose label arrived and is still there."""
+    with store.session() as session:
+        audited = session.scalars(
+            select(SelectionPick.task_id).where(
+                SelectionPick.project_id == project_id,
+                SelectionPick.arm == AUDIT,
+                SelectionPick.state == "labeled",
+            )
+        ).all()
+    rows = sorted({row[t] for t in audited if t in row and pool.labeled[row[t]]})
+    return np.asarray(rows, dtype=np.int64)
+
+
+def crossfit_accuracy(pool: Pool, audit: np.ndarray) -> AccuracyEstimate | None:
+    """The current model's accuracy from its out-of-sample (cross-fitted) predictions of the
+    labeled audit items: unbiased for the pool like the prequential figure (the audit items are
+    uniform draws), and about the model serving now (its folds train on (K-1)/K of the labels, so
+    it errs a little low). None without a model or audit labels; single-label only."""
+    if pool.oos_probs is None or pool.multilabel or audit.shape[0] == 0:
+        return None
+    return prequential_accuracy(pool.oos_probs[audit].argmax(axis=1) == pool.labels[audit])
+
+
+def plan(
+    settings: Settings,
+    store: Store,
+    project_id: int,
+    pool: Pool,
+    priority: Priority,
+    task_ids: np.ndarray,
+    labels: Mapping[int, str],
+) -> Plan:
+    """Resolve the previous push, reward its arms, and build this cycle's queue."""
+    strategy = settings.strategy
+    rng = np.random.default_rng([settings.model.seed, int(pool.labeled.sum())])
+    done = resolve(store, project_id, labels)
+    adaptive = strategy.selection == "adaptive" and strategy.audit_share > 0
+    adaptive = adaptive and not pool.multilabel and pool.embeddings is not None
+    rewards = _judge(store, project_id, pool, task_ids, done) if adaptive else []
+    built, allocation = build_queue(
+        pool,
+        priority.order,
+        load_rewards(store, project_id) if adaptive else [],
+        rng=rng,
+        batch_size=strategy.batch_size,
+        audit_share=strategy.audit_share,
+        adaptive=adaptive,
+    )
+    row = {int(t): i for i, t in enumerate(task_ids)}
+    current = crossfit_accuracy(pool, _audit_rows(store, project_id, pool, row))
+    position = np.full(pool.n, np.nan)
+    position[built.order] = np.arange(built.order.shape[0], dtype=np.float64)
+    queued = replace(priority, order=built.order, priority=position)
+    mode = "adaptive" if adaptive else "fixed"
+    return Plan(queued, built.arms, mode, allocation, tuple(rewards), current)
+
+
+def record(
+    store: Store,
+    project_id: int,
+    cycle_id: int,
+    version: str,
+    task_ids: Sequence[int],
+    arms: Sequence[str],
+    predicted: Sequence[str | None],
+) -> int:
+    """Expire the previous push's unlabeled picks and record this push's; returns picks written.
+
+    Args:
+        task_ids: the queue's first ``len(arms)`` tasks, in queue order.
+        arms: the arm (or "audit") of each.
+        predicted: the model's suggestion for each as text; None before a model exists.
+    """
+    now = utcnow()
+    with store.session() as session:
+        session.execute(
+            update(SelectionPick)
+            .where(SelectionPick.project_id == project_id, SelectionPick.state == "pending")
+            .values(state="expired", resolved_at=now)
+        )
+        session.add_all(
+            SelectionPick(
+                project_id=project_id,
+                cycle_id=cycle_id,
+                task_id=int(task),
+                arm=arm,
+                position=position,
+                model_version=version,
+                predicted=guess,
+                state="pending",
+                created_at=now,
+            )
+            for position, (task, arm, guess) in enumerate(
+                zip(task_ids, arms, predicted, strict=True)
+            )
+        )
+    return len(arms)
+
+
+__all__ = ["ARMS", "Plan", "audit_accuracy", "plan", "record", "resolve"]

@@ -1,0 +1,419 @@
+"""Online selection among a portfolio of arms, paid by what their labels do on the audit sample.
+
+No fixed strategy wins on every data set, and random order is hard to beat with few labels. So
+each cycle's queue is shared among *arms* (random, margin, entropy, TypiClust coverage and the
+configured weighted combination) in proportions a bandit sets from what each arm's labels
+measurably did.
+
+Reward (our adaptation of Active Learning By Learning, Hsu and Lin 2015). ALBL pays the arm that
+chose a query the model's accuracy afterwards, estimated without bias by importance weighting
+its uniform queries. With a batch shared by arms, the model after the batch cannot tell the arms
+apart, so each arm's labels are judged by a paired counterfactual instead: a proxy learner
+(multinomial logistic regression on the embeddings) is fit on the labels the arms had in common
+(``base``) and on ``base`` plus the first ``m`` labels of each arm (``m`` the smallest arm's count,
+so every arm is judged on as many labels), and scored on the audit items (held out from every
+fit; uniform draws from the pool, so the score is unbiased for the pool). An arm *wins* a cycle
+when its labels lowered the audit Brier score more than random's labels did (ties count half).
+Wins are scale-free, so cycles early (large gains) and late (small gains) weigh alike.
+
+Allocation. Each arm's chance of beating random in a cycle has a Beta posterior over its
+discounted wins (``discount`` per cycle of age: the best arm changes as labels grow). Each cycle
+the non-audit part of the batch is split by probability matching (Thompson sampling): the share of
+an arm is how often it has the highest draw, random counting as ``0.5 + hurdle`` (an arm must win
+more than half of its comparisons to take random's place). Random always keeps at least
+``random_floor`` of the batch, so there is always a reference to compare with, and takes
+everything when no arm shows it beats random: never worse than random order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import beta as beta_dist
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+
+from strategies import REGISTRY
+from strategies.audit import audit_count, draw_audit
+from strategies.base import FloatArray, IntArray, Pool, eligible, top_k
+from strategies.coldstart import cold_start_order
+
+#: The portfolio, in the order the dashboard lists it. "combined" is the configured weighting.
+ARMS = ("random", "margin", "entropy", "typiclust", "combined")
+AUDIT = "audit"
+#: Prior Beta(wins, losses) of "beats random in a cycle": the configured combination starts
+#: trusted a little (it is the measured default), the others even.
+PRIOR: Mapping[str, tuple[float, float]] = {"combined": (2.0, 1.0)}
+EVEN_PRIOR = (1.0, 1.0)
+DISCOUNT = 0.9
+HURDLE = 0.05
+RANDOM_FLOOR = 0.1
+DRAWS = 4000
+#: An arm is *trusted* when the posterior probability that it beats random reaches this.
+TRUST = 0.8
+#: The proxy learner sees at most this many PCA components of the embeddings.
+PROXY_DIMS = 32
+#: The interleaved, recorded part of the queue spans this many batches; the rest follows the
+#: arm with the largest share.
+HORIZON_BATCHES = 3
+
+
+@dataclass(frozen=True)
+class Reward:
+    """One arm's result in one cycle.
+
+    Attributes:
+        cycle: an increasing cycle number (age = newest cycle - cycle).
+        arm: the arm's name.
+        win: 1 if its labels helped the audit score more than random's, 0 if less, 0.5 tied.
+        gain: decrease of the audit Brier score from its labels (per ``n`` labels).
+        n: how many of its labels were judged.
+    """
+
+    cycle: int
+    arm: str
+    win: float
+    gain: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Belief:
+    """What the bandit thinks of one arm: posterior of beating random, its share, why."""
+
+    arm: str
+    wins: float
+    comparisons: float
+    p_better: float
+    share: float
+    trusted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Shares of the non-audit batch per arm (sum 1) and the beliefs behind them."""
+
+    shares: Mapping[str, float]
+    beliefs: tuple[Belief, ...]
+
+
+def posterior(
+    rewards: Sequence[Reward], arm: str, *, discount: float = DISCOUNT
+) -> tuple[float, float]:
+    """Discounted (wins, comparisons) of ``arm`` over ``rewards``."""
+    if not rewards:
+        return 0.0, 0.0
+    newest = max(r.cycle for r in rewards)
+    mine = [r for r in rewards if r.arm == arm]
+    weights = np.array([discount ** (newest - r.cycle) for r in mine])
+    wins = np.array([r.win for r in mine])
+    return float((weights * wins).sum()), float(weights.sum())
+
+
+def allocate(
+    rewards: Sequence[Reward],
+    available: Sequence[str],
+    *,
+    rng: np.random.Generator,
+    discount: float = DISCOUNT,
+    hurdle: float = HURDLE,
+    random_floor: float = RANDOM_FLOOR,
+    draws: int = DRAWS,
+) -> Allocation:
+    """Split the batch among the ``available`` arms (random is always one of them).
+
+    Args:
+        rewards: every recorded :class:`Reward` of the project (older ones discounted).
+        available: arms the pool can run this cycle (margin needs a model, ...).
+        rng: the Thompson draws.
+    """
+    others = [a for a in available if a != "random"]
+    alpha, beta = np.ones(len(others)), np.ones(len(others))
+    for i, arm in enumerate(others):
+        a0, b0 = PRIOR.get(arm, EVEN_PRIOR)
+        wins, comparisons = posterior(rewards, arm, discount=discount)
+        alpha[i], beta[i] = a0 + wins, b0 + comparisons - wins
+    samples = rng.beta(alpha, beta, size=(draws, len(others))) if others else np.zeros((draws, 0))
+    values = np.concatenate((np.full((draws, 1), 0.5 + hurdle), samples), axis=1)
+    winners = np.bincount(values.argmax(axis=1), minlength=len(others) + 1) / draws
+    random_share = max(random_floor, float(winners[0]))
+    rest = winners[1:].sum()
+    shares = {"random": random_share}
+    for i, arm in enumerate(others):
+        shares[arm] = (1.0 - random_share) * float(winners[i + 1]) / rest if rest > 0 else 0.0
+    if rest <= 0:
+        shares["random"] = 1.0
+    beliefs = [_belief("random", 0.0, 0.0, 0.5, shares["random"], "the reference")]
+    for i, arm in enumerate(others):
+        wins, comparisons = posterior(rewards, arm, discount=discount)
+        p_better = float(beta_dist.sf(0.5, alpha[i], beta[i]))
+        beliefs.append(_belief(arm, wins, comparisons, p_better, shares[arm], ""))
+    return Allocation(shares, tuple(beliefs))
+
+
+def _belief(
+    arm: str, wins: float, comparisons: float, p_better: float, share: float, reason: str
+) -> Belief:
+    trusted = arm != "random" and p_better >= TRUST
+    if not reason:
+        record = f"won {wins:.1f} of {comparisons:.1f} recent comparisons with random"
+        if comparisons < 1:
+            record = "no comparison with random yet"
+        verdict = "trusted" if trusted else "not trusted"
+        reason = f"{record}; P(beats random) = {p_better:.2f}: {verdict}"
+    return Belief(arm, wins, comparisons, p_better, share, trusted, reason)
+
+
+def arm_orders(
+    pool: Pool, combined: IntArray, *, rng: np.random.Generator, batch_size: int
+) -> dict[str, IntArray]:
+    """Each available arm's full order of the unlabeled items, best first.
+
+    Args:
+        pool: the validated pool.
+        combined: (m,) the configured combination's order (:func:`strategies.combine.prioritize`).
+        batch_size: items per batch (TypiClust's cluster count).
+    """
+    candidates = eligible(pool, "label")
+    orders: dict[str, IntArray] = {"random": rng.permutation(candidates).astype(np.int64)}
+    for name in ("margin", "entropy"):
+        if REGISTRY[name].unavailable(pool) is None:
+            scores = REGISTRY[name].score(pool, rng=rng)
+            orders[name] = top_k(scores, candidates, candidates.shape[0], rng=rng).indices
+    if pool.embeddings is not None and pool.probs is not None:
+        # Before a model exists the combination *is* the TypiClust order: one arm, not two.
+        orders["typiclust"] = cold_start_order(
+            pool.embeddings, pool.labeled, batch_size=batch_size, rng=rng
+        )
+    orders["combined"] = np.asarray(combined, dtype=np.int64)
+    return orders
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """The queue built from the arms.
+
+    Attributes:
+        order: (m,) every unlabeled item, label first first.
+        arms: arm name of each of the first ``len(arms)`` positions ("audit" for audit items).
+    """
+
+    order: IntArray
+    arms: tuple[str, ...]
+
+
+def _slots(shares: Mapping[str, float], count: int) -> list[str]:
+    """``count`` arm names in proportion to ``shares``, spread evenly (stride scheduling)."""
+    names = [a for a, s in shares.items() if s > 0]
+    weights = np.array([shares[a] for a in names])
+    weights = weights / weights.sum()
+    credit = np.zeros(len(names))
+    out = []
+    for _ in range(count):  # slots of the recorded horizon only, a few hundred
+        credit += weights
+        pick = int(np.argmax(credit))
+        credit[pick] -= 1.0
+        out.append(names[pick])
+    return out
+
+
+def interleave(
+    orders: Mapping[str, IntArray],
+    shares: Mapping[str, float],
+    audit: IntArray,
+    *,
+    batch_size: int,
+    audit_per_batch: int,
+) -> Interleaved:
+    """Merge the arms' orders into one queue, audit items spread evenly over each batch.
+
+    The first ``HORIZON_BATCHES`` batches are built slot by slot: ``audit_per_batch`` evenly spaced
+    slots of each batch take the next audit item, the others go to the arms in proportion to
+    ``shares``; each arm fills its slot with its best item not yet taken. The rest of the queue
+    follows the arm with the largest share.
+
+    Args:
+        orders: arm -> (m,) its order of the unlabeled items.
+        shares: arm -> share of the non-audit slots (arms missing from ``orders`` are ignored).
+        audit: (a,) the audit items, already drawn uniformly.
+        batch_size: slots per batch.
+        audit_per_batch: audit slots in each batch.
+    """
+    shares = {a: s for a, s in shares.items() if a in orders and s > 0} or {"random": 1.0}
+    m = next(iter(orders.values())).shape[0]
+    taken = np.zeros(int(max((o.max(initial=-1) for o in orders.values()), default=-1)) + 1, bool)
+    taken[audit] = True
+    horizon = min(m, HORIZON_BATCHES * batch_size)
+    pointers = dict.fromkeys(orders, 0)
+    audit_left = list(audit)[::-1]
+    arm_slots = iter(_slots(shares, horizon))
+    order: list[int] = []
+    arms: list[str] = []
+    for position in range(horizon):  # the recorded horizon, a few hundred slots
+        within = position % batch_size
+        is_audit = (within * audit_per_batch) // batch_size != (
+            (within + 1) * audit_per_batch
+        ) // batch_size
+        if is_audit and audit_left:
+            order.append(int(audit_left.pop()))
+            arms.append(AUDIT)
+            continue
+        arm = next(arm_slots)
+        item = _next_free(orders[arm], pointers, arm, taken)
+        if item is None:
+            arm, item = _any_free(orders, pointers, taken)
+        if item is None:
+            break
+        taken[item] = True
+        order.append(item)
+        arms.append(arm)
+    lead = max(shares, key=lambda a: shares[a])
+    rest = [int(i) for i in orders[lead] if not taken[i]]
+    leftover = [int(i) for i in audit_left]
+    return Interleaved(np.asarray(order + leftover + rest, dtype=np.int64), tuple(arms))
+
+
+def _next_free(
+    order: IntArray, pointers: dict[str, int], arm: str, taken: NDArray[np.bool_]
+) -> int | None:
+    p = pointers[arm]
+    while p < order.shape[0] and taken[order[p]]:
+        p += 1
+    pointers[arm] = p
+    return int(order[p]) if p < order.shape[0] else None
+
+
+def _any_free(
+    orders: Mapping[str, IntArray], pointers: dict[str, int], taken: NDArray[np.bool_]
+) -> tuple[str, int | None]:
+    for arm, order in orders.items():
+        item = _next_free(order, pointers, arm, taken)
+        if item is not None:
+            return arm, item
+    return "random", None
+
+
+def proxy_features(embeddings: FloatArray, *, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(n, <= PROXY_DIMS) standardized PCA components of the embeddings (no labels used)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    dims = min(PROXY_DIMS, x.shape[0] - 1, x.shape[1])
+    if dims >= 1 and x.shape[1] > dims:
+        x = PCA(dims, random_state=int(rng.integers(2**31 - 1))).fit_transform(x)
+    spread = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+
+
+def _brier(
+    x: NDArray[np.float64], y: IntArray, train: IntArray, test: IntArray, n_classes: int
+) -> float:
+    """Mean Brier score on ``test`` of a logistic regression fit on ``train``."""
+    classes = np.unique(y[train])
+    probs = np.zeros((test.shape[0], n_classes))
+    if classes.shape[0] < 2:
+        counts = np.bincount(y[train], minlength=n_classes) + 1.0  # add-one frequencies
+        probs[:] = counts / counts.sum()
+    else:
+        model = LogisticRegression(max_iter=200).fit(x[train], y[train])
+        probs[:, model.classes_] = model.predict_proba(x[test])
+    truth = np.eye(n_classes)[y[test]]
+    return float(((probs - truth) ** 2).sum(axis=1).mean())
+
+
+def arm_rewards(
+    x: NDArray[np.float64],
+    y: IntArray,
+    base: IntArray,
+    picked: Mapping[str, IntArray],
+    audit: IntArray,
+    *,
+    cycle: int,
+    n_classes: int,
+) -> list[Reward]:
+    """Judge each arm's labels of one push against random's on the audit items.
+
+    Args:
+        x: (n, d) proxy features (:func:`proxy_features`).
+        y: (n,) labels (only indices named below are read).
+        base: labeled items every arm shares (audit items and the push's arm picks excluded).
+        picked: arm -> its labeled picks of the push, in queue order; must include "random".
+        audit: items the score is measured on (uniform draws, never trained on).
+        cycle: the cycle number the rewards are filed under.
+        n_classes: number of classes.
+
+    Returns:
+        One :class:`Reward` per non-random arm with picks (none without random picks or audit).
+    """
+    judged = {a: p for a, p in picked.items() if p.shape[0] > 0}
+    if "random" not in judged or audit.shape[0] == 0 or len(judged) < 2:
+        return []
+    m = min(p.shape[0] for p in judged.values())
+    reference = _brier(x, y, base, audit, n_classes)
+    gains = {
+        arm: (reference - _brier(x, y, np.concatenate((base, p[:m])), audit, n_classes)) / m
+        for arm, p in judged.items()
+    }
+    out = []
+    for arm, gain in gains.items():
+        if arm == "random":
+            continue
+        diff = gain - gains["random"]
+        win = 0.5 if abs(diff) < 1e-12 else float(diff > 0)
+        out.append(Reward(cycle, arm, win, gain, m))
+    return out
+
+
+def judge_push(
+    x: NDArray[np.float64],
+    labels: IntArray,
+    picked: Mapping[str, IntArray],
+    audit: IntArray,
+    *,
+    cycle: int,
+    n_classes: int,
+) -> list[Reward]:
+    """Rewards of one push: ``picked`` (arm -> its labeled picks, in queue order) judged on
+    ``audit`` (every labeled audit item), with every other labeled item as the shared base."""
+    excluded = np.zeros(labels.shape[0], dtype=bool)
+    excluded[audit] = True
+    for rows in picked.values():
+        excluded[rows] = True
+    base = np.flatnonzero((labels >= 0) & ~excluded).astype(np.int64)
+    return arm_rewards(x, labels, base, picked, audit, cycle=cycle, n_classes=n_classes)
+
+
+def build_queue(
+    pool: Pool,
+    combined: IntArray,
+    rewards: Sequence[Reward],
+    *,
+    rng: np.random.Generator,
+    batch_size: int,
+    audit_share: float,
+    adaptive: bool,
+) -> tuple[Interleaved, Allocation]:
+    """This cycle's queue: audit items drawn uniformly, the rest shared among the arms.
+
+    Args:
+        pool: the validated pool.
+        combined: (m,) the configured combination's order.
+        rewards: every reward so far (ignored unless ``adaptive``).
+        adaptive: share among the arms by :func:`allocate`; else the combination alone.
+    """
+    if adaptive:
+        orders = arm_orders(pool, combined, rng=rng, batch_size=batch_size)
+        allocation = allocate(rewards, list(orders), rng=rng)
+    else:
+        orders = {"combined": np.asarray(combined, dtype=np.int64)}
+        allocation = Allocation({"combined": 1.0}, ())
+    per_batch = audit_count(batch_size, audit_share)
+    candidates = eligible(pool, "label")
+    batches = min(HORIZON_BATCHES, -(-candidates.shape[0] // batch_size))
+    audit = draw_audit(candidates, per_batch * batches, rng=rng)
+    built = interleave(
+        orders, allocation.shares, audit, batch_size=batch_size, audit_per_batch=per_batch
+    )
+    return built, allocation

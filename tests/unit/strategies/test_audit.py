@@ -1,0 +1,53 @@
+"""The audit sample: uniform draws give an unbiased accuracy estimate with honest intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strategies.audit import audit_count, draw_audit, prequential_accuracy, wilson_interval
+
+
+def test_audit_count_keeps_one_item_in_small_batches() -> None:
+    assert audit_count(100, 0.1) == 10
+    assert audit_count(5, 0.1) == 1
+    assert audit_count(20, 0.0) == 0
+    assert audit_count(3, 0.5) == 2
+
+
+def test_draws_are_unique_unlabeled_items_and_stop_at_the_pool() -> None:
+    candidates = np.arange(10, 30)
+    drawn = draw_audit(candidates, 5, rng=np.random.default_rng(0))
+    assert len(set(drawn.tolist())) == 5 and set(drawn) <= set(candidates)
+    assert sorted(draw_audit(candidates, 50, rng=np.random.default_rng(0))) == list(candidates)
+
+
+def test_the_audit_estimate_is_unbiased_where_picked_items_are_not() -> None:
+    """A model right on 80 % of the pool and wrong where it is unsure: accuracy on the items an
+    uncertainty strategy picks is far lower, the audit estimate's mean is the truth."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    confidence = rng.random(n)
+    correct = rng.random(n) < 0.55 + 0.5 * confidence  # errors where the model is unsure
+    truth = correct.mean()
+    estimates, covered = [], []
+    for seed in range(400):
+        audit = draw_audit(np.arange(n), 40, rng=np.random.default_rng(seed))
+        est = prequential_accuracy(correct[audit])
+        estimates.append(est.accuracy)
+        covered.append(est.low <= truth <= est.high)
+    picked = np.argsort(confidence)[:200]  # what margin sampling would have labeled
+    assert np.mean(estimates) == pytest.approx(truth, abs=0.01)
+    assert correct[picked].mean() < truth - 0.15
+    assert np.mean(covered) >= 0.85  # the 90 % interval holds at 40 items
+
+
+def test_wilson_interval_is_inside_0_1_and_narrows() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(10, 10)
+    assert 0.7 < low < 1.0 and high == 1.0
+    wide, narrow = wilson_interval(7, 10), wilson_interval(700, 1000)
+    assert wide[1] - wide[0] > 5 * (narrow[1] - narrow[0])
+    est = prequential_accuracy(np.array([True, False, True, True]))
+    assert (est.n, est.correct, est.accuracy) == (4, 3, 0.75)
+    assert est.as_dict()["confidence"] == 0.9

@@ -1,0 +1,201 @@
+"""The adaptive selection on planted pools: it pays the arm that helps, and falls back to random.
+
+The arms are planted as orders: a *helpful* arm takes first the items a model fit on the labels so
+far gets wrong (an oracle of its errors), a *useless* one takes the nearest neighbours of an item
+already labeled (near-duplicates, which teach nothing new). Each cycle the
+bandit allocates a batch, the planted annotator labels it with the true classes, and
+:func:`strategies.bandit.judge_push` judges the arms on the audit items, exactly as a cycle does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from strategies import Pool
+from strategies.audit import audit_count, draw_audit
+from strategies.bandit import (
+    AUDIT,
+    RANDOM_FLOOR,
+    Reward,
+    allocate,
+    arm_orders,
+    build_queue,
+    interleave,
+    judge_push,
+    proxy_features,
+)
+
+BATCH = 50
+
+Orders = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
+
+
+def _blobs(seed: int, n: int = 1200) -> tuple[np.ndarray, np.ndarray]:
+    """Three overlapping classes in 6 dimensions."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 1, (n, 6))
+    x[np.arange(n), y] += 3.5
+    return x, y
+
+
+def _loop(
+    x: np.ndarray, y: np.ndarray, planted: Orders, *, cycles: int, seed: int
+) -> list[Mapping[str, float]]:
+    """Run the bandit for ``cycles`` pushes; returns the shares of each cycle."""
+    rng = np.random.default_rng(seed)
+    labels = np.full(y.shape[0], -1)
+    start = rng.choice(y.shape[0], 10, replace=False)  # a first random batch
+    labels[start] = y[start]
+    proxy = proxy_features(x, rng=rng)
+    rewards: list[Reward] = []
+    audit_rows: list[int] = []
+    history = []
+    for cycle in range(cycles):
+        unlabeled = np.flatnonzero(labels < 0)
+        orders = {"random": rng.permutation(unlabeled), **planted(labels, rng)}
+        allocation = allocate(rewards, list(orders), rng=rng)
+        history.append(allocation.shares)
+        per_batch = audit_count(BATCH, 0.1)
+        audit = draw_audit(unlabeled, per_batch, rng=rng)
+        built = interleave(
+            orders, allocation.shares, audit, batch_size=BATCH, audit_per_batch=per_batch
+        )
+        batch, arms = built.order[:BATCH], built.arms[:BATCH]
+        labels[batch] = y[batch]
+        picked: dict[str, list[int]] = {}
+        for row, arm in zip(batch, arms, strict=True):
+            (audit_rows if arm == AUDIT else picked.setdefault(arm, [])).append(int(row))
+        rewards += judge_push(
+            proxy,
+            labels,
+            {a: np.asarray(r) for a, r in picked.items()},
+            np.asarray(audit_rows),
+            cycle=cycle,
+            n_classes=3,
+        )
+    return history
+
+
+def _right(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(n,) 1 where a model fit on the labels so far predicts the true class, else 0."""
+    known = labels >= 0
+    if np.unique(labels[known]).shape[0] < 2:
+        return np.zeros(len(y))
+    model = LogisticRegression(max_iter=200).fit(x[known], labels[known])
+    return (model.predict(x) == y).astype(float)
+
+
+def _duplicates(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Unlabeled items, nearest to the first labeled item first."""
+    anchor = x[np.flatnonzero(labels >= 0)[0]]
+    return _remaining(labels, np.linalg.norm(x - anchor, axis=1))
+
+
+def _remaining(labels: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Unlabeled items, ascending ``key``."""
+    unlabeled = np.flatnonzero(labels < 0)
+    return unlabeled[np.argsort(key[unlabeled], kind="stable")]
+
+
+def test_the_bandit_shifts_the_batch_to_the_helpful_arm() -> None:
+    late = []
+    for seed in range(4):
+        x, y = _blobs(seed)
+
+        def planted(
+            labels: np.ndarray, rng: np.random.Generator, x: np.ndarray = x, y: np.ndarray = y
+        ) -> dict[str, np.ndarray]:
+            return {
+                "helpful": _remaining(labels, _right(x, y, labels) + rng.random(len(y))),
+                "useless": _duplicates(x, labels),
+            }
+
+        history = _loop(x, y, planted, cycles=6, seed=seed)
+        assert history[0]["helpful"] == pytest.approx(history[0]["useless"], abs=0.15)
+        late += history[2:]  # from the third cycle on
+    helpful = np.mean([s["helpful"] for s in late])
+    useless = np.mean([s["useless"] for s in late])
+    assert helpful > 0.4 and helpful > 2 * useless, (helpful, useless)
+
+
+def test_when_every_arm_is_useless_the_batch_drifts_to_random() -> None:
+    first, last = [], []
+    for seed in range(4):
+        x, y = _blobs(seed)
+
+        def planted(
+            labels: np.ndarray, rng: np.random.Generator, x: np.ndarray = x, y: np.ndarray = y
+        ) -> dict[str, np.ndarray]:
+            return {
+                "duplicates": _duplicates(x, labels),
+                "one_class": _remaining(labels, (y != 0) + rng.random(len(y))),  # class 0 only
+            }
+
+        history = _loop(x, y, planted, cycles=8, seed=seed)
+        first.append(history[0]["random"])
+        last.append(history[-1]["random"])
+    assert np.mean(first) < 0.35
+    assert np.mean(last) > np.mean(first) + 0.15, (first, last)
+
+
+def test_without_evidence_the_combination_leads_and_random_keeps_its_floor() -> None:
+    allocation = allocate([], ["random", "margin", "combined"], rng=np.random.default_rng(0))
+    shares = allocation.shares
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["random"] >= RANDOM_FLOOR
+    assert shares["combined"] > shares["margin"]  # the configured weights start a little ahead
+    assert not any(b.trusted for b in allocation.beliefs)
+
+
+def test_an_arm_that_keeps_winning_is_trusted_and_says_why() -> None:
+    rewards = [Reward(c, "margin", 1.0, 0.01, 5) for c in range(8)]
+    rewards += [Reward(c, "entropy", 0.0, -0.01, 5) for c in range(8)]
+    allocation = allocate(rewards, ["random", "margin", "entropy"], rng=np.random.default_rng(0))
+    beliefs = {b.arm: b for b in allocation.beliefs}
+    assert beliefs["margin"].trusted and not beliefs["entropy"].trusted
+    assert "trusted" in beliefs["margin"].reason and "won" in beliefs["margin"].reason
+    assert allocation.shares["margin"] > 0.8
+    assert allocation.shares["entropy"] < 0.02
+
+
+def test_interleave_spreads_audit_and_arms_over_every_batch() -> None:
+    orders = {"random": np.arange(100)[::-1], "margin": np.arange(100)}
+    audit = np.array([50, 51, 52, 53, 54, 55])
+    built = interleave(
+        orders, {"random": 0.5, "margin": 0.5}, audit, batch_size=20, audit_per_batch=2
+    )
+    assert sorted(built.order.tolist()) == list(range(100))  # a permutation of the pool
+    for start in range(0, 60, 20):
+        arms = built.arms[start : start + 20]
+        assert arms.count(AUDIT) == 2 and arms.count("margin") == 9 and arms.count("random") == 9
+    assert set(built.order[: len(built.arms)][np.asarray(built.arms) == AUDIT]) == set(audit)
+    assert built.order[1] == 0  # margin's best item comes early (slots alternate)
+
+
+def test_build_queue_fixed_is_the_combination_with_the_audit_share() -> None:
+    x, y = _blobs(0, n=200)
+    labels = np.full(200, -1)
+    labels[:10] = y[:10]
+    probs = np.full((200, 3), 1 / 3)
+    pool = Pool(labels=labels, probs=probs, embeddings=x)
+    combined = np.arange(10, 200)
+    built, allocation = build_queue(
+        pool, combined, [], rng=np.random.default_rng(0), batch_size=20, audit_share=0.1,
+        adaptive=False,
+    )  # fmt: skip
+    assert allocation.shares == {"combined": 1.0}
+    assert built.arms[:20].count(AUDIT) == 2
+    rest = [i for i, a in zip(built.order, built.arms, strict=False) if a == "combined"]
+    assert rest[:5] == [10, 11, 12, 13, 14]
+    orders = arm_orders(pool, combined, rng=np.random.default_rng(0), batch_size=20)
+    assert set(orders) == {"random", "margin", "entropy", "typiclust", "combined"}
+    cold = Pool(labels=labels, embeddings=x)
+    assert set(arm_orders(cold, combined, rng=np.random.default_rng(0), batch_size=20)) == {
+        "random",
+        "combined",
+    }
