@@ -64,13 +64,15 @@ def _store(settings: Settings) -> Iterator[Store]:
 
 def _show(settings: Settings, store: Store, args: argparse.Namespace) -> int:
     from backend.project_settings import describe
+    from backend.selection import describe_report, latest_report
 
     try:
         info = describe(store, settings, args.project)
     except SettingsError as exc:
         raise _cli_error(one_line(exc)) from None
+    report = latest_report(store, args.project)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, "selection": report}, indent=2))
         return 0
     for section, fields in info["effective"].items():
         overridden = info["overrides"].get(section, {})
@@ -78,6 +80,8 @@ def _show(settings: Settings, store: Store, args: argparse.Namespace) -> int:
             default = info["defaults"][section][name]
             note = f"   (project; default {json.dumps(default)})" if name in overridden else ""
             print(f"{section}.{name} = {json.dumps(value)}{note}")
+    for line in describe_report(report) if report is not None else []:
+        print(line)
     return 0
 
 

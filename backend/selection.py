@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 
 from backend.settings import Settings
 from backend.store.db import Store
-from backend.store.models import SelectionPick, SelectionReward, utcnow
+from backend.store.models import Cycle, SelectionPick, SelectionReward, utcnow
 from strategies import Pool
 from strategies.audit import AccuracyEstimate, prequential_accuracy
 from strategies.bandit import (
@@ -299,3 +299,39 @@ def record(
 
 
 __all__ = ["ARMS", "Plan", "audit_accuracy", "plan", "record", "resolve"]
+
+
+def latest_report(store: Store, project_id: int) -> dict[str, object] | None:
+    """The newest succeeded cycle's selection report and audit estimates (for ``strategy
+    show`` and the dashboard); None before such a cycle."""
+    with store.session() as session:
+        metrics = session.scalars(
+            select(Cycle.metrics)
+            .where(Cycle.project_id == project_id, Cycle.state == "succeeded")
+            .order_by(Cycle.id.desc())
+            .limit(1)
+        ).first()
+    if not metrics or "selection" not in metrics:
+        return None
+    keys = ("selection", "audit_accuracy", "audit_accuracy_crossfit", "accuracy")
+    return {k: metrics.get(k) for k in keys}
+
+
+def describe_report(report: dict[str, object]) -> list[str]:
+    """``strategy show`` lines: the mode, each arm's share and why it is (not) trusted, and the
+    audit estimate beside the cross-validated accuracy."""
+    chosen = report["selection"]
+    if not isinstance(chosen, dict):
+        return []
+    lines = [f"selection (last cycle): {chosen['mode']}"]
+    for arm in chosen.get("arms", []):
+        lines.append(f"  {arm['arm']:<10} share {arm['share']:.2f}  {arm['reason']}")
+    audit = report.get("audit_accuracy")
+    if isinstance(audit, dict):
+        lines.append(
+            f"audit accuracy (prequential, {audit['n']} items): {audit['accuracy']:.3f} "
+            f"[{audit['low']:.3f}, {audit['high']:.3f}] at {audit['confidence']:.0%}"
+        )
+    if isinstance(report.get("accuracy"), float):
+        lines.append(f"cross-validated accuracy (on the chosen labels): {report['accuracy']:.3f}")
+    return lines
