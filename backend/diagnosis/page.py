@@ -66,6 +66,7 @@ SECTIONS = (
     Section("coverage", "Under-covered clusters"),
     Section("outliers", "Outliers"),
     Section("curve", "Learning curve"),
+    Section("selection", "Selection and audit accuracy"),
     Section("forecast", "Forecast: are more labels worth it?"),
 )
 

@@ -340,6 +340,39 @@ class TaskExplanation(_Model):
     neighbours: list[Neighbour]
 
 
+class AuditEstimate(_Model):
+    """Accuracy from audit items (uniform draws): ``correct`` of ``n``, Wilson interval."""
+
+    n: int
+    correct: int
+    accuracy: float
+    low: float
+    high: float
+    confidence: float
+
+
+class ArmBelief(_Model):
+    """One arm of the adaptive selection: its share, whether it is trusted, and why."""
+
+    arm: str
+    share: float
+    trusted: bool = False
+    p_better: float = 0.5
+    wins: float = 0.0
+    comparisons: float = 0.0
+    reason: str = ""
+
+
+class Selection(_Model):
+    """The last cycle's selection and the audit estimates beside the cross-validated accuracy."""
+
+    mode: str
+    arms: list[ArmBelief] = []
+    audit: AuditEstimate | None = None
+    audit_crossfit: AuditEstimate | None = None
+    crossval_accuracy: float | None = None
+
+
 class Diagnosis(_Model):
     format: int = FORMAT
     created_at: str
@@ -372,4 +405,5 @@ class Diagnosis(_Model):
     learning_curve: list[CurvePoint] = []
     fit_gap: FitGap | None = None
     forecast: Forecast | None = None
+    selection: Selection | None = None
     label_studio_url: str | None = None

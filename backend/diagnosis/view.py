@@ -13,7 +13,16 @@ from sqlalchemy import select
 from backend.diagnosis.forecast import forecast
 from backend.diagnosis.performance import fit_gap
 from backend.diagnosis.record import diagnosis_path
-from backend.diagnosis.schema import FORMAT, CurvePoint, Diagnosis, TaskRow
+from backend.diagnosis.schema import (
+    FORMAT,
+    ArmBelief,
+    AuditEstimate,
+    CurvePoint,
+    Diagnosis,
+    Selection,
+    TaskRow,
+)
+from backend.selection import latest_report
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.models import ModelVersion
@@ -124,5 +133,30 @@ def diagnosis_view(settings: Settings, store: Store, project_id: int) -> Diagnos
     )
     curve = learning_curve(store, project_id)
     return linked.model_copy(
-        update={"learning_curve": curve, "fit_gap": fit_gap(curve), "forecast": forecast(curve)}
+        update={
+            "learning_curve": curve,
+            "fit_gap": fit_gap(curve),
+            "forecast": forecast(curve),
+            "selection": selection_view(store, project_id),
+        }
     )
+
+
+def selection_view(store: Store, project_id: int) -> Selection | None:
+    """The newest cycle's selection report as the diagnosis shows it; None before one."""
+    report = latest_report(store, project_id)
+    if report is None or not isinstance(report["selection"], dict):
+        return None
+    chosen = report["selection"]
+    accuracy = report.get("accuracy")
+    return Selection(
+        mode=str(chosen["mode"]),
+        arms=[ArmBelief.model_validate(arm) for arm in chosen.get("arms", [])],
+        audit=_estimate(report.get("audit_accuracy")),
+        audit_crossfit=_estimate(report.get("audit_accuracy_crossfit")),
+        crossval_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+    )
+
+
+def _estimate(value: object) -> AuditEstimate | None:
+    return AuditEstimate.model_validate(value) if isinstance(value, dict) else None

@@ -332,3 +332,39 @@ def test_every_section_says_how_to_read_it(diag_client: FlaskClient) -> None:
     for section in SECTIONS:
         found = re.search(rf'<section id="{section.id}">\s*<h2>[^<]+</h2>\s*<p class="how">', html)
         assert found, section.id
+
+
+def test_selection_section_shows_audit_accuracy_and_trusted_arms(
+    project: DiagnosedProject, diag_client: FlaskClient
+) -> None:
+    from backend.store.models import Cycle
+
+    audit = {"n": 30, "correct": 24, "accuracy": 0.8, "low": 0.66, "high": 0.89, "confidence": 0.9}
+    arms = [
+        {"arm": "random", "share": 0.1, "trusted": False, "p_better": 0.5, "wins": 0.0,
+         "comparisons": 0.0, "reason": "the reference"},
+        {"arm": "margin", "share": 0.9, "trusted": True, "p_better": 0.93, "wins": 6.0,
+         "comparisons": 7.0, "reason": "won 6.0 of 7.0 recent comparisons with random; trusted"},
+    ]  # fmt: skip
+    metrics = {
+        "accuracy": 0.61,
+        "audit_accuracy": audit,
+        "audit_accuracy_crossfit": None,
+        "selection": {"mode": "adaptive", "arms": arms},
+    }
+    with project.store.session() as session:
+        row = Cycle(project_id=PROJECT, trigger="manual", state="succeeded", metrics=metrics)
+        session.add(row)
+        session.flush()
+        cycle_id = row.id
+    try:
+        html = diag_client.get(f"/dashboard/{PROJECT}").get_data(as_text=True)
+        body = diag_client.get(f"/api/projects/{PROJECT}/diagnosis").get_json()
+    finally:
+        with project.store.session() as session:
+            session.delete(session.get(Cycle, cycle_id))
+    assert body["selection"]["audit"]["accuracy"] == 0.8
+    assert body["selection"]["crossval_accuracy"] == 0.61
+    assert "Audit accuracy (prequential, 30 audit labels): <b>80.0 %</b>" in html
+    assert "Cross-validated accuracy on the chosen labels: 61.0 %" in html
+    assert re.search(r"<td>margin</td><td>90 %</td><td>yes</td>", html)
