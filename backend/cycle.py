@@ -537,9 +537,16 @@ def given_labels(snap: Snapshot) -> dict[int, str]:
 
 
 def select_stage(
-    settings: Settings, store: Store, project_id: int, snap: Snapshot, scored: Scored
+    settings: Settings,
+    store: Store,
+    project_id: int,
+    snap: Snapshot,
+    scored: Scored,
+    *,
+    write: bool = True,
 ) -> selection.Plan:
-    """The audit share and the adaptive selection over the scored pool."""
+    """The audit share and the adaptive selection over the scored pool (``write=False``: the
+    preview's, which files nothing; :func:`backend.selection.plan`)."""
     return selection.plan(
         settings,
         store,
@@ -548,6 +555,7 @@ def select_stage(
         scored.priority,
         scored.task_ids,
         given_labels(snap),
+        write=write,
     )
 
 

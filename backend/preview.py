@@ -4,7 +4,8 @@ The pool is built exactly as the cycle builds it (:func:`backend.cycle.build_poo
 store and the disk already hold: the project's tasks and labels, the cached embeddings of the
 images (found through ``task_images``) and the project's current model. Nothing is fetched,
 embedded, trained, written to the database or sent to Label Studio. "Today's queue" is the same
-computation with the project's current effective settings.
+computation with the project's current effective settings. The audit share and the adaptive
+selection are planned as the cycle plans them, from the rewards already filed.
 
 Changes to ``model`` fields other than ``seed`` need a retrained model and ``loop`` fields change
 only when cycles run, so those are listed as ``not_previewed``.
@@ -13,11 +14,21 @@ only when cycles run, so those are listed as ``not_previewed``.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from backend.cycle import Scored, Trained, build_pool, load_snapshot, queue_items, score_stage
+from backend.cycle import (
+    Scored,
+    Snapshot,
+    Trained,
+    build_pool,
+    load_snapshot,
+    queue_items,
+    score_stage,
+    select_stage,
+)
 from backend.model.cache import EmbeddingCache
 from backend.models_registry import ServedModel
 from backend.project_settings import diff, effective_settings, propose
@@ -52,15 +63,24 @@ def cached_embeddings(
 
 
 def _queue(
-    settings: Settings, pool: tuple[np.ndarray, Any, Any], trained: Trained | None
-) -> tuple[Scored, list[QueueItem]]:
+    settings: Settings,
+    store: Store,
+    project_id: int,
+    snap: Snapshot,
+    pool: tuple[np.ndarray, Any, Any],
+    trained: Trained | None,
+) -> tuple[Scored, list[QueueItem], dict[str, object]]:
+    """Scored and planned as the cycle does (audit share and adaptive selection included),
+    filing nothing; the third value is the selection's report (mode, arm shares)."""
     scored = score_stage(settings, pool)
-    return scored, queue_items(settings, scored, trained)
+    chosen = select_stage(settings, store, project_id, snap, scored, write=False)
+    scored = replace(scored, priority=chosen.priority)
+    return scored, queue_items(settings, scored, trained), chosen.report()
 
 
 def _pool(
     store: Store, settings: Settings, project_id: int, served: ServedModel | None
-) -> tuple[tuple[np.ndarray, Any, Any], Trained | None, int]:
+) -> tuple[Snapshot, tuple[np.ndarray, Any, Any], Trained | None, int]:
     snap = load_snapshot(store, project_id)
     embeddings, missing = cached_embeddings(
         store, settings, [t.id for t in snap.tasks], served.model.backbone if served else None
@@ -69,7 +89,7 @@ def _pool(
     # The model's out-of-sample rows belong to the labels it was trained on, which the store no
     # longer lists; they only feed the review queue, which the preview does not show.
     trained = Trained(served.model, empty, served.version) if served else None
-    return build_pool(snap, embeddings, trained), trained, missing
+    return snap, build_pool(snap, embeddings, trained), trained, missing
 
 
 def _item(
@@ -109,9 +129,11 @@ def preview(
     """
     current = effective_settings(store, settings, project_id)
     proposed = propose(store, settings, project_id, changes)
-    pool, trained, missing = _pool(store, settings, project_id, served)
-    today_scored, today_items = _queue(current, pool, trained)
-    scored, items = _queue(proposed, pool, trained)
+    snap, pool, trained, missing = _pool(store, settings, project_id, served)
+    today_scored, today_items, today_selection = _queue(
+        current, store, project_id, snap, pool, trained
+    )
+    scored, items, selection = _queue(proposed, store, project_id, snap, pool, trained)
     today = {item.task_id: rank for rank, item in enumerate(today_items, start=1)}
     shown = [
         _item(rank, int(row), scored, item, today)
@@ -127,6 +149,10 @@ def preview(
         "weights": {
             "today": dict(today_scored.priority.weights),
             "proposed": dict(scored.priority.weights),
+        },
+        "selection": {
+            "today": {k: today_selection[k] for k in ("mode", "shares", "audit_items")},
+            "proposed": {k: selection[k] for k in ("mode", "shares", "audit_items")},
         },
         "changes": changed,
         "not_previewed": [

@@ -230,14 +230,24 @@ def plan(
     priority: Priority,
     task_ids: np.ndarray,
     labels: Mapping[int, str],
+    *,
+    write: bool = True,
 ) -> Plan:
-    """Resolve the previous push, reward its arms, and build this cycle's queue."""
+    """Resolve the previous push, reward its arms, and build this cycle's queue.
+
+    Args:
+        write: False builds the queue from the rewards already filed and changes nothing (the
+            settings preview); picks whose labels arrived since the last cycle are then neither
+            resolved nor judged, which the next cycle does before it builds its queue.
+    """
     strategy = settings.strategy
     rng = np.random.default_rng([settings.model.seed, int(pool.labeled.sum())])
-    done = resolve(store, project_id, labels)
     adaptive = strategy.selection == "adaptive" and strategy.audit_share > 0
     adaptive = adaptive and not pool.multilabel and pool.embeddings is not None
-    rewards = _judge(store, project_id, pool, task_ids, done) if adaptive else []
+    rewards: list[Reward] = []
+    if write:
+        done = resolve(store, project_id, labels)
+        rewards = _judge(store, project_id, pool, task_ids, done) if adaptive else []
     built, allocation = build_queue(
         pool,
         priority.order,

@@ -31,6 +31,19 @@ def audit_count(batch_size: int, share: float) -> int:
     return min(batch_size, max(1, round(share * batch_size)))
 
 
+def audit_slots(n: int, batch_size: int, share: float) -> NDArray[np.bool_]:
+    """(n,) which of the first ``n`` queue positions are audit slots: each batch of
+    ``batch_size`` (the last one possibly shorter) gets :func:`audit_count` of its own length,
+    evenly spaced through it, so a queue shorter than one batch keeps its share too."""
+    slots = np.zeros(n, dtype=bool)
+    for start in range(0, n, batch_size):
+        length = min(batch_size, n - start)
+        count = audit_count(length, share)
+        if count:
+            slots[start + (np.arange(count) * length) // count + length // (2 * count)] = True
+    return slots
+
+
 def draw_audit(candidates: IntArray, count: int, *, rng: np.random.Generator) -> IntArray:
     """``count`` items drawn uniformly without replacement from ``candidates`` (fewer if short).
 

@@ -37,7 +37,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
 from strategies import REGISTRY
-from strategies.audit import audit_count, draw_audit
+from strategies.audit import audit_slots, draw_audit
 from strategies.base import FloatArray, IntArray, Pool, eligible, top_k
 from strategies.coldstart import cold_start_order
 
@@ -225,47 +225,39 @@ def interleave(
     orders: Mapping[str, IntArray],
     shares: Mapping[str, float],
     audit: IntArray,
-    *,
-    batch_size: int,
-    audit_per_batch: int,
+    slots: NDArray[np.bool_],
 ) -> Interleaved:
-    """Merge the arms' orders into one queue, audit items spread evenly over each batch.
+    """Merge the arms' orders into one queue, audit items in the audit slots.
 
-    The first ``HORIZON_BATCHES`` batches are built slot by slot: ``audit_per_batch`` evenly spaced
-    slots of each batch take the next audit item, the others go to the arms in proportion to
-    ``shares``; each arm fills its slot with its best item not yet taken. The rest of the queue
-    follows the arm with the largest share.
+    The first ``len(slots)`` positions (the recorded horizon) are built slot by slot: an audit
+    slot (:func:`strategies.audit.audit_slots`) takes the next audit item, the others go to the
+    arms in proportion to ``shares``; each arm fills its slot with its best item not yet taken,
+    and when every arm has run out the audit items left fill in. The rest of the queue follows
+    the arm with the largest share.
 
     Args:
         orders: arm -> (m,) its order of the unlabeled items.
         shares: arm -> share of the non-audit slots (arms missing from ``orders`` are ignored).
         audit: (a,) the audit items, already drawn uniformly.
-        batch_size: slots per batch.
-        audit_per_batch: audit slots in each batch.
+        slots: (h,) True where a position of the horizon is an audit slot.
     """
     shares = {a: s for a, s in shares.items() if a in orders and s > 0} or {"random": 1.0}
-    m = next(iter(orders.values())).shape[0]
     taken = np.zeros(int(max((o.max(initial=-1) for o in orders.values()), default=-1)) + 1, bool)
     taken[audit] = True
-    horizon = min(m, HORIZON_BATCHES * batch_size)
     pointers = dict.fromkeys(orders, 0)
     audit_left = list(audit)[::-1]
-    arm_slots = iter(_slots(shares, horizon))
+    arm_slots = iter(_slots(shares, int(slots.shape[0])))
     order: list[int] = []
     arms: list[str] = []
-    for position in range(horizon):  # the recorded horizon, a few hundred slots
-        within = position % batch_size
-        is_audit = (within * audit_per_batch) // batch_size != (
-            (within + 1) * audit_per_batch
-        ) // batch_size
-        if is_audit and audit_left:
-            order.append(int(audit_left.pop()))
-            arms.append(AUDIT)
-            continue
-        arm = next(arm_slots)
-        item = _next_free(orders[arm], pointers, arm, taken)
-        if item is None:
-            arm, item = _any_free(orders, pointers, taken)
+    for is_audit in slots:  # the recorded horizon, a few hundred slots
+        item: int | None = None
+        if not is_audit:
+            arm = next(arm_slots)
+            item = _next_free(orders[arm], pointers, arm, taken)
+            if item is None:
+                arm, item = _any_free(orders, pointers, taken)
+        if item is None and audit_left:
+            arm, item = AUDIT, int(audit_left.pop())
         if item is None:
             break
         taken[item] = True
@@ -409,11 +401,10 @@ def build_queue(
     else:
         orders = {"combined": np.asarray(combined, dtype=np.int64)}
         allocation = Allocation({"combined": 1.0}, ())
-    per_batch = audit_count(batch_size, audit_share)
     candidates = eligible(pool, "label")
-    batches = min(HORIZON_BATCHES, -(-candidates.shape[0] // batch_size))
-    audit = draw_audit(candidates, per_batch * batches, rng=rng)
-    built = interleave(
-        orders, allocation.shares, audit, batch_size=batch_size, audit_per_batch=per_batch
+    slots = audit_slots(
+        min(candidates.shape[0], HORIZON_BATCHES * batch_size), batch_size, audit_share
     )
+    audit = draw_audit(candidates, int(slots.sum()), rng=rng)
+    built = interleave(orders, allocation.shares, audit, slots)
     return built, allocation

@@ -138,10 +138,13 @@ def test_preview_ranks_by_the_proposed_weights_and_writes_nothing(
         fast_settings,
         7,
         {
-            # Near-copies of labeled items would go last whatever their entropy.
+            # Near-copies of labeled items would go last whatever their entropy; the adaptive
+            # selection and the audit share would give other arms and random draws places.
             "strategy": {
                 "weights": {"margin": 0, "coverage": 0, "entropy": 1},
                 "near_duplicates_last": False,
+                "selection": "fixed",
+                "audit_share": 0,
             },
             "model": {"head": "mlp"},
         },
@@ -156,6 +159,12 @@ def test_preview_ranks_by_the_proposed_weights_and_writes_nothing(
         assert item["suggested_labels"][0] in {"cat", "dog", "bird"}
     entropy = [item["breakdown"]["entropy"] for item in result["items"]]
     assert entropy[0] == max(entropy)
+    assert result["selection"]["proposed"] == {
+        "mode": "fixed",
+        "shares": {"combined": 1.0},
+        "audit_items": 0,
+    }
+    assert result["selection"]["today"]["audit_items"] > 0
     assert len(ls.calls) == calls
     with fast_store.session() as session:
         assert session.scalar(select(func.count()).select_from(ProjectSettings)) == 0

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.audit import audit_count, draw_audit, prequential_accuracy, wilson_interval
+from strategies.audit import (
+    audit_count,
+    audit_slots,
+    draw_audit,
+    prequential_accuracy,
+    wilson_interval,
+)
 
 
 def test_audit_count_keeps_one_item_in_small_batches() -> None:
@@ -13,6 +19,14 @@ def test_audit_count_keeps_one_item_in_small_batches() -> None:
     assert audit_count(5, 0.1) == 1
     assert audit_count(20, 0.0) == 0
     assert audit_count(3, 0.5) == 2
+
+
+def test_every_batch_keeps_its_share_even_a_short_last_one() -> None:
+    slots = audit_slots(250, 100, 0.1)
+    assert [int(slots[i : i + 100].sum()) for i in (0, 100, 200)] == [10, 10, 5]
+    short = audit_slots(18, 100, 0.1)  # a pool smaller than one batch still carries its share
+    assert int(short.sum()) == 2 and not short[0]
+    assert not audit_slots(40, 20, 0.0).any()
 
 
 def test_draws_are_unique_unlabeled_items_and_stop_at_the_pool() -> None:

@@ -16,7 +16,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from strategies import Pool
-from strategies.audit import audit_count, draw_audit
+from strategies.audit import audit_slots, draw_audit
 from strategies.bandit import (
     AUDIT,
     RANDOM_FLOOR,
@@ -60,11 +60,9 @@ def _loop(
         orders = {"random": rng.permutation(unlabeled), **planted(labels, rng)}
         allocation = allocate(rewards, list(orders), rng=rng)
         history.append(allocation.shares)
-        per_batch = audit_count(BATCH, 0.1)
-        audit = draw_audit(unlabeled, per_batch, rng=rng)
-        built = interleave(
-            orders, allocation.shares, audit, batch_size=BATCH, audit_per_batch=per_batch
-        )
+        slots = audit_slots(BATCH, BATCH, 0.1)
+        audit = draw_audit(unlabeled, int(slots.sum()), rng=rng)
+        built = interleave(orders, allocation.shares, audit, slots)
         batch, arms = built.order[:BATCH], built.arms[:BATCH]
         labels[batch] = y[batch]
         picked: dict[str, list[int]] = {}
@@ -166,15 +164,28 @@ def test_an_arm_that_keeps_winning_is_trusted_and_says_why() -> None:
 def test_interleave_spreads_audit_and_arms_over_every_batch() -> None:
     orders = {"random": np.arange(100)[::-1], "margin": np.arange(100)}
     audit = np.array([50, 51, 52, 53, 54, 55])
-    built = interleave(
-        orders, {"random": 0.5, "margin": 0.5}, audit, batch_size=20, audit_per_batch=2
-    )
+    built = interleave(orders, {"random": 0.5, "margin": 0.5}, audit, audit_slots(60, 20, 0.1))
     assert sorted(built.order.tolist()) == list(range(100))  # a permutation of the pool
     for start in range(0, 60, 20):
         arms = built.arms[start : start + 20]
         assert arms.count(AUDIT) == 2 and arms.count("margin") == 9 and arms.count("random") == 9
     assert set(built.order[: len(built.arms)][np.asarray(built.arms) == AUDIT]) == set(audit)
     assert built.order[1] == 0  # margin's best item comes early (slots alternate)
+
+
+def test_a_pool_smaller_than_a_batch_records_its_audit_items() -> None:
+    """18 unlabeled items and batches of 100: two audit slots, both recorded as audit, and the
+    queue is still the whole pool once."""
+    x, y = _blobs(0, n=30)
+    labels = np.full(30, -1)
+    labels[:12] = y[:12]
+    pool = Pool(labels=labels, probs=np.full((30, 3), 1 / 3), embeddings=x)
+    built, _ = build_queue(
+        pool, np.arange(12, 30), [], rng=np.random.default_rng(0), batch_size=100,
+        audit_share=0.1, adaptive=True,
+    )  # fmt: skip
+    assert sorted(built.order.tolist()) == list(range(12, 30))
+    assert len(built.arms) == 18 and built.arms.count(AUDIT) == 2
 
 
 def test_build_queue_fixed_is_the_combination_with_the_audit_share() -> None:
