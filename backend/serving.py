@@ -15,6 +15,7 @@ slow ``/predict`` does not hold up webhooks.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import signal
 from types import FrameType
@@ -62,6 +63,34 @@ def check_exposure(server: ServerSettings) -> None:
     )
 
 
+def _json_channel() -> type:
+    """waitress's HTTP channel answering its own errors (a body over the limit, a malformed
+    request line or header, chunked framing it cannot parse) as the API answers every error:
+    JSON ``{"error", "detail"}`` instead of waitress's plain text."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self) -> None:
+            error = self.request.error
+            body = json.dumps(
+                {
+                    "error": str(error.reason).lower().replace(" ", "_"),
+                    "detail": str(error.body),
+                }
+            ).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return JsonChannel
+
+
 def serve_embedded(settings: Settings, app: Any) -> int:
     """Serve ``app`` with waitress on ``server.host:port`` until SIGTERM / Ctrl-C."""
     from waitress.server import create_server
@@ -79,6 +108,12 @@ def serve_embedded(settings: Settings, app: Any) -> int:
         asyncore_use_poll=True,  # select() stops at 1,024 descriptors
         ident="labelloop",
     )
+    # Read by each listening socket on every accept (a MultiSocketServer maps several).
+    channel = _json_channel()
+    listeners = [httpd] if hasattr(httpd, "channel_class") else list(httpd.map.values())
+    for listener in listeners:
+        if hasattr(listener, "channel_class"):
+            listener.channel_class = channel
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import Any
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,10 +94,28 @@ def test_half_open_connections_hold_no_thread_and_health_still_answers(
     assert _get(f"{base}/health")[0] == 200
 
 
-def test_bodies_over_the_limit_are_413_chunked_or_not(
+def _reply(sock: socket.socket) -> tuple[bytes, dict[str, str], Any]:
+    """Status line, headers and parsed JSON body of the one response on ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(4096)
+        assert chunk, body
+        body += chunk
+    return status.encode(), headers, json.loads(body)
+
+
+def test_bodies_over_the_limit_are_413_json_chunked_or_not(
     server: tuple[str, subprocess.Popen[bytes]],
 ) -> None:
-    """A 70 MB chunked body got a 400 where a 413 is promised."""
+    """A 70 MB chunked body got a 400 where a 413 is promised; waitress answered in plain
+    text where every other error of the API is JSON."""
     base, _ = server
     port = int(base.rsplit(":", 1)[1])
     for framing in (b"Transfer-Encoding: chunked\r\n", b"Content-Length: 70000000\r\n"):
@@ -115,8 +134,24 @@ def test_bodies_over_the_limit_are_413_chunked_or_not(
                         sock.sendall(chunk)
             except OSError:
                 pass  # the server may close as soon as it has answered
-            reply = sock.recv(200)
-        assert reply.startswith(b"HTTP/1.1 413"), reply
+            status, headers, body = _reply(sock)
+        assert status.startswith(b"HTTP/1.1 413"), status
+        assert headers["content-type"] == "application/json"
+        assert body["error"] == "request_entity_too_large" and body["detail"], body
+
+
+def test_a_malformed_request_is_a_400_json_error(
+    server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+        status, headers, body = _reply(sock)
+    assert status.startswith(b"HTTP/1.1 400"), status
+    assert headers["content-type"] == "application/json"
+    assert body["error"] == "bad_request" and body["detail"], body
+    assert _get(f"{base}/health")[0] == 200
 
 
 def test_serve_refuses_a_public_address_without_credentials(
