@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
