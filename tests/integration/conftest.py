@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from backend.labelstudio.client import LabelStudio
 from backend.settings import LabelStudioSettings
 from tests.integration.lsserver import LabelStudioServer, running_server, start_server
+from tests.integration.support import Proxy, forwarding_proxy
 
 HERE = Path(__file__).parent
 
@@ -42,3 +43,10 @@ def ls(label_studio: LabelStudioServer) -> Iterator[LabelStudio]:
     settings = LabelStudioSettings(url=label_studio.url, token=SecretStr(label_studio.token))
     with LabelStudio(settings) as adapter:
         yield adapter
+
+
+@pytest.fixture
+def proxy(label_studio: LabelStudioServer) -> Iterator[Proxy]:
+    """A proxy in front of the session's Label Studio that records every path it forwards."""
+    with forwarding_proxy(label_studio.url) as server:
+        yield server

@@ -8,24 +8,17 @@ predictions"; stop the backend, keep annotating, restart it and let reconcile re
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 from PIL import Image
 
 from backend.cli import main as cli_main
-from backend.demo import ServedBackend, serve_in_thread
-from backend.labelstudio.client import LabelStudio
-from backend.lsprocess import free_port
-from backend.settings import Settings, load_settings
 from backend.store import repo
-from backend.store.db import Store
 from backend.store.models import Annotation, InboxEvent
 from tests.conftest import SINGLE_CONFIG
+from tests.integration.support import Served, choice, wait_for
 
 pytestmark = pytest.mark.integration
 LABELS = ["cat", "dog", "bird"]
@@ -38,51 +31,8 @@ def _png(i: int) -> bytes:
     return buffer.getvalue()
 
 
-def _result(label: str) -> list[dict[str, Any]]:
-    return [
-        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
-    ]
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
-class Env:
-    def __init__(self, label_studio: Any, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.config = root / "labelloop.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "label_studio": {"url": label_studio.url, "token": label_studio.token},
-                    "server": {
-                        "port": self.port,
-                        "public_url": f"http://127.0.0.1:{self.port}",
-                        "log_level": "WARNING",
-                    },
-                    "store": {"data_dir": str(root / "data")},
-                }
-            )
-        )
-        self.settings: Settings = load_settings(self.config, environ={})
-        self.ls = LabelStudio(self.settings.label_studio)
-        self.store = Store(self.settings.store.url)
-        self.backend: ServedBackend | None = None
-
-    def start(self) -> None:
-        self.backend = serve_in_thread(self.settings)
-
-    def stop(self) -> None:
-        if self.backend is not None:
-            self.backend.stop()
-            self.backend = None
+class Env(Served):
+    """The backend with default settings and the CLI on its config."""
 
     def cli(self, *args: str) -> int:
         return cli_main(["--config", str(self.config), *args])
@@ -130,13 +80,23 @@ def test_connect_registers_backend_and_syncs(env: Env, project: int) -> None:
 
 def test_annotations_follow_through_webhooks(env: Env, project: int) -> None:
     tasks = [t["id"] for t in env.ls.iter_tasks(project)]
-    first = env.ls.create_annotation(tasks[0], _result("cat"))
-    second = env.ls.create_annotation(tasks[1], _result("dog"))
-    _wait_for(lambda: env.store_labels(project) == {first["id"]: ["cat"], second["id"]: ["dog"]})
-    env.ls.update_annotation(first["id"], _result("bird"))
-    _wait_for(lambda: env.store_labels(project).get(first["id"]) == ["bird"])
+    first = env.ls.create_annotation(tasks[0], choice("cat", "label"))
+    second = env.ls.create_annotation(tasks[1], choice("dog", "label"))
+    wait_for(
+        lambda: env.store_labels(project) == {first["id"]: ["cat"], second["id"]: ["dog"]},
+        15,
+        "the store follows the webhooks",
+    )
+    env.ls.update_annotation(first["id"], choice("bird", "label"))
+    wait_for(
+        lambda: env.store_labels(project).get(first["id"]) == ["bird"],
+        15,
+        "the store follows the webhooks",
+    )
     env.ls.delete_annotation(second["id"])
-    _wait_for(lambda: second["id"] not in env.store_labels(project))
+    wait_for(
+        lambda: second["id"] not in env.store_labels(project), 15, "the store follows the webhooks"
+    )
     with env.store.session() as session:
         actions = {e.action for e in session.query(InboxEvent).all()}
         assert {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"} <= actions
@@ -155,10 +115,10 @@ def test_reconcile_recovers_changes_made_while_down(env: Env, project: int) -> N
     before = env.store_labels(project)
     env.stop()
     tasks = [t["id"] for t in env.ls.iter_tasks(project)]
-    created = env.ls.create_annotation(tasks[2], _result("dog"))
+    created = env.ls.create_annotation(tasks[2], choice("dog", "label"))
     updated_id = next(iter(before))
-    env.ls.update_annotation(updated_id, _result("cat"))
-    removed = env.ls.create_annotation(tasks[3], _result("bird"))
+    env.ls.update_annotation(updated_id, choice("cat", "label"))
+    removed = env.ls.create_annotation(tasks[3], choice("bird", "label"))
     env.ls.delete_annotation(removed["id"])
     env.start()
     assert env.cli("sync", "--project", str(project)) == 0

@@ -10,14 +10,10 @@ any request, while a real upload still comes through.
 from __future__ import annotations
 
 import io
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from PIL import Image
 
 from backend.app import create_app, shutdown
@@ -26,6 +22,7 @@ from backend.store.db import Store
 from backend.store.models import Task
 from backend.sync import reconcile
 from tests.conftest import ADMIN, SINGLE_CONFIG, make_settings
+from tests.integration.support import Proxy
 
 pytestmark = pytest.mark.integration
 TRAVERSALS = [
@@ -35,39 +32,6 @@ TRAVERSALS = [
 ]
 
 
-class _Recorder(ThreadingHTTPServer):
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.upstream, self.paths = upstream, list[str]()
-
-
-class _Forward(BaseHTTPRequestHandler):
-    server: _Recorder
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.paths.append(self.path)
-        headers = {k: v for k, v in self.headers.items() if k.lower() == "authorization"}
-        upstream = requests.get(self.server.upstream + self.path, headers=headers, timeout=30)
-        self.send_response(upstream.status_code)
-        self.send_header("Content-Length", str(len(upstream.content)))
-        self.end_headers()
-        self.wfile.write(upstream.content)
-
-
-@pytest.fixture
-def proxy(label_studio: Any) -> Iterator[_Recorder]:
-    recorder = _Recorder(label_studio.url)
-    thread = threading.Thread(target=recorder.serve_forever, name="ls-recorder")
-    thread.start()
-    yield recorder
-    recorder.shutdown()
-    recorder.server_close()
-    thread.join()
-
-
 def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 30, 90)).save(buffer, format="PNG")
@@ -75,14 +39,13 @@ def _png() -> bytes:
 
 
 def test_a_traversal_image_reference_never_reaches_label_studio(
-    label_studio: Any, ls: LabelStudio, proxy: _Recorder, tmp_path: Path
+    label_studio: Any, ls: LabelStudio, proxy: Proxy, tmp_path: Path
 ) -> None:
     project = ls.create_project("traversal refs", SINGLE_CONFIG)
     [uploaded] = ls.upload_images(project, [("real.png", _png())])
     bad = ls.import_tasks(project, [{"data": {"image": ref}} for ref in TRAVERSALS])
     # The store learns the tasks from Label Studio directly; only image fetches use the proxy.
-    proxied = f"http://127.0.0.1:{proxy.server_address[1]}"
-    settings = make_settings(tmp_path, label_studio={"url": proxied, "token": label_studio.token})
+    settings = make_settings(tmp_path, label_studio={"url": proxy.url, "token": label_studio.token})
     store = Store(settings.store.url)
     store.upgrade()
     app = create_app(settings, store=store)

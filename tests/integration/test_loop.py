@@ -16,113 +16,29 @@ import yaml
 from sqlalchemy import select
 
 from backend.cycle import make_runner
-from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
+from backend.demo import DEMO_CONFIG, digit_images
 from backend.diagnosis.view import load_diagnosis
 from backend.labelstudio.client import LabelStudio
-from backend.lsprocess import free_port
 from backend.project_settings import set_project_settings
-from backend.scheduler import CycleRun, run_cycle_once
-from backend.settings import Settings, load_settings
-from backend.store import cycles, repo
-from backend.store.db import Store
+from backend.scheduler import run_cycle_once
+from backend.settings import load_settings
+from backend.store import repo
 from backend.store.models import SelectionPick
 from strategies.audit import audit_count
 from strategies.bandit import ARMS
+from tests.integration.support import Loop, choice, digits_loop
 
 pytestmark = pytest.mark.integration
 N_IMAGES = 240
 PLANTED = 6  # wrong labels among the first labels given
 
 
-def _result(label: str) -> list[dict[str, Any]]:
-    return [
-        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
-    ]
-
-
-class Loop:
-    def __init__(self, label_studio: Any, root: Path) -> None:
-        port = free_port()
-        config = root / "labelloop.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "label_studio": {"url": label_studio.url, "token": label_studio.token},
-                    "server": {
-                        "port": port,
-                        "public_url": f"http://127.0.0.1:{port}",
-                        "log_level": "WARNING",
-                    },
-                    "store": {"data_dir": str(root / "data")},
-                    "model": {
-                        "image_size": 96,
-                        "committee_size": 3,
-                        "cv_folds": 4,
-                        "max_epochs": 100,
-                    },
-                    "strategy": {"batch_size": 20, "cold_start_labels": 20, "review_max_flags": 20},
-                    "loop": {"run_scheduler": False},
-                }
-            )
-        )
-        self.config = config
-        self.settings: Settings = load_settings(config, environ={})
-        self.ls = LabelStudio(self.settings.label_studio)
-        self.store = Store(self.settings.store.url)
-        self.store.upgrade()
-        self.backend: ServedBackend | None = None
-        self.truth: dict[int, str] = {}
-
-    def start(self) -> None:
-        self.backend = serve_in_thread(self.settings)
-
-    def stop(self) -> None:
-        if self.backend is not None:
-            self.backend.stop()
-            self.backend = None
-
-    def cycle(self, runner: Any = None) -> CycleRun:
-        run = run_cycle_once(
-            self.store,
-            runner or make_runner(self.settings, self.store),
-            self.project,
-            trigger="manual",
-            lease_s=60,
-        )
-        assert run is not None
-        return run
-
-    def label_next(self, n: int, wrong: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
-        """Label the next ``n`` tasks Label Studio serves; ``wrong`` positions get a wrong label."""
-        served = []
-        for i in range(n):
-            task = self.ls.next_task(self.project)
-            assert task is not None
-            label = self.truth[task["id"]]
-            if i in wrong:
-                label = str((int(label) + 1) % 10)
-            self.ls.create_annotation(task["id"], _result(label))
-            served.append(int(task["id"]))
-        return served
-
-    def last_cycle(self) -> dict[str, Any]:
-        with self.store.session() as session:
-            return cycles.to_dict(cycles.history(session, self.project, 1)[0])
-
-
 @pytest.fixture(scope="module")
 def loop(label_studio: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    loop = Loop(label_studio, tmp_path_factory.mktemp("loop"))
-    loop.project = loop.ls.create_project("loop digits", DEMO_CONFIG)
-    images = list(digit_images(N_IMAGES, size=64, seed=1))
-    ids = loop.ls.upload_images(loop.project, [(name, data) for name, data, _ in images])
-    loop.truth = {task_id: str(digit) for task_id, (_, _, digit) in zip(ids, images, strict=True)}
-    loop.start()
-    assert loop.ls.connect_ml_backend(loop.project, loop.settings.server.public_url, "labelloop")
-    yield loop
-    loop.stop()
-    loop.store.dispose()
-    loop.ls.close()
+    with digits_loop(
+        label_studio, tmp_path_factory.mktemp("loop"), "loop digits", N_IMAGES, seed=1
+    ) as loop:
+        yield loop
 
 
 def _queue_order(loop: Loop) -> list[int]:
@@ -230,7 +146,7 @@ def test_reviewed_tasks_leave_the_review_view(loop: Loop) -> None:
     flagged = [t["id"] for t in loop.ls.view_tasks(loop.project, view["id"])]
     fixed, confirmed = flagged[0], flagged[1]
     annotation = loop.ls.get_task(fixed)["annotations"][0]
-    loop.ls.update_annotation(annotation["id"], _result(loop.truth[fixed]))
+    loop.ls.update_annotation(annotation["id"], choice(loop.truth[fixed]))
     kept = loop.ls.get_task(confirmed)["annotations"][0]  # the reviewer keeps the label as it is
     loop.ls.update_annotation(kept["id"], kept["result"])
     assert loop.cycle().state == "succeeded"
@@ -392,7 +308,7 @@ def test_a_multilabel_project_gets_its_wrong_tags_flagged(loop: Loop) -> None:
     other = {"0": "1", "1": "7", "7": "0"}
     planted = {ids[i]: other[truth[ids[i]]] for i in (0, 10, 20)}  # a wrong digit each
     for task in ids[:60]:
-        loop.ls.create_annotation(task, _result(planted.get(task, truth[task])))
+        loop.ls.create_annotation(task, choice(planted.get(task, truth[task])))
     # Self-confidence of the least believed tag (confident learning is checked against cleanlab
     # in the unit tests; with 60 labels its per-tag thresholds flag only the clearest cases).
     set_project_settings(

@@ -9,64 +9,34 @@ simulated annotator labels through the next-task API ("Label All Tasks") well pa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from backend.cycle import make_runner
 from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
 from backend.labeling_queue import load_state
 from backend.labelstudio.client import LabelStudio
-from backend.lsprocess import free_port
 from backend.scheduler import run_cycle_once
 from backend.settings import Settings, load_settings
 from backend.store import cycles
 from backend.store.db import Store
+from tests.integration.support import choice, wait_for, write_config
 
 N_IMAGES, TOP_K, LABELED = 60, 10, 26
 
 
-def _result(label: str) -> list[dict[str, Any]]:
-    return [
-        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
-    ]
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the queue was not topped up in time")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def served(label_studio: Any, tmp_path: Path) -> Iterator[tuple[Settings, LabelStudio, Store]]:
-    port = free_port()
-    config = tmp_path / "labelloop.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "label_studio": {"url": label_studio.url, "token": label_studio.token},
-                "server": {
-                    "port": port,
-                    "public_url": f"http://127.0.0.1:{port}",
-                    "log_level": "WARNING",
-                },
-                "store": {"data_dir": str(tmp_path / "data")},
-                "model": {"backbone": "small_cnn", "image_size": 32, "committee_size": 2},
-                "strategy": {"push_top_k": TOP_K, "cold_start_labels": 20},
-                # Cycles run only when the test asks; the scheduler still applies webhooks.
-                "loop": {
-                    "retrain_after": 100_000,
-                    "schedule_interval_minutes": None,
-                    "poll_s": 0.5,
-                },
-            }
-        )
+    config = write_config(
+        tmp_path,
+        label_studio,
+        model={"backbone": "small_cnn", "image_size": 32, "committee_size": 2},
+        strategy={"push_top_k": TOP_K, "cold_start_labels": 20},
+        # Cycles run only when the test asks; the scheduler still applies webhooks.
+        loop={"retrain_after": 100_000, "schedule_interval_minutes": None, "poll_s": 0.5},
     )
     settings = load_settings(config, environ={})
     ls = LabelStudio(settings.label_studio)
@@ -115,9 +85,11 @@ def test_label_all_tasks_keeps_our_order_past_k(
         task = ls.next_task(project)
         assert task is not None
         served_ids.append(int(task["id"]))
-        ls.create_annotation(task["id"], _result(truth[task["id"]]))
+        ls.create_annotation(task["id"], choice(truth[task["id"]]))
         # An annotator slower than the top-up: once half the head is labeled it grows again.
-        _wait_for(lambda step=step: pushed() - (step + 1) >= (TOP_K + 1) // 2)
+        wait_for(
+            lambda step=step: pushed() - (step + 1) >= (TOP_K + 1) // 2, 180, "the queue top-up"
+        )
     assert served_ids == [int(t) for t in state.task_ids[:LABELED]]  # never random, past K
     before = pushed()
     assert before > LABELED

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from backend.demo import DEMO_CONFIG, digit_images
-from tests.integration.test_loop import Loop
+from tests.integration.support import Loop, digits_loop
 
 pytestmark = pytest.mark.integration
 N_IMAGES = 300  # the demo's size
@@ -18,17 +17,10 @@ VIEW = "labelloop: suspected label errors"
 
 @pytest.fixture(scope="module")
 def loop(label_studio: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    loop = Loop(label_studio, tmp_path_factory.mktemp("review-loop"))
-    loop.project = loop.ls.create_project("review digits", DEMO_CONFIG)
-    images = list(digit_images(N_IMAGES, size=64, seed=2))
-    ids = loop.ls.upload_images(loop.project, [(name, data) for name, data, _ in images])
-    loop.truth = {task_id: str(digit) for task_id, (_, _, digit) in zip(ids, images, strict=True)}
-    loop.start()
-    assert loop.ls.connect_ml_backend(loop.project, loop.settings.server.public_url, "labelloop")
-    yield loop
-    loop.stop()
-    loop.store.dispose()
-    loop.ls.close()
+    with digits_loop(
+        label_studio, tmp_path_factory.mktemp("review-loop"), "review digits", N_IMAGES, seed=2
+    ) as loop:
+        yield loop
 
 
 def _flagged(loop: Loop) -> list[int]:
