@@ -2,6 +2,13 @@
 to the learning curve (out-of-sample accuracy against labels, one point per model version), with
 its uncertainty from refits on bootstrap resamples of the points.
 
+Cross-validated accuracy is measured on the labels the strategies chose, which are the hard
+items, so the curve runs below the model's accuracy on the pool. Once the newest model version
+has been scored on at least :data:`AUDIT_MIN` audit items (uniform draws from the pool, predicted
+out of sample), the curve is levelled by that version's audit-minus-cross-validated gap: its
+shape comes from every version's cross-validated figure (many labels, smooth), its level from
+the audit sample (unbiased for the pool).
+
 From the fit: the accuracy the curve levels off at (``a``), the labels needed to reach a few
 targets above today's accuracy (median and 80 % interval over the bootstrap fits; a target a fit
 never reaches counts as out of reach), and "diminishing returns" when the next
@@ -29,6 +36,9 @@ SMALL_GAIN = 0.005
 TARGET_STEPS = (0.01, 0.02, 0.05)
 #: Labels beyond which a target counts as out of reach.
 HORIZON = 1_000_000
+#: Audit items the newest version needs before they level the curve (fewer: an interval of
+#: about +-15 points, wider than the bias it would correct).
+AUDIT_MIN = 30
 
 
 def power_law(n: NDArray[np.float64], a: float, b: float, c: float) -> NDArray[np.float64]:
@@ -98,6 +108,23 @@ def _target(
     )
 
 
+def audit_offset(points: Sequence[CurvePoint]) -> tuple[float, int] | None:
+    """(audit minus cross-validated accuracy, audit items) of the newest version scored on at
+    least :data:`AUDIT_MIN` audit items; None when there is none."""
+    scored = [
+        (p.n_labels, p.audit_accuracy - p.accuracy, p.audit_n)
+        for p in points
+        if p.accuracy is not None
+        and p.audit_accuracy is not None
+        and p.audit_n is not None
+        and p.audit_n >= AUDIT_MIN
+    ]
+    if not scored:
+        return None
+    _, offset, count = max(scored)
+    return offset, count
+
+
 def forecast(points: Sequence[CurvePoint], *, seed: int = 0) -> Forecast | None:
     """The fitted curve's plateau, labels to reach a few targets, and diminishing returns."""
     pairs = [(p.n_labels, p.accuracy) for p in points if p.accuracy is not None and p.n_labels > 0]
@@ -105,6 +132,9 @@ def forecast(points: Sequence[CurvePoint], *, seed: int = 0) -> Forecast | None:
     acc = np.array([y for _, y in pairs], dtype=np.float64)
     if len(np.unique(n)) < MIN_POINTS:
         return None
+    levelled = audit_offset(points)
+    if levelled is not None:
+        acc = np.clip(acc + levelled[0], 0.0, 1.0)
     best = fit(n, acc)
     if best is None:
         return None
@@ -128,4 +158,7 @@ def forecast(points: Sequence[CurvePoint], *, seed: int = 0) -> Forecast | None:
         step=STEP,
         diminishing=gain < SMALL_GAIN,
         targets=[_target(t, best, fits, now) for t in wanted if t > current],
+        basis="cross-validated" if levelled is None else "audit",
+        audit_offset=None if levelled is None else round(levelled[0], 4),
+        audit_n=None if levelled is None else levelled[1],
     )

@@ -132,6 +132,10 @@ class CurvePoint(_Model):
     accuracy: float | None
     macro_f1: float | None
     train_accuracy: float | None = None
+    #: The version's accuracy on the labeled audit items (uniform draws from the pool, predicted
+    #: out of sample) and how many there were; null before the audit sample had labels.
+    audit_accuracy: float | None = None
+    audit_n: int | None = None
 
 
 class FitGap(_Model):
@@ -282,6 +286,12 @@ class Forecast(_Model):
     step: int
     diminishing: bool
     targets: list[ForecastTarget]
+    #: What the curve's level rests on: "cross-validated" (the labels the strategies chose, the
+    #: hard items: it runs low) or "audit" (levelled by ``audit_offset``, the newest version's
+    #: accuracy on ``audit_n`` audit items minus its cross-validated accuracy).
+    basis: str = "cross-validated"
+    audit_offset: float | None = None
+    audit_n: int | None = None
 
 
 class ReviewTally(_Model):

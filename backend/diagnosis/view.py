@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backend.diagnosis.forecast import forecast
 from backend.diagnosis.performance import fit_gap
@@ -25,7 +26,7 @@ from backend.diagnosis.schema import (
 from backend.selection import latest_report
 from backend.settings import Settings
 from backend.store.db import Store
-from backend.store.models import ModelVersion
+from backend.store.models import Cycle, ModelVersion
 
 log = logging.getLogger(__name__)
 Row = TypeVar("Row", bound=TaskRow)
@@ -48,13 +49,15 @@ def load_diagnosis(settings: Settings, project_id: int) -> Diagnosis | None:
 
 
 def learning_curve(store: Store, project_id: int) -> list[CurvePoint]:
-    """One point per model version, oldest first: labels used against accuracy and macro F1."""
+    """One point per model version, oldest first: labels used against accuracy and macro F1,
+    and the version's accuracy on the audit items where its cycle measured it."""
     with store.session() as session:
         rows = session.scalars(
             select(ModelVersion)
             .where(ModelVersion.project_id == project_id)
             .order_by(ModelVersion.created_at, ModelVersion.id)
-        )
+        ).all()
+        audited = _audit_by_version(session, project_id)
         return [
             CurvePoint(
                 version=row.version,
@@ -63,9 +66,26 @@ def learning_curve(store: Store, project_id: int) -> list[CurvePoint]:
                 accuracy=row.metrics.get("accuracy"),
                 macro_f1=row.metrics.get("macro_f1"),
                 train_accuracy=row.metrics.get("train_accuracy"),
+                audit_accuracy=audited[row.version].accuracy if row.version in audited else None,
+                audit_n=audited[row.version].n if row.version in audited else None,
             )
             for row in rows
         ]
+
+
+def _audit_by_version(session: Session, project_id: int) -> dict[str, AuditEstimate]:
+    """Model version -> its cross-fitted accuracy on the audit items, from the cycle that
+    trained it (``audit_accuracy_crossfit`` in the cycle's metrics)."""
+    found: dict[str, AuditEstimate] = {}
+    for version, metrics in session.execute(
+        select(Cycle.model_version, Cycle.metrics).where(
+            Cycle.project_id == project_id, Cycle.state == "succeeded"
+        )
+    ):
+        estimate = _estimate((metrics or {}).get("audit_accuracy_crossfit"))
+        if version is not None and estimate is not None:
+            found[version] = estimate
+    return found
 
 
 def task_link(browser_url: str, project_id: int, task_id: int) -> str:

@@ -178,6 +178,10 @@ def test_forecast_renders_targets(project: DiagnosedProject) -> None:
     html = render_page(view.model_copy(update={"forecast": fitted}), PROJECT)
     assert html.count("<li data-accuracy=") == len(fitted.targets) >= 2
     assert "more labels to reach" in html
+    assert re.search(r'<p id="forecast-basis">On cross-validated accuracy', html)
+    levelled = fitted.model_copy(update={"basis": "audit", "audit_offset": 0.042, "audit_n": 57})
+    html = render_page(view.model_copy(update={"forecast": levelled}), PROJECT)
+    assert "scored +4.2 points against its cross-validated accuracy on 57 uniformly" in html
 
 
 def test_explanation_page_and_image_are_cached_per_task_and_version(
