@@ -147,8 +147,8 @@ def _print_preview(result: dict[str, Any]) -> None:
 
 def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
     """``labelloop preview --project ID [--top N] [KEY=VALUE ...]``: changes nothing."""
-    from backend.models_registry import ModelRegistry
     from backend.preview import preview
+    from backend.serving.registry import ModelRegistry
     from backend.training import NotEnoughLabels
 
     if not 1 <= args.top <= 1000:

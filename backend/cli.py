@@ -40,7 +40,7 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.serving import Refused, check_exposure, serve_embedded
+    from backend.server import Refused, check_exposure, serve_embedded
 
     settings = with_overrides(settings, serve_overrides(args))
     try:
@@ -49,7 +49,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if args.workers != 1:
         return _serve_gunicorn(settings, args.workers)
-    from backend.app import create_app, shutdown
+    from backend.api.app import create_app, shutdown
     from backend.cycle import make_runner
     from backend.store.db import Store
 
@@ -77,7 +77,7 @@ def _serve_gunicorn(settings: Settings, workers: int) -> int:
             "--workers above 1 needs loop.run_scheduler: false and one `labelloop scheduler` "
             "process (every worker would otherwise run a scheduler of its own)"
         )
-    from backend.serving import serve_with_gunicorn
+    from backend.server import serve_with_gunicorn
     from backend.store.db import Store
 
     store = Store(settings.store.url)
@@ -113,7 +113,7 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_cycle(settings: Settings, args: argparse.Namespace) -> int:
     """Run one cycle now in this process (or only queue it for the running scheduler)."""
     from backend.cycle import make_runner
-    from backend.scheduler import run_cycle_once
+    from backend.runtime.lease import run_cycle_once
     from backend.store import cycles
     from backend.store.db import Store
     from backend.store.models import utcnow
@@ -186,7 +186,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """``labelloop worker [--burst]``: take cycle jobs from ``loop.rq_queue``."""
     from redis.exceptions import RedisError
 
-    from backend.workers import connect, run_worker
+    from backend.runtime.workers import connect, run_worker
 
     if not settings.loop.redis_url:
         raise CliError("labelloop worker needs loop.redis_url (e.g. redis://127.0.0.1:6379/0)")
@@ -266,7 +266,7 @@ def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
     from backend.admin_cli import cmd_preview, cmd_strategy
     from backend.demo import cmd_demo
     from backend.inbox_cli import cmd_inbox
-    from backend.scheduler import cmd_scheduler
+    from backend.runtime.process import cmd_scheduler
     from backend.simulate_cli import cmd_simulate
     from backend.train_cli import cmd_train
 

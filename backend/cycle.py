@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,15 @@ import numpy as np
 from backend import selection
 from backend.clusters import project_clusters
 from backend.diagnosis.quality import ImageStatsRecorder, stats_path
+from backend.diagnosis.record import write_diagnosis
 from backend.diagnosis.slices import slice_columns, slice_ids
 from backend.diagnosis.views import push_diagnosis_views
 from backend.labeling_queue import QueueState, save_state
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
-from backend.model.train import TrainedModel
+from backend.loop import ingest
+from backend.loop.contract import CycleContext, CycleResult, CycleRunner, Scored, Snapshot, Trained
+from backend.loop.doubt import Doubt, doubt_of, tag_names
 from backend.project_settings import effective_settings
 from backend.push import (
     QueueItem,
@@ -38,15 +41,13 @@ from backend.push import (
     settled_tasks,
 )
 from backend.review import SUSPICION, crowd_of, decide, flag_scores, review_signal
-from backend.scheduler import CycleContext, CycleResult, CycleRunner
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
-from backend.store.models import Annotation, Project, Task
+from backend.store.models import Annotation, Project
 from backend.sync import reconcile
 from backend.training import (
     NotEnoughLabels,
-    Targets,
     activate_version,
     annotator_matrix,
     consensus_targets,
@@ -60,42 +61,16 @@ from backend.training import (
 from strategies import REGISTRY, Pool
 from strategies.base import threads
 from strategies.combine import Priority, prioritize
-from strategies.disagreement import doubted_labels, judged_tags
 from strategies.duplicates import demote, near_copies_of_labeled
 from strategies.label_quality import LabelQuality
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """The project as the store holds it after reconcile."""
-
-    cfg: LabelConfig
-    tasks: list[Task]
-    annotations: list[Annotation]
-    targets: Targets
-
-
-@dataclass(frozen=True)
-class Trained:
-    model: TrainedModel
-    used: Targets
-    version: str
-
-
-@dataclass(frozen=True)
-class Scored:
-    task_ids: np.ndarray  # (n,) tasks in pool order
-    pool: Pool
-    priority: Priority
-    probs: np.ndarray | None
-
-
 def load_snapshot(store: Store, project_id: int) -> Snapshot:
     with store.session() as session:
         project = session.get(Project, project_id)
-        cfg = repo.project_config(project) if project is not None else None
+        cfg = ingest.project_config(project) if project is not None else None
         if cfg is None:
             reason = project.config_error if project is not None else "unknown project"
             raise NotEnoughLabels(f"project {project_id} has no supported label config: {reason}")
@@ -347,43 +322,6 @@ def _suspected(
     return Doubt(reason, names[given], names[suggested], p)
 
 
-@dataclass(frozen=True)
-class Doubt:
-    """Why a labeled item looks mislabeled, in words: its given and predicted labels (multi-label:
-    tags), the reason, and the model's probability that the doubted label is wrong."""
-
-    reason: str
-    given: str
-    predicted: str
-    confidence: float
-
-
-def doubt_of(
-    names: Sequence[str],
-    labels: np.ndarray,
-    oos_probs: np.ndarray | None,
-    targets: np.ndarray | None,
-) -> Callable[[int], Doubt | None]:
-    """The doubt about row ``i`` of a pool (None without out-of-sample probabilities).
-
-    Single-label: the model's top class against the given one. Multi-label (``targets``): the
-    most doubted tag among those the labels can judge (:func:`judged_tags`, computed once here).
-    """
-    if oos_probs is None:
-        return lambda _row: None
-    if targets is None:
-        return lambda row: _class_doubt(names, int(labels[row]), oos_probs[row])
-    judged = judged_tags(labels >= 0, targets)
-    return lambda row: _tag_doubt(names, targets[row], oos_probs[row], judged)
-
-
-def _class_doubt(names: Sequence[str], given: int, probs: np.ndarray) -> Doubt:
-    top = int(np.argmax(probs))
-    confidence = float(probs[top])
-    reason = f"labeled {names[given]!r}; model says {names[top]!r} ({confidence:.0%})"
-    return Doubt(reason, names[given], names[top], confidence)
-
-
 def _suspected_tag(
     names: Sequence[str], tags: np.ndarray, doubted: int, quality: LabelQuality, row: int
 ) -> Doubt:
@@ -397,25 +335,6 @@ def _suspected_tag(
         reason = f"not tagged {name!r}; the model and similar labeled items say it is present"
         predicted = tag_names(names, np.where(np.arange(len(tags)) == doubted, 1, tags))
     return Doubt(f"{reason}: {p:.0%} likely mislabeled", given, predicted, p)
-
-
-def tag_names(names: Sequence[str], tags: np.ndarray) -> str:
-    """The tags set in a (C,) 0/1 row, as flags and reasons name them."""
-    return ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
-
-
-def _tag_doubt(
-    names: Sequence[str], tags: np.ndarray, probs: np.ndarray, judged: np.ndarray
-) -> Doubt:
-    given = tag_names(names, tags)
-    predicted = tag_names(names, (probs >= 0.5) & judged)
-    doubted = int(doubted_labels(tags[None], probs[None], judged)[0])
-    p, name = float(probs[doubted]), names[doubted]
-    if tags[doubted]:
-        return Doubt(
-            f"tagged {name!r}; model says it is absent ({1 - p:.0%})", given, predicted, 1 - p
-        )
-    return Doubt(f"not tagged {name!r}; model says it is present ({p:.0%})", given, predicted, p)
 
 
 def run_cycle(
@@ -480,8 +399,6 @@ def run_cycle(
         if trained is not None:
             activate_version(settings, store, project_id, trained.version)
         counts.update(model=int(trained is not None))
-        from backend.diagnosis.record import write_diagnosis
-
         written, diagnosis = write_diagnosis(
             settings,
             project_id,
@@ -620,6 +537,3 @@ def make_runner(settings: Settings, store: Store) -> CycleRunner:
             return run_cycle(ctx, settings, store, ls, project_id)
 
     return run
-
-
-RunnerFactory = Callable[[Settings, Store], CycleRunner]

@@ -8,7 +8,6 @@ process that started the demo (``make run``) goes away.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import secrets
@@ -22,14 +21,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
 import yaml
-from PIL import Image
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from backend.files import atomic_write
 from backend.lsprocess import LabelStudioProcess, next_free_port, start_label_studio
 from backend.settings import Settings, with_overrides
+from backend.simulate_sets import digit_images
 
 log = logging.getLogger(__name__)
 FIRST_CYCLE_TIMEOUT_S = 600.0
@@ -44,20 +42,6 @@ DEMO_CONFIG = """<View>
 </View>"""
 
 
-def digit_images(count: int, *, size: int = 96, seed: int = 0) -> Iterator[tuple[str, bytes, int]]:
-    """(file name, PNG bytes, true digit) for ``count`` digits, in a fixed shuffled order."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(seed).permutation(len(digits.images))[:count]
-    for i in order:
-        pixels = (255 - digits.images[i] * 255 / 16).clip(0, 255).astype(np.uint8)
-        image = Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.BICUBIC)
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
-        yield f"digit_{i:04d}.png", buffer.getvalue(), int(digits.target[i])
-
-
 @dataclass
 class ServedBackend:
     url: str
@@ -66,7 +50,7 @@ class ServedBackend:
     app: Any
 
     def stop(self) -> None:
-        from backend.app import shutdown
+        from backend.api.app import shutdown
 
         self.server.shutdown()
         self.thread.join(10)
@@ -81,7 +65,7 @@ def serve_in_thread(settings: Settings, *, loop: bool = False) -> ServedBackend:
         settings: the settings to serve with.
         loop: also run the scheduler with the real cycle, as ``labelloop serve`` does.
     """
-    from backend.app import create_app
+    from backend.api.app import create_app
     from backend.cycle import make_runner
     from backend.store.db import Store
 

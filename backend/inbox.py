@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from sqlalchemy.orm import Session
 
+from backend.loop import ingest
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import InboxEvent, Project, utcnow
@@ -147,8 +148,8 @@ def _apply_annotation(session: Session, payload: Mapping[str, Any], project: Pro
     if task_id is None:
         return "ignored: no task id"
     if isinstance(task, dict) and "id" in task:
-        repo.upsert_task(session, project, task)
-    return repo.upsert_annotation(session, project, int(task_id), annotation)
+        ingest.upsert_task(session, project, task)
+    return ingest.upsert_annotation(session, project, int(task_id), annotation)
 
 
 def _apply_deleted(session: Session, payload: Mapping[str, Any], event: InboxEvent) -> str:
@@ -162,7 +163,7 @@ def _apply_deleted(session: Session, payload: Mapping[str, Any], event: InboxEve
 
 def _apply_tasks(session: Session, payload: Mapping[str, Any], project: Project) -> str:
     tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
-    outcomes = Counter(repo.upsert_task(session, project, t) for t in tasks)
+    outcomes = Counter(ingest.upsert_task(session, project, t) for t in tasks)
     return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "no tasks"
 
 
@@ -173,7 +174,7 @@ def _refresh_project(session: Session, payload: Mapping[str, Any], project: Proj
         title = body.get("title")
         project.title = title[:500] if isinstance(title, str) and title else project.title
         if isinstance(body.get("label_config"), str):
-            repo.set_label_config(session, project, body["label_config"])
+            ingest.set_label_config(session, project, body["label_config"])
 
 
 def _apply_to(session: Session, event: InboxEvent, project: Project, report: ApplyReport) -> str:

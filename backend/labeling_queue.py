@@ -31,10 +31,11 @@ from sqlalchemy import select
 from backend.files import atomic_write
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
+from backend.loop import ingest
 from backend.project_settings import effective_settings
 from backend.push import LabelStudioPush, QueueItem, add_to_queue
 from backend.settings import Settings
-from backend.store import cycles, repo
+from backend.store import cycles
 from backend.store.db import Store
 from backend.store.models import Annotation, Project, utcnow
 
@@ -238,7 +239,7 @@ def make_refill(settings: Settings, store: Store) -> Callable[[int], None]:
             return  # the usual case: decided without the lease, so cycles are never kept waiting
         with store.session() as session:
             project = session.get(Project, project_id)
-            cfg = repo.project_config(project) if project is not None else None
+            cfg = ingest.project_config(project) if project is not None else None
         if cfg is None:
             return
 

@@ -30,9 +30,9 @@ from backend.cycle import (
     select_stage,
 )
 from backend.model.cache import EmbeddingCache
-from backend.models_registry import ServedModel
 from backend.project_settings import diff, effective_settings, propose
 from backend.push import QueueItem
+from backend.serving.registry import ServedModel
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store

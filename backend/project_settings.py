@@ -210,7 +210,7 @@ def describe(store: Store, settings: Settings, project_id: int) -> dict[str, Any
 
 
 def loop_settings_for(store: Store, settings: Settings) -> Callable[[int], LoopSettings]:
-    """Per-project loop settings for :class:`backend.scheduler.LoopScheduler`.
+    """Per-project loop settings for :class:`backend.runtime.scheduler.LoopScheduler`.
 
     A stored override that no longer validates is logged and the defaults are used, so one
     project's bad value cannot stop the scheduler's housekeeping for every project.

@@ -46,7 +46,7 @@ from backend.cycle import (
 from backend.labelstudio.config import LabelConfig
 from backend.push import QueueItem
 from backend.settings import Settings, StrategySettings
-from backend.simulate_sets import GENERATED, generate
+from backend.simulate_sets import GENERATED, digit_images, generate
 from backend.store.db import Store
 from backend.store.models import Annotation, Task
 from backend.training import NotEnoughLabels, consensus_targets, embed_items, fit
@@ -132,8 +132,6 @@ def _constant(data: bytes) -> Callable[[], bytes]:
 
 
 def _digits(limit: int | None) -> Dataset:
-    from backend.demo import digit_images
-
     rendered = list(digit_images(limit or 1797))
     return Dataset(
         "digits",

@@ -9,12 +9,15 @@
   any class: dark background and thin outline) independent of the class.
 
 Each is deterministic for its seed and needs no download. Images are 64 px RGB PNGs.
+
+And ``digits``: scikit-learn's 8 x 8 handwritten digits, which ship inside the package, rendered as
+RGB PNGs (the demo's project and simulate's ``digits`` set).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,3 +176,17 @@ def pixel_features(images: Sequence[bytes], *, side: int = 16) -> np.ndarray:
             small = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
             rows.append(np.asarray(small, dtype=np.float64).reshape(-1) / 255.0)
     return np.stack(rows)
+
+
+def digit_images(count: int, *, size: int = 96, seed: int = 0) -> Iterator[tuple[str, bytes, int]]:
+    """(file name, PNG bytes, true digit) for ``count`` digits, in a fixed shuffled order."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.images))[:count]
+    for i in order:
+        pixels = (255 - digits.images[i] * 255 / 16).clip(0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels, "L").resize((size, size), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="PNG")
+        yield f"digit_{i:04d}.png", buffer.getvalue(), int(digits.target[i])

@@ -21,6 +21,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from backend.inbox import apply_pending
+from backend.loop import ingest
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, Project, Task, utcnow
@@ -86,10 +87,10 @@ def _sync_chunk(
     session.scalars(select(Annotation).where(Annotation.task_id.in_(ids))).all()
     for task in tasks:
         seen[0].add(int(task["id"]))
-        changes[0][repo.upsert_task(session, project, task)] += 1
+        changes[0][ingest.upsert_task(session, project, task)] += 1
         for annotation in task.get("annotations") or []:
             seen[1].add(int(annotation["id"]))
-            outcome = repo.upsert_annotation(
+            outcome = ingest.upsert_annotation(
                 session, project, int(task["id"]), annotation, from_reconcile=True
             )
             changes[1][outcome] += 1
@@ -155,7 +156,7 @@ def reconcile(
         since = cursor - OVERLAP if incremental and cursor is not None else None
         project.title = info.get("title") or project.title
         if isinstance(info.get("label_config"), str):
-            repo.set_label_config(session, project, info["label_config"])
+            ingest.set_label_config(session, project, info["label_config"])
     seen: tuple[set[int], set[int]] = (set(), set())
     changes: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
     newest = cursor if since is not None else None

@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import select
 
 from backend.labelstudio.config import LabelConfig
+from backend.loop import ingest
 from backend.model.backbones import (
     Backbone,
     TorchBackbone,
@@ -273,7 +274,7 @@ def _load_inputs(store: Store, project_id: int) -> tuple[LabelConfig, list[Task]
         project = session.get(Project, project_id)
         if project is None:
             raise NotEnoughLabels(f"project {project_id} is not known; run connect or sync first")
-        cfg = repo.project_config(project)
+        cfg = ingest.project_config(project)
         if cfg is None:
             raise NotEnoughLabels(
                 f"project {project_id} has no supported label config: {project.config_error}"

@@ -37,11 +37,12 @@ from _common import machine
 from PIL import Image
 
 from backend.cycle import make_runner
-from backend.demo import DEMO_CONFIG, digit_images
+from backend.demo import DEMO_CONFIG
 from backend.labelstudio.client import LabelStudio
 from backend.lsprocess import start_label_studio
-from backend.scheduler import run_cycle_once
+from backend.runtime.lease import run_cycle_once
 from backend.settings import Settings, load_settings
+from backend.simulate_sets import digit_images
 from backend.store import cycles
 from backend.store.db import Store
 

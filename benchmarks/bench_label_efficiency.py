@@ -4,7 +4,8 @@
 
 Datasets (all offline, shipped inside installed packages; one table each):
 - ``digits``: scikit-learn's 8x8 digits, raw pixels / 16 as features and embeddings;
-- ``digits-emb``: the same digits rendered as 64 px images (``backend.demo.digit_images``, bicubic)
+- ``digits-emb``: the same digits rendered as 64 px images
+  (``backend.simulate_sets.digit_images``, bicubic)
   and embedded by the default backbone, EfficientNet-Lite0 at 96 px (1280-d);
 - ``textures``: scikit-image's brick / grass / gravel photos in 32 px tiles (``bench_model``),
   Lite0 embeddings at 96 px; easy (3 classes, ~0.99);
@@ -323,7 +324,7 @@ def _images(dataset: str) -> tuple[list[bytes], np.ndarray]:
         made = generate(dataset)
         return list(made.images), made.y
     if dataset == "digits-emb":
-        from backend.demo import digit_images
+        from backend.simulate_sets import digit_images
 
         rendered = list(digit_images(1797, size=64, seed=0))
         return [png for _, png, _ in rendered], np.array([digit for *_, digit in rendered])

@@ -14,7 +14,7 @@ import sklearn  # noqa: F401  (imported first: it sets KMP_* variables once, at 
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
 from backend.settings import Settings, load_settings
 from backend.store.db import Store
 

@@ -20,6 +20,7 @@ from backend.cycle import Trained, build_pool, load_snapshot, score_stage, train
 from backend.diagnosis.quality import ImageStatsRecorder, stats_path
 from backend.diagnosis.record import write_diagnosis
 from backend.labelstudio.images import ImageResolver
+from backend.loop import ingest
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
@@ -60,16 +61,18 @@ def seed(store: Store) -> dict[int, str]:
     names = list(COLORS)
     with store.session() as session:
         project = repo.ensure_project(session, PROJECT)
-        repo.set_label_config(session, project, SINGLE_CONFIG)
+        ingest.set_label_config(session, project, SINGLE_CONFIG)
         for task_id in range(1, 46):
             label = names[(task_id - 1) // 10 % 3] if task_id <= 30 else names[task_id % 3]
             truth[task_id] = label
             image = data_url(COLORS[label], task_id)
             data = {"image": image, "source": "cam-a" if task_id % 2 else "cam-b"}
-            repo.upsert_task(session, project, {"id": task_id, "data": data})
+            ingest.upsert_task(session, project, {"id": task_id, "data": data})
             if task_id <= 30:
                 given = PLANTED.get(task_id, label)
-                repo.upsert_annotation(session, project, task_id, _annotation(100 + task_id, given))
+                ingest.upsert_annotation(
+                    session, project, task_id, _annotation(100 + task_id, given)
+                )
     return truth
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from backend.cycle import run_cycle
 from backend.labelstudio.client import LabelStudio
-from backend.scheduler import CycleContext, CycleResult, run_cycle_once
+from backend.loop.contract import CycleContext, CycleResult
+from backend.runtime.lease import run_cycle_once
 from backend.settings import ImageSettings, Settings
 from backend.store.db import Store
 from tests.conftest import SINGLE_CONFIG

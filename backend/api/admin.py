@@ -13,7 +13,7 @@ from backend.api.errors import ApiError
 from backend.api.operations import operation
 from backend.api.requests import body, query
 from backend.api.schemas import HistoryQuery, PreviewRequest, SettingsPatch
-from backend.app import services
+from backend.api.services import services
 from backend.preview import preview
 from backend.project_settings import (
     describe,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from backend.api.errors import error_response
 from backend.api.operations import operation
-from backend.app import Services, services
+from backend.api.services import Services, services
 from backend.cycle import load_snapshot
 from backend.diagnosis.explained import Explained, explain_task
 from backend.diagnosis.page import Links, render_explanation, render_not_yet, render_page

@@ -18,11 +18,12 @@ from backend.api.errors import ApiError, bad_request
 from backend.api.operations import operation
 from backend.api.requests import body, cached_body, json_body, parse_json, validated
 from backend.api.schemas import MAX_ID, PredictRequest, SetupRequest, WebhookEvent
-from backend.app import services
+from backend.api.services import services
 from backend.inbox import HANDLED_ACTIONS, BadEvent, parse_event
 from backend.labelstudio.config import UnsupportedConfig, parse_label_config
+from backend.loop import ingest
 from backend.metrics import CONTENT_TYPE
-from backend.predict import predict_tasks
+from backend.serving.predict import predict_tasks
 from backend.store import repo
 from backend.store.models import Project
 
@@ -86,7 +87,7 @@ def setup() -> Response:
                     f"this backend already serves {limit} projects (server.max_projects)",
                 )
         project = repo.ensure_project(session, pid)
-        repo.set_label_config(session, project, request.schema_)
+        ingest.set_label_config(session, project, request.schema_)
         project.ls_hostname = request.hostname or project.ls_hostname
         version = project.model_version or UNTRAINED
     log.info("setup for project %s: %d labels", pid, len(project.labels))

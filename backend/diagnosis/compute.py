@@ -63,6 +63,7 @@ from backend.diagnosis.schema import (
     Slices,
 )
 from backend.diagnosis.slices import slice_field, value_groups
+from backend.loop.doubt import doubt_of  # the review view's wording, so both read the same
 from backend.model.metrics import classification_metrics
 from backend.settings import DiagnosisSettings
 from strategies.coverage import Clustering, cluster_coverage, cluster_embeddings, outlier_scores
@@ -205,8 +206,6 @@ def label_errors(inputs: DiagnosisInputs, *, limit: int) -> list[LabelError]:
     scores, probs = inputs.error_scores, inputs.oos_probs
     if scores is None or probs is None:
         return []
-    from backend.cycle import doubt_of  # the review view's wording, so both read the same
-
     doubt = doubt_of(inputs.classes, inputs.labels, probs, inputs.targets)
     out = []
     for row in rows[:limit]:

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +17,7 @@ from backend.diagnosis.quality import load_stats, stats_matrix, stats_path
 from backend.diagnosis.schema import Diagnosis, Review
 from backend.diagnosis.slices import slice_columns
 from backend.files import atomic_write
+from backend.loop.contract import Scored, Snapshot, Trained
 from backend.push import review_outcomes
 from backend.review import SUSPICION, decide, flag_scores, review_section, review_signal
 from backend.settings import Settings
@@ -25,9 +25,6 @@ from backend.store import task_images
 from backend.store.db import Store
 from backend.training import annotator_matrix
 from strategies import REGISTRY
-
-if TYPE_CHECKING:
-    from backend.cycle import Scored, Snapshot, Trained
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ project's current model from the serving registry (which loads it with :func:`lo
 then calls ``TrainedModel.predict_proba`` and :func:`predict_annotation`.
 """
 
+from backend.model.annotation import predict_annotation
 from backend.model.backbones import (
     Backbone,
     BackboneUnavailableError,
@@ -20,7 +21,6 @@ from backend.model.checkpoint import (
 )
 from backend.model.featurize import FeaturizeResult, featurize
 from backend.model.finetune import fine_tune_backbone
-from backend.model.predict import predict_annotation
 from backend.model.train import TrainedModel, train_model
 
 __all__ = [

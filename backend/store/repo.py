@@ -18,8 +18,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.labelstudio.config import LabelConfig, UnsupportedConfig, parse_label_config
-from backend.labelstudio.convert import annotation_labels, task_image_ref
 from backend.store.models import Annotation, InboxEvent, ModelVersion, Project, Task, utcnow
 
 Outcome = Literal["created", "updated", "unchanged", "stale", "ignored"]
@@ -55,37 +53,27 @@ def ensure_project(session: Session, project_id: int) -> Project:
     return project
 
 
-def set_label_config(session: Session, project: Project, label_config: str) -> LabelConfig | None:
-    """Store and parse a project's label config; an unsupported one is kept with its reason."""
-    if project.label_config == label_config and project.config_error is None and project.labels:
-        return project_config(project)
+def store_label_config(
+    session: Session,
+    project: Project,
+    label_config: str,
+    *,
+    parsed: Mapping[str, Any] | None,
+    error: str | None,
+) -> None:
+    """Store a project's label config with what parsing it gave: its fields, or why it is refused.
+
+    Args:
+        parsed: ``from_name``, ``to_name``, ``value_key``, ``labels`` and ``multiple`` of a
+            supported config; None with ``error`` for an unsupported one (kept with its reason).
+    """
     project.label_config = label_config
-    try:
-        cfg = parse_label_config(label_config)
-    except UnsupportedConfig as exc:
-        project.config_error = str(exc)
-        return None
-    project.config_error = None
-    project.from_name, project.to_name = cfg.from_name, cfg.to_name
-    project.value_key, project.labels, project.multiple = (
-        cfg.value_key,
-        list(cfg.labels),
-        cfg.multiple,
-    )
-    return cfg
-
-
-def project_config(project: Project) -> LabelConfig | None:
-    """The parsed label config of a project, or None when it has none we support."""
-    if project.config_error or not project.from_name or not project.to_name:
-        return None
-    return LabelConfig(
-        from_name=project.from_name,
-        to_name=project.to_name,
-        value_key=project.value_key or "image",
-        labels=tuple(project.labels),
-        multiple=project.multiple,
-    )
+    project.config_error = error
+    if parsed is None:
+        return
+    project.from_name, project.to_name = parsed["from_name"], parsed["to_name"]
+    project.value_key, project.labels = parsed["value_key"], list(parsed["labels"])
+    project.multiple = bool(parsed["multiple"])
 
 
 def list_projects(session: Session) -> list[Project]:
@@ -95,15 +83,16 @@ def list_projects(session: Session) -> list[Project]:
 # ---------------------------------------------------------------- tasks and annotations
 
 
-def upsert_task(session: Session, project: Project, data: Mapping[str, Any]) -> Outcome:
-    """Insert or refresh one task from Label Studio's task JSON.
+def upsert_task(
+    session: Session, project: Project, data: Mapping[str, Any], *, image_ref: str | None
+) -> Outcome:
+    """Insert or refresh one task from Label Studio's task JSON (``image_ref``: its image).
 
     A task stored under another project is left alone ("ignored"): an event of one project
     never changes another project's rows.
     """
     task_id = int(data["id"])
-    cfg = project_config(project)
-    ref = task_image_ref(dict(data), cfg) if cfg is not None else None
+    ref = image_ref
     updated = parse_ts(data.get("updated_at"))
     row = session.get(Task, task_id)
     if row is not None and row.project_id != project.id:
@@ -136,9 +125,11 @@ def upsert_annotation(
     task_id: int,
     data: Mapping[str, Any],
     *,
+    labels: list[str],
     from_reconcile: bool = False,
 ) -> Outcome:
-    """Insert or update one annotation, never letting older data overwrite newer data.
+    """Insert or update one annotation (``labels``: the choices it gives), never letting older
+    data overwrite newer data.
 
     A deleted annotation is only brought back by a reconcile (Label Studio still lists it); a
     webhook about it that arrives after its deletion is ignored, and so is one about an
@@ -148,8 +139,6 @@ def upsert_annotation(
     task = session.get(Task, task_id)
     if task is not None and task.project_id != project.id:
         return "ignored"
-    cfg = project_config(project)
-    labels = list(annotation_labels(dict(data), cfg)) if cfg is not None else []
     updated = parse_ts(data.get("updated_at")) or parse_ts(data.get("created_at"))
     fields = {
         "task_id": task_id,

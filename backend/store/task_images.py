@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.model.featurize import FeaturizeResult
 from backend.store.models import Task, TaskImage
 
 CHUNK = 1000  # ids per IN (...) query, under every database's bound-parameter limit
 
 
-def record(session: Session, tasks: Sequence[Task], result: FeaturizeResult, backbone: str) -> int:
+class Embedded(Protocol):
+    """What a featurize run tells the store (``backend.model.featurize.FeaturizeResult``)."""
+
+    @property
+    def embeddings(self) -> Mapping[int, Any]: ...
+
+    @property
+    def hashes(self) -> Mapping[int, str]: ...
+
+
+def record(session: Session, tasks: Sequence[Task], result: Embedded, backbone: str) -> int:
     """Remember each embedded task's image reference, hash and backbone; returns the rows written.
 
     Rows that already say the same are left untouched, so a warm cycle writes nothing.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask import Flask, jsonify
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
 from backend.store import repo
 from tests.conftest import make_settings
 

@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
 from backend.project_settings import effective_settings
 from backend.settings import Settings
 from backend.store.db import Store

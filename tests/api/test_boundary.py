@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from backend.api.requests import json_depth
+from backend.loop import ingest
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, InboxEvent, Project, Task
@@ -23,7 +24,7 @@ def _set_up(store: Store, *project_ids: int) -> None:
     with store.session() as session:
         for pid in project_ids:
             project = repo.ensure_project(session, pid)
-            repo.set_label_config(session, project, SINGLE_CONFIG)
+            ingest.set_label_config(session, project, SINGLE_CONFIG)
 
 
 def _is_json_error(response: Any, status: int) -> dict[str, Any]:
@@ -174,7 +175,7 @@ def test_predict_for_a_project_never_set_up_creates_no_row(
 def test_setup_registers_only_valid_configs_and_at_most_max_projects(
     tmp_path: Any,
 ) -> None:
-    from backend.app import create_app, shutdown
+    from backend.api.app import create_app, shutdown
     from tests.conftest import make_settings
 
     app = create_app(make_settings(tmp_path, server={"max_projects": 2}))

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from backend.app import create_app
+from backend.api.app import create_app
 from backend.diagnosis.forecast import forecast
 from backend.diagnosis.page import SECTIONS, render_page
 from backend.diagnosis.record import diagnosis_path

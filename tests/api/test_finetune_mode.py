@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
 from backend.labelstudio.images import ImageResolver
+from backend.loop import ingest
 from backend.model.backbones import build_backbone, weights_path
 from backend.settings import Settings
 from backend.store import repo
@@ -85,11 +86,11 @@ def test_too_few_readable_labels_keep_the_pretrained_backbone(
 ) -> None:
     with store.session() as session:
         project = repo.ensure_project(session, 9)
-        repo.set_label_config(session, project, SINGLE_CONFIG)
+        ingest.set_label_config(session, project, SINGLE_CONFIG)
         for task_id, ref in enumerate(["a", "b", "broken", "broken"], start=1):
-            repo.upsert_task(session, project, {"id": task_id, "data": {"image": ref}})
+            ingest.upsert_task(session, project, {"id": task_id, "data": {"image": ref}})
         tasks = repo.live_tasks(session, 9)
-        cfg = repo.project_config(project)
+        cfg = ingest.project_config(project)
     assert cfg is not None
     images = {"a": _data_url(COLORS["cat"], 1), "b": _data_url(COLORS["dog"], 2)}
     resolver = ImageResolver(tune_settings.label_studio, tune_settings.images)

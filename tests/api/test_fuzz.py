@@ -17,7 +17,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
+from backend.loop import ingest
 from backend.store import repo
 from tests.conftest import ADMIN, SINGLE_CONFIG, make_settings
 
@@ -69,7 +70,7 @@ def _operations(client: FlaskClient) -> list[tuple[str, str, dict[str, Any], dic
 def fuzz_client(tmp_path: Path) -> Any:
     app = create_app(make_settings(tmp_path))
     with app.extensions["labelloop"].store.session() as session:
-        repo.set_label_config(session, repo.ensure_project(session, 3), SINGLE_CONFIG)
+        ingest.set_label_config(session, repo.ensure_project(session, 3), SINGLE_CONFIG)
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = ADMIN["Authorization"]
     yield client

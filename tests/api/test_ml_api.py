@@ -12,9 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend.app import EXTENSION, create_app, shutdown
+from backend.api.app import EXTENSION, create_app, shutdown
 from backend.inbox import apply_pending
-from backend.scheduler import run_scheduler_process
+from backend.runtime.process import run_scheduler_process
 from backend.settings import Settings, with_overrides
 from backend.store import repo
 from backend.store.db import Store

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
 from backend.labelstudio.images import ImageResolver
+from backend.loop import ingest
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
@@ -46,14 +47,14 @@ def _seed_project(store: Store, project_id: int, per_class: int) -> dict[int, st
     truth = {}
     with store.session() as session:
         project = repo.ensure_project(session, project_id)
-        repo.set_label_config(session, project, SINGLE_CONFIG)
+        ingest.set_label_config(session, project, SINGLE_CONFIG)
         task_id = 1
         for label, color in COLORS.items():
             for i in range(per_class + 2):
                 task = {"id": task_id, "data": {"image": _data_url(color, task_id)}}
-                repo.upsert_task(session, project, task)
+                ingest.upsert_task(session, project, task)
                 if i < per_class:
-                    repo.upsert_annotation(
+                    ingest.upsert_annotation(
                         session, project, task_id, _annotation(100 + task_id, task_id, [label])
                     )
                 truth[task_id] = label
@@ -151,9 +152,9 @@ def test_versions_are_pruned_but_never_the_current(small_settings: Settings, sto
 def test_too_few_labels_is_a_clear_error(small_settings: Settings, store: Store) -> None:
     with store.session() as session:
         project = repo.ensure_project(session, 4)
-        repo.set_label_config(session, project, SINGLE_CONFIG)
-        repo.upsert_task(session, project, {"id": 1, "data": {"image": "data:,x"}})
-        repo.upsert_annotation(session, project, 1, _annotation(1, 1, ["cat"]))
+        ingest.set_label_config(session, project, SINGLE_CONFIG)
+        ingest.upsert_task(session, project, {"id": 1, "data": {"image": "data:,x"}})
+        ingest.upsert_annotation(session, project, 1, _annotation(1, 1, ["cat"]))
     with pytest.raises(NotEnoughLabels, match="1 labeled tasks covering 1 classes"):
         train_project(small_settings, store, 4, lambda ref: b"")
     store.dispose()

@@ -18,7 +18,7 @@ import yaml
 
 from backend.cli import main, serve_overrides
 from backend.lsprocess import free_port
-from backend.serving import Refused, check_exposure, is_loopback
+from backend.server import Refused, check_exposure, is_loopback
 from backend.settings import ServerSettings
 from tests.processes import stop_process
 

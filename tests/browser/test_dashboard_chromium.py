@@ -23,7 +23,7 @@ import pytest
 import websocket
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from backend.app import create_app
+from backend.api.app import create_app
 from tests.conftest import ADMIN, ADMIN_TOKEN
 from tests.diagnosis_project import LS_PUBLIC, PLANTED, PROJECT, build
 from tests.processes import stop_process

@@ -19,6 +19,7 @@ from backend.diagnosis.views import (
     quality_marks,
 )
 from backend.labelstudio.client import LabelStudio
+from backend.loop import ingest
 from backend.push import VIEW_TITLES, Suspect, push_review, review_view_columns
 from backend.settings import ImageQualitySettings
 from backend.store import repo
@@ -47,7 +48,7 @@ def test_duplicate_and_image_quality_views_hold_the_planted_tasks(
     with store.session() as session:
         row = repo.ensure_project(session, project)
         for task in ids:
-            repo.upsert_task(session, row, ls.get_task(task))
+            ingest.upsert_task(session, row, ls.get_task(task))
     x = rng.normal(size=(8, 32))
     x[3] = x[1] + 0.01 * rng.normal(size=32)  # a near copy of task 1, labeled differently
     labels = ["a", "b", None, "c", None, None, "a", None]
@@ -87,7 +88,7 @@ def test_the_review_view_shows_the_explanation_link_column(ls: LabelStudio, tmp_
     with store.session() as session:
         row = repo.ensure_project(session, project)
         for task in ids:
-            repo.upsert_task(session, row, ls.get_task(task))
+            ingest.upsert_task(session, row, ls.get_task(task))
     url = f"http://labelloop.test/dashboard/{project}/explain/{ids[0]}"
     flagged = [Suspect(ids[0], 0.9, "labeled 'a'; evidence says 'b': 90%", "a", "b", 0.9, url)]
     push_review(ls, store, project, "label_error", flagged, max_flags=10, image_key="image")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
 from backend.labelstudio.client import LabelStudio
 from backend.store.db import Store
 from backend.store.models import Task

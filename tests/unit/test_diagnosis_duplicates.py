@@ -9,6 +9,7 @@ import numpy as np
 
 from backend.diagnosis.duplicates import find_duplicates, near_pairs
 from backend.diagnosis.views import DUPLICATES_VIEW, duplicate_marks, push_view
+from backend.loop import ingest
 from backend.store import repo
 from backend.store.db import Store
 
@@ -96,7 +97,7 @@ def test_the_view_marks_conflicting_groups_and_writes_only_changes(tmp_path: Pat
     with store.session() as session:
         project = repo.ensure_project(session, 1)
         for t in range(1, 41):
-            repo.upsert_task(session, project, {"id": t, "data": {"image": f"/x/{t}.png"}})
+            ingest.upsert_task(session, project, {"id": t, "data": {"image": f"/x/{t}.png"}})
     ls = FakeViews()
     counts = push_view(ls, store, 1, DUPLICATES_VIEW, marks, max_tasks=50)
     assert counts == {"tasks_marked": 2, "tasks_written": 2}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from sqlalchemy.exc import OperationalError
 
-from backend.app import create_app, shutdown
+from backend.api.app import create_app, shutdown
 from backend.cli import main
 from backend.inbox import BadEvent, apply_pending, parse_event, retry_set_aside
 from backend.settings import Settings

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from backend.admin_cli import parse_assignments
 from backend.cli import main
-from backend.models_registry import ModelRegistry
 from backend.preview import preview
 from backend.project_settings import (
     effective_settings,
@@ -20,6 +19,7 @@ from backend.project_settings import (
     project_history,
     set_project_settings,
 )
+from backend.serving.registry import ModelRegistry
 from backend.settings import Settings, SettingsError
 from backend.store.db import Store
 from backend.store.models import ProjectSettings, SettingsChange

@@ -19,17 +19,15 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from backend.inbox import ApplyReport
-from backend.scheduler import (
-    CycleContext,
-    CycleResult,
+from backend.loop.contract import CycleContext, CycleResult, LeaseLost
+from backend.runtime.lease import run_cycle_once
+from backend.runtime.process import run_scheduler_process
+from backend.runtime.scheduler import (
     DebounceDecision,
-    LeaseLost,
     LoopScheduler,
     changes_per_project,
     debounce,
     fire_schedule,
-    run_cycle_once,
-    run_scheduler_process,
     start_embedded_scheduler,
 )
 from backend.settings import LoopSettings, Settings, SettingsError, load_settings, with_overrides

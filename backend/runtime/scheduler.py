@@ -7,18 +7,8 @@ APScheduler job ``cycle:<project>`` to the record's due time. The record is the 
 is only the alarm clock. So triggers from other processes (an API worker, the CLI) are never lost:
 the scheduler's housekeeping pass (every ``loop.poll_s``) gives every waiting record a job.
 
-When the job fires, :func:`run_cycle_once` takes the project's lease (exclusive across processes),
-marks the record running, calls the injected runner with a :class:`CycleContext`, and closes the
-record as succeeded or failed with the error. The runner is the lead's cycle function::
-
-    def run_cycle(ctx: CycleContext, project_id: int) -> CycleResult | None:
-        with ctx.stage("reconcile") as counts:
-            counts["tasks"] = ...
-        with ctx.stage("featurize"):
-            for done in ...:
-                ctx.progress(done, total)
-        ...
-        return CycleResult(model_version="...", metrics={...})
+When the job fires, :func:`backend.runtime.lease.run_cycle_once` runs the injected runner under
+the project's lease (:mod:`backend.loop.contract` says what the runner sees and returns).
 
 How a persisted job reaches the runner: APScheduler stores a job as a textual reference to a
 module-level function plus picklable arguments, so a job carries only
@@ -31,20 +21,12 @@ same id in one process. ``scheduler_id`` must stay the same across restarts (it 
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import signal
-import socket
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -57,10 +39,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from backend.labeling_queue import make_refill
-from backend.project_settings import loop_settings_for
+from backend.loop.contract import CycleRunner, SettingsFor
+from backend.runtime.lease import Clock, run_cycle_once
+from backend.runtime.workers import RQDispatch
 from backend.settings import LoopSettings, Settings
 from backend.store import cycles
 from backend.store.db import Store, make_engine
@@ -71,94 +54,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 CHANGE_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"})
 JOB_TABLE = "apscheduler_jobs"
 VOLATILE = "volatile"  # in-memory job store for the housekeeping job (rebuilt at every start)
-PROGRESS_EVERY_S = 0.5  # at most this often a progress report is written to the database
-
-
-@dataclass(frozen=True)
-class CycleResult:
-    """What a successful cycle reports for its record."""
-
-    model_version: str | None = None
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-    #: Work that must not delay the cycle (pruning old predictions): run after the record says
-    #: succeeded, still under the lease; its seconds and counts go to the record as "after".
-    after: Callable[[], Mapping[str, int]] | None = None
-
-
-class LeaseLost(RuntimeError):
-    """Another process took over this project's lease (ours expired); the cycle must stop."""
-
-
-class CycleContext:
-    """What a running cycle sees of its own record: stages, counts and progress.
-
-    Every call writes to the cycle record at once (progress at most every ``PROGRESS_EVERY_S``), so
-    ``GET /api/projects/<id>/cycles`` shows it live. Calls raise :class:`LeaseLost` when the lease
-    was taken over, stopping a cycle that another process is now entitled to run.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        cycle_id: int,
-        project_id: int,
-        trigger: str,
-        lease_lost: threading.Event | None = None,
-    ) -> None:
-        self.cycle_id, self.project_id, self.trigger = cycle_id, project_id, trigger
-        self._store = store
-        self._lost = lease_lost or threading.Event()
-        self._last_progress = 0.0
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[dict[str, int]]:
-        """Run one stage: records it as the current stage, then its seconds and counts.
-
-        Yields:
-            a dict the stage fills with its counts (``counts["tasks"] = 1000``); it is stored
-            under the stage's name when the stage ends, also when it raised.
-        """
-        self.check()
-        with self._store.session() as session:
-            cycles.enter_stage(session, self.cycle_id, name)
-        counts: dict[str, int] = {}
-        started = time.perf_counter()
-        try:
-            yield counts
-        finally:
-            seconds = time.perf_counter() - started
-            with self._store.session() as session:
-                cycles.end_stage(session, self.cycle_id, name, seconds=seconds, counts=counts)
-            log.info("cycle %d %s: %.1f s %s", self.cycle_id, name, seconds, counts)
-
-    def progress(self, done: int, total: int | None = None, per_s: float | None = None) -> None:
-        """Report progress inside the current stage (``done`` of ``total`` items, ``per_s`` items
-        per second)."""
-        self.check()
-        clock = time.monotonic()
-        if clock - self._last_progress < PROGRESS_EVERY_S and done != total:
-            return
-        self._last_progress = clock
-        with self._store.session() as session:
-            cycles.set_progress(session, self.cycle_id, done, total, per_s)
-
-    def check(self) -> None:
-        """Raise :class:`LeaseLost` when this cycle may no longer run."""
-        if self._lost.is_set():
-            raise LeaseLost(f"project {self.project_id}: the cycle lease was taken over")
-
-
-CycleRunner = Callable[[CycleContext, int], CycleResult | None]
-"""The cycle itself, injected: ``runner(ctx, project_id)``; raising marks the cycle failed."""
-RunnerFactory = Callable[[Settings, Store], CycleRunner]
-"""Builds the runner for a process (``backend.cycle.make_runner``)."""
-SettingsFor = Callable[[int], LoopSettings]
-"""Per-project loop settings (issue 6 reads overrides from the database)."""
 
 
 # ---------------------------------------------------------------- pure trigger logic
@@ -213,159 +111,6 @@ def cycle_job_id(project_id: int) -> str:
 
 def schedule_job_id(project_id: int) -> str:
     return f"schedule:{project_id}"
-
-
-# ---------------------------------------------------------------- running one cycle
-
-
-@dataclass(frozen=True)
-class CycleRun:
-    cycle_id: int
-    state: Literal["succeeded", "failed"]
-    error: str | None = None
-
-
-def new_owner() -> str:
-    """A lease owner name that says which process holds it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class _Heartbeat:
-    """A thread renewing the lease every ``interval_s``; sets ``lost`` when renewal is refused."""
-
-    def __init__(self, renew: Callable[[], bool], interval_s: float, lost: threading.Event) -> None:
-        self._renew, self._interval, self._lost = renew, interval_s, lost
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="labelloop-heartbeat", daemon=True)
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                renewed = self._renew()
-            except SQLAlchemyError:  # a busy database must not kill the cycle; retry next beat
-                log.warning("could not renew a cycle lease; retrying", exc_info=True)
-                continue
-            if not renewed:
-                self._lost.set()
-                return
-
-
-def _claim(
-    store: Store, project_id: int, owner: str, trigger: str | None, lease_s: float, now: datetime
-) -> tuple[int, str] | None:
-    with store.session() as session:
-        cycles.reap_interrupted(session, now=now)
-        if not cycles.acquire_lease(session, project_id, owner, now=now, ttl_s=lease_s):
-            return None
-        cycle = cycles.start(session, project_id, trigger=trigger, now=now)
-        if cycle is None:
-            cycles.release_lease(session, project_id, owner)
-            return None
-        return cycle.id, cycle.trigger
-
-
-def _describe(exc: Exception, stage: str | None) -> str:
-    where = f"in stage {stage}: " if stage else ""
-    return f"{where}{type(exc).__name__}: {exc}"
-
-
-def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock) -> CycleRun:
-    log.info("cycle %d of project %d started", ctx.cycle_id, ctx.project_id)
-    started = time.perf_counter()
-    try:
-        result = runner(ctx, ctx.project_id) or CycleResult()
-    except Exception as exc:  # any failure of the cycle is recorded; the next cycle retries
-        with store.session() as session:
-            cycle = session.get(cycles.Cycle, ctx.cycle_id)
-            error = _describe(exc, cycle.stage if cycle else None)
-            cycles.fail(session, ctx.cycle_id, error, now=clock())
-        log.exception("cycle %d of project %d failed", ctx.cycle_id, ctx.project_id)
-        return CycleRun(ctx.cycle_id, "failed", error)
-    with store.session() as session:
-        cycles.succeed(
-            session,
-            ctx.cycle_id,
-            now=clock(),
-            model_version=result.model_version,
-            metrics=result.metrics,
-        )
-    log.info(
-        "cycle %d of project %d succeeded in %.1f s: model version %s",
-        ctx.cycle_id,
-        ctx.project_id,
-        time.perf_counter() - started,
-        result.model_version,
-    )
-    if result.after is not None:
-        _after(store, ctx, result.after)
-    return CycleRun(ctx.cycle_id, "succeeded")
-
-
-def _after(store: Store, ctx: CycleContext, work: Callable[[], Mapping[str, int]]) -> None:
-    started = time.perf_counter()
-    try:
-        counts = dict(work())
-    except Exception:  # the cycle has succeeded; the next one does this work again
-        log.exception("after cycle %d of project %d", ctx.cycle_id, ctx.project_id)
-        counts = {"failed": 1}
-    with store.session() as session:
-        cycles.record_after(
-            session, ctx.cycle_id, seconds=time.perf_counter() - started, counts=counts
-        )
-
-
-def run_cycle_once(
-    store: Store,
-    runner: CycleRunner,
-    project_id: int,
-    *,
-    trigger: str | None = None,
-    lease_s: float = 120.0,
-    clock: Clock = utcnow,
-) -> CycleRun | None:
-    """Run the project's cycle now under its lease, recording it from running to its outcome.
-
-    Used by the scheduler's job and by ``labelloop cycle --project ID``.
-
-    Args:
-        trigger: record a cycle with this trigger even when none is queued (a manual run);
-            None runs only a queued cycle.
-        lease_s: how long the lease lasts without a heartbeat (renewed every ``lease_s / 4``).
-
-    Returns:
-        the outcome, or None when nothing ran: another process holds the project's lease, or
-        nothing was queued and no trigger given.
-    """
-    owner = new_owner()
-    claimed = _claim(store, project_id, owner, trigger, lease_s, clock())
-    if claimed is None:
-        return None
-    cycle_id, recorded_trigger = claimed
-    lost = threading.Event()
-    ctx = CycleContext(
-        store, cycle_id=cycle_id, project_id=project_id, trigger=recorded_trigger, lease_lost=lost
-    )
-
-    def renew() -> bool:
-        with store.session() as session:
-            return cycles.renew_lease(session, project_id, owner, now=clock(), ttl_s=lease_s)
-
-    try:
-        with _Heartbeat(renew, lease_s / 4, lost):
-            return _execute(store, runner, ctx, clock)
-    finally:
-        with store.session() as session:
-            cycles.release_lease(session, project_id, owner)
 
 
 # ---------------------------------------------------------------- the registry of live schedulers
@@ -445,8 +190,8 @@ class LoopScheduler:
         clock: the time triggers and records use (tests pass a controllable one).
         max_workers: cycles of different projects that may run at the same time.
         dispatch: hand a due cycle to other processes instead of running it here
-            (``loop.executor: rq``: :class:`backend.workers.RQDispatch`); the waiting record is
-            offered again every ``poll_s`` until a worker has taken it.
+            (``loop.executor: rq``: :class:`backend.runtime.workers.RQDispatch`); the waiting
+            record is offered again every ``poll_s`` until a worker has taken it.
         refill: tops up the project's pushed queue after annotation changes, on a worker thread
             (:func:`backend.labeling_queue.make_refill`); None: never.
     """
@@ -733,8 +478,6 @@ def cycle_dispatch(settings: Settings) -> Callable[[int], None] | None:
     threads``); with ``rq``, to the Redis queue that ``labelloop worker`` processes take from."""
     if settings.loop.executor != "rq":
         return None
-    from backend.workers import RQDispatch
-
     return RQDispatch(settings)
 
 
@@ -762,50 +505,3 @@ def start_embedded_scheduler(
     )
     scheduler.start()
     return scheduler
-
-
-def run_scheduler_process(
-    settings: Settings,
-    make_runner: RunnerFactory,
-    *,
-    stop: threading.Event,
-    settings_for: SettingsFor | None = None,
-) -> int:
-    """``labelloop scheduler``: the one scheduler, applying the inbox itself, until ``stop``."""
-    store = Store(settings.store.url)
-    store.upgrade()
-    scheduler = LoopScheduler(
-        store,
-        make_runner(settings, store),
-        settings.loop,
-        settings_for=settings_for or loop_settings_for(store, settings),
-        apply_inbox=True,
-        dispatch=cycle_dispatch(settings),
-        refill=make_refill(settings, store),
-    )
-    try:
-        scheduler.start()
-        log.info("labelloop scheduler running (poll every %.1f s)", settings.loop.poll_s)
-        while not stop.wait(1.0):
-            pass
-    finally:
-        scheduler.shutdown()
-        store.dispose()
-    return 0
-
-
-def cmd_scheduler(settings: Settings, _args: argparse.Namespace) -> int:
-    """``labelloop scheduler``: run until SIGTERM or Ctrl-C."""
-    from backend.cycle import make_runner  # the cycle is the lead's; imported only when run
-
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return run_scheduler_process(settings, make_runner, stop=stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

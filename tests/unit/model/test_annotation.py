@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.model.predict import predict_annotation
+from backend.model.annotation import predict_annotation
 
 
 def test_single_label_takes_the_top_class_and_its_probability() -> None:

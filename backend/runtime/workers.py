@@ -3,8 +3,9 @@
 With ``loop.executor: rq`` the one scheduler does not run cycles itself. When a project's queued
 cycle is due it puts one job on the Redis queue ``loop.rq_queue`` (RQ); any number of
 ``labelloop worker`` processes, on any machine that reaches Redis, the state database and Label
-Studio, take jobs and run the cycle with :func:`backend.scheduler.run_cycle_once`: the same lease,
-records and failure handling as in one process, so a project still never runs two cycles at once.
+Studio, take jobs and run the cycle with :func:`backend.runtime.lease.run_cycle_once`: the same
+lease, records and failure handling as in one process, so a project still never runs two cycles at
+once.
 
 The cycle record in the state database stays the request; a job only says "look at project N". A
 project has at most one job waiting or running (job id ``<rq_queue>-cycle-<project>``). The
@@ -21,7 +22,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from backend.scheduler import RunnerFactory, run_cycle_once
+from backend.loop.contract import RunnerFactory
+from backend.runtime.lease import run_cycle_once
 from backend.settings import Settings
 from backend.store.db import Store
 

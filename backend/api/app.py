@@ -3,63 +3,31 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from backend.api.access import check_access
+from backend.api.admin import bp as admin_bp
+from backend.api.cycles import bp as cycles_bp
+from backend.api.dashboard import bp as dashboard_bp
 from backend.api.errors import error_response, register_error_handlers
+from backend.api.ml import bp as ml_bp
+from backend.api.openapi import bp as openapi_bp
 from backend.api.requests import IdConverter
-from backend.inbox import ApplyReport, InboxWorker
+from backend.api.services import EXTENSION, Services, services
+from backend.inbox import InboxWorker
+from backend.loop.contract import CycleRunner
 from backend.metrics import Metrics
-from backend.models_registry import ModelRegistry
 from backend.project_settings import loop_settings_for
-from backend.scheduler import CycleRunner, LoopScheduler, start_embedded_scheduler
+from backend.runtime.scheduler import start_embedded_scheduler
+from backend.serving.registry import ModelRegistry
 from backend.settings import Settings
 from backend.store.db import Store
 
 log = logging.getLogger(__name__)
-EXTENSION = "labelloop"
-__all__ = ["EXTENSION", "Services", "create_app", "error_response", "services", "shutdown"]
-
-
-@dataclass
-class Services:
-    """Everything a request handler needs, built once per app and kept in ``app.extensions``."""
-
-    settings: Settings
-    store: Store
-    metrics: Metrics
-    models: ModelRegistry
-    worker: InboxWorker | None = None
-    loop: LoopScheduler | None = None
-    started_at: float = field(default_factory=time.time)
-    _resolver: Any = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def image_resolver(self) -> Any:
-        """One image resolver per process (it holds Label Studio auth and a connection pool)."""
-        with self._lock:
-            if self._resolver is None:
-                from backend.labelstudio.images import ImageResolver
-
-                self._resolver = ImageResolver(self.settings.label_studio, self.settings.images)
-            return self._resolver
-
-    def events_applied(self, report: ApplyReport) -> None:
-        for (project, action), count in report.applied.items():
-            self.metrics.events_applied.labels(str(project), action).inc(count)
-        self.metrics.inbox_retries.inc(report.retries)
-        if self.loop is not None:
-            self.loop.on_applied(report)
-
-
-def services() -> Services:
-    """The services of the app handling the current request."""
-    return cast(Services, current_app.extensions[EXTENSION])
+__all__ = ["EXTENSION", "create_app", "error_response", "shutdown"]
 
 
 def _start_timer() -> None:
@@ -98,12 +66,6 @@ def create_app(
         runner: the cycle; with it (and ``loop.run_scheduler``) this process runs the one
             scheduler of the deployment (``labelloop serve``).
     """
-    from backend.api.admin import bp as admin_bp
-    from backend.api.cycles import bp as cycles_bp
-    from backend.api.dashboard import bp as dashboard_bp
-    from backend.api.ml import bp as ml_bp
-    from backend.api.openapi import bp as openapi_bp
-
     app = Flask(__name__)
     app.url_map.converters["id"] = IdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes

@@ -132,7 +132,7 @@ def serve_embedded(settings: Settings, app: Any) -> int:
 
 
 def _stop_app(_server: Any, worker: Any) -> None:
-    from backend.app import shutdown
+    from backend.api.app import shutdown
 
     app = getattr(worker, "wsgi", None)
     if app is not None:
@@ -164,7 +164,7 @@ class _Api(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from backend.app import create_app
+        from backend.api.app import create_app
 
         return create_app(self._settings, start_worker=True, upgrade=False)
 

@@ -1,29 +1,49 @@
-"""``/predict`` with a trained model: embed each task's image, return the top label(s)."""
+"""What ``/predict`` answers: one pre-annotation per task from the project's current model.
+
+With a model, each task's image is embedded and the top label(s) returned.
+
+Before a project has a model we answer ``{"results": []}``. Label Studio 1.23 then stores nothing
+(it only stores predictions when it gets exactly one result per task) and asks again later, instead
+of storing an empty or made-up prediction that would count as "predicted" in the Data Manager, stop
+LS from asking again when the task is opened, and sort first in uncertainty sampling.
+"""
 
 from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from backend.labeling_queue import queue_positions
-from backend.labelstudio.config import LabelConfig
+from backend.labelstudio.config import LabelConfig, parse_label_config
 from backend.labelstudio.convert import prediction_item, task_image_ref
+from backend.labelstudio.images import ImageResolver
+from backend.loop import ingest
+from backend.model.annotation import predict_annotation
 from backend.model.backbones import TorchBackbone
 from backend.model.cache import EmbeddingCache
 from backend.model.featurize import featurize
-from backend.model.predict import predict_annotation
 from backend.model.runtime import for_inference
-from backend.models_registry import ServedModel
 from backend.project_settings import effective_settings
+from backend.serving.registry import ModelRegistry, ServedModel
+from backend.settings import Settings
 from backend.store import task_images
-
-if TYPE_CHECKING:
-    from backend.app import Services
+from backend.store.db import Store
+from backend.store.models import Project
 
 log = logging.getLogger(__name__)
+
+
+class Serving(Protocol):
+    """What answering ``/predict`` needs of the app's services."""
+
+    settings: Settings
+    store: Store
+    models: ModelRegistry
+
+    def image_resolver(self) -> ImageResolver: ...
 
 
 def _missing_ref(ref: str | None) -> bytes:
@@ -31,7 +51,7 @@ def _missing_ref(ref: str | None) -> bytes:
 
 
 def predict_with_model(
-    svc: Services, served: ServedModel, cfg: LabelConfig, tasks: list[dict[str, Any]]
+    svc: Serving, served: ServedModel, cfg: LabelConfig, tasks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """One prediction per task, in order; a task whose image fails gets an empty result.
 
@@ -103,3 +123,35 @@ def predict_with_model(
         len(result.failures),
     )
     return out
+
+
+def project_label_config(svc: Serving, project_id: int, label_config: str | None) -> LabelConfig:
+    """The project's parsed config: the stored one, else the one sent with the request.
+
+    A project this backend was never set up for gets no row: its config is only parsed.
+
+    Raises:
+        UnsupportedConfig: neither is an image classification config we support.
+    """
+    with svc.store.session() as session:
+        project = session.get(Project, project_id)
+        if project is None:
+            return parse_label_config(label_config or "")
+        cfg = ingest.project_config(project)
+        if cfg is None and label_config:
+            cfg = ingest.set_label_config(session, project, label_config)
+    if cfg is None:
+        return parse_label_config(label_config or "")
+    return cfg
+
+
+def predict_tasks(
+    svc: Serving, project_id: int, tasks: list[dict[str, Any]], *, label_config: str | None
+) -> list[dict[str, Any]]:
+    """One result per task in request order, or an empty list while no model exists."""
+    cfg = project_label_config(svc, project_id, label_config)
+    served = svc.models.get(project_id)
+    if served is None or not tasks:
+        log.info("predict project %d: %d tasks, no model yet", project_id, len(tasks))
+        return []
+    return predict_with_model(svc, served, cfg, tasks)

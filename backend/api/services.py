@@ -1,0 +1,58 @@
+"""What every request handler reaches: the app's services, looked up per request.
+
+The blueprints import this module, never the app factory (:mod:`backend.api.app`), so the factory
+can import every blueprint at module level.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import cast
+
+from flask import current_app
+
+from backend.inbox import ApplyReport, InboxWorker
+from backend.labelstudio.images import ImageResolver
+from backend.metrics import Metrics
+from backend.runtime.scheduler import LoopScheduler
+from backend.serving.registry import ModelRegistry
+from backend.settings import Settings
+from backend.store.db import Store
+
+EXTENSION = "labelloop"
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once per app and kept in ``app.extensions``."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    models: ModelRegistry
+    worker: InboxWorker | None = None
+    loop: LoopScheduler | None = None
+    started_at: float = field(default_factory=time.time)
+    _resolver: ImageResolver | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def image_resolver(self) -> ImageResolver:
+        """One image resolver per process (it holds Label Studio auth and a connection pool)."""
+        with self._lock:
+            if self._resolver is None:
+                self._resolver = ImageResolver(self.settings.label_studio, self.settings.images)
+            return self._resolver
+
+    def events_applied(self, report: ApplyReport) -> None:
+        for (project, action), count in report.applied.items():
+            self.metrics.events_applied.labels(str(project), action).inc(count)
+        self.metrics.inbox_retries.inc(report.retries)
+        if self.loop is not None:
+            self.loop.on_applied(report)
+
+
+def services() -> Services:
+    """The services of the app handling the current request."""
+    return cast(Services, current_app.extensions[EXTENSION])

@@ -1,0 +1,1 @@
+"""The loop's stages: reconcile, featurize, train, score, select, push, review, record."""

@@ -1,0 +1,1 @@
+"""Serving ``/predict``: the models this process serves and the answers they give."""
