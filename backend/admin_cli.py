@@ -63,8 +63,8 @@ def _store(settings: Settings) -> Iterator[Store]:
 
 
 def _show(settings: Settings, store: Store, args: argparse.Namespace) -> int:
-    from backend.project_settings import describe
-    from backend.selection import describe_report, latest_report
+    from backend.loop.selection import describe_report, latest_report
+    from backend.store.project_settings import describe
 
     try:
         info = describe(store, settings, args.project)
@@ -86,7 +86,7 @@ def _show(settings: Settings, store: Store, args: argparse.Namespace) -> int:
 
 
 def _set(settings: Settings, store: Store, args: argparse.Namespace) -> int:
-    from backend.project_settings import diff, effective_settings, set_project_settings
+    from backend.store.project_settings import diff, effective_settings, set_project_settings
 
     changes = parse_assignments(args.assignments)
     before = effective_settings(store, settings, args.project)
@@ -104,7 +104,7 @@ def _set(settings: Settings, store: Store, args: argparse.Namespace) -> int:
 
 
 def _history(settings: Settings, store: Store, args: argparse.Namespace) -> int:
-    from backend.project_settings import project_history
+    from backend.store.project_settings import project_history
 
     rows = project_history(store, args.project, limit=args.limit)
     if args.json:
@@ -147,9 +147,9 @@ def _print_preview(result: dict[str, Any]) -> None:
 
 def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
     """``labelloop preview --project ID [--top N] [KEY=VALUE ...]``: changes nothing."""
-    from backend.preview import preview
+    from backend.loop.preview import preview
+    from backend.loop.targets import NotEnoughLabels
     from backend.serving.registry import ModelRegistry
-    from backend.training import NotEnoughLabels
 
     if not 1 <= args.top <= 1000:
         raise _cli_error(f"--top must be from 1 to 1000, got {args.top}")

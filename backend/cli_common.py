@@ -58,10 +58,10 @@ def connect_project(settings: Settings, project: int) -> Connected:
     The queued cycle (trigger ``connect``) orders "Label All Tasks" from the first task: with no
     labels yet it pushes the cold-start order, so annotators never start in random order.
     """
+    from backend.loop.sync import reconcile
     from backend.store import cycles
     from backend.store.db import Store
     from backend.store.models import utcnow
-    from backend.sync import reconcile
 
     store = Store(settings.store.url)
     store.upgrade()

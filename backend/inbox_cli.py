@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_inbox(settings: Settings, args: argparse.Namespace) -> int:
     """Requeue the set-aside events and apply the inbox; exit 1 when some fail again."""
-    from backend.inbox import apply_pending, retry_set_aside
+    from backend.loop.inbox import apply_pending, retry_set_aside
     from backend.store.db import Store
 
     store = Store(settings.store.url)

@@ -1,11 +1,11 @@
 """A simulated labeling loop on an already-labeled dataset, through the real cycle code.
 
 No Label Studio and no store: the simulated annotator answers with the true label (or, for a planted
-share, a wrong one), and every round runs what a cycle runs: :func:`backend.training.fit` (the
-Lightning heads), :func:`backend.cycle.build_pool` and :func:`backend.cycle.score_stage` (the
-strategies), :func:`backend.cycle.queue_items` (the queue exactly as Label Studio serves it, lowest
-position first) and :func:`backend.cycle.suspects` (the label-error review ranking). Embeddings come
-from the configured backbone through the embedding cache under ``store.data_dir``, once per dataset.
+share, a wrong one), and every round runs what a cycle runs: :func:`backend.loop.fit.fit` (the
+Lightning heads), :func:`backend.loop.cycle.build_pool` and :func:`backend.loop.cycle.score_stage`
+(the strategies), :func:`backend.loop.cycle.queue_items` (the queue exactly as Label Studio serves
+it, lowest position first) and :func:`backend.loop.cycle.suspects` (the label-error review
+ranking). Embeddings come through the embedding cache under ``store.data_dir``, once per dataset.
 
 Each seed draws its own stratified test split and its own planted errors; every strategy of a seed
 meets the same split and the same annotator. Each strategy can also run under Label Studio's own
@@ -13,7 +13,7 @@ cluster serving (``strategy.push_clusters``, :func:`ls_cluster_picks`) instead o
 
 What annotators get is what is measured: every strategy chooses its own first batch (there is no
 shared random seed set), every queue carries the audit share and, for ``adaptive``, the bandit's
-arms, exactly as :func:`backend.cycle.select_stage` builds it, with its picks recorded in a
+arms, exactly as :func:`backend.loop.cycle.select_stage` builds it, with its picks recorded in a
 throwaway store as a cycle records them. Accuracy is on the held-out split against the data set's
 labels, which are the true classes for the built-in and generated sets; for a folder they are the
 given labels (:attr:`Dataset.true_labels` is False and the CLI warns).
@@ -32,7 +32,8 @@ from typing import Literal, get_args
 import numpy as np
 from PIL import Image
 
-from backend.cycle import (
+from backend.labelstudio.config import LabelConfig
+from backend.loop.cycle import (
     Scored,
     Snapshot,
     Trained,
@@ -43,13 +44,14 @@ from backend.cycle import (
     select_stage,
     suspects,
 )
-from backend.labelstudio.config import LabelConfig
-from backend.push import QueueItem
+from backend.loop.embed import embed_items
+from backend.loop.fit import fit
+from backend.loop.push import QueueItem
+from backend.loop.targets import NotEnoughLabels, consensus_targets
 from backend.settings import Settings, StrategySettings
 from backend.simulate_sets import GENERATED, digit_images, generate
 from backend.store.db import Store
 from backend.store.models import Annotation, Task
-from backend.training import NotEnoughLabels, consensus_targets, embed_items, fit
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +348,7 @@ def ls_cluster_picks(
     serves the unlabeled task first in ``(that count for its cluster, prediction score)``
     ascending, re-evaluated after every annotation: round-robin over the least-labeled clusters,
     lowest score first inside one. A labeled task's cluster is the largest ``cluster`` among its
-    remaining predictions; since :func:`backend.push.prune_versions` deletes our older versions
+    remaining predictions; since :func:`backend.loop.push.prune_versions` deletes our older versions
     after every push and the queue holds unlabeled tasks only, tasks labeled before the latest
     push have no prediction left and count for no cluster, so the counts start again from
     ``solved`` (empty after a push) every cycle. With one annotator the first task is served (with

@@ -10,9 +10,10 @@ from backend.settings import Settings
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from backend.cli_common import CliError, label_studio_client
+    from backend.loop.fit import train_project
+    from backend.loop.sync import reconcile
+    from backend.loop.targets import NotEnoughLabels
     from backend.store.db import Store
-    from backend.sync import reconcile
-    from backend.training import NotEnoughLabels, train_project
 
     store = Store(settings.store.url)
     store.upgrade()

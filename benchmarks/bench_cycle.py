@@ -36,9 +36,9 @@ import torch
 from _common import machine
 from PIL import Image
 
-from backend.cycle import make_runner
 from backend.demo import DEMO_CONFIG
 from backend.labelstudio.client import LabelStudio
+from backend.loop.cycle import make_runner
 from backend.lsprocess import start_label_studio
 from backend.runtime.lease import run_cycle_once
 from backend.settings import Settings, load_settings

@@ -45,7 +45,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
-from backend.selection import AUDIT_WINDOW
+from backend.loop.selection import AUDIT_WINDOW
 from backend.settings import StrategySettings
 from backend.simulate_sets import GENERATED, generate
 from strategies import REGISTRY, Pool

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from backend.labelstudio.client import LabelStudio
+from backend.loop.sync import reconcile
 from backend.lsprocess import start_label_studio
 from backend.settings import load_settings
 from backend.store.db import Store
-from backend.sync import reconcile
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><Choices name="label" toName="image">'

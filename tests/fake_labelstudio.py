@@ -11,9 +11,9 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
-from backend.cycle import run_cycle
 from backend.labelstudio.client import LabelStudio
 from backend.loop.contract import CycleContext, CycleResult
+from backend.loop.cycle import run_cycle
 from backend.runtime.lease import run_cycle_once
 from backend.settings import ImageSettings, Settings
 from backend.store.db import Store

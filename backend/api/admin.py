@@ -14,15 +14,15 @@ from backend.api.operations import operation
 from backend.api.requests import body, query
 from backend.api.schemas import HistoryQuery, PreviewRequest, SettingsPatch
 from backend.api.services import services
-from backend.preview import preview
-from backend.project_settings import (
+from backend.loop.preview import preview
+from backend.loop.targets import NotEnoughLabels
+from backend.settings import SettingsError
+from backend.store.project_settings import (
     describe,
     error_fields,
     project_history,
     set_project_settings,
 )
-from backend.settings import SettingsError
-from backend.training import NotEnoughLabels
 
 bp = Blueprint("admin", __name__, url_prefix="/api/projects")
 

@@ -17,14 +17,14 @@ from backend.api.ml import bp as ml_bp
 from backend.api.openapi import bp as openapi_bp
 from backend.api.requests import IdConverter
 from backend.api.services import EXTENSION, Services, services
-from backend.inbox import InboxWorker
 from backend.loop.contract import CycleRunner
+from backend.loop.inbox import InboxWorker
 from backend.metrics import Metrics
-from backend.project_settings import loop_settings_for
 from backend.runtime.scheduler import start_embedded_scheduler
 from backend.serving.registry import ModelRegistry
 from backend.settings import Settings
 from backend.store.db import Store
+from backend.store.project_settings import loop_settings_for
 
 log = logging.getLogger(__name__)
 __all__ = ["EXTENSION", "create_app", "error_response", "shutdown"]

@@ -9,7 +9,7 @@ from backend.api.operations import operation
 from backend.api.requests import query
 from backend.api.schemas import LimitQuery
 from backend.api.services import services
-from backend.push import review_outcomes
+from backend.loop.push import review_outcomes
 from backend.store import cycles, repo
 from backend.store.models import utcnow
 

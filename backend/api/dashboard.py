@@ -22,18 +22,18 @@ from PIL import Image
 from backend.api.errors import error_response
 from backend.api.operations import operation
 from backend.api.services import Services, services
-from backend.cycle import load_snapshot
 from backend.diagnosis.explained import Explained, explain_task
 from backend.diagnosis.page import Links, render_explanation, render_not_yet, render_page
 from backend.diagnosis.view import diagnosis_view
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
+from backend.loop.cycle import load_snapshot
 from backend.model.backbones import TorchBackbone
 from backend.model.runtime import RuntimeBackbone
-from backend.project_settings import effective_settings
 from backend.settings import LoopSettings, SettingsError
 from backend.store import cycles
 from backend.store.models import Project, Task
+from backend.store.project_settings import effective_settings
 
 log = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__)

@@ -19,9 +19,9 @@ from backend.api.operations import operation
 from backend.api.requests import body, cached_body, json_body, parse_json, validated
 from backend.api.schemas import MAX_ID, PredictRequest, SetupRequest, WebhookEvent
 from backend.api.services import services
-from backend.inbox import HANDLED_ACTIONS, BadEvent, parse_event
 from backend.labelstudio.config import UnsupportedConfig, parse_label_config
 from backend.loop import ingest
+from backend.loop.inbox import HANDLED_ACTIONS, BadEvent, parse_event
 from backend.metrics import CONTENT_TYPE
 from backend.serving.predict import predict_tasks
 from backend.store import repo

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.inbox import MAX_ID, Id, WebhookEvent
+from backend.loop.inbox import MAX_ID, Id, WebhookEvent
 
 __all__ = [
     "MAX_ID",

@@ -13,8 +13,8 @@ from typing import cast
 
 from flask import current_app
 
-from backend.inbox import ApplyReport, InboxWorker
 from backend.labelstudio.images import ImageResolver
+from backend.loop.inbox import ApplyReport, InboxWorker
 from backend.metrics import Metrics
 from backend.runtime.scheduler import LoopScheduler
 from backend.serving.registry import ModelRegistry

@@ -16,12 +16,12 @@ from PIL import Image
 from backend.diagnosis.explain import explain, explanation_png
 from backend.diagnosis.schema import Neighbour, TaskExplanation
 from backend.files import atomic_write
+from backend.loop.targets import Targets
 from backend.model.backbones import TorchBackbone
 from backend.model.cache import EmbeddingCache
 from backend.model.train import TrainedModel
 from backend.store import task_images
 from backend.store.db import Store
-from backend.training import Targets
 
 #: Similar labeled examples shown.
 NEIGHBOURS = 6

@@ -18,12 +18,12 @@ from backend.diagnosis.schema import Diagnosis, Review
 from backend.diagnosis.slices import slice_columns
 from backend.files import atomic_write
 from backend.loop.contract import Scored, Snapshot, Trained
-from backend.push import review_outcomes
-from backend.review import SUSPICION, decide, flag_scores, review_section, review_signal
+from backend.loop.push import review_outcomes
+from backend.loop.review import SUSPICION, decide, flag_scores, review_section, review_signal
+from backend.loop.targets import annotator_matrix
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store
-from backend.training import annotator_matrix
 from strategies import REGISTRY
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from backend.diagnosis.schema import (
     Selection,
     TaskRow,
 )
-from backend.selection import latest_report
+from backend.loop.selection import latest_report
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.models import Cycle, ModelVersion

@@ -1,7 +1,7 @@
 """The cycle's contract: what the runtime hands a running cycle, and what the stages pass on.
 
 The runtime (:mod:`backend.runtime`) runs a :data:`CycleRunner` under the project's lease and gives
-it a :class:`CycleContext`; the cycle (:mod:`backend.cycle`) reports its stages through it and
+it a :class:`CycleContext`; the cycle (:mod:`backend.loop.cycle`) reports its stages through it and
 returns a :class:`CycleResult`::
 
     def run_cycle(ctx: CycleContext, project_id: int) -> CycleResult | None:
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from backend.labelstudio.config import LabelConfig
+from backend.loop.targets import Targets
 from backend.model.train import TrainedModel
 from backend.settings import LoopSettings, Settings
 from backend.store import cycles
 from backend.store.db import Store
 from backend.store.models import Annotation, Task
-from backend.training import Targets
 from strategies import Pool
 from strategies.combine import Priority
 
@@ -122,7 +122,7 @@ class CycleContext:
 CycleRunner = Callable[[CycleContext, int], CycleResult | None]
 """The cycle itself, injected: ``runner(ctx, project_id)``; raising marks the cycle failed."""
 RunnerFactory = Callable[[Settings, Store], CycleRunner]
-"""Builds the runner for a process (``backend.cycle.make_runner``)."""
+"""Builds the runner for a process (``backend.loop.cycle.make_runner``)."""
 SettingsFor = Callable[[int], LoopSettings]
 """Per-project loop settings (issue 6 reads overrides from the database)."""
 

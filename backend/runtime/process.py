@@ -8,13 +8,13 @@ import signal
 import threading
 from types import FrameType
 
-from backend.cycle import make_runner
-from backend.labeling_queue import make_refill
 from backend.loop.contract import RunnerFactory, SettingsFor
-from backend.project_settings import loop_settings_for
+from backend.loop.cycle import make_runner
+from backend.loop.queue import make_refill
 from backend.runtime.scheduler import LoopScheduler, cycle_dispatch
 from backend.settings import Settings
 from backend.store.db import Store
+from backend.store.project_settings import loop_settings_for
 
 log = logging.getLogger(__name__)
 

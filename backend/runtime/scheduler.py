@@ -40,8 +40,8 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 
-from backend.labeling_queue import make_refill
 from backend.loop.contract import CycleRunner, SettingsFor
+from backend.loop.queue import make_refill
 from backend.runtime.lease import Clock, run_cycle_once
 from backend.runtime.workers import RQDispatch
 from backend.settings import LoopSettings, Settings
@@ -50,7 +50,7 @@ from backend.store.db import Store, make_engine
 from backend.store.models import Project, utcnow
 
 if TYPE_CHECKING:
-    from backend.inbox import ApplyReport
+    from backend.loop.inbox import ApplyReport
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class LoopScheduler:
             (``loop.executor: rq``: :class:`backend.runtime.workers.RQDispatch`); the waiting
             record is offered again every ``poll_s`` until a worker has taken it.
         refill: tops up the project's pushed queue after annotation changes, on a worker thread
-            (:func:`backend.labeling_queue.make_refill`); None: never.
+            (:func:`backend.loop.queue.make_refill`); None: never.
     """
 
     def __init__(
@@ -426,7 +426,7 @@ class LoopScheduler:
 
     def _tick(self) -> None:
         if self._apply_inbox:
-            from backend.inbox import apply_pending
+            from backend.loop.inbox import apply_pending
 
             self.on_applied(apply_pending(self._store))
         with self._store.session() as session:

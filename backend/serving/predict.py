@@ -16,22 +16,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from backend.labeling_queue import queue_positions
 from backend.labelstudio.config import LabelConfig, parse_label_config
 from backend.labelstudio.convert import prediction_item, task_image_ref
 from backend.labelstudio.images import ImageResolver
 from backend.loop import ingest
+from backend.loop.queue import queue_positions
 from backend.model.annotation import predict_annotation
 from backend.model.backbones import TorchBackbone
 from backend.model.cache import EmbeddingCache
 from backend.model.featurize import featurize
 from backend.model.runtime import for_inference
-from backend.project_settings import effective_settings
 from backend.serving.registry import ModelRegistry, ServedModel
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store
 from backend.store.models import Project
+from backend.store.project_settings import effective_settings
 
 log = logging.getLogger(__name__)
 

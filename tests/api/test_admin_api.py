@@ -11,10 +11,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from backend.api.app import create_app, shutdown
-from backend.project_settings import effective_settings
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.models import Base
+from backend.store.project_settings import effective_settings
 from tests.conftest import make_settings, upgraded_store
 from tests.fake_labelstudio import FAST_MODEL, FakeLabelStudio, run_one_cycle
 

@@ -201,7 +201,7 @@ def test_a_webhook_cannot_change_another_projects_task_or_annotation(
     client: FlaskClient, store: Store
 ) -> None:
     """A webhook for one project rewrote a task of another (upsert_task did not check)."""
-    from backend.inbox import apply_pending
+    from backend.loop.inbox import apply_pending
 
     _set_up(store, 1, 2)
     own = {

@@ -13,12 +13,14 @@ from flask.testing import FlaskClient
 from backend.api.app import create_app, shutdown
 from backend.labelstudio.images import ImageResolver
 from backend.loop import ingest
+from backend.loop.embed import project_backbone
+from backend.loop.fit import train_project
+from backend.loop.targets import Targets
 from backend.model.backbones import build_backbone, weights_path
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import ModelVersion
-from backend.training import Targets, project_backbone, train_project
 from tests.api.test_predict_model import _seed_project
 from tests.conftest import SINGLE_CONFIG, SMALL_MODEL, make_settings, upgraded_store
 from tests.diagnosis_project import COLORS

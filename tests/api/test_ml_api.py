@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from backend.api.app import EXTENSION, create_app, shutdown
-from backend.inbox import apply_pending
+from backend.loop.inbox import apply_pending
 from backend.runtime.process import run_scheduler_process
 from backend.settings import Settings, with_overrides
 from backend.store import repo

@@ -13,11 +13,12 @@ from flask.testing import FlaskClient
 from backend.api.app import create_app, shutdown
 from backend.labelstudio.images import ImageResolver
 from backend.loop import ingest
+from backend.loop.fit import train_project
+from backend.loop.targets import NotEnoughLabels, consensus_targets
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import ModelVersion
-from backend.training import NotEnoughLabels, consensus_targets, train_project
 from tests.conftest import MULTI_CONFIG, SINGLE_CONFIG, SMALL_MODEL, make_settings, upgraded_store
 from tests.diagnosis_project import COLORS
 from tests.diagnosis_project import data_url as _data_url
@@ -115,7 +116,7 @@ def test_predict_answers_a_queued_task_its_queue_position(
 ) -> None:
     """Label Studio stores /predict's answer under the current version, where uncertainty
     sampling orders by score: a task of the pushed queue must keep its place there."""
-    from backend.labeling_queue import QueueState, save_state
+    from backend.loop.queue import QueueState, save_state
 
     truth = _seed_project(store, 9, per_class=4)
     resolver = ImageResolver(small_settings.label_studio, small_settings.images)

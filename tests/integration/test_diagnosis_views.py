@@ -20,7 +20,7 @@ from backend.diagnosis.views import (
 )
 from backend.labelstudio.client import LabelStudio
 from backend.loop import ingest
-from backend.push import VIEW_TITLES, Suspect, push_review, review_view_columns
+from backend.loop.push import VIEW_TITLES, Suspect, push_review, review_view_columns
 from backend.settings import ImageQualitySettings
 from backend.store import repo
 from backend.store.db import Store

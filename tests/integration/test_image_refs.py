@@ -18,9 +18,9 @@ from PIL import Image
 
 from backend.api.app import create_app, shutdown
 from backend.labelstudio.client import LabelStudio
+from backend.loop.sync import reconcile
 from backend.store.db import Store
 from backend.store.models import Task
-from backend.sync import reconcile
 from tests.conftest import ADMIN, SINGLE_CONFIG, make_settings
 from tests.integration.support import Proxy
 

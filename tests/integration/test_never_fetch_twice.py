@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from backend.cycle import make_runner
 from backend.demo import DEMO_CONFIG
 from backend.labelstudio.client import LabelStudio
+from backend.loop.cycle import make_runner
 from backend.runtime.lease import run_cycle_once
 from backend.settings import load_settings
 from backend.simulate_sets import digit_images

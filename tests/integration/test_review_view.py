@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.labelstudio.client import LabelStudio
-from backend.push import review_view_columns, review_view_filters
+from backend.loop.push import review_view_columns, review_view_filters
 from tests.conftest import SINGLE_CONFIG
 from tests.integration.test_labelstudio_adapter import COLORS, png
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.clusters import project_clusters
+from backend.loop.clusters import project_clusters
 from tests.conftest import make_settings
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from backend.loop.embed import embed_tasks
+from backend.loop.sync import reconcile
 from backend.store import repo
 from backend.store.db import Store
-from backend.sync import reconcile
-from backend.training import embed_tasks
 from tests.conftest import SMALL_MODEL, make_settings
 from tests.unit.model.conftest import png_bytes
 from tests.unit.test_sync import ScriptedLabelStudio

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.labeling_queue import (
+from backend.labelstudio.config import parse_label_config
+from backend.loop.queue import (
     QueueState,
     load_state,
     queue_positions,
@@ -18,7 +19,6 @@ from backend.labeling_queue import (
     refill_under_lease,
     save_state,
 )
-from backend.labelstudio.config import parse_label_config
 from backend.settings import Settings
 from backend.store import cycles, repo
 from backend.store.db import Store

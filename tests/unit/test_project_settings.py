@@ -11,18 +11,18 @@ from sqlalchemy import func, select
 
 from backend.admin_cli import parse_assignments
 from backend.cli import main
-from backend.preview import preview
-from backend.project_settings import (
+from backend.loop.preview import preview
+from backend.serving.registry import ModelRegistry
+from backend.settings import Settings, SettingsError
+from backend.store.db import Store
+from backend.store.models import ProjectSettings, SettingsChange
+from backend.store.project_settings import (
     effective_settings,
     error_fields,
     loop_settings_for,
     project_history,
     set_project_settings,
 )
-from backend.serving.registry import ModelRegistry
-from backend.settings import Settings, SettingsError
-from backend.store.db import Store
-from backend.store.models import ProjectSettings, SettingsChange
 from tests.conftest import make_settings, upgraded_store
 from tests.fake_labelstudio import FAST_MODEL, FakeLabelStudio, run_one_cycle
 
@@ -207,7 +207,7 @@ def test_concurrent_changes_are_all_kept(
     import threading
     import time
 
-    import backend.project_settings as project_settings
+    import backend.store.project_settings as project_settings
 
     merge = project_settings.with_overrides
     read_both = threading.Barrier(2, timeout=5)

@@ -9,7 +9,7 @@ import numpy as np
 from flask import Flask
 
 from backend.labelstudio.config import parse_label_config
-from backend.push import (
+from backend.loop.push import (
     LabelStudioPush,
     Suspect,
     mark_reviewed,
@@ -17,9 +17,9 @@ from backend.push import (
     review_outcomes,
     settled_tasks,
 )
+from backend.loop.targets import consensus_targets
 from backend.store.db import Store
 from backend.store.models import Annotation, Project, ReviewFlag, Task, utcnow
-from backend.training import consensus_targets
 from strategies.label_quality import crowd_consensus
 from tests.conftest import ADMIN, SINGLE_CONFIG
 from tests.fake_labelstudio import FakeLabelStudio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from backend.push import LabelStudioPush, Suspect, push_review, review_view_columns
+from backend.loop.push import LabelStudioPush, Suspect, push_review, review_view_columns
 from backend.store.db import Store
 from backend.store.models import Project, Task
 from tests.fake_labelstudio import FakeLabelStudio

@@ -18,8 +18,8 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from backend.inbox import ApplyReport
 from backend.loop.contract import CycleContext, CycleResult, LeaseLost
+from backend.loop.inbox import ApplyReport
 from backend.runtime.lease import run_cycle_once
 from backend.runtime.process import run_scheduler_process
 from backend.runtime.scheduler import (

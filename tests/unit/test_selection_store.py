@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend import selection
+from backend.loop import selection
 from backend.store.db import Store
 from backend.store.models import SelectionPick
 

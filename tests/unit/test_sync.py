@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from backend.loop.sync import reconcile
 from backend.store import repo
 from backend.store.db import Store
-from backend.sync import reconcile
 from tests.conftest import SINGLE_CONFIG
 
 

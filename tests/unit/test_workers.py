@@ -12,12 +12,12 @@ from redis import Redis
 from rq import Queue
 
 from backend.cli import main
-from backend.project_settings import set_project_settings
 from backend.runtime.scheduler import LoopScheduler, cycle_dispatch
 from backend.runtime.workers import connect, enqueue_cycle, job_id, run_project_cycle, run_worker
 from backend.settings import Settings, SettingsError, load_settings
 from backend.store import cycles
 from backend.store.db import Store
+from backend.store.project_settings import set_project_settings
 from tests.conftest import make_settings, upgraded_store
 from tests.unit.test_scheduler import Clock, FakeCycle, history, state_of
 

@@ -7,7 +7,7 @@ What works and what it costs (measured on a real Label Studio 1.23.2):
   import silently drops predictions whose score is outside [0, 1]) and
   ``result`` = the suggested label, then switch ``project.model_version`` to it. ~3 s per 5,000
   predictions; the project's ``model_version`` and ``sampling`` are set in one PATCH. Only the
-  queue's head is pushed (see :mod:`backend.labeling_queue`); older versions of ours are deleted
+  queue's head is pushed (see :mod:`backend.loop.queue`); older versions of ours are deleted
   after the cycle is recorded.
 - Review queue: Data Manager views can only order on task data (ordering on ``meta`` gives 500),
   so a flagged task gets ``labelloop_*`` keys in its data (the stable suspicion value the view

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
-from backend.inbox import apply_pending
 from backend.loop import ingest
+from backend.loop.inbox import apply_pending
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, Project, Task, utcnow

@@ -32,12 +32,12 @@ from backend.files import atomic_write
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
 from backend.loop import ingest
-from backend.project_settings import effective_settings
-from backend.push import LabelStudioPush, QueueItem, add_to_queue
+from backend.loop.push import LabelStudioPush, QueueItem, add_to_queue
 from backend.settings import Settings
 from backend.store import cycles
 from backend.store.db import Store
 from backend.store.models import Annotation, Project, utcnow
+from backend.store.project_settings import effective_settings
 
 log = logging.getLogger(__name__)
 #: Seconds a refill may hold the project's lease (one bulk import).

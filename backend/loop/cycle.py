@@ -17,20 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from backend import selection
-from backend.clusters import project_clusters
 from backend.diagnosis.quality import ImageStatsRecorder, stats_path
 from backend.diagnosis.record import write_diagnosis
 from backend.diagnosis.slices import slice_columns, slice_ids
 from backend.diagnosis.views import push_diagnosis_views
-from backend.labeling_queue import QueueState, save_state
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
-from backend.loop import ingest
+from backend.loop import ingest, selection
+from backend.loop.clusters import project_clusters
 from backend.loop.contract import CycleContext, CycleResult, CycleRunner, Scored, Snapshot, Trained
 from backend.loop.doubt import Doubt, doubt_of, tag_names
-from backend.project_settings import effective_settings
-from backend.push import (
+from backend.loop.embed import embed_tasks, project_backbone
+from backend.loop.fit import activate_version, fit, new_version, store_version, version_prefix
+from backend.loop.push import (
     QueueItem,
     ReviewKind,
     Suspect,
@@ -40,24 +39,15 @@ from backend.push import (
     push_review,
     settled_tasks,
 )
-from backend.review import SUSPICION, crowd_of, decide, flag_scores, review_signal
+from backend.loop.queue import QueueState, save_state
+from backend.loop.review import SUSPICION, crowd_of, decide, flag_scores, review_signal
+from backend.loop.sync import reconcile
+from backend.loop.targets import NotEnoughLabels, annotator_matrix, consensus_targets
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, Project
-from backend.sync import reconcile
-from backend.training import (
-    NotEnoughLabels,
-    activate_version,
-    annotator_matrix,
-    consensus_targets,
-    embed_tasks,
-    fit,
-    new_version,
-    project_backbone,
-    store_version,
-    version_prefix,
-)
+from backend.store.project_settings import effective_settings
 from strategies import REGISTRY, Pool
 from strategies.base import threads
 from strategies.combine import Priority, prioritize
@@ -127,7 +117,7 @@ def build_pool(
     ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
     low-cardinality fields, see :mod:`backend.diagnosis.slices`).
     ``clusters_for(task_ids, embeddings)``: the pool's clusters once a model exists (the cycle
-    reuses stored ones, :mod:`backend.clusters`); None lets the strategies run k-means.
+    reuses stored ones, :mod:`backend.loop.clusters`); None lets the strategies run k-means.
     """
     task_ids = np.array(sorted(embeddings), dtype=np.int64)
     index = {int(t): i for i, t in enumerate(task_ids)}
@@ -432,7 +422,7 @@ def push_head(
     settings: Settings, ls: LabelStudio, project_id: int, queue: QueueState, cfg: LabelConfig
 ) -> dict[str, int]:
     """Push the queue's first ``strategy.push_top_k`` tasks and switch Label Studio to them; the
-    whole queue is stored for top-ups and ``/predict`` (:mod:`backend.labeling_queue`)."""
+    whole queue is stored for top-ups and ``/predict`` (:mod:`backend.loop.queue`)."""
     top_k = settings.strategy.push_top_k
     head = queue.n if top_k is None else min(top_k, queue.n)
     counts = push_queue(ls, project_id, queue.version, queue.items(0, head), cfg)
@@ -463,7 +453,7 @@ def select_stage(
     write: bool = True,
 ) -> selection.Plan:
     """The audit share and the adaptive selection over the scored pool (``write=False``: the
-    preview's, which files nothing; :func:`backend.selection.plan`)."""
+    preview's, which files nothing; :func:`backend.loop.selection.plan`)."""
     return selection.plan(
         settings,
         store,

@@ -101,8 +101,8 @@ def _belief_dict(b: Belief) -> dict[str, object]:
 
 
 def predicted_string(labels: Sequence[str]) -> str:
-    """A suggestion as text, as :func:`backend.cycle.given_labels` writes a given label (tags in
-    the label config's order, comma-joined)."""
+    """A suggestion as text, as :func:`backend.loop.cycle.given_labels` writes a given label (tags
+    in the label config's order, comma-joined)."""
     return ", ".join(labels)
 
 

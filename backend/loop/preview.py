@@ -1,7 +1,7 @@
 """Preview: the queue that proposed settings would produce, next to today's, changing nothing.
 
-The pool is built exactly as the cycle builds it (:func:`backend.cycle.build_pool`) from what the
-store and the disk already hold: the project's tasks and labels, the cached embeddings of the
+The pool is built exactly as the cycle builds it (:func:`backend.loop.cycle.build_pool`) from what
+the store and the disk already hold: the project's tasks and labels, the cached embeddings of the
 images (found through ``task_images``) and the project's current model. Nothing is fetched,
 embedded, trained, written to the database or sent to Label Studio. "Today's queue" is the same
 computation with the project's current effective settings. The audit share and the adaptive
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.cycle import (
+from backend.loop.cycle import (
     Scored,
     Snapshot,
     Trained,
@@ -29,14 +29,14 @@ from backend.cycle import (
     score_stage,
     select_stage,
 )
+from backend.loop.push import QueueItem
+from backend.loop.targets import Targets
 from backend.model.cache import EmbeddingCache
-from backend.project_settings import diff, effective_settings, propose
-from backend.push import QueueItem
 from backend.serving.registry import ServedModel
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store
-from backend.training import Targets
+from backend.store.project_settings import diff, effective_settings, propose
 
 #: Fields whose effect shows in the preview (all of ``strategy``, and the scoring seed).
 PREVIEWED_MODEL_FIELDS = frozenset({"model.seed"})
