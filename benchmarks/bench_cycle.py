@@ -36,13 +36,13 @@ import torch
 from _common import machine
 from PIL import Image
 
-from backend.demo import DEMO_CONFIG
+from backend.cli.demo import DEMO_CONFIG
+from backend.cli.lsprocess import start_label_studio
 from backend.labelstudio.client import LabelStudio
 from backend.loop.cycle import make_runner
-from backend.lsprocess import start_label_studio
 from backend.runtime.lease import run_cycle_once
 from backend.settings import Settings, load_settings
-from backend.simulate_sets import digit_images
+from backend.simulate.sets import digit_images
 from backend.store import cycles
 from backend.store.db import Store
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from backend.lsprocess import free_port
+from backend.cli.lsprocess import free_port
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><Choices name="label" toName="image">'

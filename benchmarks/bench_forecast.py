@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from backend.diagnosis.forecast import forecast  # noqa: E402
 from backend.diagnosis.schema import CurvePoint  # noqa: E402
 from backend.settings import load_settings  # noqa: E402
-from backend.simulate import load_dataset, simulate  # noqa: E402
+from backend.simulate.run import load_dataset, simulate  # noqa: E402
 
 FIT_AT = 100
 

@@ -5,7 +5,7 @@
 Datasets (all offline, shipped inside installed packages; one table each):
 - ``digits``: scikit-learn's 8x8 digits, raw pixels / 16 as features and embeddings;
 - ``digits-emb``: the same digits rendered as 64 px images
-  (``backend.simulate_sets.digit_images``, bicubic)
+  (``backend.simulate.sets.digit_images``, bicubic)
   and embedded by the default backbone, EfficientNet-Lite0 at 96 px (1280-d);
 - ``textures``: scikit-image's brick / grass / gravel photos in 32 px tiles (``bench_model``),
   Lite0 embeddings at 96 px; easy (3 classes, ~0.99);
@@ -47,7 +47,7 @@ from threadpoolctl import threadpool_limits
 
 from backend.loop.selection import AUDIT_WINDOW
 from backend.settings import StrategySettings
-from backend.simulate_sets import GENERATED, generate
+from backend.simulate.sets import GENERATED, generate
 from strategies import REGISTRY, Pool
 from strategies.audit import prequential_accuracy
 from strategies.bandit import AUDIT, build_queue, judge_push, proxy_features
@@ -324,7 +324,7 @@ def _images(dataset: str) -> tuple[list[bytes], np.ndarray]:
         made = generate(dataset)
         return list(made.images), made.y
     if dataset == "digits-emb":
-        from backend.simulate_sets import digit_images
+        from backend.simulate.sets import digit_images
 
         rendered = list(digit_images(1797, size=64, seed=0))
         return [png for _, png, _ in rendered], np.array([digit for *_, digit in rendered])

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backend.cli.lsprocess import start_label_studio
 from backend.labelstudio.client import LabelStudio
 from backend.loop.sync import reconcile
-from backend.lsprocess import start_label_studio
 from backend.settings import load_settings
 from backend.store.db import Store
 

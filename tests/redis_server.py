@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from backend.lsprocess import free_port
+from backend.cli.lsprocess import free_port
 from tests.processes import stop_process
 
 

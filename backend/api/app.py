@@ -15,11 +15,11 @@ from backend.api.dashboard import bp as dashboard_bp
 from backend.api.errors import error_response, register_error_handlers
 from backend.api.ml import bp as ml_bp
 from backend.api.openapi import bp as openapi_bp
+from backend.api.prometheus import Metrics
 from backend.api.requests import IdConverter
 from backend.api.services import EXTENSION, Services, services
 from backend.loop.contract import CycleRunner
 from backend.loop.inbox import InboxWorker
-from backend.metrics import Metrics
 from backend.runtime.scheduler import start_embedded_scheduler
 from backend.serving.registry import ModelRegistry
 from backend.settings import Settings

@@ -16,13 +16,13 @@ from sqlalchemy import select
 
 from backend.api.errors import ApiError, bad_request
 from backend.api.operations import operation
+from backend.api.prometheus import CONTENT_TYPE
 from backend.api.requests import body, cached_body, json_body, parse_json, validated
 from backend.api.schemas import MAX_ID, PredictRequest, SetupRequest, WebhookEvent
 from backend.api.services import services
 from backend.labelstudio.config import UnsupportedConfig, parse_label_config
 from backend.loop import ingest
 from backend.loop.inbox import HANDLED_ACTIONS, BadEvent, parse_event
-from backend.metrics import CONTENT_TYPE
 from backend.serving.predict import predict_tasks
 from backend.store import repo
 from backend.store.models import Project

@@ -13,9 +13,9 @@ from typing import cast
 
 from flask import current_app
 
+from backend.api.prometheus import Metrics
 from backend.labelstudio.images import ImageResolver
 from backend.loop.inbox import ApplyReport, InboxWorker
-from backend.metrics import Metrics
 from backend.runtime.scheduler import LoopScheduler
 from backend.serving.registry import ModelRegistry
 from backend.settings import Settings

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend.cli import main
-from backend.lsprocess import free_port
+from backend.cli.lsprocess import free_port
+from backend.cli.main import main
 from backend.store import repo
 from backend.store.db import Store
 from tests.conftest import SINGLE_CONFIG

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from backend.cli import main, serve_overrides
-from backend.lsprocess import free_port
-from backend.server import Refused, check_exposure, is_loopback
+from backend.cli.lsprocess import free_port
+from backend.cli.main import main, serve_overrides
+from backend.cli.serve import Refused, check_exposure, is_loopback
 from backend.settings import ServerSettings
 from tests.processes import stop_process
 

@@ -4,7 +4,7 @@ The server runs from its own venv: ``$TEST_LABEL_STUDIO_BIN`` when set, else
 ``<repo>/.cache/ls-venv/bin/label-studio``, created with ``pip install label-studio==1.23.2`` on
 first use (about a minute). It binds 127.0.0.1 on a free port, keeps its data in a temporary
 directory, and is stopped with its whole process group. Starting and stopping are delegated to
-:mod:`backend.lsprocess`, which ``make run`` uses too.
+:mod:`backend.cli.lsprocess`, which ``make run`` uses too.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from backend.lsprocess import LabelStudioProcess, start_label_studio
+from backend.cli.lsprocess import LabelStudioProcess, start_label_studio
 
 LS_VERSION = "1.23.2"
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from backend.lsprocess import free_port
+from backend.cli.lsprocess import free_port
 from tests.integration.lsserver import label_studio_binary
 
 pytestmark = pytest.mark.integration

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from backend.demo import DEMO_CONFIG
+from backend.cli.demo import DEMO_CONFIG
 from backend.labelstudio.client import LabelStudio
 from backend.loop.cycle import make_runner
 from backend.runtime.lease import run_cycle_once
 from backend.settings import load_settings
-from backend.simulate_sets import digit_images
+from backend.simulate.sets import digit_images
 from backend.store import cycles
 from backend.store.db import Store
 from tests.integration.support import Proxy, write_config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.cli import main
+from backend.cli.main import main
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from backend.cli import _parser
+from backend.cli.main import _parser
 from backend.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

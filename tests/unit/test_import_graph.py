@@ -11,9 +11,10 @@ The layers, highest first; a module may import its own layer's modules and those
 
     cli -> api -> runtime -> loop, diagnosis, serving -> model, labelstudio, store -> settings
 
-(settings also holds the base helpers ``backend.files``; ``strategies`` is below all of backend
-and imports nothing from it.) Within the model/labelstudio/store layer the store imports neither
-the model (torch) nor the label-config parsing of ``backend.labelstudio``.
+Settings also holds the base helper ``backend.files``; ``backend.simulate``, the loop run
+offline, sits with the loop; ``strategies`` is below all of backend and imports nothing from it.
+Within the model/labelstudio/store layer the store imports neither the model (torch) nor the
+label-config parsing of ``backend.labelstudio``.
 """
 
 from __future__ import annotations
@@ -38,34 +39,13 @@ LAYERS: dict[str, int] = {
     "backend.labelstudio": 2,
     "backend.store": 2,
     "backend.migrations": 2,
-    "backend.store.project_settings": 2,
     "backend.loop": 3,
     "backend.diagnosis": 3,
     "backend.serving": 3,
-    "backend.loop.clusters": 3,
-    "backend.loop.cycle": 3,
-    "backend.loop.inbox": 3,
-    "backend.loop.queue": 3,
-    "backend.loop.preview": 3,
-    "backend.loop.push": 3,
-    "backend.loop.review": 3,
-    "backend.loop.selection": 3,
     "backend.simulate": 3,
-    "backend.simulate_sets": 3,
-    "backend.loop.sync": 3,
-    "backend.loop.fit": 3,
     "backend.runtime": 4,
     "backend.api": 5,
-    "backend.metrics": 5,
     "backend.cli": 6,
-    "backend.admin_cli": 6,
-    "backend.cli_common": 6,
-    "backend.demo": 6,
-    "backend.inbox_cli": 6,
-    "backend.lsprocess": 6,
-    "backend.server": 6,
-    "backend.simulate_cli": 6,
-    "backend.train_cli": 6,
 }
 #: Package faces: only the package itself, not its modules, is in this layer.
 FACES: dict[str, int] = {"backend": 1}

@@ -13,7 +13,7 @@ import yaml
 from sqlalchemy.exc import OperationalError
 
 from backend.api.app import create_app, shutdown
-from backend.cli import main
+from backend.cli.main import main
 from backend.loop.inbox import BadEvent, apply_pending, parse_event, retry_set_aside
 from backend.settings import Settings
 from backend.store import repo

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from backend.admin_cli import parse_assignments
-from backend.cli import main
+from backend.cli.admin_cli import parse_assignments
+from backend.cli.main import main
 from backend.loop.preview import preview
 from backend.serving.registry import ModelRegistry
 from backend.settings import Settings, SettingsError

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.cli import CliError, main
+from backend.cli.common import CliError
+from backend.cli.main import main
+from backend.cli.simulate_cli import parse_strategies, summarize, svg
 from backend.settings import Settings
-from backend.simulate import Curve, load_dataset, ls_cluster_picks, make_problem, simulate
-from backend.simulate_cli import parse_strategies, summarize, svg
+from backend.simulate.run import Curve, load_dataset, ls_cluster_picks, make_problem, simulate
 from tests.conftest import SMALL_MODEL, make_settings
 
 FAST_MODEL = {**SMALL_MODEL, "max_epochs": 30}

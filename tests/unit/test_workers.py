@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from backend.cli import main
+from backend.cli.main import main
 from backend.runtime.scheduler import LoopScheduler, cycle_dispatch
 from backend.runtime.workers import connect, enqueue_cycle, job_id, run_project_cycle, run_worker
 from backend.settings import Settings, SettingsError, load_settings
@@ -164,6 +164,6 @@ def test_the_worker_command_needs_a_reachable_redis(
 
 
 def _closed_port() -> int:
-    from backend.lsprocess import free_port
+    from backend.cli.lsprocess import free_port
 
     return free_port()  # nothing listens there

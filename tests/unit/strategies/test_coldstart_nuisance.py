@@ -1,6 +1,6 @@
 """The cold start on a generated set whose strongest visual factor is not the class.
 
-In raw pixels the nuisance set (:mod:`backend.simulate_sets`) clusters by background; the most
+In raw pixels the nuisance set (:mod:`backend.simulate.sets`) clusters by background; the most
 typical item of each cluster is then mostly one class. The cold start must still cover the
 classes as well as random order does at 20 labels.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.simulate_sets import nuisance_set, pixel_features, rare_set
+from backend.simulate.sets import nuisance_set, pixel_features, rare_set
 from strategies.coldstart import cold_start_order, typicality_scores
 from strategies.coverage import cluster_embeddings
 

@@ -49,7 +49,7 @@ from backend.loop.fit import fit
 from backend.loop.push import QueueItem
 from backend.loop.targets import NotEnoughLabels, consensus_targets
 from backend.settings import Settings, StrategySettings
-from backend.simulate_sets import GENERATED, digit_images, generate
+from backend.simulate.sets import GENERATED, digit_images, generate
 from backend.store.db import Store
 from backend.store.models import Annotation, Task
 
@@ -193,7 +193,7 @@ def _generated(name: str, limit: int | None) -> Dataset:
 
 def load_dataset(spec: str, *, limit: int | None = None) -> Dataset:
     """``digits``, ``textures``, a generated set (``nuisance``, ``rare``:
-    :mod:`backend.simulate_sets`) or a folder laid out as ``<root>/<class>/<images>``.
+    :mod:`backend.simulate.sets`) or a folder laid out as ``<root>/<class>/<images>``.
 
     Args:
         spec: the dataset name or folder.

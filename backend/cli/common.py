@@ -1,6 +1,6 @@
 """What the ``labelloop`` commands share: the one-line error, the Label Studio client, connect.
 
-Every command module imports from here, never from :mod:`backend.cli` (which imports them).
+Every command module imports from here, never from :mod:`backend.cli.main` (which imports them).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from backend.settings import Settings
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.cli_common import CliError, label_studio_client
+    from backend.cli.common import CliError, label_studio_client
     from backend.loop.fit import train_project
     from backend.loop.sync import reconcile
     from backend.loop.targets import NotEnoughLabels

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from backend.cli.lsprocess import LabelStudioProcess, next_free_port, start_label_studio
 from backend.files import atomic_write
-from backend.lsprocess import LabelStudioProcess, next_free_port, start_label_studio
 from backend.settings import Settings, with_overrides
-from backend.simulate_sets import digit_images
+from backend.simulate.sets import digit_images
 
 log = logging.getLogger(__name__)
 FIRST_CYCLE_TIMEOUT_S = 600.0
@@ -148,7 +148,7 @@ def running_demo(
     Yields once the first cycle has ordered the queue, so "Label All Tasks" serves labelloop's
     cold-start order from the first task. Both servers stop when the block exits.
     """
-    from backend.cli_common import connect_project
+    from backend.cli.common import connect_project
     from backend.labelstudio.client import LabelStudio
 
     ls = start_label_studio(ls_binary, root / "label-studio", port=ls_port)

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from backend.cli_common import CliError
+from backend.cli.common import CliError
 from backend.settings import Settings
 
 if TYPE_CHECKING:
-    from backend.simulate import Curve
+    from backend.simulate.run import Curve
 
 BUILT_IN = ("adaptive", "default", "random")
 #: Share of the best final mean accuracy that "labels to reach" counts up to.
@@ -335,7 +335,7 @@ def _series(name: str, s: Mapping[str, Any], color: str, frame: _Frame) -> list[
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     """Run the simulation and print the table (or JSON); write the plot when asked."""
-    from backend.simulate import SERVES, DatasetError, load_dataset, row_name, simulate
+    from backend.simulate.run import SERVES, DatasetError, load_dataset, row_name, simulate
 
     if args.plot is not None and args.plot.suffix.lower() != ".svg":
         raise CliError(f"--plot writes SVG; name the file *.svg (got {args.plot})")
@@ -372,7 +372,7 @@ def _check_strategies(
     settings: Settings, strategies: Mapping[str, Mapping[str, float]], batch_size: int
 ) -> None:
     """Refuse unknown signals and negative weights before any image is embedded."""
-    from backend.simulate import strategy_settings
+    from backend.simulate.run import strategy_settings
 
     for name, weights in strategies.items():
         try:

@@ -12,7 +12,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from backend.cli_common import (
+from backend.cli.common import (
     NEEDS_LABEL_STUDIO,
     CliError,
     connect_project,
@@ -40,7 +40,7 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.server import Refused, check_exposure, serve_embedded
+    from backend.cli.serve import Refused, check_exposure, serve_embedded
 
     settings = with_overrides(settings, serve_overrides(args))
     try:
@@ -77,7 +77,7 @@ def _serve_gunicorn(settings: Settings, workers: int) -> int:
             "--workers above 1 needs loop.run_scheduler: false and one `labelloop scheduler` "
             "process (every worker would otherwise run a scheduler of its own)"
         )
-    from backend.server import serve_with_gunicorn
+    from backend.cli.serve import serve_with_gunicorn
     from backend.store.db import Store
 
     store = Store(settings.store.url)
@@ -201,9 +201,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from backend.admin_cli import add_parsers as add_admin_parsers
-    from backend.inbox_cli import add_parser as add_inbox_parser
-    from backend.simulate_cli import add_arguments as simulate_arguments
+    from backend.cli.admin_cli import add_parsers as add_admin_parsers
+    from backend.cli.inbox_cli import add_parser as add_inbox_parser
+    from backend.cli.simulate_cli import add_arguments as simulate_arguments
 
     parser = argparse.ArgumentParser(prog="labelloop", description=__doc__)
     parser.add_argument("--config", type=Path, help="a YAML file overriding config/labelloop.yaml")
@@ -263,12 +263,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _commands() -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
-    from backend.admin_cli import cmd_preview, cmd_strategy
-    from backend.demo import cmd_demo
-    from backend.inbox_cli import cmd_inbox
+    from backend.cli.admin_cli import cmd_preview, cmd_strategy
+    from backend.cli.demo import cmd_demo
+    from backend.cli.inbox_cli import cmd_inbox
+    from backend.cli.simulate_cli import cmd_simulate
+    from backend.cli.train_cli import cmd_train
     from backend.runtime.process import cmd_scheduler
-    from backend.simulate_cli import cmd_simulate
-    from backend.train_cli import cmd_train
 
     return {
         "serve": cmd_serve,

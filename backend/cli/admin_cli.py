@@ -16,7 +16,7 @@ from backend.store.db import Store
 
 
 def _cli_error(message: str) -> Exception:
-    from backend.cli_common import CliError
+    from backend.cli.common import CliError
 
     return CliError(message)
 
