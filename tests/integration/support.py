@@ -15,12 +15,13 @@ from typing import Any
 import requests
 import yaml
 
-from backend.cycle import make_runner
-from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
+from backend.cli.demo import DEMO_CONFIG, ServedBackend, serve_in_thread
+from backend.cli.lsprocess import free_port
 from backend.labelstudio.client import LabelStudio
-from backend.lsprocess import free_port
-from backend.scheduler import CycleRun, run_cycle_once
+from backend.loop.cycle import make_runner
+from backend.runtime.lease import CycleRun, run_cycle_once
 from backend.settings import Settings, load_settings
+from backend.simulate.sets import digit_images
 from backend.store import cycles
 from backend.store.db import Store
 

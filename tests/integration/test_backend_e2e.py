@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from backend.cli import main as cli_main
+from backend.cli.main import main as cli_main
 from backend.store import repo
 from backend.store.models import Annotation, InboxEvent
 from tests.conftest import SINGLE_CONFIG

@@ -15,15 +15,16 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from backend.cycle import make_runner
-from backend.demo import DEMO_CONFIG, digit_images
+from backend.cli.demo import DEMO_CONFIG
 from backend.diagnosis.view import load_diagnosis
 from backend.labelstudio.client import LabelStudio
-from backend.project_settings import set_project_settings
-from backend.scheduler import run_cycle_once
+from backend.loop.cycle import make_runner
+from backend.runtime.lease import run_cycle_once
 from backend.settings import load_settings
+from backend.simulate.sets import digit_images
 from backend.store import repo
 from backend.store.models import SelectionPick
+from backend.store.project_settings import set_project_settings
 from strategies.audit import audit_count
 from strategies.bandit import ARMS
 from tests.integration.support import Loop, choice, digits_loop
@@ -210,7 +211,7 @@ def test_crash_mid_cycle_keeps_previous_version(loop: Loop) -> None:
 
 def test_clustered_push_keeps_each_prediction_cluster(loop: Loop) -> None:
     from backend.labelstudio.config import parse_label_config
-    from backend.push import QueueItem, push_queue
+    from backend.loop.push import QueueItem, push_queue
 
     project = loop.ls.create_project("loop clusters", DEMO_CONFIG)
     ids = loop.ls.upload_images(project, [(n, d) for n, d, _ in digit_images(4, size=32)])
@@ -229,7 +230,7 @@ def test_clustered_push_keeps_each_prediction_cluster(loop: Loop) -> None:
 def test_train_command_trains_a_version_and_prints_metrics(
     loop: Loop, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from backend.cli import main as cli_main
+    from backend.cli.main import main as cli_main
 
     with loop.store.session() as session:
         before = repo.ensure_project(session, loop.project).model_version
@@ -250,8 +251,8 @@ def test_a_worker_process_runs_the_cycle_the_scheduler_queued(
 
     from redis import Redis
 
-    from backend.scheduler import LoopScheduler, cycle_dispatch
-    from backend.workers import job_id
+    from backend.runtime.scheduler import LoopScheduler, cycle_dispatch
+    from backend.runtime.workers import job_id
 
     Redis.from_url(redis_url).flushdb()
     config = yaml.safe_load(loop.config.read_text())

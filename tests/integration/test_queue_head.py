@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from backend.cycle import make_runner
-from backend.demo import DEMO_CONFIG, ServedBackend, digit_images, serve_in_thread
-from backend.labeling_queue import load_state
+from backend.cli.demo import DEMO_CONFIG, ServedBackend, serve_in_thread
 from backend.labelstudio.client import LabelStudio
-from backend.scheduler import run_cycle_once
+from backend.loop.cycle import make_runner
+from backend.loop.queue import load_state
+from backend.runtime.lease import run_cycle_once
 from backend.settings import Settings, load_settings
+from backend.simulate.sets import digit_images
 from backend.store import cycles
 from backend.store.db import Store
 from tests.integration.support import choice, wait_for, write_config
