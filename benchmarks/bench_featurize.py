@@ -22,8 +22,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from backend.model.backbones import TorchBackbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -80,6 +84,26 @@ def best_of(run: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def decode_section(
+    jpeg: list[bytes], png: list[bytes], base: TorchBackbone, eager: TorchBackbone, n: int
+) -> None:
+    """Decode + preprocess, one thread: our uint8 path beside torch-style normalization."""
+    from backend.model.featurize import decode_image
+
+    rows = []
+    for name, images in (("JPEG 640x480", jpeg), ("PNG 640x480", png)):
+        seconds = best_of(lambda imgs=images: [base.pixels(decode_image(d)) for d in imgs], 1)
+        torch_style = best_of(
+            lambda imgs=images: [eager.preprocess(decode_image(d)) for d in imgs], 1
+        )
+        rows.append([name, f"{1000 * seconds / n:.2f}", f"{1000 * torch_style / n:.2f}"])
+    print_table(
+        ["input", "decode+resize to uint8 (ms/img)", "+ normalize to a torch tensor (ms/img)"],
+        rows,
+        "decode + preprocess, one thread",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 images, one repeat")
@@ -117,19 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     eager = build_backbone(ModelSettings(fine_tune=True, channels_last=False, num_threads=0))
     base = build_backbone(ModelSettings(num_threads=0))  # batch norms folded, channels-last
 
-    # -- decode + preprocess, one thread
-    rows = []
-    for name, images in (("JPEG 640x480", jpeg), ("PNG 640x480", png)):
-        seconds = best_of(lambda imgs=images: [base.pixels(decode_image(d)) for d in imgs], 1)
-        torch_style = best_of(
-            lambda imgs=images: [eager.preprocess(decode_image(d)) for d in imgs], 1
-        )
-        rows.append([name, f"{1000 * seconds / n:.2f}", f"{1000 * torch_style / n:.2f}"])
-    print_table(
-        ["input", "decode+resize to uint8 (ms/img)", "+ normalize to a torch tensor (ms/img)"],
-        rows,
-        "decode + preprocess, one thread",
-    )
+    decode_section(jpeg, png, base, eager, n)
 
     # -- forward pass only, on the same pixels
     pixels = np.stack([base.pixels(decode_image(d)) for d in jpeg])

@@ -296,7 +296,8 @@ def proxy_features(embeddings: FloatArray, *, rng: np.random.Generator) -> NDArr
     if dims >= 1 and x.shape[1] > dims:
         x = PCA(dims, random_state=int(rng.integers(2**31 - 1))).fit_transform(x)
     spread = x.std(axis=0)
-    return (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    out: NDArray[np.float64] = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    return out
 
 
 def _brier(

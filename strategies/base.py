@@ -388,14 +388,15 @@ def xlogy_sum(subscripts: str, x: FloatArray, y: FloatArray, log_out: FloatArray
     wherever ``y`` is (a member probability, or the members' mean), so the floor changes nothing.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        total = np.einsum(subscripts, x, np.log(y, out=log_out))
+        total: FloatArray = np.einsum(subscripts, x, np.log(y, out=log_out))
     bad = np.isnan(total)
     if bad.any():
         rows = np.flatnonzero(bad.reshape(-1, bad.shape[-1]).any(axis=0))
         tiny = np.finfo(y.dtype).tiny
         if rows.shape[0] > total.shape[-1] // 4:  # mostly zeros (hard votes): floor everything
             np.maximum(y, tiny, out=log_out)
-            return np.einsum(subscripts, x, np.log(log_out, out=log_out))
+            floored_all: FloatArray = np.einsum(subscripts, x, np.log(log_out, out=log_out))
+            return floored_all
         floored = np.log(np.maximum(y[..., rows, :], tiny))
         total[..., rows] = np.einsum(subscripts, x[..., rows, :], floored)
     return total

@@ -166,7 +166,10 @@ def nearest_labeled_distance(
     if embeddings.shape[0] == 0:
         return np.zeros(0)
     if not labeled.any():
-        return np.linalg.norm(embeddings - embeddings.mean(axis=0), axis=1).astype(np.float64)
+        out: NDArray[np.float64] = np.linalg.norm(
+            embeddings - embeddings.mean(axis=0), axis=1
+        ).astype(np.float64)
+        return out
     _, dist = pairwise_distances_argmin_min(embeddings, embeddings[labeled])
     return np.where(labeled, 0.0, dist).astype(np.float64)
 
@@ -226,7 +229,8 @@ def outlier_scores(
     sizes = np.bincount(labels)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     medians = (dist[order][starts + (sizes - 1) // 2] + dist[order][starts + sizes // 2]) / 2
-    return dist / np.maximum(medians[labels], 1e-12)
+    out: NDArray[np.float64] = dist / np.maximum(medians[labels], 1e-12)
+    return out
 
 
 def mean_knn_distance(embeddings: FloatArray, *, n_neighbors: int = 10) -> NDArray[np.float64]:
@@ -236,7 +240,8 @@ def mean_knn_distance(embeddings: FloatArray, *, n_neighbors: int = 10) -> NDArr
     if k < 1:
         return np.zeros(n)
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(embeddings).kneighbors(embeddings)
-    return dist[:, 1:].mean(axis=1).astype(np.float64)
+    out: NDArray[np.float64] = dist[:, 1:].mean(axis=1).astype(np.float64)
+    return out
 
 
 def coverage_pool_scores(

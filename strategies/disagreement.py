@@ -35,7 +35,8 @@ _FUZZ = 1e-6
 
 
 def _entropy_rows(p: FloatArray) -> FloatArray:
-    return -(p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))).sum(axis=-1)
+    out: FloatArray = -(p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))).sum(axis=-1)
+    return out
 
 
 def _vote_entropy_block(block: FloatArray, scratch: FloatArray) -> NDArray[np.float64]:
@@ -46,7 +47,8 @@ def _vote_entropy_block(block: FloatArray, scratch: FloatArray) -> NDArray[np.fl
     agree = (votes[:, None, :] == votes[None, :, :]).sum(axis=1)
     with np.errstate(divide="ignore"):  # agree >= 1, so log(0) in slot 0 is never looked up
         table = -np.log(np.arange(n_members + 1) / n_members) / n_members
-    return table[agree].sum(axis=0)
+    out: NDArray[np.float64] = table[agree].sum(axis=0)
+    return out
 
 
 def vote_entropy_scores(committee: FloatArray) -> NDArray[np.float64]:
@@ -69,7 +71,8 @@ def _kl_consensus_block(block: FloatArray, scratch: FloatArray) -> FloatArray:
     mean *= 1.0 / n_members
     own = xlogy_sum("mrc,mrc->mr", block, block, scratch[:n_members])
     cross = xlogy_sum("mrc,rc->mr", block, mean, scratch[n_members + 1])
-    return np.maximum(own - cross, 0.0).max(axis=0)
+    out: FloatArray = np.maximum(own - cross, 0.0).max(axis=0)
+    return out
 
 
 def kl_consensus_scores(committee: FloatArray) -> NDArray[np.float64]:
@@ -136,7 +139,8 @@ def confident_thresholds(labels: IntArray, probs: FloatArray) -> NDArray[np.floa
     counts = np.bincount(labels[mask], minlength=n_classes)
     sums = np.bincount(labels[mask], weights=probs[mask, labels[mask]], minlength=n_classes)
     thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), 2.0)
-    return np.maximum(thresholds, _THRESHOLD_FLOOR)
+    out: NDArray[np.float64] = np.maximum(thresholds, _THRESHOLD_FLOOR)
+    return out
 
 
 def confident_learning_mask(labels: IntArray, probs: FloatArray) -> NDArray[np.bool_]:
@@ -161,7 +165,10 @@ def confident_learning_mask(labels: IntArray, probs: FloatArray) -> NDArray[np.b
         bumped = np.array(p, dtype=np.float64)
         bumped[np.arange(given.shape[0]), np.maximum(given, 0)] += _FUZZ
         predicted_given = bumped.argmax(axis=1) == given
-        return (given >= 0) & (n_confident > 0) & (guess != given) & ~predicted_given
+        out: NDArray[np.bool_] = (
+            (given >= 0) & (n_confident > 0) & (guess != given) & ~predicted_given
+        )
+        return out
 
     return rowwise(flagged, probs, labels).astype(bool)
 
@@ -179,7 +186,10 @@ def judged_tags(labeled: NDArray[np.bool_], targets: IntArray) -> NDArray[np.boo
     """(C,) tags the labels can teach a model both ways: given to some labeled item and withheld
     from another. A tag nobody (or everybody) was given tells nothing about an item's tags."""
     given = targets[labeled]
-    return (given.max(axis=0, initial=0) > 0) & (given.min(axis=0, initial=1) == 0)
+    out: NDArray[np.bool_] = (given.max(axis=0, initial=0) > 0) & (
+        given.min(axis=0, initial=1) == 0
+    )
+    return out
 
 
 def label_confidences(
@@ -197,7 +207,8 @@ def doubted_labels(
     targets: IntArray, probs: FloatArray, judged: NDArray[np.bool_] | None = None
 ) -> IntArray:
     """(n,) the label whose given value the model believes least, per item (multi-label)."""
-    return label_confidences(targets, probs, judged).argmin(axis=1).astype(np.int64)
+    out: IntArray = label_confidences(targets, probs, judged).argmin(axis=1).astype(np.int64)
+    return out
 
 
 def multilabel_self_confidence_scores(

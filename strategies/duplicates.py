@@ -23,7 +23,8 @@ def centred_unit(embeddings: NDArray[np.floating]) -> NDArray[np.float32]:
     """(n, d) embeddings minus their mean, scaled to unit length (float32)."""
     x = np.asarray(embeddings, dtype=np.float32)
     x = x - x.mean(axis=0, keepdims=True)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    out: NDArray[np.float32] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def near_copies_of_labeled(

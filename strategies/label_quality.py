@@ -121,7 +121,8 @@ def _pooled(logs: list[NDArray[np.float64]], weights: tuple[float, ...]) -> NDAr
         z += weight * log_probs
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
+    out: NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
+    return out
 
 
 def pool_evidence(

@@ -14,5 +14,5 @@ def random_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.fl
 
 
 def random(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """k unlabeled items uniformly at random (the baseline every signal must beat)."""
+    """``k`` unlabeled items uniformly at random (the baseline every signal must beat)."""
     return top_k(random_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)

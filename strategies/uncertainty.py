@@ -23,15 +23,18 @@ from strategies.base import (
 
 
 def _xlogx(p: FloatArray) -> FloatArray:
-    return p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))
+    out: FloatArray = p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))
+    return out
 
 
 def _entropy_rows(p: FloatArray) -> FloatArray:
-    return -_xlogx(p).sum(axis=-1)
+    out: FloatArray = -_xlogx(p).sum(axis=-1)
+    return out
 
 
 def _binary_entropy_rows(p: FloatArray) -> FloatArray:
-    return -(_xlogx(p) + _xlogx(1.0 - p)).sum(axis=-1)
+    out: FloatArray = -(_xlogx(p) + _xlogx(1.0 - p)).sum(axis=-1)
+    return out
 
 
 def _margin_rows(p: FloatArray) -> FloatArray:
@@ -94,7 +97,8 @@ def _bald_multiclass(block: FloatArray, scratch: FloatArray) -> FloatArray:
 
 def _bald_multilabel(block: FloatArray, scratch: FloatArray) -> FloatArray:
     mean_entropy = _binary_entropy_rows(block.mean(axis=0))
-    return np.maximum(mean_entropy - _binary_entropy_rows(block).mean(axis=0), 0.0)
+    out: FloatArray = np.maximum(mean_entropy - _binary_entropy_rows(block).mean(axis=0), 0.0)
+    return out
 
 
 def bald_scores(committee: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:

@@ -64,7 +64,7 @@ def check_exposure(server: ServerSettings) -> None:
 
 
 def _json_channel() -> type:
-    """waitress's HTTP channel answering its own errors (a body over the limit, a malformed
+    """Waitress's HTTP channel answering its own errors (a body over the limit, a malformed
     request line or header, chunked framing it cannot parse) as the API answers every error:
     JSON ``{"error", "detail"}`` instead of waitress's plain text."""
     from waitress.channel import HTTPChannel

@@ -49,10 +49,10 @@ from backend.store.db import Store
 from backend.store.models import Annotation, Project
 from backend.store.project_settings import effective_settings
 from strategies import REGISTRY, Pool
-from strategies.base import threads
+from strategies.base import StrategyInfo, threads
 from strategies.combine import Priority, prioritize
 from strategies.duplicates import demote, near_copies_of_labeled
-from strategies.label_quality import LabelQuality
+from strategies.label_quality import Crowd, LabelQuality
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,25 @@ def _describe(counts: Counter[str]) -> str:
     return ", ".join(f"{label} x{n}" for label, n in counts.most_common())
 
 
+def _review_scores(
+    settings: Settings,
+    pool: Pool,
+    info: StrategyInfo,
+    quality: LabelQuality | None,
+    crowd: Crowd | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n,) the review signal's scores and, where the signal has one, (n,) the label it suggests."""
+    if quality is not None:
+        return flag_scores(quality), quality.suggested
+    scores = info.score(pool, rng=np.random.default_rng(settings.model.seed))
+    if crowd is None:
+        return scores, None
+    # Disagreements first where the reliability-weighted consensus (with the model) is least
+    # sure; only items whose annotators actually disagree are flagged.
+    ranked = np.where(scores > 0, 1.0 - crowd.consensus.max(axis=1) + 1e-6, 0.0)
+    return ranked, crowd.consensus.argmax(axis=1)
+
+
 def suspects(
     settings: Settings, snap: Snapshot, scored: Scored, kind: str, exclude: set[int]
 ) -> list[Suspect]:
@@ -248,17 +267,7 @@ def suspects(
         return []  # e.g. annotator disagreement in a multi-label project, or no model yet
     quality = decide(settings, pool) if name == SUSPICION else None
     crowd = crowd_of(pool) if kind == "disagreement" else None
-    if quality is not None:
-        scores, suggested = flag_scores(quality), quality.suggested
-    elif crowd is not None:
-        # Disagreements first where the reliability-weighted consensus (with the model) is least
-        # sure; only items whose annotators actually disagree are flagged.
-        entropy = info.score(pool, rng=np.random.default_rng(settings.model.seed))
-        scores = np.where(entropy > 0, 1.0 - crowd.consensus.max(axis=1) + 1e-6, 0.0)
-        suggested = crowd.consensus.argmax(axis=1)
-    else:
-        scores = info.score(pool, rng=np.random.default_rng(settings.model.seed))
-        suggested = None
+    scores, suggested = _review_scores(settings, pool, info, quality, crowd)
     labeled = np.flatnonzero(pool.labeled)
     alarm = info.alarm if info.alarm is not None else 0.0
     hits = [
@@ -280,7 +289,10 @@ def suspects(
                 d = _suspected(snap.cfg.labels, int(pool.labels[i]), int(suggested[i]), quality, i)
             reason = d.reason
         elif kind == "label_error":
-            assert d is not None  # every label-error signal needs out-of-sample probabilities
+            if d is None:  # every label-error signal needs out-of-sample probabilities
+                raise ValueError(
+                    f"{name} flagged task {task_id} with no out-of-sample probabilities"
+                )
             reason = d.reason
         else:
             votes = Counter(a.labels[0] for a in by_task.get(task_id, []) if a.labels)

@@ -106,8 +106,9 @@ class _Shelf:
     def take(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), dim) float32 copy of the given rows."""
         with self._lock:
-            assert self._matrix is not None
             matrix = self._matrix
+        if matrix is None:  # nothing was read yet: rows can only come from rows_of()
+            raise LookupError("the embedding cache holds no vectors yet; take rows of rows_of()")
         order = np.argsort(rows, kind="stable")  # sequential reads of the memory map
         out = np.empty((len(rows), matrix.shape[1]), dtype=np.float32)
         out[order] = matrix[rows[order]]

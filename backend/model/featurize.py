@@ -143,7 +143,8 @@ class _Pass:
             self.n_cached += 1
             self._progress()
             return
-        assert ready.pixels is not None
+        if ready.pixels is None:  # a fetched image is decoded unless its vector was cached
+            raise RuntimeError(f"task {task_id}: image {sha[:12]} has no vector and no pixels")
         self.waiting[sha] = [task_id]
         self.batch.append((sha, ready.pixels))
         if len(self.batch) >= self.batch_size and len(self.batch) >= self.first_batch:

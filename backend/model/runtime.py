@@ -269,39 +269,15 @@ class RuntimeBackbone:
     # ------------------------------------------------------------------ choosing
 
     def _candidates(self) -> list[tuple[str, str]]:
+        """(runtime, precision) pairs to try, best first, for the device and the settings."""
         runtime, precision = self.settings.runtime, self.settings.precision
         if self.device == "cuda":
-            if precision == "int8":
-                raise PrecisionRefused("model.precision int8 runs on the CPU only (OpenVINO)")
-            return (
-                [("torch", "fp16"), ("torch", "fp32")]
-                if precision == "auto"
-                else [("torch", "fp16" if precision == "bf16" else precision)]
-            )
+            return _cuda_candidates(precision)
         if precision == "int8":
-            if runtime not in ("auto", "openvino") or not _openvino_available():
-                raise PrecisionRefused(
-                    "model.precision int8 needs model.runtime openvino (or auto) with the "
-                    "openvino and nncf packages installed"
-                )
-            if importlib.util.find_spec("nncf") is None:
-                raise PrecisionRefused(
-                    "model.precision int8 needs the extra: pip install 'labelloop[int8]'"
-                )
-            return [("openvino", "int8")]
+            return _int8_candidates(runtime)
         runtimes = [runtime] if runtime != "auto" else list(RUNTIMES)
         out: list[tuple[str, str]] = []
-        for name in runtimes:
-            if name == "openvino" and not _openvino_available():
-                if runtime == "openvino":
-                    raise BackboneUnavailableError("model.runtime openvino: package not installed")
-                continue
-            if name == "onnxruntime" and not _onnx_available():
-                if runtime == "onnxruntime":
-                    raise BackboneUnavailableError(
-                        "model.runtime onnxruntime needs the extra: pip install 'labelloop[onnx]'"
-                    )
-                continue
+        for name in filter(lambda name: _installed(name, asked=runtime), runtimes):
             if name == "openvino" and precision in ("auto", "bf16") and _bf16_supported():
                 out.append(("openvino", "bf16"))
             if name == "torch" or precision in ("auto", "fp32"):
@@ -457,3 +433,39 @@ def for_inference(base: TorchBackbone, settings: ModelSettings, data_dir: Path) 
         if wrapped is None:
             wrapped = _LOADED[key] = RuntimeBackbone(base, settings, data_dir / "runtimes")
         return wrapped
+
+
+def _cuda_candidates(precision: str) -> list[tuple[str, str]]:
+    if precision == "int8":
+        raise PrecisionRefused("model.precision int8 runs on the CPU only (OpenVINO)")
+    if precision == "auto":
+        return [("torch", "fp16"), ("torch", "fp32")]
+    return [("torch", "fp16" if precision == "bf16" else precision)]
+
+
+def _int8_candidates(runtime: str) -> list[tuple[str, str]]:
+    if runtime not in ("auto", "openvino") or not _openvino_available():
+        raise PrecisionRefused(
+            "model.precision int8 needs model.runtime openvino (or auto) with the "
+            "openvino and nncf packages installed"
+        )
+    if importlib.util.find_spec("nncf") is None:
+        raise PrecisionRefused(
+            "model.precision int8 needs the extra: pip install 'labelloop[int8]'"
+        )
+    return [("openvino", "int8")]
+
+
+def _installed(name: str, *, asked: str) -> bool:
+    """Whether runtime ``name`` can run here; refused outright when it is the one ``asked`` for."""
+    if name == "openvino" and not _openvino_available():
+        if asked == "openvino":
+            raise BackboneUnavailableError("model.runtime openvino: package not installed")
+        return False
+    if name == "onnxruntime" and not _onnx_available():
+        if asked == "onnxruntime":
+            raise BackboneUnavailableError(
+                "model.runtime onnxruntime needs the extra: pip install 'labelloop[onnx]'"
+            )
+        return False
+    return True
