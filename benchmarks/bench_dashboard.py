@@ -3,8 +3,17 @@
 Synthetic embeddings (d=1280, like efficientnet_lite0) with 10 classes, 20% labeled, the newest
 10% unlabeled (drift check), random out-of-sample probabilities, 1% planted near-duplicates, a
 split and a source field, image statistics for every item; prints one row per size: compute
-(k-means skipped: the cycle's clusters are passed, as in a real cycle), the near-duplicate search
-alone (part of compute), JSON size, page build time and page size. One BLAS thread.
+(k-means skipped: the cycle's clusters are passed, as in a real cycle), JSON size, page build time
+and page size. One BLAS thread.
+
+The neighbour searches, new (the index of :mod:`strategies.neighbours`) against the old ones in
+the same run: the diagnosis's near-duplicate pairs (old: every pair on 64 principal components,
+confirmed on the full vectors) and the queue's near-copies of labeled items (old: every unlabeled
+item against every labeled one on the full vectors; at 100k timed on a tenth of the unlabeled
+items and scaled by ten). Recall is measured against exact brute force on the full vectors for a
+sample of query items (every planted copy and 1,000 random items), on the benchmark's data and on
+a harder set: low-rank embeddings whose planted copies sit at cosine 0.95-0.995, half of them
+perturbed along the shared directions.
 
     python benchmarks/bench_dashboard.py [--quick]      # --quick: 1k and 10k items
 """
@@ -19,6 +28,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+from _common import print_table  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis  # noqa: E402
 from backend.diagnosis.duplicates import near_pairs  # noqa: E402
@@ -26,6 +38,10 @@ from backend.diagnosis.page import render_page  # noqa: E402
 from backend.diagnosis.schema import Diagnosis  # noqa: E402
 from backend.diagnosis.view import with_links  # noqa: E402
 from backend.settings import DiagnosisSettings  # noqa: E402
+from strategies.duplicates import centred_unit, near_copies_of_labeled  # noqa: E402
+from strategies.neighbours import brute_force_pairs  # noqa: E402
+
+THRESHOLD = DiagnosisSettings().near_duplicate_similarity
 
 
 def synthetic(n: int, rng: np.random.Generator, d: int = 1280, c: int = 10) -> DiagnosisInputs:
@@ -65,6 +81,106 @@ def synthetic(n: int, rng: np.random.Generator, d: int = 1280, c: int = 10) -> D
     )
 
 
+def hard(
+    n: int, rng: np.random.Generator, d: int = 1280, rank: int = 32
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Low-rank embeddings plus noise, 1% planted copies at cosine 0.95-0.995 (see the module),
+    and the planted (source, copy) rows."""
+    w = rng.normal(size=(rank, d))
+    x = rng.normal(size=(n, rank)) @ w * 0.6 + rng.normal(size=(n, d)) + 1.0
+    pairs = rng.choice(n, size=(n // 100, 2), replace=False)
+    source = x[pairs[:, 0]] - x.mean(axis=0)
+    cos = rng.uniform(THRESHOLD, 0.995, len(pairs))
+    step = np.where(
+        (np.arange(len(pairs)) % 2 == 0)[:, None],
+        rng.normal(size=source.shape),
+        rng.normal(size=(len(pairs), rank)) @ w,
+    )
+    step *= (np.sqrt(1 / cos**2 - 1) * np.linalg.norm(source, axis=1))[:, None]
+    x[pairs[:, 1]] = x[pairs[:, 0]] + step / np.linalg.norm(step, axis=1, keepdims=True)
+    return x, pairs
+
+
+def old_near_pairs(embeddings: NDArray[np.floating], threshold: float) -> set[tuple[int, int]]:
+    """The search the index replaced: every pair compared on 64 principal components (bar lowered
+    by 0.03), candidates confirmed on the full vectors."""
+    x = centred_unit(embeddings)
+    reduced = PCA(64, svd_solver="randomized", random_state=0).fit_transform(x)
+    reduced = (reduced / np.linalg.norm(reduced, axis=1, keepdims=True)).astype(np.float32)
+    i, j, _ = brute_force_pairs(reduced, reduced, threshold=threshold - 0.03, same=True)
+    keep = np.einsum("ij,ij->i", x[i], x[j]) >= threshold
+    return set(zip(i[keep].tolist(), j[keep].tolist(), strict=True))
+
+
+def exact_sample(
+    x: NDArray[np.float32], known: NDArray[np.int64], rng: np.random.Generator
+) -> tuple[set[int], set[tuple[int, int]]]:
+    """The query sample (``known`` rows and 1,000 random ones) and every pair above the bar that
+    touches it, by brute force on the full vectors."""
+    queries = np.unique(np.concatenate((known, rng.choice(len(x), 1000, replace=False))))
+    qi, qj, _ = brute_force_pairs(x[queries], x, threshold=THRESHOLD)
+    pairs = {
+        (min(a, b), max(a, b))
+        for a, b in zip(queries[qi].tolist(), qj.tolist(), strict=True)
+        if a != b
+    }
+    return set(queries.tolist()), pairs
+
+
+def recall(found: set[tuple[int, int]], sample: set[int], truth: set[tuple[int, int]]) -> str:
+    touching = {p for p in found if p[0] in sample or p[1] in sample}
+    return f"{len(truth & touching) / max(len(truth), 1):.4f}"
+
+
+def neighbour_searches(n: int) -> list[list[object]]:
+    """Rows of the neighbour table for ``n`` items: both data sets, old and new."""
+    rows: list[list[object]] = []
+    for name in ("benchmark", "hard"):
+        rng = np.random.default_rng(1)
+        if name == "benchmark":
+            inputs = synthetic(n, np.random.default_rng(0))
+            embeddings, labeled = inputs.embeddings, inputs.labels >= 0
+            planted = np.zeros(0, np.int64)
+        else:
+            embeddings, pairs = hard(n, rng)
+            labeled = rng.random(n) < 0.2
+            planted = pairs.ravel()
+        x = centred_unit(embeddings)
+        t0 = time.perf_counter()
+        i, j, _ = near_pairs(embeddings, threshold=THRESHOLD)
+        t1 = time.perf_counter()
+        new = set(zip(i.tolist(), j.tolist(), strict=True))
+        old = old_near_pairs(embeddings, THRESHOLD)
+        t2 = time.perf_counter()
+        # Queried exactly: the planted rows, every row either search paired, 1,000 random rows.
+        known = np.asarray(sorted({a for p in new | old for a in p}), dtype=np.int64)
+        sample, truth = exact_sample(x, np.concatenate((planted, known)), rng)
+        t3 = time.perf_counter()
+        copies = near_copies_of_labeled(embeddings, labeled, threshold=THRESHOLD)
+        t4 = time.perf_counter()
+        unlabeled = np.flatnonzero(~labeled)
+        part = unlabeled if n <= 20_000 else unlabeled[::10]
+        hit, _, _ = brute_force_pairs(x[part], x[labeled], threshold=THRESHOLD)
+        old_copies = (time.perf_counter() - t4) * len(unlabeled) / len(part)
+        agree = np.array_equal(copies[part], np.isin(np.arange(len(part)), hit))
+        rows.append(
+            [
+                n,
+                name,
+                f"{t2 - t1:.2f}",
+                f"{t1 - t0:.2f}",
+                f"{len(old)} / {len(new)}",
+                len(truth),
+                recall(old, sample, truth),
+                recall(new, sample, truth),
+                f"{old_copies:.2f}",
+                f"{t4 - t3:.2f}",
+                "yes" if agree else "NO",
+            ]
+        )
+    return rows
+
+
 def view(saved: str) -> Diagnosis:
     """What diagnosis_view does, without a store: read the saved JSON, add links."""
     return with_links(Diagnosis.model_validate_json(saved), "http://ls", 1, drift_threshold=0.75)
@@ -74,10 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1k and 10k items only")
     sizes = (1000, 10_000) if parser.parse_args().quick else (10_000, 100_000)
-    print(
-        f"{'items':>7} {'compute s':>10} {'of it dups s':>13} {'json KB':>8} {'page s':>7} "
-        f"{'page KB':>8}"
-    )
+    print(f"{'items':>7} {'compute s':>10} {'json KB':>8} {'page s':>7} {'page KB':>8}")
     for n in sizes:
         rng = np.random.default_rng(0)
         inputs = synthetic(n, rng)
@@ -88,12 +201,24 @@ def main() -> None:
         size = len(saved) / 1024
         page = render_page(view(saved), 1)
         t2 = time.perf_counter()
-        near_pairs(inputs.embeddings, threshold=0.95)  # again alone: its share of compute
-        dups = time.perf_counter() - t2
-        print(
-            f"{n:>7} {t1 - t0:>10.2f} {dups:>13.2f} {size:>8.0f} {t2 - t1:>7.2f} "
-            f"{len(page) / 1024:>8.0f}"
-        )
+        print(f"{n:>7} {t1 - t0:>10.2f} {size:>8.0f} {t2 - t1:>7.2f} {len(page) / 1024:>8.0f}")
+    print_table(
+        [
+            "items",
+            "data",
+            "old pairs s",
+            "new pairs s",
+            "pairs old / new",
+            "exact pairs (sample)",
+            "old recall",
+            "new recall",
+            "old copies s",
+            "new copies s",
+            "copies agree",
+        ],
+        [row for n in sizes for row in neighbour_searches(n)],
+        title=f"Neighbour searches (cosine >= {THRESHOLD}), old vs new, same run",
+    )
 
 
 def explanation_times(repeats: int = 3) -> None:
@@ -117,7 +242,7 @@ def explanation_times(repeats: int = 3) -> None:
     )
     image = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
     pixels = backbone.preprocess(image)
-    timings = {"grad-cam": [], "occlusion": []}
+    timings: dict[str, list[float]] = {"grad-cam": [], "occlusion": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
         grad_cam(backbone, model, pixels)

@@ -14,9 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from strategies.combine import Priority
-
-#: Rows compared at once against the labeled items.
-BLOCK = 2048
+from strategies.neighbours import unit_pairs
 
 
 def centred_unit(embeddings: NDArray[np.floating]) -> NDArray[np.float32]:
@@ -28,7 +26,11 @@ def centred_unit(embeddings: NDArray[np.floating]) -> NDArray[np.float32]:
 
 
 def near_copies_of_labeled(
-    embeddings: NDArray[np.floating], labeled: NDArray[np.bool_], *, threshold: float
+    embeddings: NDArray[np.floating],
+    labeled: NDArray[np.bool_],
+    *,
+    threshold: float,
+    seed: int = 0,
 ) -> NDArray[np.bool_]:
     """(n,) True for unlabeled items whose centred cosine to some labeled item is >= threshold.
 
@@ -36,16 +38,15 @@ def near_copies_of_labeled(
         embeddings: (n, d) embeddings of every item.
         labeled: (n,) which items are labeled.
         threshold: cosine similarity from which two items count as copies.
+        seed: fixes the neighbour index (:func:`strategies.neighbours.unit_pairs`).
     """
     out = np.zeros(len(labeled), dtype=bool)
     if not labeled.any() or labeled.all():
         return out
     x = centred_unit(embeddings)
-    known = x[labeled].T
     rows = np.flatnonzero(~labeled)
-    for start in range(0, len(rows), BLOCK):
-        block = rows[start : start + BLOCK]
-        out[block] = (x[block] @ known).max(axis=1) >= threshold
+    found, _, _ = unit_pairs(x[rows], x[labeled], threshold=threshold, seed=seed)
+    out[rows[found]] = True
     return out
 
 

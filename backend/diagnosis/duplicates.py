@@ -4,9 +4,9 @@ data splits (leaks).
 Exact duplicates share the sha256 of their image bytes. Near-duplicates are pairs whose centred
 embeddings have cosine similarity at or above ``diagnosis.near_duplicate_similarity`` (a resized,
 re-encoded or slightly cropped copy of one photo stays far above what two different photos of one
-class reach). Pairs are found blockwise: candidates on at most :data:`CANDIDATE_DIMS` principal
-components with a slightly lower bar, then confirmed on the full embeddings, so 100,000 items cost
-seconds and never an (n, n) matrix. Pairs join into groups (connected components).
+class reach). Pairs come from the neighbour index (:mod:`strategies.neighbours`: a range search on
+reduced vectors that can only shrink distances, confirmed on the full embeddings), so 100,000 items
+cost seconds and never an (n, n) matrix. Pairs join into groups (connected components).
 """
 
 from __future__ import annotations
@@ -18,36 +18,10 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sklearn.decomposition import PCA
 
 from backend.diagnosis.schema import DuplicateGroup, Duplicates
 from strategies.duplicates import centred_unit
-
-#: Dimensions the candidate search runs on, and how far below the bar a candidate may be.
-CANDIDATE_DIMS = 64
-CANDIDATE_SLACK = 0.03
-#: Rows compared at once (a block is BLOCK x n float32).
-BLOCK = 512
-
-
-def _unit(x: NDArray[np.floating]) -> NDArray[np.float32]:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _pairs_above(x: NDArray[np.float32], threshold: float) -> tuple[NDArray[np.int64], ...]:
-    """(i, j) with i < j and x[i] . x[j] >= threshold, blockwise."""
-    rows, cols = [], []
-    for start in range(0, len(x), BLOCK):
-        sims = x[start : start + BLOCK] @ x.T
-        i, j = np.nonzero(sims >= threshold)
-        i += start
-        keep = j > i
-        rows.append(i[keep])
-        cols.append(j[keep])
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
+from strategies.neighbours import unit_pairs
 
 
 def near_pairs(
@@ -56,23 +30,13 @@ def near_pairs(
     """Pairs (i < j) of items with cosine similarity >= ``threshold`` of their centred embeddings.
 
     Centring first matters: pooled CNN features are all positive, so raw cosines of unrelated
-    images are already high; around the mean only near-copies stay close to 1.
+    images are already high; around the mean only near-copies stay close to 1. The search runs
+    through the neighbour index (:func:`strategies.neighbours.unit_pairs`).
     """
     x = centred_unit(embeddings)
     if len(x) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    if x.shape[1] > CANDIDATE_DIMS and len(x) > CANDIDATE_DIMS:
-        # Two near-copies differ little in every direction, so they stay near-copies on the
-        # leading components; the slack absorbs the rest, and the full-dimension check below
-        # removes the extra candidates.
-        pca = PCA(CANDIDATE_DIMS, svd_solver="randomized", random_state=seed)
-        reduced = _unit(pca.fit_transform(x))
-        i, j = _pairs_above(reduced, threshold - CANDIDATE_SLACK)
-    else:
-        i, j = _pairs_above(x, threshold)
-    sims = np.einsum("ij,ij->i", x[i], x[j]) if len(i) else np.zeros(0, np.float32)
-    keep = sims >= threshold
-    return i[keep], j[keep], sims[keep].astype(np.float32)
+    return unit_pairs(x, x, threshold=threshold, seed=seed, same=True)
 
 
 def exact_pairs(hashes: Sequence[str | None]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

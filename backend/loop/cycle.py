@@ -172,6 +172,7 @@ def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -
                 pool.embeddings,
                 pool.labeled,
                 threshold=settings.diagnosis.near_duplicate_similarity,
+                seed=settings.model.seed,
             )
             priority = demote(priority, copies)
     return Scored(task_ids, pool, priority, probs)
