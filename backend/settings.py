@@ -274,6 +274,7 @@ class DiagnosisSettings(_Section):
 
     drift_auc_warning: float = Field(0.75, ge=0.5, le=1.0)
     map_points: int = Field(5000, ge=100, le=50_000)
+    map_projection: Literal["umap", "pca"] = "umap"
     listed: int = Field(50, ge=1, le=1000)
     near_duplicate_similarity: float = Field(0.95, gt=0.5, le=1.0)
     split_field: str | None = "split"

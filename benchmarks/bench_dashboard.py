@@ -4,7 +4,8 @@ Synthetic embeddings (d=1280, like efficientnet_lite0) with 10 classes, 20% labe
 10% unlabeled (drift check), random out-of-sample probabilities, 1% planted near-duplicates, a
 split and a source field, image statistics for every item; prints one row per size: compute
 (k-means skipped: the cycle's clusters are passed, as in a real cycle), JSON size, page build time
-and page size. One BLAS thread.
+and page size, then the map's projection alone (UMAP and PCA on the drawn items). One BLAS
+thread.
 
 The neighbour searches, new (the index of :mod:`strategies.neighbours`) against the old ones in
 the same run: the diagnosis's near-duplicate pairs (old: every pair on 64 principal components,
@@ -35,6 +36,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis  # noqa: E402
 from backend.diagnosis.duplicates import near_pairs  # noqa: E402
 from backend.diagnosis.page import render_page  # noqa: E402
+from backend.diagnosis.projection import Method, project  # noqa: E402
 from backend.diagnosis.schema import Diagnosis  # noqa: E402
 from backend.diagnosis.view import with_links  # noqa: E402
 from backend.settings import DiagnosisSettings  # noqa: E402
@@ -181,6 +183,21 @@ def neighbour_searches(n: int) -> list[list[object]]:
     return rows
 
 
+def map_times(inputs: DiagnosisInputs, used: str) -> list[object]:
+    """Seconds of the map's projection, UMAP and PCA, on the drawn items (as compute draws)."""
+    limit = DiagnosisSettings().map_points
+    n = len(inputs.task_ids)
+    rows = np.random.default_rng(0).choice(n, min(n, limit), replace=False)
+    x, first = inputs.embeddings[rows], np.zeros(len(rows), dtype=bool)
+    seconds = []
+    methods: tuple[Method, ...] = ("umap", "pca")
+    for method in methods:
+        t0 = time.perf_counter()
+        project(x, method=method, first=first, seed=0)
+        seconds.append(f"{time.perf_counter() - t0:.2f}")
+    return [n, len(rows), used, *seconds]
+
+
 def view(saved: str) -> Diagnosis:
     """What diagnosis_view does, without a store: read the saved JSON, add links."""
     return with_links(Diagnosis.model_validate_json(saved), "http://ls", 1, drift_threshold=0.75)
@@ -191,6 +208,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1k and 10k items only")
     sizes = (1000, 10_000) if parser.parse_args().quick else (10_000, 100_000)
     print(f"{'items':>7} {'compute s':>10} {'json KB':>8} {'page s':>7} {'page KB':>8}")
+    maps: list[list[object]] = []
     for n in sizes:
         rng = np.random.default_rng(0)
         inputs = synthetic(n, rng)
@@ -202,6 +220,12 @@ def main() -> None:
         page = render_page(view(saved), 1)
         t2 = time.perf_counter()
         print(f"{n:>7} {t1 - t0:>10.2f} {size:>8.0f} {t2 - t1:>7.2f} {len(page) / 1024:>8.0f}")
+        maps.append(map_times(inputs, diag.map.projection))
+    print_table(
+        ["items", "drawn", "compute used", "umap s", "pca s"],
+        maps,
+        title="Embedding map alone (the drawn items; UMAP's numba compiled by the first size)",
+    )
     print_table(
         [
             "items",

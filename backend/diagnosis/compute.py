@@ -15,8 +15,9 @@ Sections:
   per-tag scores are in ``per_class``).
 - ``coverage``: under-covered clusters (see :mod:`strategies.coverage`) with typical unlabeled
   examples; ``outliers``: the items farthest from their cluster centre, relative to the cluster.
-- ``map``: a 2-D PCA projection of at most ``diagnosis.map_points`` items (label-error candidates
-  and outliers always kept), columnar.
+- ``map``: a 2-D projection of at most ``diagnosis.map_points`` items (label-error candidates
+  and outliers always kept), columnar: UMAP fitted on at most 5,000 of them, PCA when umap-learn
+  is missing, the map is small or ``diagnosis.map_projection`` is ``pca`` (it says which).
 - ``drift``: a domain classifier (logistic regression on 32 principal components) telling labeled
   items from *new* items, the unlabeled tasks whose id is larger than the largest labeled task id
   (Label Studio ids grow with every import, so these were imported after everything labeled).
@@ -46,6 +47,7 @@ from sklearn.preprocessing import StandardScaler
 
 from backend.diagnosis.duplicates import find_duplicates
 from backend.diagnosis.performance import class_curves, confused_pairs
+from backend.diagnosis.projection import Method, project
 from backend.diagnosis.quality import ISSUES, image_quality, issue_masks
 from backend.diagnosis.schema import (
     Classification,
@@ -296,21 +298,24 @@ def embedding_map(
     marks: tuple[NDArray[np.bool_], NDArray[np.bool_]],
     *,
     max_points: int,
+    method: Method,
     rng: np.random.Generator,
 ) -> EmbeddingMap:
-    """A 2-D PCA projection of at most ``max_points`` items, columnar (one list per field)."""
+    """A 2-D projection (UMAP or PCA, :mod:`backend.diagnosis.projection`) of at most
+    ``max_points`` items, columnar (one list per field)."""
     errors, outliers = marks
     rows = _subsample(len(inputs.task_ids), errors | outliers, max_points, rng)
-    x = inputs.embeddings[rows]
-    if len(rows) >= 2 and x.shape[1] >= 2:
-        pca = PCA(n_components=2, random_state=int(rng.integers(2**31 - 1)))
-        xy = pca.fit_transform(x)
-        explained = [round(float(v), 4) for v in pca.explained_variance_ratio_]
-    else:
-        xy, explained = np.zeros((len(rows), 2)), [0.0, 0.0]
+    seed = int(rng.integers(2**31 - 1))
+    shown = project(
+        inputs.embeddings[rows], method=method, first=(errors | outliers)[rows], seed=seed
+    )
+    xy = shown.xy
     return EmbeddingMap(
         n_total=len(inputs.task_ids),
-        explained_variance=explained,
+        projection=shown.method,
+        projection_note=shown.note,
+        fitted_on=shown.fitted,
+        explained_variance=shown.explained_variance,
         task=inputs.task_ids[rows].tolist(),
         x=np.round(xy[:, 0], 4).tolist(),
         y=np.round(xy[:, 1], 4).tolist(),
@@ -460,6 +465,7 @@ def compute_diagnosis(
             clustering.labels,
             (error_mask, outlier_mask),
             max_points=limits.map_points,
+            method=limits.map_projection,
             rng=rng,
         ),
         drift=domain_drift(

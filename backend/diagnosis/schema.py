@@ -99,9 +99,16 @@ class Outlier(TaskRow):
 
 
 class EmbeddingMap(_Model):
-    """A 2-D projection, columnar: one list per field, one entry per drawn item."""
+    """A 2-D projection, columnar: one list per field, one entry per drawn item.
+
+    ``projection``: UMAP or PCA, ``projection_note`` why and on how many items it was fitted
+    (``fitted_on``); ``explained_variance``: PCA's two axes' shares of the variance, or for UMAP
+    the share kept by the principal components it ran on."""
 
     n_total: int
+    projection: Literal["umap", "pca"] = "pca"
+    projection_note: str = ""
+    fitted_on: int = 0
     explained_variance: list[float]
     task: list[int]
     x: list[float]
