@@ -150,3 +150,12 @@ class Scored:
     pool: Pool
     priority: Priority
     probs: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A project's current model version as ``/predict`` serves it and the preview reads it."""
+
+    project_id: int
+    version: str
+    model: TrainedModel

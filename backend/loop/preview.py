@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.loop.contract import ServedModel
 from backend.loop.cycle import (
     Scored,
     Snapshot,
@@ -32,7 +33,6 @@ from backend.loop.cycle import (
 from backend.loop.push import QueueItem
 from backend.loop.targets import Targets
 from backend.model.cache import EmbeddingCache
-from backend.serving.registry import ServedModel
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store

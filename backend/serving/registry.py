@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend.loop.contract import ServedModel
 from backend.settings import ModelSettings
 from backend.store import repo
 from backend.store.db import Store
 
 if TYPE_CHECKING:  # torch is imported when the first model is needed, not with the app
     from backend.model.backbones import Backbone
-    from backend.model.train import TrainedModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    project_id: int
-    version: str
-    model: TrainedModel
 
 
 class ModelRegistry:

@@ -14,7 +14,8 @@ The layers, highest first; a module may import its own layer's modules and those
 Settings also holds the base helper ``backend.files``; ``backend.simulate``, the loop run
 offline, sits with the loop; ``strategies`` is below all of backend and imports nothing from it.
 Within the model/labelstudio/store layer the store imports neither the model (torch) nor the
-label-config parsing of ``backend.labelstudio``.
+label-config parsing of ``backend.labelstudio``; within the loop's layer the loop does not import
+``backend.serving`` (which imports the loop).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     ("strategies", "backend", "strategies import nothing from backend"),
     ("backend.store", "backend.model", "the store does not pull in torch"),
     ("backend.store", "backend.labelstudio", "the store does not parse label configs"),
+    ("backend.loop", "backend.serving", "the loop does not reach into /predict's serving"),
 )
 
 
