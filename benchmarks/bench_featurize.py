@@ -128,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     from backend.model.backbones import build_backbone
     from backend.model.cache import EmbeddingCache
+    from backend.model.engines import RuntimeBackbone, cosines
     from backend.model.featurize import decode_image, featurize
-    from backend.model.runtime import RuntimeBackbone, cosines
     from backend.settings import ModelSettings
 
     print(

@@ -29,7 +29,7 @@ from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
 from backend.loop.cycle import load_snapshot
 from backend.model.backbones import TorchBackbone
-from backend.model.runtime import RuntimeBackbone
+from backend.model.engines import RuntimeBackbone
 from backend.settings import LoopSettings, SettingsError
 from backend.store import cycles
 from backend.store.models import Project, Task

@@ -23,9 +23,9 @@ from backend.model.backbones import (
     weights_path,
 )
 from backend.model.cache import EmbeddingCache
+from backend.model.engines import for_inference
 from backend.model.featurize import FeaturizeResult, Progress, featurize
 from backend.model.finetune import fine_tune_backbone
-from backend.model.runtime import for_inference
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store

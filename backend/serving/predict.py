@@ -24,8 +24,8 @@ from backend.loop.queue import queue_positions
 from backend.model.annotation import predict_annotation
 from backend.model.backbones import TorchBackbone
 from backend.model.cache import EmbeddingCache
+from backend.model.engines import for_inference
 from backend.model.featurize import featurize
-from backend.model.runtime import for_inference
 from backend.serving.registry import ModelRegistry, ServedModel
 from backend.settings import Settings
 from backend.store import task_images

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.model import runtime
+from backend.model import engines
 from backend.model.backbones import TorchBackbone, build_backbone
-from backend.model.runtime import PrecisionRefused, RuntimeBackbone, cosines, resolve_device
+from backend.model.engines import PrecisionRefused, RuntimeBackbone, cosines, resolve_device
 from backend.settings import ModelSettings
 
 from .conftest import fast_settings
@@ -40,13 +40,13 @@ def settings(**values: Any) -> ModelSettings:
 def conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the backbones converted to OpenVINO (the real conversion still runs)."""
     seen: list[str] = []
-    real = runtime._convert_openvino
+    real = engines._convert_openvino
 
     def spy(base: TorchBackbone, out: Path, calibration: np.ndarray | None) -> None:
         seen.append(base.name + ("+int8" if calibration is not None else ""))
         real(base, out, calibration)
 
-    monkeypatch.setattr(runtime, "_convert_openvino", spy)
+    monkeypatch.setattr(engines, "_convert_openvino", spy)
     return seen
 
 
@@ -82,13 +82,13 @@ def test_openvino_fp32_matches_torch_and_is_cached_by_weights_and_precision(
 
 def planted_bad(monkeypatch: pytest.MonkeyPatch) -> None:
     """Conversions that silently compute something else (other weights)."""
-    real = runtime._convert_openvino
+    real = engines._convert_openvino
 
     def bad(base: TorchBackbone, out: Path, calibration: np.ndarray | None) -> None:
         wrong = build_backbone(fast_settings(backbone="small_cnn", image_size=32, seed=99))
         real(wrong, out, calibration)
 
-    monkeypatch.setattr(runtime, "_convert_openvino", bad)
+    monkeypatch.setattr(engines, "_convert_openvino", bad)
 
 
 def test_a_bad_conversion_is_refused_and_auto_falls_back_to_torch(
@@ -105,8 +105,8 @@ def test_a_bad_conversion_is_refused_and_auto_falls_back_to_torch(
         ).embed_pixels(x)
     check = json.loads((tmp_path / f"{base.name}-openvino-fp32" / "check.json").read_text())
     assert check["min_cosine"] < 0.999  # stored with the conversion: not tried again
-    monkeypatch.setattr(runtime, "_onnx_available", lambda: False)  # OpenVINO or torch
-    with caplog.at_level(logging.WARNING, logger="backend.model.runtime"):
+    monkeypatch.setattr(engines, "_onnx_available", lambda: False)  # OpenVINO or torch
+    with caplog.at_level(logging.WARNING, logger="backend.model.engines"):
         auto = RuntimeBackbone(base, settings(runtime="auto", precision="fp32"), tmp_path)
         np.testing.assert_allclose(auto.embed_pixels(x), base.embed_pixels(x), rtol=1e-5)
     assert auto.check is None and "refused" in caplog.text  # torch fp32, with the reason logged
@@ -131,7 +131,7 @@ def test_cuda_request_without_a_gpu_falls_back_to_cpu_with_the_reason(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="backend.model.runtime"):
+    with caplog.at_level(logging.WARNING, logger="backend.model.engines"):
         assert resolve_device("cuda") == "cpu"
     assert "model.device is cuda but torch sees no CUDA device" in caplog.text
     caplog.clear()
@@ -163,6 +163,6 @@ def test_featurize_waits_for_the_images_int8_calibrates_on(
 
 
 def test_a_half_precision_engine_leaves_the_torch_reference_in_fp32(base: TorchBackbone) -> None:
-    engine = runtime._TorchEngine(base, "cpu", half=True)
+    engine = engines._TorchEngine(base, "cpu", half=True)
     assert next(engine.module.parameters()).dtype == torch.float16
     assert next(base.module.parameters()).dtype == torch.float32  # the check's reference
