@@ -34,7 +34,7 @@ from backend.loop.push import (
     ReviewKind,
     Suspect,
     mark_reviewed,
-    prune_versions,
+    prune_predictions,
     push_queue,
     push_review,
     settled_tasks,
@@ -426,7 +426,7 @@ def run_cycle(
     def prune() -> dict[str, int]:
         # After the cycle is recorded: the new version serves already, nobody waits on this.
         prefix = version_prefix(settings, project_id)
-        return {"deleted_predictions": prune_versions(ls, project_id, prefix, version)}
+        return {"deleted_predictions": prune_predictions(ls, project_id, prefix, version)}
 
     return CycleResult(model_version=version, metrics=metrics, after=prune)
 

@@ -138,7 +138,7 @@ def activate_version(settings: Settings, store: Store, project_id: int, version:
     """Serve ``version`` for the project from now on, then prune old checkpoints."""
     with store.session() as session:
         repo.ensure_project(session, project_id).model_version = version
-    prune_versions(settings, store, project_id)
+    prune_checkpoints(settings, store, project_id)
 
 
 def train_project(
@@ -170,7 +170,7 @@ def train_project(
     )
 
 
-def prune_versions(settings: Settings, store: Store, project_id: int) -> list[str]:
+def prune_checkpoints(settings: Settings, store: Store, project_id: int) -> list[str]:
     """Delete checkpoints beyond ``model.keep_versions``; never the current one.
 
     Fine-tuned backbone weights go with the last checkpoint that was trained on them.

@@ -127,7 +127,7 @@ def push_queue(
     """Import ``items`` (the queue's head) under ``version``, then make Label Studio serve it.
 
     One project PATCH switches the model version and the sampling together. Older versions stay
-    until :func:`prune_versions` runs, after the cycle is recorded.
+    until :func:`prune_predictions` runs, after the cycle is recorded.
     """
     created = add_to_queue(ls, project_id, version, items, cfg)
     if created:  # nothing left to label: the version would not exist (400), keep the old one
@@ -135,7 +135,7 @@ def push_queue(
     return {"predictions": created}
 
 
-def prune_versions(ls: LabelStudioPush, project_id: int, prefix: str, current: str) -> int:
+def prune_predictions(ls: LabelStudioPush, project_id: int, prefix: str, current: str) -> int:
     """Delete every prediction version named ``prefix...`` but ``current``: one request each.
 
     Runs off the annotators' critical path (after ``current`` serves the queue and the cycle is

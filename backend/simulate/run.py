@@ -348,9 +348,9 @@ def ls_cluster_picks(
     serves the unlabeled task first in ``(that count for its cluster, prediction score)``
     ascending, re-evaluated after every annotation: round-robin over the least-labeled clusters,
     lowest score first inside one. A labeled task's cluster is the largest ``cluster`` among its
-    remaining predictions; since :func:`backend.loop.push.prune_versions` deletes our older versions
-    after every push and the queue holds unlabeled tasks only, tasks labeled before the latest
-    push have no prediction left and count for no cluster, so the counts start again from
+    remaining predictions; since :func:`backend.loop.push.prune_predictions` deletes our older
+    versions after every push and the queue holds unlabeled tasks only, tasks labeled before the
+    latest push have no prediction left and count for no cluster, so the counts start again from
     ``solved`` (empty after a push) every cycle. With one annotator the first task is served (with
     more, Label Studio picks at random among the first few).
 
