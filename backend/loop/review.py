@@ -44,15 +44,13 @@ def committee_votes(
 ) -> NDArray[np.float64] | None:
     """(n, C) out-of-sample committee votes of every pool row: for the rows the model trained on
     (``used_rows``, in training order) the members that did not see the item, for the others
-    every member; None without a bootstrap committee (MC dropout members all saw every label)
-    or when ``used_rows`` are not the model's training items (the settings preview hands a model
-    without the labels it trained on).
+    every member; None without a bootstrap committee (MC dropout members all saw every label).
 
     Args:
         committee: (M, n, C) member probabilities over the pool.
         seen: (len(used_rows), M) which member used which training item.
     """
-    if committee is None or seen is None or seen.shape[0] != len(used_rows):
+    if committee is None or seen is None:
         return None
     mask = np.zeros((committee.shape[1], committee.shape[0]), dtype=bool)
     mask[np.asarray(used_rows, dtype=np.int64)] = seen
