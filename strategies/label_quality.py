@@ -285,10 +285,9 @@ def label_quality(
             by a strategy). Items a strategy chose are harder and the model disagrees with their
             correct labels more often: pooling weights and sharpness are fitted per stratum of
             at least :data:`MIN_STRATUM` labeled items (smaller ones keep the fit on every
-            label), all under one noise model of the annotators: measured in random order
-            (stratum 0) once that holds ``gate.min_support`` labels per class on average, so a
-            stratum's model errors are not taken for label noise, on every label before. The
-            expected share of false flags is kept under the setting in each stratum.
+            label), all under the annotators' noise model measured in random order (stratum
+            0, while it is large enough), so a stratum's model errors are not taken for label
+            noise; the expected share of false flags is kept under the setting in each stratum.
         gate: decision settings.
 
     Returns:
@@ -306,7 +305,7 @@ def label_quality(
     sources += [np.asarray(s)[rows] for s in extra or []]
     groups = _strata_rows(strata[rows] if strata is not None else None, rows.shape[0])
     fit = (
-        _stratified(sources, given, strata[rows], min_reference=gate.min_support * n_classes)
+        _stratified(sources, given, strata[rows])
         if strata is not None and len(groups) > 1
         else _calibrated(sources, given)
     )
@@ -384,16 +383,14 @@ def _calibrated(
     return _Fit(pooled, posterior, plain, noise, weights)
 
 
-def _stratified(
-    sources: list[FloatArray], given: IntArray, strata: IntArray, *, min_reference: int
-) -> _Fit:
+def _stratified(sources: list[FloatArray], given: IntArray, strata: IntArray) -> _Fit:
     """One fit per stratum of at least :data:`MIN_STRATUM` items (smaller ones keep the fit on
     every label), each under the annotators' noise model measured on stratum 0 (random order)
-    once it has ``min_reference`` labels, on every label before."""
+    or, while that is too small, on every label."""
     whole = _calibrated(sources, given)
     reference = np.flatnonzero(strata == 0)
     noise = whole.noise
-    if reference.shape[0] >= max(min_reference, MIN_STRATUM):
+    if reference.shape[0] >= MIN_STRATUM:
         noise = _calibrated([s[reference] for s in sources], given[reference]).noise
     for members in _strata_rows(strata, given.shape[0]):
         if members.shape[0] >= MIN_STRATUM:
