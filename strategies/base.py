@@ -107,10 +107,6 @@ class Pool:
         targets: (n, C) int64 {0, 1} given labels of a multi-label pool (rows of unlabeled items
             are ignored); required there with ``oos_probs``, for the label-quality review.
         slices: (n,) int64 slice (group) id of each item, -1 for items in no slice.
-        committee_oos: (n, C) out-of-sample committee votes (each labeled item's out-of-bag
-            members' mean probabilities), one more evidence for the label-quality review.
-        strata: (n,) int64 how each labeled item came to be labeled (ids >= 0, e.g. random order
-            vs chosen by a strategy): the label-quality review calibrates each stratum apart.
         multilabel: ``probs`` are independent per-label probabilities.
     """
 
@@ -123,8 +119,6 @@ class Pool:
     clusters: IntArray | None = None
     targets: IntArray | None = None
     slices: IntArray | None = None
-    committee_oos: FloatArray | None = None
-    strata: IntArray | None = None
     multilabel: bool = False
     n_classes: int | None = field(init=False, default=None)
 
@@ -132,30 +126,21 @@ class Pool:
         labels = _as_int("labels", self.labels, 1)
         arrays: dict[str, NDArray[Any]] = {"labels": labels}
         n = labels.shape[0]
-        shapes = {
-            "probs": 2,
-            "committee": 3,
-            "embeddings": 2,
-            "oos_probs": 2,
-            "committee_oos": 2,
-        }
+        shapes = {"probs": 2, "committee": 3, "embeddings": 2, "oos_probs": 2}
         for name, ndim in shapes.items():
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = _as_float(name, value, ndim)
-        for name in ("annotations", "clusters", "targets", "slices", "strata"):
+        for name in ("annotations", "clusters", "targets", "slices"):
             value = getattr(self, name)
             if value is not None:
-                one_d = name in ("clusters", "slices", "strata")
-                arrays[name] = _as_int(name, value, 1 if one_d else 2)
+                arrays[name] = _as_int(name, value, 1 if name in ("clusters", "slices") else 2)
         n_classes = self._check_shapes(arrays, n)
         _check_classes("labels", labels, None if self.multilabel else n_classes)
         if "annotations" in arrays:
             _check_classes("annotations", arrays["annotations"], n_classes)
         if "clusters" in arrays and arrays["clusters"].size and arrays["clusters"].min() < 0:
             raise ValueError("clusters must be >= 0")
-        if "strata" in arrays and arrays["strata"].size and arrays["strata"].min() < 0:
-            raise ValueError("strata must be >= 0")
         if "slices" in arrays and arrays["slices"].size and arrays["slices"].min() < -1:
             raise ValueError("slices must be >= 0 (or -1 for no slice)")
         for name, array in arrays.items():
@@ -169,7 +154,7 @@ class Pool:
                 raise ValueError(f"{name} has {array.shape} but labels has {n} items")
         class_counts = {
             name: arrays[name].shape[-1]
-            for name in ("probs", "committee", "oos_probs", "committee_oos")
+            for name in ("probs", "committee", "oos_probs")
             if name in arrays
         }
         if len(set(class_counts.values())) > 1:

@@ -35,8 +35,6 @@ KNN_K = 10
 NOISE_PRIOR = (19.0, 1.0)
 #: Factors on the pooled log-probabilities tried by :func:`sharpened_posterior`.
 SHARPNESS = (1.0, 1.5, 2.0, 3.0)
-#: Labeled items a stratum needs for a calibration of its own (see :func:`label_quality`).
-MIN_STRATUM = 30
 _WEIGHT_GRID = np.round(np.linspace(0.0, 2.0, 11), 2)
 _EM_ITERATIONS = 30
 _FLOOR = 1e-9
@@ -151,48 +149,35 @@ def pool_evidence(
 
 
 def noise_posterior(
-    pooled: FloatArray,
-    given: IntArray,
-    *,
-    prior: tuple[float, float] = NOISE_PRIOR,
-    transition: FloatArray | None = None,
+    pooled: FloatArray, given: IntArray, *, prior: tuple[float, float] = NOISE_PRIOR
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Posterior over each item's true class, with the annotators' noise taken out.
 
     ``pooled`` estimates what an annotator answers, ``q = p_true @ T`` with ``T[j, c] =
     P(given c | true j)``. EM alternates: the true-class prior ``q @ inv(T)`` (clipped to the
     simplex), the posterior ``prior * T[:, given]``, and ``T`` from the posteriors plus
-    ``prior`` pseudo-counts (correct, wrong) per class, wrong ones spread evenly. A given
-    ``transition`` is kept fixed (one posterior step, no EM): the annotators' noise as another
-    sample of their labels measured it.
+    ``prior`` pseudo-counts (correct, wrong) per class, wrong ones spread evenly.
 
     Returns:
         (m, C) posterior over the true class and the (C, C) noise matrix.
     """
-    if transition is not None:
-        return _posterior_step(pooled, given, transition), np.asarray(transition, np.float64)
     n_classes = pooled.shape[1]
     correct, wrong = prior
     alpha = np.full((n_classes, n_classes), wrong / max(n_classes - 1, 1))
     np.fill_diagonal(alpha, correct)
-    noise = alpha / alpha.sum(axis=1, keepdims=True)
+    transition = alpha / alpha.sum(axis=1, keepdims=True)
     onehot = np.eye(n_classes)[given]
     posterior = np.asarray(pooled, dtype=np.float64)
     for _ in range(_EM_ITERATIONS):
-        posterior = _posterior_step(pooled, given, noise)
-        noise = (posterior.T @ onehot + alpha) / (
+        clean = pooled @ np.linalg.inv(transition)
+        clean = np.maximum(clean, _FLOOR * pooled)
+        clean /= clean.sum(axis=1, keepdims=True)
+        posterior = clean * transition[:, given].T
+        posterior /= np.maximum(posterior.sum(axis=1, keepdims=True), _FLOOR)
+        transition = (posterior.T @ onehot + alpha) / (
             posterior.sum(axis=0)[:, None] + alpha.sum(axis=1, keepdims=True)
         )
-    return posterior, noise
-
-
-def _posterior_step(
-    pooled: FloatArray, given: IntArray, transition: FloatArray
-) -> NDArray[np.float64]:
-    clean = np.maximum(pooled @ np.linalg.inv(transition), _FLOOR * pooled)
-    clean /= clean.sum(axis=1, keepdims=True)
-    posterior = clean * transition[:, given].T
-    return np.asarray(posterior / np.maximum(posterior.sum(axis=1, keepdims=True), _FLOOR))
+    return posterior, transition
 
 
 def _log_likelihood(pooled: FloatArray, given: IntArray, transition: FloatArray) -> float:
@@ -201,11 +186,8 @@ def _log_likelihood(pooled: FloatArray, given: IntArray, transition: FloatArray)
     return float(np.log(np.maximum((clean * transition[:, given].T).sum(axis=1), _FLOOR)).sum())
 
 
-def sharpened_posterior(
-    pooled: FloatArray, given: IntArray, *, transition: FloatArray | None = None
-) -> tuple[NDArray[np.float64], float, NDArray[np.float64]]:
-    """:func:`noise_posterior` (``transition``: fixed, see there) at the sharpness that best
-    explains the given labels.
+def sharpened_posterior(pooled: FloatArray, given: IntArray) -> tuple[NDArray[np.float64], float]:
+    """:func:`noise_posterior` at the sharpness that best explains the given labels.
 
     Pooling fitted by the plain likelihood of noisy labels is too soft: it must also give the
     wrong labels some probability. Under the noise model they are explained by ``T`` instead, so
@@ -213,19 +195,19 @@ def sharpened_posterior(
     has the highest marginal likelihood.
 
     Returns:
-        (m, C) posterior over the true class, the chosen factor and its (C, C) noise matrix.
+        (m, C) posterior over the true class and the chosen factor.
     """
     logs = np.log(np.maximum(pooled, _FLOOR))
-    best: tuple[float, float, NDArray[np.float64], NDArray[np.float64]] | None = None
+    best: tuple[float, float, NDArray[np.float64]] | None = None
     for factor in SHARPNESS:
         sharp = _pooled([logs], (factor,))
-        posterior, noise = noise_posterior(sharp, given, transition=transition)
-        score = _log_likelihood(sharp, given, noise)
+        posterior, transition = noise_posterior(sharp, given)
+        score = _log_likelihood(sharp, given, transition)
         if best is None or score > best[0]:
-            best = (score, factor, posterior, noise)
+            best = (score, factor, posterior)
     if best is None:  # SHARPNESS is never empty
         raise ValueError("no sharpness factor to try")
-    return best[2], best[1], best[3]
+    return best[2], best[1]
 
 
 def flag_decision(
@@ -281,13 +263,10 @@ def label_quality(
         oos_probs: (n, C) out-of-sample probabilities (rows of labeled items are used).
         embeddings: (n, d) feature vectors for the neighbours' vote; None = model only.
         extra: more (n, C) out-of-sample sources (e.g. out-of-bag committee votes).
-        strata: (n,) how each item came to be labeled, 0 = in random order (others e.g. chosen
-            by a strategy). Items a strategy chose are harder and the model disagrees with their
-            correct labels more often: pooling weights and sharpness are fitted per stratum of
-            at least :data:`MIN_STRATUM` labeled items (smaller ones keep the fit on every
-            label), all under the annotators' noise model measured in random order (stratum
-            0, while it is large enough), so a stratum's model errors are not taken for label
-            noise; the expected share of false flags is kept under the setting in each stratum.
+        strata: (n,) how each item came to be labeled (e.g. 0 = chosen by the queue, 1 = random
+            audit): pooling weights and the noise model are fitted per stratum with at least 30
+            labeled items, since items the queue chose are harder and the model disagrees with
+            their correct labels more often.
         gate: decision settings.
 
     Returns:
@@ -303,31 +282,32 @@ def label_quality(
     if embeddings is not None:
         sources.append(knn_label_probs(embeddings, labels, n_classes)[rows])
     sources += [np.asarray(s)[rows] for s in extra or []]
-    groups = _strata_rows(strata[rows] if strata is not None else None, rows.shape[0])
-    fit = (
-        _stratified(sources, given, strata[rows])
-        if strata is not None and len(groups) > 1
-        else _calibrated(sources, given)
-    )
-    pooled, posterior, weights = fit.pooled, fit.posterior, fit.weights
+    pooled = np.empty((rows.shape[0], n_classes))
+    posterior = np.empty((rows.shape[0], n_classes))
+    plain = np.empty(rows.shape[0])  # unsharpened: the bar for classes not judged
+    weights: tuple[float, ...] = ()
+    for members in _strata_rows(strata[rows] if strata is not None else None, rows.shape[0]):
+        part, weights = pool_evidence([s[members] for s in sources], given[members])
+        pooled[members] = part
+        posterior[members] = sharpened_posterior(part, given[members])[0]
+        soft = noise_posterior(part, given[members])[0]
+        plain[members] = 1.0 - soft[np.arange(members.shape[0]), given[members]]
     p_error = np.zeros(n)
     suggested = np.full(n, -1, dtype=np.int64)
-    p_error[rows] = 1.0 - posterior[np.arange(rows.shape[0]), given]
-    suggested[rows] = posterior.argmax(axis=1)
+    if rows.shape[0]:
+        p_error[rows] = 1.0 - posterior[np.arange(rows.shape[0]), given]
+        suggested[rows] = posterior.argmax(axis=1)
     support, recall, judged, reasons = class_evidence(pooled, given, n_classes, gate)
     eligible = np.zeros(n, dtype=bool)
     eligible[rows] = True
     strong = np.zeros(n, dtype=bool)
-    strong[rows] = fit.plain >= gate.overwhelming
+    strong[rows] = plain >= gate.overwhelming
     fair = eligible & judged[np.maximum(labels, 0)] & judged[np.maximum(suggested, 0)]
-    flagged = np.zeros(n, dtype=bool)
-    for members in groups:  # the false share is kept under the setting in every stratum
-        within = np.zeros(n, dtype=bool)
-        within[rows[members]] = True
-        flagged |= flag_decision(
-            p_error, (fair | strong) & within, max_false_share=gate.max_false_share
-        )[0]
-    share = float((1.0 - p_error[flagged]).mean()) if flagged.any() else 0.0
+    flagged, share = flag_decision(
+        p_error,
+        fair | strong,
+        max_false_share=gate.max_false_share,
+    )
     likely = eligible & (p_error > 0.5)
     held = {
         "class": int((likely & ~fair & ~flagged).sum()),
@@ -364,97 +344,31 @@ def _nothing_labeled(n: int, n_classes: int, gate: Gate) -> LabelQuality:
     )
 
 
-@dataclass(frozen=True)
-class _Fit:
-    pooled: NDArray[np.float64]  # (m, C) pooled evidence
-    posterior: NDArray[np.float64]  # (m, C) sharpened posterior over the true class
-    plain: NDArray[np.float64]  # (m,) unsharpened P(given is wrong): the bar for unjudged classes
-    noise: NDArray[np.float64]  # (C, C) the noise model at the chosen sharpness
-    weights: tuple[float, ...]
-
-
-def _calibrated(
-    sources: list[FloatArray], given: IntArray, transition: FloatArray | None = None
-) -> _Fit:
-    pooled, weights = pool_evidence(sources, given)
-    posterior, _, noise = sharpened_posterior(pooled, given, transition=transition)
-    soft = noise_posterior(pooled, given, transition=transition)[0]
-    plain = 1.0 - soft[np.arange(given.shape[0]), given]
-    return _Fit(pooled, posterior, plain, noise, weights)
-
-
-def _stratified(sources: list[FloatArray], given: IntArray, strata: IntArray) -> _Fit:
-    """One fit per stratum of at least :data:`MIN_STRATUM` items (smaller ones keep the fit on
-    every label), each under the annotators' noise model measured on stratum 0 (random order)
-    or, while that is too small, on every label."""
-    whole = _calibrated(sources, given)
-    reference = np.flatnonzero(strata == 0)
-    noise = whole.noise
-    if reference.shape[0] >= MIN_STRATUM:
-        noise = _calibrated([s[reference] for s in sources], given[reference]).noise
-    for members in _strata_rows(strata, given.shape[0]):
-        if members.shape[0] >= MIN_STRATUM:
-            part = _calibrated([s[members] for s in sources], given[members], noise)
-            whole.pooled[members], whole.posterior[members] = part.pooled, part.posterior
-            whole.plain[members] = part.plain
-    return whole
-
-
 def _strata_rows(strata: IntArray | None, m: int) -> list[IntArray]:
     if strata is None:
         return [np.arange(m)]
-    return [np.flatnonzero(strata == s) for s in np.unique(strata)]
-
-
-def out_of_bag_votes(member_probs: FloatArray, seen: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Each item's mean probabilities over the committee members that never saw it.
-
-    Args:
-        member_probs: (M, n, C) each member's probabilities.
-        seen: (n, M) True where member m trained on item i (or used it to stop early).
-
-    Returns:
-        (n, C) out-of-bag votes; uniform rows (1 / C) for items every member saw (no
-        evidence).
-    """
-    out = (~np.asarray(seen, dtype=bool)).T[..., None]  # (M, n, 1)
-    count = out.sum(axis=0)
-    total = (np.asarray(member_probs, dtype=np.float64) * out).sum(axis=0)
-    n_classes = member_probs.shape[2]
-    return np.where(count > 0, total / np.maximum(count, 1), 1.0 / n_classes)
-
-
-def pool_quality(pool: Pool, gate: Gate | None = None) -> LabelQuality:
-    """:func:`label_quality` (multi-label: :func:`multilabel_quality`) on everything the pool
-    carries: out-of-sample probabilities (required), embeddings, out-of-bag committee votes and
-    strata where present."""
-    probs = need(pool, "suspicion", "oos_probs")
-    extra = [pool.committee_oos] if pool.committee_oos is not None else None
-    if pool.multilabel:
-        return multilabel_quality(
-            pool.labeled,
-            need(pool, "suspicion", "targets"),
-            probs,
-            embeddings=pool.embeddings,
-            extra=extra,
-            strata=pool.strata,
-            gate=gate,
-        )
-    return label_quality(
-        pool.labels, probs, embeddings=pool.embeddings, extra=extra, strata=pool.strata, gate=gate
-    )
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    small = [g for g in groups if g.shape[0] < 30]
+    out = [g for g in groups if g.shape[0] >= 30]
+    if small:
+        out.append(np.concatenate(small))
+    return out
 
 
 def suspicion_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
     """(n,) probability the given label is wrong where flagged (> 0.5), half of it elsewhere, so
     the order is the suspicion's and the alarm at 0.5 is the decision (default :class:`Gate`)."""
-    quality = pool_quality(pool)
+    probs = need(pool, "suspicion", "oos_probs")
+    if pool.multilabel:
+        targets = need(pool, "suspicion", "targets")
+        quality = multilabel_quality(pool.labeled, targets, probs, embeddings=pool.embeddings)
+    else:
+        quality = label_quality(pool.labels, probs, embeddings=pool.embeddings)
     return np.where(quality.flagged, quality.p_error, 0.5 * quality.p_error)
 
 
 def suspicion(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k labeled items most likely mislabeled (needs oos_probs; embeddings, out-of-bag
-    committee votes and strata used if given)."""
+    """The k labeled items most likely mislabeled (needs oos_probs; embeddings used if given)."""
     scores = suspicion_pool_scores(pool, rng=rng)
     return top_k(scores, eligible(pool, "review"), k, rng=rng)
 
@@ -531,18 +445,12 @@ def crowd_consensus(
     return Crowd(consensus, reliability, counts, agreement)
 
 
-def _binary(p: FloatArray) -> NDArray[np.float64]:
-    return np.stack((1.0 - p, p), axis=1).astype(np.float64)
-
-
 def multilabel_quality(
     labeled: NDArray[np.bool_],
     targets: IntArray,
     probs: FloatArray,
     *,
     embeddings: FloatArray | None = None,
-    extra: list[FloatArray] | None = None,
-    strata: IntArray | None = None,
     gate: Gate | None = None,
 ) -> LabelQuality:
     """The same decision per tag: each tag some labeled items have and some lack is a binary
@@ -553,8 +461,6 @@ def multilabel_quality(
         labeled: (n,) True for labeled items.
         targets: (n, C) given tags, 0 or 1.
         probs: (n, C) out-of-sample per-tag probabilities.
-        extra: more (n, C) out-of-sample per-tag sources (committee votes); strata: as in
-            :func:`label_quality`.
 
     Returns:
         a :class:`LabelQuality` whose ``suggested`` is the doubted tag per item and whose
@@ -573,14 +479,8 @@ def multilabel_quality(
         if given[labeled].min(initial=1) == given[labeled].max(initial=0):
             reasons[tag] = "every labeled item has it, or none"
             continue
-        quality = label_quality(
-            given,
-            _binary(probs[:, tag]),
-            embeddings=embeddings,
-            extra=[_binary(np.asarray(source)[:, tag]) for source in extra or []],
-            strata=strata,
-            gate=gate,
-        )
+        binary = np.stack((1.0 - probs[:, tag], probs[:, tag]), axis=1)
+        quality = label_quality(given, binary, embeddings=embeddings, gate=gate)
         p_error[:, tag], flagged[:, tag] = quality.p_error, quality.flagged
         judged[tag], recall[tag] = quality.judged.all(), quality.recall[1]
         if not judged[tag]:

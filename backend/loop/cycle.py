@@ -40,15 +40,7 @@ from backend.loop.push import (
     settled_tasks,
 )
 from backend.loop.queue import QueueState, save_state
-from backend.loop.review import (
-    SUSPICION,
-    committee_votes,
-    crowd_of,
-    decide,
-    flag_scores,
-    review_signal,
-    with_label_strata,
-)
+from backend.loop.review import SUSPICION, crowd_of, decide, flag_scores, review_signal
 from backend.loop.sync import reconcile
 from backend.loop.targets import NotEnoughLabels, annotator_matrix, consensus_targets
 from backend.settings import Settings
@@ -138,15 +130,13 @@ def build_pool(
             labels[index[int(task)]] = 0 if snap.cfg.multiple else int(targets.y[row])
             if snap.cfg.multiple:
                 tags[index[int(task)]] = targets.y[row]
-    probs = committee = oos = committee_oos = None
+    probs = committee = oos = None
     if trained is not None and len(task_ids):
         probs = trained.model.predict_proba(x)
         committee = trained.model.committee_proba(x)
         oos = probs.copy()
         for row, task in enumerate(trained.used.task_ids):
             oos[index[int(task)]] = trained.model.oos_probs[row]
-        used = [index[int(task)] for task in trained.used.task_ids]
-        committee_oos = committee_votes(committee, trained.model.committee_seen, used)
     pool = Pool(
         labels=labels,
         probs=probs,
@@ -157,7 +147,6 @@ def build_pool(
         clusters=clusters_for(task_ids, x) if clusters_for and probs is not None else None,
         targets=tags if snap.cfg.multiple and oos is not None else None,
         slices=_slices(snap, task_ids, slice_fields),
-        committee_oos=committee_oos,
         multilabel=snap.cfg.multiple,
     )
     return task_ids, pool, probs
@@ -397,8 +386,7 @@ def run_cycle(
         )
         scored = score_stage(settings, arrays)
         chosen = select_stage(settings, store, project_id, snap, scored)
-        pool = with_label_strata(store, project_id, scored.task_ids, scored.pool)
-        scored = replace(scored, priority=chosen.priority, pool=pool)
+        scored = replace(scored, priority=chosen.priority)
         counts.update(unlabeled=len(scored.priority.order), labeled=int(scored.pool.labeled.sum()))
         counts.update(clusters_reused=int(any(reused)))
     with ctx.stage("push") as counts:

@@ -7,85 +7,25 @@ lists and why some classes are not judged yet), so both always show the same fla
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import select
 
 from backend.diagnosis.schema import Review, ReviewAnnotator, ReviewTally
 from backend.settings import Settings
-from backend.store.db import Store
-from backend.store.models import SelectionPick
 from strategies import Pool
-from strategies.bandit import AUDIT
 from strategies.label_quality import (
     Crowd,
     Gate,
     LabelQuality,
     crowd_consensus,
-    out_of_bag_votes,
-    pool_quality,
+    label_quality,
+    multilabel_quality,
 )
 
 #: The review signal that decides with evidence (the others flag above a fixed alarm).
 SUSPICION = "suspicion"
-#: Strata of how a label came about: its task was served in random order (the audit share or
-#: the random arm), chosen by a strategy, or labeled outside any recorded push.
-RANDOM_ORDER, CHOSEN, UNRECORDED = 0, 1, 2
-_RANDOM_ARMS = frozenset({AUDIT, "random"})
-
-
-def committee_votes(
-    committee: NDArray[np.floating[Any]] | None,
-    seen: NDArray[np.bool_] | None,
-    used_rows: Sequence[int],
-) -> NDArray[np.float64] | None:
-    """(n, C) out-of-sample committee votes of every pool row: for the rows the model trained on
-    (``used_rows``, in training order) the members that did not see the item, for the others
-    every member; None without a bootstrap committee (MC dropout members all saw every label).
-
-    Args:
-        committee: (M, n, C) member probabilities over the pool.
-        seen: (len(used_rows), M) which member used which training item.
-    """
-    if committee is None or seen is None:
-        return None
-    mask = np.zeros((committee.shape[1], committee.shape[0]), dtype=bool)
-    mask[np.asarray(used_rows, dtype=np.int64)] = seen
-    return out_of_bag_votes(committee, mask)
-
-
-def label_strata(store: Store, project_id: int, task_ids: NDArray[np.int64]) -> NDArray[np.int64]:
-    """(n,) how each task's label came about, from the recorded pick its label arrived on
-    (:class:`backend.store.models.SelectionPick`): :data:`RANDOM_ORDER`, :data:`CHOSEN` or
-    :data:`UNRECORDED` (also every unlabeled task)."""
-    with store.session() as session:
-        picks = session.execute(
-            select(SelectionPick.task_id, SelectionPick.arm)
-            .where(SelectionPick.project_id == project_id, SelectionPick.state == "labeled")
-            .order_by(SelectionPick.id)
-        ).all()
-    arm_of = {int(task): arm for task, arm in picks}  # the newest pick of a task wins
-    return np.array(
-        [
-            UNRECORDED
-            if int(t) not in arm_of
-            else RANDOM_ORDER
-            if arm_of[int(t)] in _RANDOM_ARMS
-            else CHOSEN
-            for t in task_ids
-        ],
-        dtype=np.int64,
-    )
-
-
-def with_label_strata(
-    store: Store, project_id: int, task_ids: NDArray[np.int64], pool: Pool
-) -> Pool:
-    """``pool`` with its :func:`label_strata`, so the review calibrates each stratum apart."""
-    return replace(pool, strata=label_strata(store, project_id, task_ids))
 
 
 def review_signal(settings: Settings, pool: Pool) -> str:
@@ -104,16 +44,22 @@ def gate_of(settings: Settings) -> Gate:
 
 
 def decide(settings: Settings, pool: Pool) -> LabelQuality | None:
-    """The label-quality decision for a pool with a model (multi-label: per tag), else None.
-
-    Evidence: the model's out-of-sample probabilities, the labeled neighbours' vote and the
-    committee's out-of-bag votes; calibrated per stratum of how labels came about where the pool
-    carries them (:func:`with_label_strata`)."""
+    """The label-quality decision for a pool with a model (multi-label: per tag), else None."""
     if pool.oos_probs is None or not pool.labeled.any():
         return None
-    if pool.multilabel and pool.targets is None:
-        return None
-    return pool_quality(pool, gate_of(settings))
+    if pool.multilabel:
+        if pool.targets is None:
+            return None
+        return multilabel_quality(
+            pool.labeled,
+            pool.targets,
+            pool.oos_probs,
+            embeddings=pool.embeddings,
+            gate=gate_of(settings),
+        )
+    return label_quality(
+        pool.labels, pool.oos_probs, embeddings=pool.embeddings, gate=gate_of(settings)
+    )
 
 
 def crowd_of(pool: Pool) -> Crowd | None:

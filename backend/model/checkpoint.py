@@ -81,7 +81,6 @@ def to_payload(model: TrainedModel) -> dict[str, Any]:
         "metrics_json": json.dumps(model.metrics),
         "backbone": model.backbone,
         "seed": model.seed,
-        "committee_seen": _array(model.committee_seen),
     }
 
 
@@ -106,9 +105,6 @@ def from_payload(data: dict[str, Any]) -> TrainedModel:
         metrics=json.loads(data["metrics_json"]),
         backbone=str(data["backbone"]),
         seed=int(data["seed"]),
-        committee_seen=(
-            None if data.get("committee_seen") is None else data["committee_seen"].numpy()
-        ),
     )
 
 

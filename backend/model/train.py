@@ -55,9 +55,6 @@ class TrainedModel:
             order they were passed.
         folds: (n,) the cross-fitting fold of each training item.
         fold_seen: (n, K) whether fold k's head used item i (for training or early stopping).
-        committee_seen: (n, M) whether bootstrap member m used training item i (drawn into its
-            resample or held for its early stopping); None for MC dropout. The members that did
-            not are out-of-bag for the item: their votes on it are out-of-sample.
         thresholds: (C,) per-label decision thresholds when multilabel, else None.
         metrics: cross-validated metrics (see :func:`backend.model.metrics.classification_metrics`)
             plus ``ece_before``, ``ece_after``, ``temperature``, ``n_labels``, ``train_seconds``.
@@ -80,7 +77,6 @@ class TrainedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     backbone: str = ""
     seed: int = 0
-    committee_seen: np.ndarray | None = None
 
     def _inputs(self, embeddings: np.ndarray) -> torch.Tensor:
         x = (np.asarray(embeddings, dtype=np.float32) - self.feature_mean) / self.feature_std
@@ -455,9 +451,4 @@ def train_model(
         metrics=metrics,
         backbone=backbone,
         seed=settings.seed,
-        committee_seen=(
-            (plan.train_weights[:, plan.committee] + plan.val_weights[:, plan.committee]) > 0
-            if plan.n_committee
-            else None
-        ),
     )

@@ -47,7 +47,6 @@ from backend.loop.cycle import (
 from backend.loop.embed import embed_items
 from backend.loop.fit import fit
 from backend.loop.push import QueueItem
-from backend.loop.review import with_label_strata
 from backend.loop.targets import NotEnoughLabels, consensus_targets
 from backend.settings import Settings, StrategySettings
 from backend.simulate.sets import GENERATED, digit_images, generate
@@ -415,8 +414,7 @@ def run_curve(
     for round_ in range(1, budget + 2):
         scored = score_stage(settings, build_pool(snap, problem.embeddings, trained))
         chosen = select_stage(settings, store, project_id, snap, scored)
-        pool = with_label_strata(store, project_id, scored.task_ids, scored.pool)
-        scored = replace(scored, priority=chosen.priority, pool=pool)
+        scored = replace(scored, priority=chosen.priority)
         if labeled:
             points.append(_measure(settings, problem, snap, scored, trained))
         size = min(batch_size, budget - len(labeled))
