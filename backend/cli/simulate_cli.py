@@ -7,7 +7,8 @@
 
 Prints a table (mean ± std over seeds of test accuracy at several label counts and of the area under
 the learning curve; labels needed to reach 95 % of the best final accuracy; planted label errors the
-review ranking surfaced), or the curves as JSON, and can draw them as an SVG file.
+review ranking surfaced) and, with ``--noise``, the review view's precision and recall per cycle,
+or the curves as JSON, and can draw them as an SVG file.
 """
 
 from __future__ import annotations
@@ -166,6 +167,80 @@ def summarize(curves: Sequence[Curve]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+@dataclass(frozen=True)
+class ReviewRound:
+    """The review view after one cycle, summed over seeds (so precision and recall are those of
+    every flag and every planted error of the round, not a mean of ratios).
+
+    Attributes:
+        labels: labels so far; flagged: labels the view holds; hits: planted ones among them;
+        planted: planted (wrong) labels so far; seeds: runs summed.
+        precision: hits / flagged (None without a flag); recall: hits / planted (None without a
+        planted error).
+    """
+
+    labels: int
+    flagged: int
+    hits: int
+    planted: int
+    seeds: int
+
+    @property
+    def precision(self) -> float | None:
+        return self.hits / self.flagged if self.flagged else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.hits / self.planted if self.planted else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "flagged": self.flagged,
+            "planted_flagged": self.hits,
+            "planted": self.planted,
+            "precision": self.precision,
+            "recall": self.recall,
+        }
+
+
+def review_rounds(runs: Sequence[Curve]) -> list[ReviewRound]:
+    """One strategy's review view per cycle, summed over its seeds (cut to the shortest run)."""
+    flagged, hits = _matrix(runs, "flagged"), _matrix(runs, "surfaced")
+    planted = _matrix(runs, "planted")
+    return [
+        ReviewRound(
+            labels=runs[0].points[i].labels,
+            flagged=int(flagged[:, i].sum()),
+            hits=int(hits[:, i].sum()),
+            planted=int(planted[:, i].sum()),
+            seeds=len(runs),
+        )
+        for i in range(flagged.shape[1])
+    ]
+
+
+def review_table(curves: Sequence[Curve]) -> str:
+    """Per strategy and cycle: the review view's flags, planted errors among them, precision and
+    recall (means per seed for the counts; precision and recall over every seed's flags)."""
+    rows = []
+    for name, runs in _by_strategy(curves).items():
+        for r in review_rounds(runs):
+            rows.append(
+                [
+                    name,
+                    str(r.labels),
+                    f"{r.flagged / r.seeds:.1f}",
+                    f"{r.hits / r.seeds:.1f}",
+                    f"{r.planted / r.seeds:.1f}",
+                    "-" if r.precision is None else f"{r.precision:.2f}",
+                    "-" if r.recall is None else f"{r.recall:.2f}",
+                ]
+            )
+    headers = ["strategy", "labels", "flagged", "planted flagged", "planted", "precision", "recall"]
+    return _markdown(headers, rows)
+
+
 def _checkpoints(labels: Sequence[int], n: int = 4) -> list[int]:
     """Up to ``n`` round indices spread evenly over the curve, always including the last."""
     picks = {round(i * len(labels) / n) - 1 for i in range(1, n + 1)}
@@ -226,6 +301,7 @@ def to_json(
                 "weights": dict(strategies[name]),
                 "serve": grouped[name][0].serve,
                 "summary": summary[name],
+                "review": [r.as_dict() for r in review_rounds(grouped[name])],
                 "runs": [
                     {
                         "seed": run.seed,
@@ -233,6 +309,7 @@ def to_json(
                         "accuracy": [p.accuracy for p in run.points],
                         "planted": [p.planted for p in run.points],
                         "surfaced": [p.surfaced for p in run.points],
+                        "flagged": [p.flagged for p in run.points],
                         "phase": [p.phase for p in run.points],
                     }
                     for run in grouped[name]
@@ -411,5 +488,11 @@ def _report(
         return
     print(f"{title}\n")
     print(table(curves, budget=args.budget, noise=args.noise, top_k=top_k))
+    if args.noise:
+        print(
+            f"\nReview view per cycle (its top {top_k}; flags and planted errors per seed, "
+            f"precision and recall over all {args.seeds} seeds' flags)\n"
+        )
+        print(review_table(curves))
     if args.plot is not None:
         print(f"\nlearning curves written to {args.plot}")

@@ -99,8 +99,9 @@ class Point:
     labels: int
     accuracy: float
     planted: int  # planted (wrong) labels among the labels so far
-    surfaced: int  # of those, how many are in the top-k of the label-error review ranking
+    surfaced: int  # of those, how many the review view holds (its top ``review_max_flags``)
     phase: str  # the queue's phase when the round was scored: "cold_start" or "model"
+    flagged: int = 0  # labels the review view holds, planted or not
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ def _measure(
         planted=len(problem.planted & labeled),
         surfaced=len(problem.planted & flagged),
         phase=scored.priority.phase,
+        flagged=len(flagged),
     )
 
 

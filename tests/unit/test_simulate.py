@@ -12,9 +12,22 @@ from PIL import Image
 
 from backend.cli.common import CliError
 from backend.cli.main import main
-from backend.cli.simulate_cli import parse_strategies, summarize, svg
+from backend.cli.simulate_cli import (
+    parse_strategies,
+    review_rounds,
+    review_table,
+    summarize,
+    svg,
+)
 from backend.settings import Settings
-from backend.simulate.run import Curve, load_dataset, ls_cluster_picks, make_problem, simulate
+from backend.simulate.run import (
+    Curve,
+    Point,
+    load_dataset,
+    ls_cluster_picks,
+    make_problem,
+    simulate,
+)
 from tests.conftest import SMALL_MODEL, make_settings
 
 FAST_MODEL = {**SMALL_MODEL, "max_epochs": 30}
@@ -71,6 +84,48 @@ def test_noisy_run_surfaces_planted_errors(curves: list[Curve]) -> None:
     assert sum(p.planted for p in final) > 0
     assert sum(p.surfaced for p in final) > 0
     assert all(p.surfaced <= p.planted for p in final)
+
+
+def test_review_view_precision_and_recall_per_cycle(curves: list[Curve]) -> None:
+    """The planted run's review view, cycle by cycle: what it holds, how much of it is planted,
+    summed over the seeds into precision and recall."""
+    for curve in curves:
+        assert all(p.surfaced <= p.flagged <= 50 for p in curve.points)  # review_max_flags
+    runs = [c for c in curves if c.strategy == "default"]
+    rounds = review_rounds(runs)
+    assert [r.labels for r in rounds] == [20, 40, 60, 80, 100]
+    for i, r in enumerate(rounds):
+        assert r.flagged == sum(run.points[i].flagged for run in runs)
+        assert r.hits == sum(run.points[i].surfaced for run in runs)
+        assert r.planted == sum(run.points[i].planted for run in runs)
+        assert r.precision == (r.hits / r.flagged if r.flagged else None)
+    final = rounds[-1]
+    assert final.flagged > 0 and final.recall is not None and final.recall > 0
+    assert final.precision is not None and final.precision >= 0.5  # flags mostly planted ones
+    text = review_table(curves)
+    assert text.count("| default ") == 5 and text.count("| random ") == 5
+    cells = _cells(text, "default", "100")
+    assert cells[5:] == [f"{final.precision:.2f}", f"{final.recall:.2f}"]
+    assert cells[2] == f"{final.flagged / 2:.1f}"  # per seed
+
+
+def _cells(table: str, strategy: str, labels: str) -> list[str]:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+    return next(r for r in rows if r[:2] == [strategy, labels])
+
+
+def test_review_rounds_sum_the_seeds_before_dividing() -> None:
+    def run(seed: int, flagged: int, surfaced: int, planted: int) -> Curve:
+        point = Point(20, 0.5, planted, surfaced, "model", flagged)
+        return Curve("x", seed, (point,))
+
+    (r,) = review_rounds([run(0, 4, 3, 5), run(1, 0, 0, 1)])
+    assert (r.flagged, r.hits, r.planted, r.seeds) == (4, 3, 6, 2)
+    assert r.precision == 0.75 and r.recall == 0.5  # not the mean of 0.75 and "no flags"
+    (empty,) = review_rounds([run(0, 0, 0, 0)])
+    assert empty.precision is None and empty.recall is None
+    row = _cells(review_table([run(0, 0, 0, 0)]), "x", "20")
+    assert row == ["x", "20", "0.0", "0.0", "0.0", "-", "-"]
 
 
 def test_same_seed_meets_the_same_annotator() -> None:
