@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -19,24 +18,10 @@ from backend.cli.common import (
     label_studio_client,
     require_label_studio,
 )
+from backend.logs import configure_logging
 from backend.settings import Settings, SettingsError, load_settings, with_overrides
 
 log = logging.getLogger("labelloop")
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Lightning announces hardware and tips on every fit; only its warnings matter here.
-    # APScheduler logs every housekeeping run at INFO (every loop.poll_s); werkzeug every request.
-    for name in ("lightning.pytorch", "lightning.fabric", "apscheduler", "werkzeug"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, getattr(logging, level)))
-    # Lightning 2.6 on torch 2.13 warns about its own use of torch's pytree API at every fit.
-    warnings.filterwarnings(
-        "ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning
-    )
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -294,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"labelloop: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level)
     from backend.labelstudio.client import LabelStudioError
 
     try:

@@ -11,8 +11,9 @@ The layers, highest first; a module may import its own layer's modules and those
 
     cli -> api -> runtime -> loop, diagnosis, serving -> model, labelstudio, store -> settings
 
-Settings also holds the base helper ``backend.files``; ``backend.simulate``, the loop run
-offline, sits with the loop; ``strategies`` is below all of backend and imports nothing from it.
+Settings also holds the base helpers ``backend.files`` and ``backend.logs``; ``backend.simulate``,
+the loop run offline, sits with the loop; ``strategies`` is below all of backend and imports
+nothing from it.
 Within the model/labelstudio/store layer the store imports neither the model (torch) nor the
 label-config parsing of ``backend.labelstudio``; within the loop's layer the loop does not import
 ``backend.serving`` (which imports the loop).
@@ -36,6 +37,7 @@ LAYERS: dict[str, int] = {
     "strategies": 0,
     "backend.settings": 1,
     "backend.files": 1,
+    "backend.logs": 1,
     "backend.model": 2,
     "backend.labelstudio": 2,
     "backend.store": 2,
