@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import FloatArray, IntArray, Pool, Selection, eligible, need, top_k
+from strategies.base import FloatArray, IntArray, Signal
 
 
 def class_weights(labels: IntArray, n_classes: int) -> NDArray[np.float64]:
@@ -20,30 +20,26 @@ def class_weights(labels: IntArray, n_classes: int) -> NDArray[np.float64]:
     return (given.shape[0] + n_classes) / (n_classes * (counts + 1.0))
 
 
-def balance_scores(probs: FloatArray, labels: IntArray) -> NDArray[np.float64]:
+def balance_scores(
+    probs: FloatArray, labels: IntArray, *, multilabel: bool = False
+) -> NDArray[np.float64]:
     """(n,) expected rarity weight of each item's predicted class.
 
     Args:
-        probs: (n, C) class probabilities.
-        labels: (n,) given class, -1 unlabeled.
+        probs: (n, C) class probabilities (multi-label: per-label probabilities).
+        labels: (n,) given class, -1 unlabeled (multi-label: >= 0 marks labeled).
     """
-    weights = class_weights(labels, probs.shape[1])
+    if multilabel:
+        # Labels of a multi-label pool do not name a class; rarity comes from predicted positives
+        # of labeled items, which is what the model learned from.
+        positives = (probs[labels >= 0] >= 0.5).sum(axis=0)
+        n_labels = probs.shape[1]
+        weights = (positives.sum() + n_labels) / (n_labels * (positives + 1.0))
+    else:
+        weights = class_weights(labels, probs.shape[1])
     return np.asarray(probs @ weights.astype(probs.dtype), dtype=np.float64)
 
 
-def balance_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) balance scores from the pool's probs; multi-label pools use predicted positives."""
-    probs = need(pool, "balance", "probs")
-    if pool.multilabel:
-        # Labels of a multi-label pool do not name a class; rarity comes from predicted positives
-        # of labeled items, which is what the model learned from.
-        positives = (probs[pool.labeled] >= 0.5).sum(axis=0)
-        n_labels = probs.shape[1]
-        weights = (positives.sum() + n_labels) / (n_labels * (positives + 1.0))
-        return np.asarray(probs @ weights.astype(probs.dtype), dtype=np.float64)
-    return balance_scores(probs, pool.labels)
-
-
-def balance(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k unlabeled items most likely in classes rare among the labels (needs probs)."""
-    return top_k(balance_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+BALANCE = Signal(
+    "balance", "label", balance_scores, "predicted to be in a class rare among the labels"
+)

@@ -1,17 +1,20 @@
 """What a strategy sees (a validated, read-only :class:`Pool`) and returns (:class:`Selection`).
 
-Every strategy is a pure function ``fn(pool, k, *, rng, **options) -> Selection``. The pool is
-validated once, when it is built; strategies and scoring kernels trust it afterwards.
+Every signal is a kernel over the pool's arrays, declared once as a :class:`Signal` (its kind and
+what it needs); calling it as ``signal(pool, k, *, rng, **options)`` gives a Selection. The pool
+is validated once, when it is built; signals and their kernels trust it afterwards.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -32,9 +35,18 @@ COMMITTEE_CHUNK_ELEMENTS = 1_048_576
 #: Most threads the chunked kernels use by default (they are bound by memory bandwidth beyond).
 MAX_THREADS = 8
 _THREADS: ContextVar[int | None] = ContextVar("strategies_threads", default=None)
-#: Names of the optional arrays a strategy may need (``StrategyInfo.needs``).
+#: Names of the optional arrays a signal may need (``Signal.needs``).
 INPUTS = frozenset(
-    {"probs", "committee", "embeddings", "oos_probs", "annotations", "clusters", "targets"}
+    {
+        "probs",
+        "committee",
+        "embeddings",
+        "oos_probs",
+        "annotations",
+        "clusters",
+        "targets",
+        "slices",
+    }
 )
 
 
@@ -220,46 +232,117 @@ class Selection:
         return int(self.indices.shape[0])
 
 
-#: ``fn(pool, k, *, rng, **options) -> Selection``.
-Strategy = Callable[..., Selection]
-ScoreFn = Callable[..., NDArray[np.float64]]
+#: ``kernel(**arrays, **options) -> (n,) scores``, its parameters named as in :class:`Signal`.
+Kernel = Callable[..., NDArray[np.float64]]
+#: ``select(pool, k, *, rng, **options) -> Selection``: a signal's own way to choose ``k`` items.
+Selector = Callable[..., Selection]
+#: Pool attributes a kernel parameter of the same name is given (see :class:`Signal`): its
+#: fields and the ``labeled`` mask and item count ``n``.
+POOL_FIELDS = frozenset({f.name for f in fields(Pool)} | {"labeled", "n"})
+_RNG = "rng"
+
+
+def _given(kernel: Kernel) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The kernel parameters a signal fills (pool fields, ``rng``) and the inputs it requires.
+
+    TypeError on a parameter without a default that names neither.
+    """
+    given, required = [], set()
+    for param in inspect.signature(kernel).parameters.values():
+        if param.name in POOL_FIELDS or param.name == _RNG:
+            given.append(param.name)
+        if param.default is inspect.Parameter.empty:
+            if param.name not in POOL_FIELDS and param.name != _RNG:
+                raise TypeError(f"{kernel.__name__}: parameter {param.name!r} names no pool field")
+            required.add(param.name)
+    return tuple(given), frozenset(required & INPUTS)
 
 
 @dataclass(frozen=True)
-class StrategyInfo:
-    """One registry entry: the strategy, what it selects and what it needs.
+class Signal:
+    """One selection signal, defined once: its kernel and what the kernel cannot say itself.
 
-    Calling the entry calls ``fn``; ``score(pool, *, rng)`` gives every item's score (n,) for the
-    combination, higher = more important, meaningful on the items of ``kind`` (unlabeled for
-    "label", labeled for "review"). ``multilabel``: works on multi-label pools. ``alarm``: for
-    review signals, the raw score above which an item is evidence of a problem (a relabel
-    candidate).
+    The kernel takes arrays and returns (n,) float64 scores, higher = more important, meaningful
+    on the items of ``kind`` (unlabeled for "label", labeled for "review"). A parameter named after
+    a pool attribute (:data:`POOL_FIELDS`: ``probs``, ``labels``, ``labeled``, ``multilabel``...)
+    is given that attribute; ``rng``, only where the signal draws random numbers, the caller's
+    generator; the others are options with defaults. The pool inputs (:data:`INPUTS`) among the
+    parameters without a default are the signal's ``needs``.
+
+    Attributes:
+        name: the registry key.
+        kind: "label" (ranks unlabeled items, for the labeling queue) or "review" (labeled items).
+        kernel: the scores, as above.
+        summary: what a high score means, in a line.
+        multilabel: defined on multi-label pools.
+        alarm: for review signals, the raw score above which an item is evidence of a problem
+            (a relabel candidate).
+        select: ``select(pool, k, *, rng, **options)`` where the choice of ``k`` items is not
+            the top ``k`` scores (core-set, allocation over clusters); None = the top ``k``.
+        needs: given only where a parameter's default stands for another input (coverage:
+            the clusters, else k-means of the embeddings); else read off the kernel.
     """
 
-    fn: Strategy
-    score: ScoreFn
+    name: str
     kind: Kind
-    needs: frozenset[str]
+    kernel: Kernel
     summary: str
     multilabel: bool = True
     alarm: float | None = None
+    select: Selector | None = None
+    needs: frozenset[str] = frozenset()
+    _given: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        given, required = _given(self.kernel)
+        object.__setattr__(self, "_given", given)
+        if not self.needs:
+            object.__setattr__(self, "needs", required)
+        if not self.needs <= INPUTS:
+            raise ValueError(f"{self.name}: needs {sorted(self.needs - INPUTS)} are not inputs")
 
     def __call__(
         self, pool: Pool, k: int, *, rng: np.random.Generator, **options: Any
     ) -> Selection:
+        """The ``k`` items of ``kind`` this signal puts first, best first."""
+        self._check(pool)
+        if self.select is not None:
+            return self.select(pool, k, rng=rng, **options)
+        return top_k(self._scores(pool, rng, options), eligible(pool, self.kind), k, rng=rng)
+
+    def score(self, pool: Pool, *, rng: np.random.Generator, **options: Any) -> NDArray[np.float64]:
+        """(n,) every item's score, for the combination (``rng`` is used only if it draws)."""
+        self._check(pool)
+        return self._scores(pool, rng, options)
+
+    def _scores(
+        self, pool: Pool, rng: np.random.Generator, options: dict[str, Any]
+    ) -> NDArray[np.float64]:
+        given = {name: rng if name == _RNG else getattr(pool, name) for name in self._given}
+        return self.kernel(**given, **options)
+
+    def _check(self, pool: Pool) -> None:
         reason = self.unavailable(pool)
         if reason is not None:
-            raise ValueError(f"strategy {self.fn.__name__!r} {reason}")
-        return self.fn(pool, k, rng=rng, **options)
+            raise ValueError(f"strategy {self.name!r} {reason}")
 
     def unavailable(self, pool: Pool) -> str | None:
-        """Why this strategy cannot score ``pool`` (missing inputs, multi-label), or None."""
+        """Why this signal cannot score ``pool`` (missing inputs, multi-label), or None."""
         missing = sorted(name for name in self.needs if not pool.has(name))
         if missing:
             return f"needs {', '.join(missing)}, which the pool lacks"
         if pool.multilabel and not self.multilabel:
             return "is not defined for multi-label pools"
         return None
+
+
+def registry(*signals: Signal) -> MappingProxyType[str, Signal]:
+    """The read-only mapping name -> signal; ValueError on a name given twice."""
+    by_name = {signal.name: signal for signal in signals}
+    if len(by_name) != len(signals):
+        names = [signal.name for signal in signals]
+        raise ValueError(f"signals named twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return MappingProxyType(by_name)
 
 
 def check_k(k: int) -> int:

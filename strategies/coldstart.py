@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.decomposition import PCA
 
-from strategies.base import FloatArray, IntArray, Pool, Selection, eligible, need, top_k
+from strategies.base import FloatArray, IntArray, Pool, Selection, Signal, eligible, need, top_k
 from strategies.coverage import (
     KNN_MAX,
     Clustering,
@@ -142,24 +142,17 @@ def cold_start_order(
     return top_k(scores, candidates, candidates.shape[0], rng=rng).indices
 
 
-def typicality_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) typicality of every item."""
-    return typicality_scores(need(pool, "typicality", "embeddings"))
-
-
-def cold_start_pool_scores(
-    pool: Pool, *, rng: np.random.Generator, n_clusters: int | None = None
+def cold_start_priority(
+    embeddings: FloatArray,
+    labeled: NDArray[np.bool_],
+    *,
+    rng: np.random.Generator,
+    n_clusters: int | None = None,
 ) -> NDArray[np.float64]:
-    """(n,) cold-start quotient with ``n_clusters`` (default: labels so far + 10)."""
-    embeddings = need(pool, "cold_start", "embeddings")
-    k = int(pool.labeled.sum()) + 10 if n_clusters is None else n_clusters
-    scores, _ = cold_start_scores(embeddings, pool.labeled, n_clusters=k, rng=rng)
+    """(n,) :func:`cold_start_scores` with ``n_clusters`` (default: labels so far + 10)."""
+    k = int(labeled.sum()) + 10 if n_clusters is None else n_clusters
+    scores, _ = cold_start_scores(embeddings, labeled, n_clusters=k, rng=rng)
     return scores
-
-
-def typicality(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k most typical unlabeled items (densest neighbourhoods; needs embeddings)."""
-    return top_k(typicality_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
 
 
 def cold_start(
@@ -172,5 +165,21 @@ def cold_start(
     """
     n_labeled = int(pool.labeled.sum())
     clusters = n_labeled + max(k, 1) if n_clusters is None else n_clusters
-    scores = cold_start_pool_scores(pool, rng=rng, n_clusters=clusters)
+    embeddings = need(pool, "cold_start", "embeddings")
+    scores = cold_start_priority(embeddings, pool.labeled, rng=rng, n_clusters=clusters)
     return top_k(scores, eligible(pool, "label"), k, rng=rng)
+
+
+TYPICALITY = Signal(
+    "typicality",
+    "label",
+    typicality_scores,
+    "dense neighbourhood (inverse mean k-NN distance)",
+)
+COLD_START = Signal(
+    "cold_start",
+    "label",
+    cold_start_priority,
+    "TypiClust-style: typical items of the largest uncovered clusters",
+    select=cold_start,
+)

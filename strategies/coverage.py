@@ -20,7 +20,17 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import pairwise_distances_argmin_min
 from sklearn.neighbors import NearestNeighbors
 
-from strategies.base import FloatArray, IntArray, Pool, Selection, check_k, eligible, need, top_k
+from strategies.base import (
+    FloatArray,
+    IntArray,
+    Pool,
+    Selection,
+    Signal,
+    check_k,
+    eligible,
+    need,
+    top_k,
+)
 
 MAX_DEFAULT_CLUSTERS = 256
 #: Above this many items k-means runs mini-batch (a few passes) instead of full Lloyd iterations.
@@ -103,13 +113,18 @@ def assign_to_centers(
     return labels.astype(np.int64), dist.astype(np.float64)
 
 
-def pool_clusters(
-    pool: Pool, *, rng: np.random.Generator, n_clusters: int | None = None
+def clusters_or_kmeans(
+    clusters: IntArray | None,
+    embeddings: FloatArray | None,
+    *,
+    rng: np.random.Generator,
+    n_clusters: int | None = None,
 ) -> IntArray:
-    """The pool's precomputed clusters, else k-means on its embeddings."""
-    if pool.clusters is not None:
-        return pool.clusters
-    embeddings = need(pool, "coverage", "embeddings")
+    """The pool's precomputed clusters, else k-means on its embeddings (``rng`` seeds it)."""
+    if clusters is not None:
+        return clusters
+    if embeddings is None:
+        raise ValueError("strategy 'coverage' needs clusters or embeddings; the pool has neither")
     return cluster_embeddings(embeddings, n_clusters=n_clusters, rng=rng).labels
 
 
@@ -125,8 +140,21 @@ def _coverage_arrays(
     return sizes, n_labeled, under
 
 
-def coverage_scores(clusters: IntArray, labeled: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """(n,) under-coverage u_c of each item's cluster (see the module docstring)."""
+def coverage_scores(
+    labeled: NDArray[np.bool_],
+    clusters: IntArray | None = None,
+    embeddings: FloatArray | None = None,
+    *,
+    rng: np.random.Generator,
+    n_clusters: int | None = None,
+) -> NDArray[np.float64]:
+    """(n,) under-coverage u_c of each item's cluster (see the module docstring).
+
+    Args:
+        labeled: (n,) True where labeled.
+        clusters, embeddings, n_clusters: the clusters, as :func:`clusters_or_kmeans` finds them.
+    """
+    clusters = clusters_or_kmeans(clusters, embeddings, rng=rng, n_clusters=n_clusters)
     _, _, under = _coverage_arrays(clusters, labeled)
     return under[clusters] if clusters.size else np.zeros(0)
 
@@ -244,18 +272,6 @@ def mean_knn_distance(embeddings: FloatArray, *, n_neighbors: int = 10) -> NDArr
     return out
 
 
-def coverage_pool_scores(
-    pool: Pool, *, rng: np.random.Generator, n_clusters: int | None = None
-) -> NDArray[np.float64]:
-    """(n,) under-coverage of each item's cluster (clusters from the pool or k-means)."""
-    return coverage_scores(pool_clusters(pool, rng=rng, n_clusters=n_clusters), pool.labeled)
-
-
-def coreset_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) distance to the nearest labeled item."""
-    return nearest_labeled_distance(need(pool, "coreset", "embeddings"), pool.labeled)
-
-
 def coverage(
     pool: Pool, k: int, *, rng: np.random.Generator, n_clusters: int | None = None
 ) -> Selection:
@@ -265,7 +281,7 @@ def coverage(
     a cluster with l_c labels and n_c items gets ``(n_c / n) / (l_c + r + 0.5)``; the k highest
     win, so never-labeled large clusters come first and no cluster takes the whole batch.
     """
-    clusters = pool_clusters(pool, rng=rng, n_clusters=n_clusters)
+    clusters = clusters_or_kmeans(pool.clusters, pool.embeddings, rng=rng, n_clusters=n_clusters)
     within = within_cluster_rank(rng.random(pool.n), clusters, eligible(pool, "label"))
     return top_k(
         allocation_scores(clusters, pool.labeled, within), eligible(pool, "label"), k, rng=rng
@@ -301,3 +317,20 @@ def allocation_scores(
     n_labeled = np.bincount(clusters[labeled], minlength=sizes.shape[0])
     share = sizes[clusters] / clusters.shape[0]
     return share / (n_labeled[clusters] + within + 0.5)
+
+
+COVERAGE = Signal(
+    "coverage",
+    "label",
+    coverage_scores,
+    "item's cluster has few labels for its size",
+    select=coverage,
+    needs=frozenset({"clusters"}),
+)
+CORESET = Signal(
+    "coreset",
+    "label",
+    nearest_labeled_distance,
+    "far from every labeled item (greedy k-center)",
+    select=coreset,
+)

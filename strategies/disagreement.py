@@ -16,18 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import (
-    FloatArray,
-    IntArray,
-    Pool,
-    Selection,
-    committee_rowwise,
-    eligible,
-    need,
-    rowwise,
-    top_k,
-    xlogy_sum,
-)
+from strategies.base import FloatArray, IntArray, Signal, committee_rowwise, rowwise, xlogy_sum
 
 #: cleanlab's clip for confident thresholds and its fuzzy comparison, for an identical mask.
 _THRESHOLD_FLOOR = 2e-6
@@ -95,17 +84,24 @@ def given_label_probs(labels: IntArray, probs: FloatArray) -> NDArray[np.float64
     return np.where(labels >= 0, probs[rows, np.maximum(labels, 0)], 0.0).astype(np.float64)
 
 
-def self_confidence_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
-    """1 - out-of-sample probability of the given label (cleanlab's self-confidence, flipped).
+def self_confidence_scores(
+    labels: IntArray, oos_probs: FloatArray, targets: IntArray | None = None
+) -> NDArray[np.float64]:
+    """1 - out-of-sample probability of the given label (cleanlab's self-confidence, flipped);
+    multi-label: of the least believed label's given value
+    (:func:`multilabel_self_confidence_scores`).
 
     Args:
-        labels: (n,) given class, -1 unlabeled (scored 0).
-        probs: (n, C) out-of-sample probabilities.
+        labels: (n,) given class, -1 unlabeled (scored 0); multi-label: >= 0 marks labeled.
+        oos_probs: (n, C) out-of-sample probabilities.
+        targets: (n, C) 0/1 given labels of a multi-label pool; None for single-label.
 
     Returns:
         (n,) float64 in [0, 1], higher = more likely mislabeled.
     """
-    return np.where(labels >= 0, 1.0 - given_label_probs(labels, probs), 0.0)
+    if targets is not None:
+        return multilabel_self_confidence_scores(labels >= 0, targets, oos_probs)
+    return np.where(labels >= 0, 1.0 - given_label_probs(labels, oos_probs), 0.0)
 
 
 def _normalized_margin_rows(probs: FloatArray, labels: IntArray) -> NDArray[np.float64]:
@@ -116,17 +112,17 @@ def _normalized_margin_rows(probs: FloatArray, labels: IntArray) -> NDArray[np.f
     return np.where(labels >= 0, 1.0 - (given - best_other + 1.0) / 2.0, 0.0)
 
 
-def normalized_margin_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
+def normalized_margin_scores(labels: IntArray, oos_probs: FloatArray) -> NDArray[np.float64]:
     """1 - cleanlab's normalized margin ``(p_given - max_other + 1) / 2``.
 
     Args:
         labels: (n,) given class, -1 unlabeled (scored 0).
-        probs: (n, C) out-of-sample probabilities.
+        oos_probs: (n, C) out-of-sample probabilities.
 
     Returns:
         (n,) float64 in [0, 1], higher = another class beats the given one by more.
     """
-    return rowwise(_normalized_margin_rows, probs, labels)
+    return rowwise(_normalized_margin_rows, oos_probs, labels)
 
 
 def confident_thresholds(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
@@ -173,13 +169,21 @@ def confident_learning_mask(labels: IntArray, probs: FloatArray) -> NDArray[np.b
     return rowwise(flagged, probs, labels).astype(bool)
 
 
-def confident_learning_scores(labels: IntArray, probs: FloatArray) -> NDArray[np.float64]:
-    """Flagged items first (score 1 + normalized-margin score), then the rest by normalized margin.
+def confident_learning_scores(
+    labels: IntArray, oos_probs: FloatArray, targets: IntArray | None = None
+) -> NDArray[np.float64]:
+    """Flagged items first (score 1 + normalized-margin score), then the rest by normalized margin;
+    multi-label (``targets`` given): the one-vs-rest flag plus the self-confidence score of the
+    least believed label. Arguments as :func:`self_confidence_scores`'.
 
     Returns:
         (n,) float64 in [0, 2], higher = more likely mislabeled.
     """
-    return confident_learning_mask(labels, probs) + normalized_margin_scores(labels, probs)
+    if targets is not None:
+        labeled = labels >= 0
+        mask = multilabel_confident_learning_mask(labeled, targets, oos_probs)
+        return mask + multilabel_self_confidence_scores(labeled, targets, oos_probs)
+    return confident_learning_mask(labels, oos_probs) + normalized_margin_scores(labels, oos_probs)
 
 
 def judged_tags(labeled: NDArray[np.bool_], targets: IntArray) -> NDArray[np.bool_]:
@@ -287,103 +291,72 @@ def annotator_disagreement_scores(
     return np.where(enough, _entropy_rows(votes / np.maximum(total, 1e-12)), 0.0)
 
 
-def _review_labels(pool: Pool) -> IntArray:
-    if pool.multilabel:
-        raise ValueError("label-quality review is not supported for multilabel pools")
-    return pool.labels
+def annotator_scores(
+    annotations: IntArray, labels: IntArray, n_classes: int | None
+) -> NDArray[np.float64]:
+    """(n,) entropy of the annotators' votes over the pool's classes (without probabilities, the
+    classes up to the largest one given)."""
+    if n_classes is None:
+        n_classes = int(max(annotations.max(initial=-1), labels.max(initial=-1))) + 1
+    return annotator_disagreement_scores(annotations, n_classes)
 
 
-def vote_entropy_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) committee vote entropy."""
-    return vote_entropy_scores(need(pool, "vote_entropy", "committee"))
-
-
-def kl_consensus_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) max KL divergence of a committee member from the consensus."""
-    return kl_consensus_scores(need(pool, "kl_consensus", "committee"))
-
-
-def self_confidence_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) 1 - out-of-sample probability of the given label (multi-label: of the least believed
-    label's given value)."""
-    probs = need(pool, "self_confidence", "oos_probs")
-    if pool.multilabel:
-        targets = need(pool, "self_confidence", "targets")
-        return multilabel_self_confidence_scores(pool.labeled, targets, probs)
-    return self_confidence_scores(pool.labels, probs)
-
-
-def normalized_margin_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) 1 - normalized margin of the given label."""
-    probs = need(pool, "normalized_margin", "oos_probs")
-    return normalized_margin_scores(_review_labels(pool), probs)
-
-
-def confident_learning_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) confident-learning flag plus normalized-margin score (multi-label: one-vs-rest flag
-    plus the self-confidence score of the least believed label)."""
-    probs = need(pool, "confident_learning", "oos_probs")
-    if pool.multilabel:
-        targets = need(pool, "confident_learning", "targets")
-        mask = multilabel_confident_learning_mask(pool.labeled, targets, probs)
-        return mask + multilabel_self_confidence_scores(pool.labeled, targets, probs)
-    return confident_learning_scores(pool.labels, probs)
-
-
-def _annotator_scores(pool: Pool, name: str, *, with_model: bool) -> NDArray[np.float64]:
-    annotations = need(pool, name, "annotations")
-    # Only out-of-sample probabilities: in-sample ones have already learned the given labels.
-    model = need(pool, name, "oos_probs") if with_model else None
-    if pool.n_classes is not None:
-        n_classes = pool.n_classes
-    else:
-        n_classes = int(max(annotations.max(initial=-1), pool.labels.max(initial=-1))) + 1
-    return annotator_disagreement_scores(annotations, n_classes, model_probs=model)
-
-
-def annotator_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) entropy of the annotators' votes."""
-    return _annotator_scores(pool, "annotator_disagreement", with_model=False)
-
-
-def annotator_model_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+def annotator_model_scores(annotations: IntArray, oos_probs: FloatArray) -> NDArray[np.float64]:
     """(n,) entropy of the annotators' votes plus the model's soft vote."""
-    return _annotator_scores(pool, "annotator_model_disagreement", with_model=True)
+    # Only out-of-sample probabilities: in-sample ones have already learned the given labels.
+    return annotator_disagreement_scores(annotations, oos_probs.shape[1], model_probs=oos_probs)
 
 
-def vote_entropy(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k unlabeled items whose committee members vote most differently (needs committee)."""
-    return top_k(vote_entropy_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
-
-
-def kl_consensus(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k unlabeled items with the largest member-to-consensus KL (needs committee)."""
-    return top_k(kl_consensus_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
-
-
-def self_confidence(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k labeled items whose given label the model believes least (needs oos_probs)."""
-    return top_k(self_confidence_pool_scores(pool, rng=rng), eligible(pool, "review"), k, rng=rng)
-
-
-def normalized_margin(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k labeled items where another class beats the given label most (needs oos_probs)."""
-    scores = normalized_margin_pool_scores(pool, rng=rng)
-    return top_k(scores, eligible(pool, "review"), k, rng=rng)
-
-
-def confident_learning(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """Confident-learning label issues first, then the least plausible labels (needs oos_probs)."""
-    scores = confident_learning_pool_scores(pool, rng=rng)
-    return top_k(scores, eligible(pool, "review"), k, rng=rng)
-
-
-def annotator_disagreement(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k labeled items whose annotators disagree most (needs annotations)."""
-    return top_k(annotator_pool_scores(pool, rng=rng), eligible(pool, "review"), k, rng=rng)
-
-
-def annotator_model_disagreement(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """Like annotator_disagreement, with the model's probabilities as one more voter."""
-    scores = annotator_model_pool_scores(pool, rng=rng)
-    return top_k(scores, eligible(pool, "review"), k, rng=rng)
+VOTE_ENTROPY = Signal(
+    "vote_entropy",
+    "label",
+    vote_entropy_scores,
+    "entropy of committee members' hard votes",
+    multilabel=False,
+)
+KL_CONSENSUS = Signal(
+    "kl_consensus",
+    "label",
+    kl_consensus_scores,
+    "largest KL divergence of a member from the committee consensus",
+    multilabel=False,
+)
+SELF_CONFIDENCE = Signal(
+    "self_confidence",
+    "review",
+    self_confidence_scores,
+    "out-of-sample probability of the given label (multi-label: of some label's) is low",
+    alarm=0.5,
+)
+NORMALIZED_MARGIN = Signal(
+    "normalized_margin",
+    "review",
+    normalized_margin_scores,
+    "another class beats the given label",
+    multilabel=False,
+    alarm=0.5,
+)
+CONFIDENT_LEARNING = Signal(
+    "confident_learning",
+    "review",
+    confident_learning_scores,
+    "confident learning: confidently predicted as another class (per-class thresholds; "
+    "multi-label: one-vs-rest per label)",
+    alarm=1.0,
+)
+ANNOTATOR_DISAGREEMENT = Signal(
+    "annotator_disagreement",
+    "review",
+    annotator_scores,
+    "annotators chose different classes",
+    multilabel=False,
+    alarm=0.0,
+)
+ANNOTATOR_MODEL_DISAGREEMENT = Signal(
+    "annotator_model_disagreement",
+    "review",
+    annotator_model_scores,
+    "annotators and the model (as one more voter) disagree",
+    multilabel=False,
+    alarm=0.5,
+)

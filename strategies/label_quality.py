@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import FloatArray, IntArray, Pool, Selection, eligible, need, top_k
+from strategies.base import FloatArray, IntArray, Signal
 
 #: Neighbours per labeled item for the kNN vote.
 KNN_K = 10
@@ -355,22 +355,36 @@ def _strata_rows(strata: IntArray | None, m: int) -> list[IntArray]:
     return out
 
 
-def suspicion_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
+def suspicion_scores(
+    labels: IntArray,
+    oos_probs: FloatArray,
+    embeddings: FloatArray | None = None,
+    targets: IntArray | None = None,
+) -> NDArray[np.float64]:
     """(n,) probability the given label is wrong where flagged (> 0.5), half of it elsewhere, so
-    the order is the suspicion's and the alarm at 0.5 is the decision (default :class:`Gate`)."""
-    probs = need(pool, "suspicion", "oos_probs")
-    if pool.multilabel:
-        targets = need(pool, "suspicion", "targets")
-        quality = multilabel_quality(pool.labeled, targets, probs, embeddings=pool.embeddings)
+    the order is the suspicion's and the alarm at 0.5 is the decision (default :class:`Gate`).
+
+    Args:
+        labels: (n,) given class, -1 unlabeled; multi-label: >= 0 marks labeled.
+        oos_probs: (n, C) out-of-sample probabilities.
+        embeddings: (n, d) for the neighbours' evidence; None = the model's alone.
+        targets: (n, C) 0/1 given labels of a multi-label pool (:func:`multilabel_quality`).
+    """
+    if targets is not None:
+        quality = multilabel_quality(labels >= 0, targets, oos_probs, embeddings=embeddings)
     else:
-        quality = label_quality(pool.labels, probs, embeddings=pool.embeddings)
+        quality = label_quality(labels, oos_probs, embeddings=embeddings)
     return np.where(quality.flagged, quality.p_error, 0.5 * quality.p_error)
 
 
-def suspicion(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k labeled items most likely mislabeled (needs oos_probs; embeddings used if given)."""
-    scores = suspicion_pool_scores(pool, rng=rng)
-    return top_k(scores, eligible(pool, "review"), k, rng=rng)
+SUSPICION = Signal(
+    "suspicion",
+    "review",
+    suspicion_scores,
+    "calibrated probability the label is wrong (out-of-sample model + labeled neighbours), "
+    "above 0.5 only where flagged with evidence (multi-label: per tag)",
+    alarm=0.5,
+)
 
 
 @dataclass(frozen=True)

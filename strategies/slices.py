@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import FloatArray, IntArray, Pool, Selection, eligible, need, top_k
+from strategies.base import FloatArray, IntArray, Signal
 
 #: Labels of weight the overall error rate carries in each slice's estimate.
 PRIOR = 5.0
@@ -48,12 +48,10 @@ def slice_scores(labels: IntArray, oos_probs: FloatArray, slices: IntArray) -> N
     return out
 
 
-def slice_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) slice scores of the pool (its oos_probs and slices)."""
-    oos = need(pool, "slice", "oos_probs")
-    return slice_scores(pool.labels, oos, need(pool, "slice", "slices"))
-
-
-def slice_(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The ``k`` unlabeled items from the slices with the highest error rate."""
-    return top_k(slice_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+SLICE = Signal(
+    "slice",
+    "label",
+    slice_scores,
+    "item's slice (a task data group) has a high out-of-sample error rate",
+    multilabel=False,
+)

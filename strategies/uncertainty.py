@@ -9,17 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import (
-    FloatArray,
-    Pool,
-    Selection,
-    committee_rowwise,
-    eligible,
-    need,
-    rowwise,
-    top_k,
-    xlogy_sum,
-)
+from strategies.base import FloatArray, Signal, committee_rowwise, rowwise, xlogy_sum
 
 
 def _xlogx(p: FloatArray) -> FloatArray:
@@ -115,42 +105,14 @@ def bald_scores(committee: FloatArray, *, multilabel: bool = False) -> NDArray[n
     return committee_rowwise(_bald_multilabel if multilabel else _bald_multiclass, committee)
 
 
-def least_confidence_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) least-confidence scores of the pool's probs."""
-    probs = need(pool, "least_confidence", "probs")
-    return least_confidence_scores(probs, multilabel=pool.multilabel)
-
-
-def margin_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) margin scores of the pool's probs."""
-    return margin_scores(need(pool, "margin", "probs"), multilabel=pool.multilabel)
-
-
-def entropy_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) entropy scores of the pool's probs."""
-    return entropy_scores(need(pool, "entropy", "probs"), multilabel=pool.multilabel)
-
-
-def bald_pool_scores(pool: Pool, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n,) BALD scores of the pool's committee."""
-    return bald_scores(need(pool, "bald", "committee"), multilabel=pool.multilabel)
-
-
-def least_confidence(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k unlabeled items whose top class probability is lowest (needs probs)."""
-    return top_k(least_confidence_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
-
-
-def margin(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k unlabeled items with the smallest top-1 minus top-2 margin (needs probs)."""
-    return top_k(margin_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
-
-
-def entropy(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k unlabeled items with the highest predictive entropy (needs probs)."""
-    return top_k(entropy_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
-
-
-def bald(pool: Pool, k: int, *, rng: np.random.Generator) -> Selection:
-    """The k unlabeled items with the highest BALD mutual information (needs committee)."""
-    return top_k(bald_pool_scores(pool, rng=rng), eligible(pool, "label"), k, rng=rng)
+LEAST_CONFIDENCE = Signal(
+    "least_confidence", "label", least_confidence_scores, "1 - top class probability"
+)
+MARGIN = Signal("margin", "label", margin_scores, "small gap between the two most likely classes")
+ENTROPY = Signal("entropy", "label", entropy_scores, "predictive entropy")
+BALD = Signal(
+    "bald",
+    "label",
+    bald_scores,
+    "mutual information between prediction and committee member (BALD)",
+)

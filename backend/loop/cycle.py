@@ -49,7 +49,7 @@ from backend.store.db import Store
 from backend.store.models import Annotation, Project
 from backend.store.project_settings import effective_settings
 from strategies import REGISTRY, Pool
-from strategies.base import StrategyInfo, threads
+from strategies.base import Signal, threads
 from strategies.combine import Priority, prioritize
 from strategies.duplicates import demote, near_copies_of_labeled
 from strategies.label_quality import Crowd, LabelQuality
@@ -241,7 +241,7 @@ def _describe(counts: Counter[str]) -> str:
 def _review_scores(
     settings: Settings,
     pool: Pool,
-    info: StrategyInfo,
+    info: Signal,
     quality: LabelQuality | None,
     crowd: Crowd | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import N_ANNOTATORS, N_CLASSES, N_DIMS, N_MEMBERS, make_arrays
 
-from strategies import REGISTRY, Pool, Selection, StrategyInfo
+from strategies import REGISTRY, Pool, Selection, Signal
+from strategies.base import registry
 
 NAMES = sorted(REGISTRY)
 
 
-def _eligible(pool: Pool, info: StrategyInfo) -> np.ndarray:
+def _eligible(pool: Pool, info: Signal) -> np.ndarray:
     return np.flatnonzero(pool.labeled if info.kind == "review" else ~pool.labeled)
 
 
@@ -36,6 +38,48 @@ def test_registry_is_read_only_and_documents_each_entry() -> None:
             "slices",
         }
         assert info.summary
+
+
+def test_a_signal_reads_its_needs_and_options_off_its_kernel(full_pool: Pool) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def kernel(
+        probs: np.ndarray, labeled: np.ndarray, embeddings: Any = None, *, scale: float = 1.0
+    ) -> np.ndarray:
+        calls.append({"probs": probs, "labeled": labeled, "embeddings": embeddings})
+        return scale * probs[:, 0]
+
+    signal = Signal("first_class", "label", kernel, "probability of class 0")
+    assert signal.needs == {"probs"}
+    scores = signal.score(full_pool, rng=np.random.default_rng(0), scale=2.0)
+    np.testing.assert_array_equal(scores, 2.0 * full_pool.probs[:, 0])  # type: ignore[index]
+    assert calls[0]["embeddings"] is full_pool.embeddings
+    np.testing.assert_array_equal(calls[0]["labeled"], full_pool.labeled)
+    assert signal.unavailable(Pool(labels=full_pool.labels)) == "needs probs, which the pool lacks"
+
+
+def test_a_kernel_parameter_no_pool_field_fills_is_rejected() -> None:
+    def kernel(probs: np.ndarray, temperature: float) -> np.ndarray:
+        return probs[:, 0] / temperature
+
+    with pytest.raises(TypeError, match="'temperature' names no pool field"):
+        Signal("tempered", "label", kernel, "needs a temperature nobody gives")
+
+
+def test_registry_rejects_a_name_given_twice() -> None:
+    with pytest.raises(ValueError, match=r"named twice: \['margin'\]"):
+        registry(REGISTRY["margin"], REGISTRY["entropy"], REGISTRY["margin"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_only_signals_taking_rng_depend_on_it(name: str, full_pool: Pool) -> None:
+    first = REGISTRY[name].score(full_pool, rng=np.random.default_rng(1))
+    second = REGISTRY[name].score(full_pool, rng=np.random.default_rng(2))
+    takes_rng = "rng" in inspect.signature(REGISTRY[name].kernel).parameters
+    if not takes_rng:
+        np.testing.assert_array_equal(first, second)
+    elif name == "random":
+        assert not np.array_equal(first, second)
 
 
 def test_settings_default_signals_exist() -> None:
