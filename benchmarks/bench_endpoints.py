@@ -7,7 +7,10 @@ the baseline in the same run, an empty Flask route under the same server setting
 1. closed loop: 1, 8 and 32 concurrent senders, each sending its requests back to back: p50/p99
    for the baseline, ``GET /health``, ``POST /webhook`` (new events and duplicate deliveries) and
    ``POST /predict`` with 100 tasks (no model yet: the instant empty answer);
-2. open loop: new webhooks at a fixed rate (200 req/s by default) for 60 s while the inbox
+2. /predict with a current model (the default backbone, trained in the bench on 40 labeled
+   generated images of a second project): 100 tasks whose images the server has never seen
+   (each embedded on the request) and the same 100 again (embeddings from the cache);
+3. open loop: new webhooks at a fixed rate (200 req/s by default) for 60 s while the inbox
    worker applies them; latency counts from each request's scheduled time, so a stall is not
    hidden by senders waiting (coordinated omission); then every stored event must be applied.
 
@@ -19,6 +22,8 @@ the baseline in the same run, an empty Flask route under the same server setting
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import itertools
 import json
 import os
@@ -33,10 +38,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import requests
 import yaml
+from PIL import Image
 
 from backend.cli.lsprocess import free_port
+from backend.logs import quiet_third_party
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
@@ -87,6 +95,57 @@ PREDICT = json.dumps(
 ).encode()
 
 
+MODEL_PROJECT = 2
+
+
+def _image_url(label: int, seed: int) -> str:
+    """A 96 px PNG data URL: class 0 horizontal stripes, class 1 vertical, random colours."""
+    rng = np.random.default_rng(seed)
+    stripes = (np.arange(96) // 8 % 2).astype(bool)
+    mask = np.broadcast_to(stripes[:, None] if label == 0 else stripes[None, :], (96, 96))
+    pixels = np.where(mask[..., None], rng.integers(0, 256, 3), rng.integers(0, 256, 3))
+    pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def train_model_project(config: Path, labeled: int = 40) -> str:
+    """Label ``labeled`` generated images of project MODEL_PROJECT in the server's store and
+    train its current model (as a cycle would); returns the model version."""
+    from backend.labelstudio.images import ImageResolver
+    from backend.loop import ingest
+    from backend.loop.fit import train_project
+    from backend.settings import load_settings
+    from backend.store import repo
+    from backend.store.db import Store
+
+    settings = load_settings(config)
+    store = Store(settings.store.url)
+    store.upgrade()  # the server did already; a no-op then
+    with store.session() as session:
+        project = repo.ensure_project(session, MODEL_PROJECT)
+        ingest.set_label_config(session, project, CONFIG)
+        for t in range(1, labeled + 1):
+            task = {"id": 10_000 + t, "data": {"image": _image_url(t % 2, t)}}
+            ingest.upsert_task(session, project, task)
+            annotation = json.loads(_event(10_000 + t))["annotation"]
+            annotation["result"][0]["value"]["choices"] = ["ab"[t % 2]]
+            ingest.upsert_annotation(session, project, 10_000 + t, annotation)
+    resolver = ImageResolver(settings.label_studio, settings.images)
+    outcome = train_project(settings, store, MODEL_PROJECT, resolver.fetch)
+    store.dispose()
+    return outcome.version
+
+
+def predict_body(first_task: int, n: int = 100) -> bytes:
+    tasks = [
+        {"id": t, "data": {"image": _image_url(t % 2, t)}}
+        for t in range(first_task, first_task + n)
+    ]
+    return json.dumps({"project": f"{MODEL_PROJECT}.1", "tasks": tasks}).encode()
+
+
 def _wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -101,9 +160,7 @@ def _wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def servers(
-    tmp: Path, database_url: str | None
-) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+def servers(tmp: Path, database_url: str | None) -> Iterator[tuple[str, str, Path]]:
     port, base_port = free_port(), free_port()
     config = tmp / "bench.yaml"
     store: dict[str, object] = {"data_dir": str(tmp / "data")}
@@ -137,7 +194,7 @@ def servers(
         url, base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{base_port}"
         _wait_up(f"{url}/health", server)
         _wait_up(f"{base}/baseline", baseline)
-        yield url, base, server
+        yield url, base, config
     except BaseException:
         log.flush()
         print((tmp / "server.log").read_text()[-3000:], file=sys.stderr)
@@ -211,6 +268,37 @@ def open_loop(url: str, rate: float, seconds: float) -> tuple[list[float], float
     return latencies, achieved
 
 
+def predict_rows(url: str, config: Path, repeats: int) -> None:
+    """p50/p99 of /predict (100 tasks) with a current model: new images, then cached ones."""
+    quiet_third_party()  # Lightning's per-fit chatter
+    started = time.perf_counter()
+    version = train_model_project(config)
+    print(f"\n/predict with model {version} (trained in {time.perf_counter() - started:.0f} s), ms")
+    print("| request                                  | senders |     p50 |     p99 |")
+    print("|------------------------------------------|---------|---------|---------|")
+    check = requests.post(
+        f"{url}/predict", data=predict_body(100_000), headers=HEADERS, timeout=300
+    )
+    results = check.json()["results"]
+    labels = [r["result"][0]["value"]["choices"][0] for r in results if r["result"]]
+    right = sum(
+        label == "ab"[t % 2] for t, label in zip(range(100_000, 100_100), labels, strict=True)
+    )
+    if len(labels) != 100 or results[0]["model_version"] != version:
+        raise RuntimeError(f"/predict answered without the model: {results[:2]}")
+    print(f"(the model labels {right} of the 100 new tasks right)")
+    fresh = itertools.count(100_100, 100)
+    rows = [
+        ("100 tasks, images never seen", 1, lambda: predict_body(next(fresh))),
+        ("the same 100 tasks again (cached)", 1, lambda: predict_body(100_000)),
+        ("the same 100 tasks again (cached)", 8, lambda: predict_body(100_000)),
+    ]
+    for name, senders, body in rows:
+        send = _post(f"{url}/predict", body)
+        p50, p99 = _percentiles(closed_loop(send, senders, repeats))
+        print(f"| {name:<40} | {senders:>7} | {p50:>7.1f} | {p99:>7.1f} |", flush=True)
+
+
 def _pending(url: str) -> tuple[int, int]:
     """(pending, set aside) events of project 1, from the cycles API."""
     body = requests.get(f"{url}/api/projects/1/cycles", headers=ADMIN, timeout=10).json()
@@ -233,7 +321,7 @@ def main() -> None:
     ADMIN["Authorization"] = "Bearer bench-token"
     with (
         tempfile.TemporaryDirectory() as tmp,
-        servers(Path(tmp), args.database_url) as (url, base, _),
+        servers(Path(tmp), args.database_url) as (url, base, config),
     ):
         setup = {"project": "1.1", "schema": CONFIG}
         requests.post(f"{url}/setup", json=setup, timeout=10).raise_for_status()
@@ -252,6 +340,7 @@ def main() -> None:
             for name, send in cases:
                 p50, p99 = _percentiles(closed_loop(send, senders, max(1, n // senders)))
                 print(f"| {name:<40} | {senders:>7} | {p50:>5.1f} | {p99:>6.1f} |", flush=True)
+        predict_rows(url, config, 2 if args.quick else 5)
         latencies, achieved = open_loop(f"{url}/webhook", args.rate, seconds)
         time.sleep(3)
         pending, set_aside = _pending(url)

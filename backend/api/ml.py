@@ -133,18 +133,15 @@ def webhook() -> Response:
         raise bad_request(str(exc)) from None
     if event.action not in HANDLED_ACTIONS or event.project_id is None:
         return jsonify({"status": "ignored", "action": event.action})
-    # One short write transaction holding SQLite's write lock from its start: it waits its turn
-    # (busy timeout) instead of failing when the inbox worker committed since it read.
-    with svc.store.write_session() as session:
-        known = repo.project_known(session, event.project_id)
-        stored = known and repo.record_delivery(
-            session,
+    stored = svc.record_delivery(
+        repo.Delivery(
             key=repo.delivery_key(raw),
             action=event.action,
             project_id=event.project_id,
             payload=event.payload,
         )
-    if not known:
+    )
+    if stored is None:
         svc.metrics.events_unknown_project.inc()
         return jsonify({"status": "ignored", "action": event.action, "reason": "unknown project"})
     project = str(event.project_id)

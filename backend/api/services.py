@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -19,7 +20,9 @@ from backend.loop.inbox import ApplyReport, InboxWorker
 from backend.runtime.scheduler import LoopScheduler
 from backend.serving.registry import ModelRegistry
 from backend.settings import Settings
+from backend.store import repo
 from backend.store.db import Store
+from backend.store.group import GroupCommit
 
 EXTENSION = "labelloop"
 
@@ -37,6 +40,22 @@ class Services:
     started_at: float = field(default_factory=time.time)
     _resolver: ImageResolver | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _deliveries: GroupCommit[repo.Delivery, bool | None] | None = None
+
+    def record_delivery(self, delivery: repo.Delivery) -> bool | None:
+        """Store a webhook delivery durably: True stored, False a duplicate, None a project this
+        backend was never set up for. Concurrent deliveries share one transaction (one commit
+        and fsync for all of them) instead of queueing for SQLite's one writer."""
+        with self._lock:
+            if self._deliveries is None:
+                self._deliveries = GroupCommit(self._write_deliveries)
+        return self._deliveries.submit(delivery)
+
+    def _write_deliveries(self, batch: Sequence[repo.Delivery]) -> list[bool | None]:
+        # One short write transaction holding SQLite's write lock from its start: it waits its
+        # turn (busy timeout) instead of failing when the inbox worker committed since it read.
+        with self.store.write_session() as session:
+            return repo.record_deliveries(session, batch)
 
     def image_resolver(self) -> ImageResolver:
         """One image resolver per process (it holds Label Studio auth and a connection pool)."""

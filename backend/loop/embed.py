@@ -78,13 +78,16 @@ def embed_items(
     backbone: Backbone | None = None,
     known: Mapping[int, str] | None = None,
     progress: Progress | None = None,
+    log_every: int = 500,
 ) -> tuple[FeaturizeResult, str]:
     """Embeddings of ``(id, fetch)`` items through the disk cache.
 
     Args:
-        backbone: the feature extractor; by default the one ``settings.model`` names.
+        backbone: the feature extractor; by default the one ``settings.model`` names (a torch
+            backbone runs on the runtime the settings choose).
         known: id -> image content hash already known (see :func:`featurize`).
         progress: called with (done, total, images per second) while it runs.
+        log_every: log progress every this many items (0: only at the end).
 
     Returns:
         the featurize result (failed items are in ``failures``) and the backbone's name.
@@ -101,6 +104,7 @@ def embed_items(
         known=known,
         workers=settings.images.fetch_workers,
         progress=progress,
+        log_every=log_every,
     )
     return result, backbone.name
 

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -225,6 +225,10 @@ class TransientError(Exception):
     """Applying stopped on a transient database error; the events stay pending."""
 
 
+#: Pending events read at a time inside one apply transaction.
+CHUNK = 16
+
+
 def _apply_guarded(session: Session, event: InboxEvent, report: ApplyReport) -> None:
     """Apply one event in a savepoint; one that fails deterministically is set aside.
 
@@ -245,19 +249,37 @@ def _apply_guarded(session: Session, event: InboxEvent, report: ApplyReport) -> 
         report.set_aside += 1
 
 
+def _pending_in_chunks(
+    session: Session, *, limit: int, project_id: int | None
+) -> Iterator[InboxEvent]:
+    """At most ``limit`` pending events, oldest first, read :data:`CHUNK` at a time."""
+    after = 0
+    while limit > 0:
+        chunk = repo.pending_events(
+            session, limit=min(CHUNK, limit), project_id=project_id, after=after
+        )
+        yield from chunk
+        if len(chunk) < min(CHUNK, limit):
+            return
+        limit, after = limit - len(chunk), chunk[-1].id
+
+
 def _apply_batch(
     store: Store, report: ApplyReport, *, batch: int, budget_s: float, project_id: int | None
 ) -> int:
     """Apply pending events in one short write transaction; returns how many it looked at.
 
-    ``report`` only learns what was committed.
+    Events are read :data:`CHUNK` at a time, so a transaction that stops at its time budget after
+    a few events has not decoded the payloads of ``batch`` of them. ``report`` only learns what
+    was committed.
     """
     with store.session() as session:  # a plain read: no write lock while nothing is pending
-        if not repo.pending_events(session, limit=1, project_id=project_id):
+        if not repo.has_pending(session, project_id=project_id):
             return 0
-    started, done, this = time.perf_counter(), 0, ApplyReport()
+    done, this = 0, ApplyReport()
     with store.write_session() as session:
-        for event in repo.pending_events(session, limit=batch, project_id=project_id):
+        started = time.perf_counter()  # the budget counts from holding the write lock
+        for event in _pending_in_chunks(session, limit=batch, project_id=project_id):
             _apply_guarded(session, event, this)
             done += 1
             if time.perf_counter() - started > budget_s:

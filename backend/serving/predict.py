@@ -20,12 +20,11 @@ from backend.labelstudio.config import LabelConfig, parse_label_config
 from backend.labelstudio.convert import prediction_item, task_image_ref
 from backend.labelstudio.images import ImageResolver
 from backend.loop import ingest
+from backend.loop.embed import embed_items
 from backend.loop.queue import queue_positions
 from backend.model.annotation import predict_annotation
 from backend.model.backbones import TorchBackbone
-from backend.model.cache import EmbeddingCache
 from backend.model.engines import for_inference
-from backend.model.featurize import featurize
 from backend.serving.registry import ModelRegistry, ServedModel
 from backend.settings import Settings
 from backend.store import task_images
@@ -85,16 +84,7 @@ def predict_with_model(
         )
     with svc.store.session() as session:
         known = task_images.known_by_ref(session, refs)  # embedded by a cycle: nothing to fetch
-    cache = EmbeddingCache(settings.store.data_dir / "embeddings")
-    result = featurize(
-        items,
-        backbone,
-        cache,
-        batch_size=settings.model.batch_size,
-        log_every=0,
-        known=known,
-        workers=settings.images.fetch_workers,
-    )
+    result, _ = embed_items(settings, items, backbone=backbone, known=known, log_every=0)
     ok = [int(t["id"]) for t in tasks if int(t["id"]) in result.embeddings]
     rows = np.stack([result.embeddings[i] for i in ok]) if ok else None
     probs = served.model.predict_proba(rows) if rows is not None else np.zeros((0, 0))

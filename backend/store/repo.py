@@ -9,13 +9,13 @@ safe in any order.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backend.store.models import Annotation, InboxEvent, ModelVersion, Project, Task, utcnow
@@ -264,17 +264,50 @@ def delivery_key(body: bytes) -> str:
 def record_delivery(
     session: Session, *, key: str, action: str, project_id: int | None, payload: dict[str, Any]
 ) -> bool:
-    """Store a webhook delivery; returns False when the same delivery was already stored."""
-    if session.scalar(select(InboxEvent.id).where(InboxEvent.delivery_key == key)) is not None:
-        return False
-    try:
-        with session.begin_nested():
-            session.add(
-                InboxEvent(delivery_key=key, action=action, project_id=project_id, payload=payload)
+    """Store a webhook delivery; returns False when the same delivery was already stored.
+
+    One ``INSERT ... ON CONFLICT (delivery_key) DO NOTHING``: no read first, no savepoint, no
+    ORM object (this runs inside every webhook request), and a delivery stored at the same time
+    by another process is a duplicate, not an error.
+    """
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(InboxEvent)
+        .values(delivery_key=key, action=action, project_id=project_id, payload=payload)
+        .on_conflict_do_nothing(index_elements=["delivery_key"])
+        .returning(InboxEvent.id)
+    )
+    return session.execute(stmt).scalar() is not None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook delivery to store: its identity (:func:`delivery_key`), action, project."""
+
+    key: str
+    action: str
+    project_id: int
+    payload: dict[str, Any]
+
+
+def record_deliveries(session: Session, deliveries: Sequence[Delivery]) -> list[bool | None]:
+    """Store each delivery of a project this backend was set up for: True when stored, False
+    for a duplicate of one stored before (or earlier in ``deliveries``), None for a project
+    that is not known (nothing stored)."""
+    known: dict[int, bool] = {}
+    outcomes: list[bool | None] = []
+    for d in deliveries:
+        if d.project_id not in known:
+            known[d.project_id] = project_known(session, d.project_id)
+        if not known[d.project_id]:
+            outcomes.append(None)
+            continue
+        outcomes.append(
+            record_delivery(
+                session, key=d.key, action=d.action, project_id=d.project_id, payload=d.payload
             )
-    except IntegrityError:
-        return False
-    return True
+        )
+    return outcomes
 
 
 def _pending(project_id: int | None, stmt: Any) -> Any:
@@ -283,11 +316,16 @@ def _pending(project_id: int | None, stmt: Any) -> Any:
 
 
 def pending_events(
-    session: Session, *, limit: int = 500, project_id: int | None = None
+    session: Session, *, limit: int = 500, project_id: int | None = None, after: int = 0
 ) -> list[InboxEvent]:
-    """Events stored and neither applied nor set aside, oldest first."""
-    stmt = _pending(project_id, select(InboxEvent))
+    """Events stored and neither applied nor set aside, oldest first (ids above ``after``)."""
+    stmt = _pending(project_id, select(InboxEvent)).where(InboxEvent.id > after)
     return list(session.scalars(stmt.order_by(InboxEvent.id).limit(limit)))
+
+
+def has_pending(session: Session, *, project_id: int | None = None) -> bool:
+    """Whether any event is stored and neither applied nor set aside (reads no payload)."""
+    return session.scalar(_pending(project_id, select(InboxEvent.id)).limit(1)) is not None
 
 
 def set_aside_count(session: Session, *, project_id: int | None = None) -> int:

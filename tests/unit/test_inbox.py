@@ -316,3 +316,27 @@ def test_set_aside_events_show_in_status_and_cycles_and_inbox_retry_applies_them
     assert main(["--config", str(config), "inbox", "retry", "--project", "7"]) == 0
     assert "requeued 1 set-aside events; applied 1" in capsys.readouterr().out
     assert labels_of(project_store) == {50: (["dog"], False)}
+
+
+def test_a_spent_time_budget_still_applies_an_event_per_transaction(store: Store) -> None:
+    """A transaction whose budget is gone before its first event (a slow lock, a busy machine)
+    still applies one: applying ends only when nothing is pending."""
+    set_up(store)
+    deliver(store, ev("TASKS_CREATED", tasks=[_task(i) for i in range(1, 6)]))
+    deliver(store, *(ev("TASKS_CREATED", tasks=[_task(i)]) for i in range(6, 9)))
+    report = apply_pending(store, budget_s=0.0)
+    assert report.total == 4
+    with store.session() as session:
+        assert not repo.has_pending(session)
+        assert session.query(Task).count() == 8
+
+
+def test_events_beyond_one_chunk_are_applied_in_order_in_one_pass(store: Store) -> None:
+    from backend.loop.inbox import CHUNK
+
+    set_up(store)
+    count = 2 * CHUNK + 3
+    deliver(store, *(ev("TASKS_CREATED", tasks=[_task(1)], n=i) for i in range(count)))
+    assert apply_pending(store, budget_s=60.0, batch=count).total == count
+    with store.session() as session:
+        assert not repo.has_pending(session)
