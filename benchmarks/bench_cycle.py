@@ -43,7 +43,7 @@ from backend.loop.cycle import make_runner
 from backend.runtime.lease import run_cycle_once
 from backend.settings import Settings, load_settings
 from backend.simulate.sets import digit_images
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 
 STAGES = ("reconcile", "featurize", "train", "score", "push", "record", "after")
@@ -113,7 +113,7 @@ def _cycle(settings: Settings, store: Store, project: int) -> tuple[dict[str, An
         store, make_runner(settings, store), project, trigger="manual", lease_s=600
     )
     with store.session() as session:
-        record = cycles.to_dict(cycles.history(session, project, 1)[0])
+        record = cycle_records.to_dict(cycle_records.history(session, project, 1)[0])
     if run is None or run.state != "succeeded":
         raise SystemExit(f"cycle failed: {record.get('error')}")
     return record, REQUESTS - before

@@ -34,7 +34,7 @@ from numpy.typing import NDArray  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis  # noqa: E402
-from backend.diagnosis.duplicates import near_pairs  # noqa: E402
+from backend.diagnosis.duplicate_groups import near_pairs  # noqa: E402
 from backend.diagnosis.page import render_page  # noqa: E402
 from backend.diagnosis.projection import Method, project  # noqa: E402
 from backend.diagnosis.schema import Diagnosis  # noqa: E402

@@ -10,7 +10,7 @@ from backend.api.requests import query
 from backend.api.schemas import LimitQuery
 from backend.api.services import services
 from backend.loop.push import review_outcomes
-from backend.store import cycles, repo
+from backend.store import cycle_records, repo
 from backend.store.models import utcnow
 
 bp = Blueprint("cycles", __name__, url_prefix="/api/projects")
@@ -26,8 +26,10 @@ bp = Blueprint("cycles", __name__, url_prefix="/api/projects")
 def list_cycles(project_id: int) -> Response:
     limit = query(LimitQuery).limit
     with services().store.session() as session:
-        state = cycles.current_state(session, project_id, now=utcnow()).to_dict()
-        history = [cycles.to_dict(c) for c in cycles.history(session, project_id, limit)]
+        state = cycle_records.current_state(session, project_id, now=utcnow()).to_dict()
+        history = [
+            cycle_records.to_dict(c) for c in cycle_records.history(session, project_id, limit)
+        ]
         counts = repo.project_counts(session, project_id)
     inbox = {"pending": counts.pending_events, "set_aside": counts.set_aside_events}
     review = review_outcomes(services().store, project_id)
@@ -63,7 +65,7 @@ def request_cycle(project_id: int) -> Response:
     else:  # a web worker in scale-out mode: the scheduler process picks the request up
         now = utcnow()
         with svc.store.session() as session:
-            cycle_id = cycles.request(session, project_id, "manual", due_at=now, now=now).id
+            cycle_id = cycle_records.request(session, project_id, "manual", due_at=now, now=now).id
     response = jsonify({"project": project_id, "cycle": cycle_id, "state": "queued"})
     response.status_code = 202
     return response

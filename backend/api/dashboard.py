@@ -31,7 +31,7 @@ from backend.loop.cycle import load_snapshot
 from backend.model.backbones import TorchBackbone
 from backend.model.engines import RuntimeBackbone
 from backend.settings import LoopSettings, SettingsError
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.models import Project, Task
 from backend.store.project_settings import effective_settings
 
@@ -79,7 +79,7 @@ def not_yet_page(svc: Services, project_id: int) -> str:
     """The page before the first diagnosis: the loop's state now and what starts the cycle."""
     with svc.store.session() as session:
         known = session.get(Project, project_id) is not None
-        status = cycles.current_state(session, project_id, now=datetime.now(UTC)).to_dict()
+        status = cycle_records.current_state(session, project_id, now=datetime.now(UTC)).to_dict()
     try:
         loop = effective_settings(svc.store, svc.settings, project_id).loop
     except SettingsError:

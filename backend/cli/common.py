@@ -59,7 +59,7 @@ def connect_project(settings: Settings, project: int) -> Connected:
     labels yet it pushes the cold-start order, so annotators never start in random order.
     """
     from backend.loop.sync import reconcile
-    from backend.store import cycles
+    from backend.store import cycle_records
     from backend.store.db import Store
     from backend.store.models import utcnow
 
@@ -80,7 +80,7 @@ def connect_project(settings: Settings, project: int) -> Connected:
             report = reconcile(store, ls, project)
         now = utcnow()
         with store.session() as session:
-            cycle_id = cycles.request(session, project, "connect", due_at=now, now=now).id
+            cycle_id = cycle_records.request(session, project, "connect", due_at=now, now=now).id
     finally:
         store.dispose()
     log.info("connected project %d (%d tasks); cycle %d queued", project, report.tasks, cycle_id)

@@ -99,7 +99,7 @@ def cmd_cycle(settings: Settings, args: argparse.Namespace) -> int:
     """Run one cycle now in this process (or only queue it for the running scheduler)."""
     from backend.loop.cycle import make_runner
     from backend.runtime.lease import run_cycle_once
-    from backend.store import cycles
+    from backend.store import cycle_records
     from backend.store.db import Store
     from backend.store.models import utcnow
 
@@ -109,7 +109,9 @@ def cmd_cycle(settings: Settings, args: argparse.Namespace) -> int:
         if args.queue:
             now = utcnow()
             with store.session() as session:
-                cycle_id = cycles.request(session, args.project, "manual", due_at=now, now=now).id
+                cycle_id = cycle_records.request(
+                    session, args.project, "manual", due_at=now, now=now
+                ).id
             print(f"queued cycle {cycle_id} of project {args.project}")
             return 0
         run = run_cycle_once(
@@ -122,15 +124,15 @@ def cmd_cycle(settings: Settings, args: argparse.Namespace) -> int:
         if run is None:
             raise CliError(f"a cycle of project {args.project} is already running")
         with store.session() as session:
-            record = cycles.history(session, args.project, 1)[0]
-            print(json.dumps(cycles.to_dict(record), indent=2, default=str))
+            record = cycle_records.history(session, args.project, 1)[0]
+            print(json.dumps(cycle_records.to_dict(record), indent=2, default=str))
         return 0 if run.state == "succeeded" else 1
     finally:
         store.dispose()
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.store import cycles, repo
+    from backend.store import cycle_records, repo
     from backend.store.db import Store
     from backend.store.models import utcnow
 
@@ -152,8 +154,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                     "model_version": p.model_version,
                     "last_synced_at": p.last_synced_at.isoformat() if p.last_synced_at else None,
                     **counts.__dict__,
-                    "cycle": cycles.current_state(session, p.id, now=utcnow()).to_dict(),
-                    "recent_cycles": [cycles.to_dict(c) for c in cycles.history(session, p.id, 5)],
+                    "cycle": cycle_records.current_state(session, p.id, now=utcnow()).to_dict(),
+                    "recent_cycles": [
+                        cycle_records.to_dict(c) for c in cycle_records.history(session, p.id, 5)
+                    ],
                 }
             )
     store.dispose()

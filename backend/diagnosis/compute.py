@@ -45,7 +45,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from backend.diagnosis.duplicates import find_duplicates
+from backend.diagnosis.duplicate_groups import find_duplicates
 from backend.diagnosis.performance import class_curves, confused_pairs
 from backend.diagnosis.projection import Method, project
 from backend.diagnosis.quality import ISSUES, image_quality, issue_masks
@@ -64,7 +64,7 @@ from backend.diagnosis.schema import (
     Outlier,
     Slices,
 )
-from backend.diagnosis.slices import slice_field, value_groups
+from backend.diagnosis.slice_report import slice_field, value_groups
 from backend.loop.doubt import doubt_of  # the review view's wording, so both read the same
 from backend.model.metrics import classification_metrics
 from backend.settings import DiagnosisSettings

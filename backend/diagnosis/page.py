@@ -509,7 +509,7 @@ def render_not_yet(project_id: int, *, known: bool, status: dict[str, Any], when
     Args:
         project_id: the Label Studio project.
         known: whether labelloop has seen the project (synced or connected) at all.
-        status: the project's loop now (:meth:`backend.store.cycles.CycleStatus.to_dict`).
+        status: the project's loop now (:meth:`backend.store.cycle_records.CycleStatus.to_dict`).
         when: sentences naming what starts the first cycle.
     """
     return (

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.diagnosis.compute import DiagnosisInputs, IntArray, compute_diagnosis
 from backend.diagnosis.quality import load_stats, stats_matrix, stats_path
 from backend.diagnosis.schema import Diagnosis, Review
-from backend.diagnosis.slices import slice_columns
+from backend.diagnosis.slice_report import slice_columns
 from backend.files import atomic_write
 from backend.loop.contract import Scored, Snapshot, Trained
 from backend.loop.push import review_outcomes

@@ -33,7 +33,7 @@ from backend.labelstudio.config import LabelConfig
 from backend.loop.targets import Targets
 from backend.model.train import TrainedModel
 from backend.settings import LoopSettings, Settings
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 from backend.store.models import Annotation, Task
 from strategies import Pool
@@ -91,7 +91,7 @@ class CycleContext:
         """
         self.check()
         with self._store.session() as session:
-            cycles.enter_stage(session, self.cycle_id, name)
+            cycle_records.enter_stage(session, self.cycle_id, name)
         counts: dict[str, int] = {}
         started = time.perf_counter()
         try:
@@ -99,7 +99,9 @@ class CycleContext:
         finally:
             seconds = time.perf_counter() - started
             with self._store.session() as session:
-                cycles.end_stage(session, self.cycle_id, name, seconds=seconds, counts=counts)
+                cycle_records.end_stage(
+                    session, self.cycle_id, name, seconds=seconds, counts=counts
+                )
             log.info("cycle %d %s: %.1f s %s", self.cycle_id, name, seconds, counts)
 
     def progress(self, done: int, total: int | None = None, per_s: float | None = None) -> None:
@@ -111,7 +113,7 @@ class CycleContext:
             return
         self._last_progress = clock
         with self._store.session() as session:
-            cycles.set_progress(session, self.cycle_id, done, total, per_s)
+            cycle_records.set_progress(session, self.cycle_id, done, total, per_s)
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` when this cycle may no longer run."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from backend.diagnosis.quality import ImageStatsRecorder, stats_path
 from backend.diagnosis.record import write_diagnosis
-from backend.diagnosis.slices import slice_columns, slice_ids
+from backend.diagnosis.slice_report import slice_columns, slice_ids
 from backend.diagnosis.views import push_diagnosis_views
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
@@ -115,7 +115,7 @@ def build_pool(
     """Arrays for the strategies, in ascending task id order (tasks without embeddings left out).
 
     ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
-    low-cardinality fields, see :mod:`backend.diagnosis.slices`).
+    low-cardinality fields, see :mod:`backend.diagnosis.slice_report`).
     ``clusters_for(task_ids, embeddings)``: the pool's clusters once a model exists (the cycle
     reuses stored ones, :mod:`backend.loop.clusters`); None lets the strategies run k-means.
     """

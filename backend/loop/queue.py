@@ -34,7 +34,7 @@ from backend.labelstudio.config import LabelConfig
 from backend.loop import ingest
 from backend.loop.push import LabelStudioPush, QueueItem, add_to_queue
 from backend.settings import Settings
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 from backend.store.models import Annotation, Project, utcnow
 from backend.store.project_settings import effective_settings
@@ -217,13 +217,13 @@ def refill_under_lease(
     pushes a new head anyway)."""
     owner = f"refill-{uuid.uuid4().hex[:12]}"
     with store.session() as session:
-        if not cycles.acquire_lease(session, project_id, owner, now=utcnow(), ttl_s=ttl_s):
+        if not cycle_records.acquire_lease(session, project_id, owner, now=utcnow(), ttl_s=ttl_s):
             return None
     try:
         return work()
     finally:
         with store.session() as session:
-            cycles.release_lease(session, project_id, owner)
+            cycle_records.release_lease(session, project_id, owner)
 
 
 def make_refill(settings: Settings, store: Store) -> Callable[[int], None]:

@@ -23,7 +23,7 @@ from typing import Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.loop.contract import CycleContext, CycleResult, CycleRunner
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 from backend.store.models import utcnow
 
@@ -78,12 +78,12 @@ def _claim(
     store: Store, project_id: int, owner: str, trigger: str | None, lease_s: float, now: datetime
 ) -> tuple[int, str] | None:
     with store.session() as session:
-        cycles.reap_interrupted(session, now=now)
-        if not cycles.acquire_lease(session, project_id, owner, now=now, ttl_s=lease_s):
+        cycle_records.reap_interrupted(session, now=now)
+        if not cycle_records.acquire_lease(session, project_id, owner, now=now, ttl_s=lease_s):
             return None
-        cycle = cycles.start(session, project_id, trigger=trigger, now=now)
+        cycle = cycle_records.start(session, project_id, trigger=trigger, now=now)
         if cycle is None:
-            cycles.release_lease(session, project_id, owner)
+            cycle_records.release_lease(session, project_id, owner)
             return None
         return cycle.id, cycle.trigger
 
@@ -100,13 +100,13 @@ def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock)
         result = runner(ctx, ctx.project_id) or CycleResult()
     except Exception as exc:  # any failure of the cycle is recorded; the next cycle retries
         with store.session() as session:
-            cycle = session.get(cycles.Cycle, ctx.cycle_id)
+            cycle = session.get(cycle_records.Cycle, ctx.cycle_id)
             error = _describe(exc, cycle.stage if cycle else None)
-            cycles.fail(session, ctx.cycle_id, error, now=clock())
+            cycle_records.fail(session, ctx.cycle_id, error, now=clock())
         log.exception("cycle %d of project %d failed", ctx.cycle_id, ctx.project_id)
         return CycleRun(ctx.cycle_id, "failed", error)
     with store.session() as session:
-        cycles.succeed(
+        cycle_records.succeed(
             session,
             ctx.cycle_id,
             now=clock(),
@@ -133,7 +133,7 @@ def _after(store: Store, ctx: CycleContext, work: Callable[[], Mapping[str, int]
         log.exception("after cycle %d of project %d", ctx.cycle_id, ctx.project_id)
         counts = {"failed": 1}
     with store.session() as session:
-        cycles.record_after(
+        cycle_records.record_after(
             session, ctx.cycle_id, seconds=time.perf_counter() - started, counts=counts
         )
 
@@ -172,11 +172,11 @@ def run_cycle_once(
 
     def renew() -> bool:
         with store.session() as session:
-            return cycles.renew_lease(session, project_id, owner, now=clock(), ttl_s=lease_s)
+            return cycle_records.renew_lease(session, project_id, owner, now=clock(), ttl_s=lease_s)
 
     try:
         with _Heartbeat(renew, lease_s / 4, lost):
             return _execute(store, runner, ctx, clock)
     finally:
         with store.session() as session:
-            cycles.release_lease(session, project_id, owner)
+            cycle_records.release_lease(session, project_id, owner)

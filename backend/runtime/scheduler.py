@@ -2,10 +2,11 @@
 
 Four triggers ask for a project's cycle: N annotation changes (debounced), START_TRAINING, a
 schedule (interval or cron) and a manual request. Each writes or joins the project's one *queued*
-cycle record in the state database (:mod:`backend.store.cycles`), then sets the project's single
-APScheduler job ``cycle:<project>`` to the record's due time. The record is the request; the job
-is only the alarm clock. So triggers from other processes (an API worker, the CLI) are never lost:
-the scheduler's housekeeping pass (every ``loop.poll_s``) gives every waiting record a job.
+cycle record in the state database (:mod:`backend.store.cycle_records`), then sets the project's
+single APScheduler job ``cycle:<project>`` to the record's due time. The record is the request;
+the job is only the alarm clock. So triggers from other processes (an API worker, the CLI) are
+never lost: the scheduler's housekeeping pass (every ``loop.poll_s``) gives every waiting record a
+job.
 
 When the job fires, :func:`backend.runtime.lease.run_cycle_once` runs the injected runner under
 the project's lease (:mod:`backend.loop.contract` says what the runner sees and returns).
@@ -45,7 +46,7 @@ from backend.loop.queue import make_refill
 from backend.runtime.lease import Clock, run_cycle_once
 from backend.runtime.workers import RQDispatch
 from backend.settings import LoopSettings, Settings
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store, make_engine
 from backend.store.models import Project, utcnow
 
@@ -307,12 +308,14 @@ class LoopScheduler:
                 replace_existing=True,
             )
         with self._store.session() as session:
-            state = cycles.add_changes(session, project_id, n)
+            state = cycle_records.add_changes(session, project_id, n)
             decision = debounce(state.changes, state.triggered_at, now=now, settings=settings)
             if decision is None:
                 return None
             state.triggered_at = decision.triggered_at
-            cycle = cycles.request(session, project_id, "debounce", due_at=decision.due_at, now=now)
+            cycle = cycle_records.request(
+                session, project_id, "debounce", due_at=decision.due_at, now=now
+            )
             due = cycle.due_at or now
         self._schedule_run(project_id, due)
         return due
@@ -321,7 +324,7 @@ class LoopScheduler:
         """Ask for a cycle now (manual, START_TRAINING, schedule); returns the queued cycle id."""
         now = self._clock()
         with self._store.session() as session:
-            cycle = cycles.request(session, project_id, trigger, due_at=now, now=now)
+            cycle = cycle_records.request(session, project_id, trigger, due_at=now, now=now)
             cycle_id, due = cycle.id, cycle.due_at or now
         self._schedule_run(project_id, due)
         log.info("cycle %d of project %d requested (%s)", cycle_id, project_id, trigger)
@@ -348,7 +351,7 @@ class LoopScheduler:
     def _run_due(self, project_id: int) -> None:
         now = self._clock()
         with self._store.session() as session:
-            waiting = cycles.queued_cycle(session, project_id)
+            waiting = cycle_records.queued_cycle(session, project_id)
             due = waiting.due_at if waiting is not None else None
         if waiting is None:
             return  # already run (by another process or ``labelloop cycle``)
@@ -412,7 +415,7 @@ class LoopScheduler:
     def _rearm(self, job_id: str) -> None:
         project_id = int(job_id.split(":", 1)[1])
         with self._store.session() as session:
-            waiting = cycles.queued_cycle(session, project_id)
+            waiting = cycle_records.queued_cycle(session, project_id)
             due = waiting.due_at if waiting is not None else None
         if waiting is not None:
             scheduled = {job_id} if self._aps.get_job(job_id) else set()
@@ -430,7 +433,7 @@ class LoopScheduler:
 
             self.on_applied(apply_pending(self._store))
         with self._store.session() as session:
-            reaped = cycles.reap_interrupted(session, now=self._clock())
+            reaped = cycle_records.reap_interrupted(session, now=self._clock())
         if reaped:
             log.warning("marked interrupted cycles failed: %s", reaped)
         self.sync_schedules()
@@ -439,7 +442,7 @@ class LoopScheduler:
     def ensure_jobs(self) -> None:
         """Give every waiting cycle (from any process) its job."""
         with self._store.session() as session:
-            waiting = [(c.project_id, c.due_at) for c in cycles.queued_cycles(session)]
+            waiting = [(c.project_id, c.due_at) for c in cycle_records.queued_cycles(session)]
         scheduled = {job.id for job in self._aps.get_jobs(jobstore="default")}
         for project_id, due in waiting:
             self._ensure_job(project_id, due, scheduled)

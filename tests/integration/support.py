@@ -22,7 +22,7 @@ from backend.loop.cycle import make_runner
 from backend.runtime.lease import CycleRun, run_cycle_once
 from backend.settings import Settings, load_settings
 from backend.simulate.sets import digit_images
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-encoding", "content-length"}
@@ -208,7 +208,7 @@ class Loop(Served):
 
     def last_cycle(self) -> dict[str, Any]:
         with self.store.session() as session:
-            return cycles.to_dict(cycles.history(session, self.project, 1)[0])
+            return cycle_records.to_dict(cycle_records.history(session, self.project, 1)[0])
 
 
 @contextmanager

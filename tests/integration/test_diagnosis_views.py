@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.diagnosis.duplicates import find_duplicates
+from backend.diagnosis.duplicate_groups import find_duplicates
 from backend.diagnosis.quality import image_quality, image_stats
 from backend.diagnosis.views import (
     DUPLICATES_VIEW,

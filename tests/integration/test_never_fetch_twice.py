@@ -15,7 +15,7 @@ from backend.loop.cycle import make_runner
 from backend.runtime.lease import run_cycle_once
 from backend.settings import load_settings
 from backend.simulate.sets import digit_images
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 from tests.integration.support import Proxy, write_config
 
@@ -67,7 +67,7 @@ def test_second_cycle_fetches_no_image_from_local_files_storage(
             run = run_cycle_once(store, make_runner(settings, store), project, trigger="manual")
             assert run is not None and run.state == "succeeded", run
             with store.session() as session:
-                return cycles.to_dict(cycles.history(session, project, 1)[0])
+                return cycle_records.to_dict(cycle_records.history(session, project, 1)[0])
 
         proxy.clear()
         first = cycle()

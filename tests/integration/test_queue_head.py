@@ -22,7 +22,7 @@ from backend.loop.queue import load_state
 from backend.runtime.lease import run_cycle_once
 from backend.settings import Settings, load_settings
 from backend.simulate.sets import digit_images
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 from tests.integration.support import choice, wait_for, write_config
 
@@ -70,7 +70,7 @@ def test_label_all_tasks_keeps_our_order_past_k(
             time.sleep(0 if run is not None else 0.2)
         assert run is not None and run.state == "succeeded", run
         with store.session() as session:
-            return cycles.to_dict(cycles.history(session, project, 1)[0])
+            return cycle_records.to_dict(cycle_records.history(session, project, 1)[0])
 
     first = cycle()
     state = load_state(settings, project)

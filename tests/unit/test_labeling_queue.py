@@ -20,7 +20,7 @@ from backend.loop.queue import (
     save_state,
 )
 from backend.settings import Settings
-from backend.store import cycles, repo
+from backend.store import cycle_records, repo
 from backend.store.db import Store
 from backend.store.models import Annotation, utcnow
 from tests.conftest import SINGLE_CONFIG, make_settings, upgraded_store
@@ -119,10 +119,10 @@ def _annotate(store: Store, tasks: list[int]) -> None:
 def test_refill_waits_while_a_cycle_holds_the_lease(top_store: Store) -> None:
     with top_store.session() as session:
         repo.ensure_project(session, 7)
-        assert cycles.acquire_lease(session, 7, "cycle", now=utcnow(), ttl_s=60)
+        assert cycle_records.acquire_lease(session, 7, "cycle", now=utcnow(), ttl_s=60)
     assert refill_under_lease(top_store, 7, lambda: 1) is None
     with top_store.session() as session:
-        cycles.release_lease(session, 7, "cycle")
+        cycle_records.release_lease(session, 7, "cycle")
     assert refill_under_lease(top_store, 7, lambda: 1) == 1
 
 
@@ -136,7 +136,7 @@ def test_old_versions_are_pruned_after_the_cycle_is_recorded(
     assert ls.version != first
     assert set(ls.model_versions(7)) == {ls.version}  # the first version's predictions are gone
     with top_store.session() as session:
-        record = cycles.to_dict(cycles.history(session, 7, 1)[0])
+        record = cycle_records.to_dict(cycle_records.history(session, 7, 1)[0])
     assert record["state"] == "succeeded"
     assert record["counts"]["after"] == {"deleted_predictions": TOP_K}
     assert "after" in record["stage_timings"]

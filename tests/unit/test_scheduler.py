@@ -31,7 +31,7 @@ from backend.runtime.scheduler import (
     start_embedded_scheduler,
 )
 from backend.settings import LoopSettings, Settings, SettingsError, load_settings, with_overrides
-from backend.store import cycles, repo
+from backend.store import cycle_records, repo
 from backend.store.db import Store
 from backend.store.models import LoopState, Project
 
@@ -104,12 +104,12 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def state_of(store: Store, project_id: int) -> str:
     with store.session() as s:
-        return cycles.current_state(s, project_id, now=datetime.now(UTC)).state
+        return cycle_records.current_state(s, project_id, now=datetime.now(UTC)).state
 
 
 def history(store: Store, project_id: int) -> list[dict[str, Any]]:
     with store.session() as s:
-        return [cycles.to_dict(c) for c in cycles.history(s, project_id)]
+        return [cycle_records.to_dict(c) for c in cycle_records.history(s, project_id)]
 
 
 def report(
@@ -249,8 +249,8 @@ def test_many_triggers_coalesce_into_one_run(
     assert runner.calls == [(1, "manual")]
     assert loop.next_run(1) is None  # nothing left that could run it again
     with store.session() as s:
-        assert cycles.queued_cycle(s, 1) is None
-        assert cycles.loop_state(s, 1).changes == 0
+        assert cycle_records.queued_cycle(s, 1) is None
+        assert cycle_records.loop_state(s, 1).changes == 0
 
 
 def test_never_two_cycles_of_one_project_at_once(
@@ -265,7 +265,7 @@ def test_never_two_cycles_of_one_project_at_once(
     # Another process (``labelloop cycle``) is refused by the lease, not run alongside.
     assert run_cycle_once(store, runner, 1, trigger="manual") is None
     with store.session() as s:
-        status = cycles.current_state(s, 1, now=datetime.now(UTC))
+        status = cycle_records.current_state(s, 1, now=datetime.now(UTC))
     assert (status.state, status.stage, status.queued_next) == ("running", "train", True)
 
     runner.release.set()
@@ -283,7 +283,7 @@ def test_a_failed_cycle_is_recorded_and_the_next_one_succeeds(
     loop.request(1)
     wait_for(lambda: state_of(store, 1) == "failed")
     with store.session() as s:
-        failed = cycles.current_state(s, 1, now=datetime.now(UTC))
+        failed = cycle_records.current_state(s, 1, now=datetime.now(UTC))
     assert failed.error == "in stage train: RuntimeError: embedding cache unreadable"
 
     loop.request(1)
@@ -325,7 +325,7 @@ def test_cycles_requested_by_another_process_are_picked_up(
     loops(runner)
     with store.session() as s:  # what an API worker without a scheduler does
         now = datetime.now(UTC)
-        cycles.request(s, 4, "manual", due_at=now, now=now)
+        cycle_records.request(s, 4, "manual", due_at=now, now=now)
     wait_for(lambda: state_of(store, 4) == "idle" and bool(runner.calls))
     assert runner.calls == [(4, "manual")]
 
@@ -375,7 +375,9 @@ def test_the_heartbeat_keeps_the_lease_of_a_long_cycle(store: Store) -> None:
         time.sleep(1.0)  # far longer than the 0.3 s lease: only heartbeats keep it
         with store.session() as s:
             refused.append(
-                not cycles.acquire_lease(s, project_id, "other", now=datetime.now(UTC), ttl_s=1)
+                not cycle_records.acquire_lease(
+                    s, project_id, "other", now=datetime.now(UTC), ttl_s=1
+                )
             )
 
     run = run_cycle_once(store, long_cycle, 1, trigger="manual", lease_s=0.3)
@@ -452,4 +454,4 @@ def test_annotation_changes_run_the_queue_top_up_on_a_worker_thread(
     assert [project for project, _ in topped] == [5]
     assert topped[0][1] != threading.current_thread().name
     with store.session() as s:  # one change is below retrain_after: no cycle, only the top-up
-        assert cycles.queued_cycle(s, 5) is None
+        assert cycle_records.queued_cycle(s, 5) is None

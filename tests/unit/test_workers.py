@@ -15,7 +15,7 @@ from backend.cli.main import main
 from backend.runtime.scheduler import LoopScheduler, cycle_dispatch
 from backend.runtime.workers import connect, enqueue_cycle, job_id, run_project_cycle, run_worker
 from backend.settings import Settings, SettingsError, load_settings
-from backend.store import cycles
+from backend.store import cycle_records
 from backend.store.db import Store
 from backend.store.project_settings import set_project_settings
 from tests.conftest import make_settings, upgraded_store
@@ -40,7 +40,7 @@ def _queue(settings: Settings) -> Queue:
 def _request(store: Store, project_id: int, trigger: str = "manual") -> int:
     now = datetime.now(UTC)
     with store.session() as session:
-        return cycles.request(session, project_id, trigger, due_at=now, now=now).id
+        return cycle_records.request(session, project_id, trigger, due_at=now, now=now).id
 
 
 def _work(settings: Settings, runner: FakeCycle) -> None:
@@ -117,7 +117,7 @@ def test_a_project_whose_lease_is_held_is_skipped_and_stays_queued(
 ) -> None:
     _request(rq_store, 7)
     with rq_store.session() as session:
-        assert cycles.acquire_lease(
+        assert cycle_records.acquire_lease(
             session, 7, "labelloop cycle (CLI)", now=datetime.now(UTC), ttl_s=60
         )
     enqueue_cycle(rq_settings, connect(rq_settings), 7)

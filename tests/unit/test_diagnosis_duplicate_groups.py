@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.diagnosis.duplicates import find_duplicates, near_pairs
+from backend.diagnosis.duplicate_groups import find_duplicates, near_pairs
 from backend.diagnosis.views import DUPLICATES_VIEW, duplicate_marks, push_view
 from backend.loop import ingest
 from backend.store import repo

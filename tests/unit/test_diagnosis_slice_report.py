@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
-from backend.diagnosis.slices import offered_fields, slice_ids, wilson, worse_p_value
+from backend.diagnosis.slice_report import offered_fields, slice_ids, wilson, worse_p_value
 from backend.settings import DiagnosisSettings
 
 
@@ -63,7 +63,7 @@ def test_the_slice_with_noisier_labels_is_flagged_worse() -> None:
 def test_fast_macro_f1_equals_scikit_learns() -> None:
     from sklearn.metrics import f1_score
 
-    from backend.diagnosis.slices import _macro_f1
+    from backend.diagnosis.slice_report import _macro_f1
 
     rng = np.random.default_rng(3)
     y, pred = rng.integers(0, 4, 50), rng.integers(0, 5, 50)
