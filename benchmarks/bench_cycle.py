@@ -39,8 +39,8 @@ from PIL import Image
 from backend.cli.demo import DEMO_CONFIG
 from backend.cli.lsprocess import start_label_studio
 from backend.labelstudio.client import LabelStudio
-from backend.loop.cycle import make_runner
 from backend.runtime.lease import run_cycle_once
+from backend.runtime.runner import make_runner
 from backend.settings import Settings, load_settings
 from backend.simulate.sets import digit_images
 from backend.store import cycle_records

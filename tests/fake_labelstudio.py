@@ -11,6 +11,7 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image
 
+from backend.diagnosis.record import record_diagnosis
 from backend.labelstudio.client import LabelStudio
 from backend.loop.contract import CycleContext, CycleResult
 from backend.loop.cycle import run_cycle
@@ -162,7 +163,8 @@ class FakeLabelStudio:
 
 def run_one_cycle(settings: Settings, store: Store, ls: FakeLabelStudio, project: int = 7) -> None:
     def runner(ctx: CycleContext, project_id: int) -> CycleResult:
-        return run_cycle(ctx, settings, store, cast(LabelStudio, ls), project_id)
+        ls_client = cast(LabelStudio, ls)
+        return run_cycle(ctx, settings, store, ls_client, project_id, diagnose=record_diagnosis)
 
     run = run_cycle_once(store, runner, project, trigger="manual")
     assert run is not None

@@ -66,7 +66,7 @@ def serve_in_thread(settings: Settings, *, loop: bool = False) -> ServedBackend:
         loop: also run the scheduler with the real cycle, as ``labelloop serve`` does.
     """
     from backend.api.app import create_app
-    from backend.loop.cycle import make_runner
+    from backend.runtime.runner import make_runner
     from backend.store.db import Store
 
     store = Store(settings.store.url)

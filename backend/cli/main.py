@@ -35,7 +35,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers != 1:
         return _serve_gunicorn(settings, args.workers)
     from backend.api.app import create_app, shutdown
-    from backend.loop.cycle import make_runner
+    from backend.runtime.runner import make_runner
     from backend.store.db import Store
 
     store = Store(settings.store.url)
@@ -97,8 +97,8 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_cycle(settings: Settings, args: argparse.Namespace) -> int:
     """Run one cycle now in this process (or only queue it for the running scheduler)."""
-    from backend.loop.cycle import make_runner
     from backend.runtime.lease import run_cycle_once
+    from backend.runtime.runner import make_runner
     from backend.store import cycle_records
     from backend.store.db import Store
     from backend.store.models import utcnow
@@ -182,7 +182,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with closing(connect(settings)) as redis:  # fail fast, before loading the model code
             redis.ping()
-        from backend.loop.cycle import make_runner
+        from backend.runtime.runner import make_runner
 
         return run_worker(settings, make_runner, burst=args.burst)
     except RedisError as exc:

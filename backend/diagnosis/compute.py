@@ -114,7 +114,7 @@ class DiagnosisInputs:
         splits: (n,) each task's split (``diagnosis.split_field``), None when no task has one.
         slice_values: task data field -> (n,) each item's value (None where it has none).
         slices_configured: the fields are the admin's ``diagnosis.slice_fields`` (else offered).
-        image_stats: (n, 7) image statistics (:data:`backend.diagnosis.quality.STATS`; NaN rows
+        image_stats: (n, 7) image statistics (:data:`backend.loop.image_stats.STATS`; NaN rows
             where unmeasured), None when none were measured.
     """
 

@@ -4,27 +4,39 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.diagnosis.compute import DiagnosisInputs, IntArray, compute_diagnosis
-from backend.diagnosis.quality import load_stats, stats_matrix, stats_path
-from backend.diagnosis.schema import Diagnosis, Review
-from backend.diagnosis.slice_report import slice_columns
+from backend.diagnosis.quality import stats_matrix
+from backend.diagnosis.schema import Diagnosis, Review, ReviewAnnotator, ReviewTally
+from backend.diagnosis.views import push_diagnosis_views
 from backend.files import atomic_write
+from backend.labelstudio.client import LabelStudio
 from backend.loop.contract import Scored, Snapshot, Trained
-from backend.loop.push import review_outcomes
-from backend.loop.review import SUSPICION, decide, flag_scores, review_section, review_signal
+from backend.loop.cycle import given_labels
+from backend.loop.image_stats import load_stats, stats_path
+from backend.loop.push import review_outcomes, settled_tasks
+from backend.loop.review import (
+    SUSPICION,
+    crowd_of,
+    decide,
+    flag_scores,
+    gate_reasons,
+    review_signal,
+)
 from backend.loop.targets import annotator_matrix
+from backend.loop.task_fields import slice_columns
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store
-from strategies import REGISTRY
+from strategies import REGISTRY, Pool
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +147,50 @@ def _review(
     return review_section(settings, scored.pool, snap.cfg.labels, outcomes, annotators)
 
 
+def review_section(
+    settings: Settings,
+    pool: Pool,
+    names: Sequence[str],
+    outcomes: Mapping[str, Any],
+    annotator_ids: Sequence[int],
+) -> Review:
+    """The dashboard's account of the review queue: the decision, why some classes wait, what
+    reviewers did with the flags, and each annotator's reliability."""
+    signal = review_signal(settings, pool)
+    quality = decide(settings, pool) if signal == SUSPICION else None
+    tallies = {kind: ReviewTally(**entry["total"]) for kind, entry in outcomes.items()}
+    crowd = crowd_of(pool)
+    annotators = []
+    if crowd is not None:
+        for j, annotator in enumerate(annotator_ids):
+            agreement = float(crowd.agreement[j])
+            annotators.append(
+                ReviewAnnotator(
+                    annotator=int(annotator),
+                    annotations=int(crowd.annotations[j]),
+                    agreement=None if np.isnan(agreement) else round(agreement, 4),
+                    reliability=round(float(crowd.reliability[j]), 4),
+                )
+            )
+        annotators.sort(key=lambda a: a.reliability)
+    return Review(
+        signal=signal,
+        flagged=int(quality.flagged.sum()) if quality is not None else 0,
+        expected_false_share=(
+            round(quality.expected_false_share, 4) if quality is not None else None
+        ),
+        max_false_share=settings.strategy.review_max_false_share,
+        gate=gate_reasons(quality, names) if quality is not None else [],
+        outcomes=tallies,
+        annotators=annotators,
+    )
+
+
 def write_diagnosis(
     settings: Settings,
     project_id: int,
     snap: Snapshot,
-    embeddings: dict[int, np.ndarray],
+    embeddings: Mapping[int, np.ndarray],
     scored: Scored,
     trained: Trained | None,
     reviewed: Callable[[], frozenset[int]] = frozenset,
@@ -177,3 +228,33 @@ def write_diagnosis(
         log.warning("project %d: diagnosis not written: %s", project_id, type(exc).__name__)
         return {"diagnosis": 0, "diagnosis_failed": 1}, None
     return {"diagnosis": 1, "diagnosis_errors": len(diagnosis.label_errors)}, diagnosis
+
+
+def record_diagnosis(
+    settings: Settings,
+    store: Store,
+    ls: LabelStudio,
+    project_id: int,
+    snap: Snapshot,
+    embeddings: Mapping[int, np.ndarray],
+    scored: Scored,
+    trained: Trained | None,
+) -> dict[str, int]:
+    """The cycle's record stage, diagnosis side: compute and save the diagnosis, then bring its
+    Label Studio views up to date; counts for the cycle record (failures counted, not raised)."""
+    counts, diagnosis = write_diagnosis(
+        settings,
+        project_id,
+        snap,
+        embeddings,
+        scored,
+        trained,
+        lambda: frozenset(settled_tasks(store, project_id, "label_error", given_labels(snap))),
+        store=store,
+    )
+    if diagnosis is not None:
+        views = push_diagnosis_views(
+            ls, store, project_id, diagnosis, max_tasks=settings.strategy.review_max_flags
+        )
+        counts = {**counts, **views}
+    return counts

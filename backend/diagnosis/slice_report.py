@@ -1,78 +1,26 @@
 """Slices: how the model does on groups of tasks named by task data fields (a camera, a site, a
 source), and on images with a quality issue.
 
-The admin names the fields (``diagnosis.slice_fields``, per project); by default every
-low-cardinality string field of the task data is offered (2 to :data:`MAX_VALUES` values, on at
-least half of the tasks; not URLs, not labelloop's own keys). Per slice: labeled support,
-out-of-sample accuracy with a Wilson 95 % interval, macro F1 with a bootstrap 95 % interval, the
-gap to the rest of the labeled items, and ``worse`` when a one-sided two-proportion z-test puts
-the slice's accuracy below the rest's at p < 0.05.
+Which fields, and each task's value, come from :mod:`backend.loop.task_fields`. Per slice:
+labeled support, out-of-sample accuracy with a Wilson 95 % interval, macro F1 with a bootstrap 95 %
+interval, the gap to the rest of the labeled items, and ``worse`` when a one-sided two-proportion
+z-test puts the slice's accuracy below the rest's at p < 0.05.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from math import erf, sqrt
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from backend.diagnosis.schema import SliceField, SliceRow
 
-MAX_VALUES = 20
 #: Labeled items a slice needs before it can be flagged worse.
 MIN_SUPPORT = 5
 BOOTSTRAP = 200
 Z95 = 1.959964
-
-
-def offered_fields(datas: Sequence[Mapping[str, Any]], *, exclude: Sequence[str] = ()) -> list[str]:
-    """Task data fields that look like groups: strings, 2..MAX_VALUES values, on half the tasks."""
-    values: dict[str, set[str]] = {}
-    present: dict[str, int] = {}
-    for data in datas:
-        for key, value in data.items():
-            if isinstance(value, str) and value and not _looks_like_data(value):
-                values.setdefault(key, set()).add(value)
-                present[key] = present.get(key, 0) + 1
-    return sorted(
-        key
-        for key, seen in values.items()
-        if 2 <= len(seen) <= MAX_VALUES
-        and present[key] * 2 >= len(datas)
-        and not key.startswith("labelloop_")
-        and key not in exclude
-    )
-
-
-def _looks_like_data(value: str) -> bool:
-    return (
-        value.startswith(("http://", "https://", "data:", "/", "s3://", "gs://"))
-        or len(value) > 100
-    )
-
-
-def field_values(datas: Sequence[Mapping[str, Any]], field: str) -> tuple[str | None, ...]:
-    """(n,) each task's value of ``field`` as a string, None where it has none."""
-    out = []
-    for data in datas:
-        value = data.get(field)
-        out.append(str(value) if isinstance(value, str | int) and value != "" else None)
-    return tuple(out)
-
-
-def slice_ids(columns: Sequence[Sequence[str | None]]) -> NDArray[np.int64]:
-    """(n,) one id per combination of the fields' values, -1 where a task has none of them."""
-    if not columns:
-        return np.zeros(0, dtype=np.int64)
-    keys = list(zip(*columns, strict=True))
-    ids: dict[tuple[str | None, ...], int] = {}
-    out = np.full(len(keys), -1, dtype=np.int64)
-    for row, key in enumerate(keys):
-        if any(v is not None for v in key):
-            out[row] = ids.setdefault(key, len(ids))
-    return out
 
 
 def wilson(successes: int, n: int) -> tuple[float, float]:
@@ -163,27 +111,3 @@ def value_groups(values: Sequence[str | None]) -> dict[str, NDArray[np.bool_]]:
     """Value -> (n,) mask of the items that have it."""
     array = np.array([v if v is not None else "" for v in values], dtype=object)
     return {v: array == v for v in sorted({v for v in values if v is not None})}
-
-
-def project_slice_fields(
-    datas: Sequence[Mapping[str, Any]], configured: Sequence[str] | None, *, image_key: str | None
-) -> list[str]:
-    """The admin's fields when set, else the offered ones (never the image field)."""
-    if configured is not None:
-        return list(configured)
-    return offered_fields(datas, exclude=[image_key] if image_key else [])
-
-
-def slice_columns(
-    tasks: Sequence[Any],
-    task_ids: Sequence[int] | NDArray[np.int64],
-    configured: Sequence[str] | None,
-    *,
-    image_key: str | None,
-) -> dict[str, tuple[str | None, ...]]:
-    """Slice field -> each task's value, in ``task_ids`` order (``tasks``: rows with ``id`` and
-    ``data``)."""
-    data = {t.id: t.data or {} for t in tasks}
-    datas = [data.get(int(t), {}) for t in task_ids]
-    fields = project_slice_fields(datas, configured, image_key=image_key)
-    return {name: field_values(datas, name) for name in fields}

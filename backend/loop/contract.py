@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
 from backend.loop.targets import Targets
 from backend.model.train import TrainedModel
@@ -124,7 +125,7 @@ class CycleContext:
 CycleRunner = Callable[[CycleContext, int], CycleResult | None]
 """The cycle itself, injected: ``runner(ctx, project_id)``; raising marks the cycle failed."""
 RunnerFactory = Callable[[Settings, Store], CycleRunner]
-"""Builds the runner for a process (``backend.loop.cycle.make_runner``)."""
+"""Builds the runner for a process (``backend.runtime.runner.make_runner``)."""
 SettingsFor = Callable[[int], LoopSettings]
 """Per-project loop settings (issue 6 reads overrides from the database)."""
 
@@ -152,6 +153,24 @@ class Scored:
     pool: Pool
     priority: Priority
     probs: np.ndarray | None
+
+
+class Diagnose(Protocol):
+    """The record stage's diagnosis, injected: computed from what the cycle produced (the
+    :mod:`backend.diagnosis` builds it; the loop never reads it back) and pushed as Label Studio
+    views. Returns counts for the cycle record; a failure is counted there, never raised."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        store: Store,
+        ls: LabelStudio,
+        project_id: int,
+        snap: Snapshot,
+        embeddings: Mapping[int, np.ndarray],
+        scored: Scored,
+        trained: Trained | None,
+    ) -> Mapping[str, int]: ...
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from backend.diagnosis.quality import ImageStatsRecorder, stats_path
-from backend.diagnosis.record import write_diagnosis
-from backend.diagnosis.slice_report import slice_columns, slice_ids
-from backend.diagnosis.views import push_diagnosis_views
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
 from backend.loop import ingest, selection
 from backend.loop.clusters import project_clusters
-from backend.loop.contract import CycleContext, CycleResult, CycleRunner, Scored, Snapshot, Trained
+from backend.loop.contract import CycleContext, CycleResult, Diagnose, Scored, Snapshot, Trained
 from backend.loop.doubt import Doubt, doubt_of, tag_names
 from backend.loop.embed import embed_tasks, project_backbone
 from backend.loop.fit import activate_version, fit, new_version, store_version, version_prefix
+from backend.loop.image_stats import ImageStatsRecorder, stats_path
 from backend.loop.push import (
     QueueItem,
     ReviewKind,
@@ -43,6 +40,7 @@ from backend.loop.queue import QueueState, save_state
 from backend.loop.review import SUSPICION, crowd_of, decide, flag_scores, review_signal
 from backend.loop.sync import reconcile
 from backend.loop.targets import NotEnoughLabels, annotator_matrix, consensus_targets
+from backend.loop.task_fields import slice_columns, slice_ids
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
@@ -115,7 +113,7 @@ def build_pool(
     """Arrays for the strategies, in ascending task id order (tasks without embeddings left out).
 
     ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
-    low-cardinality fields, see :mod:`backend.diagnosis.slice_report`).
+    low-cardinality fields, see :mod:`backend.loop.task_fields`).
     ``clusters_for(task_ids, embeddings)``: the pool's clusters once a model exists (the cycle
     reuses stored ones, :mod:`backend.loop.clusters`); None lets the strategies run k-means.
     """
@@ -341,9 +339,19 @@ def _suspected_tag(
 
 
 def run_cycle(
-    ctx: CycleContext, settings: Settings, store: Store, ls: LabelStudio, project_id: int
+    ctx: CycleContext,
+    settings: Settings,
+    store: Store,
+    ls: LabelStudio,
+    project_id: int,
+    *,
+    diagnose: Diagnose,
 ) -> CycleResult:
-    """The cycle, stage by stage; see the module docstring for what a failure leaves behind."""
+    """The cycle, stage by stage; see the module docstring for what a failure leaves behind.
+
+    ``diagnose``: the record stage's diagnosis (the runtime passes
+    :func:`backend.diagnosis.record.record_diagnosis`).
+    """
     settings = effective_settings(store, settings, project_id)  # the project's overrides
     with ctx.stage("reconcile") as counts:
         report = reconcile(store, ls, project_id)
@@ -402,22 +410,9 @@ def run_cycle(
         if trained is not None:
             activate_version(settings, store, project_id, trained.version)
         counts.update(model=int(trained is not None))
-        written, diagnosis = write_diagnosis(
-            settings,
-            project_id,
-            snap,
-            result.embeddings,
-            scored,
-            trained,
-            lambda: frozenset(settled_tasks(store, project_id, "label_error", given_labels(snap))),
-            store=store,
+        counts.update(
+            diagnose(settings, store, ls, project_id, snap, result.embeddings, scored, trained)
         )
-        counts.update(written)
-        if diagnosis is not None:
-            views = push_diagnosis_views(
-                ls, store, project_id, diagnosis, max_tasks=settings.strategy.review_max_flags
-            )
-            counts.update(views)
     metrics: dict[str, Any] = (
         dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
     )
@@ -530,13 +525,3 @@ def _push_reviews(
         )
         counts.update({f"{kind}_{k}": v for k, v in pushed.items()})
     return counts
-
-
-def make_runner(settings: Settings, store: Store) -> CycleRunner:
-    """The cycle as the scheduler runs it: one Label Studio client per cycle."""
-
-    def run(ctx: CycleContext, project_id: int) -> CycleResult:
-        with LabelStudio(settings.label_studio) as ls:
-            return run_cycle(ctx, settings, store, ls, project_id)
-
-    return run

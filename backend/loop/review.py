@@ -6,13 +6,11 @@ lists and why some classes are not judged yet), so both always show the same fla
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-from backend.diagnosis.schema import Review, ReviewAnnotator, ReviewTally
 from backend.settings import Settings
 from strategies import Pool
 from strategies.label_quality import (
@@ -94,42 +92,3 @@ def gate_reasons(quality: LabelQuality, names: Sequence[str]) -> list[str]:
             f"share of false flags under the setting"
         )
     return out
-
-
-def review_section(
-    settings: Settings,
-    pool: Pool,
-    names: Sequence[str],
-    outcomes: Mapping[str, Any],
-    annotator_ids: Sequence[int],
-) -> Review:
-    """The dashboard's account of the review queue: the decision, why some classes wait, what
-    reviewers did with the flags, and each annotator's reliability."""
-    signal = review_signal(settings, pool)
-    quality = decide(settings, pool) if signal == SUSPICION else None
-    tallies = {kind: ReviewTally(**entry["total"]) for kind, entry in outcomes.items()}
-    crowd = crowd_of(pool)
-    annotators = []
-    if crowd is not None:
-        for j, annotator in enumerate(annotator_ids):
-            agreement = float(crowd.agreement[j])
-            annotators.append(
-                ReviewAnnotator(
-                    annotator=int(annotator),
-                    annotations=int(crowd.annotations[j]),
-                    agreement=None if np.isnan(agreement) else round(agreement, 4),
-                    reliability=round(float(crowd.reliability[j]), 4),
-                )
-            )
-        annotators.sort(key=lambda a: a.reliability)
-    return Review(
-        signal=signal,
-        flagged=int(quality.flagged.sum()) if quality is not None else 0,
-        expected_false_share=(
-            round(quality.expected_false_share, 4) if quality is not None else None
-        ),
-        max_false_share=settings.strategy.review_max_false_share,
-        gate=gate_reasons(quality, names) if quality is not None else [],
-        outcomes=tallies,
-        annotators=annotators,
-    )

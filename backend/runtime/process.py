@@ -9,8 +9,8 @@ import threading
 from types import FrameType
 
 from backend.loop.contract import RunnerFactory, SettingsFor
-from backend.loop.cycle import make_runner
 from backend.loop.queue import make_refill
+from backend.runtime.runner import make_runner
 from backend.runtime.scheduler import LoopScheduler, cycle_dispatch
 from backend.settings import Settings
 from backend.store.db import Store

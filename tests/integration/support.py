@@ -18,8 +18,8 @@ import yaml
 from backend.cli.demo import DEMO_CONFIG, ServedBackend, serve_in_thread
 from backend.cli.lsprocess import free_port
 from backend.labelstudio.client import LabelStudio
-from backend.loop.cycle import make_runner
 from backend.runtime.lease import CycleRun, run_cycle_once
+from backend.runtime.runner import make_runner
 from backend.settings import Settings, load_settings
 from backend.simulate.sets import digit_images
 from backend.store import cycle_records

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backend.diagnosis.duplicate_groups import find_duplicates
-from backend.diagnosis.quality import image_quality, image_stats
+from backend.diagnosis.quality import image_quality
 from backend.diagnosis.views import (
     DUPLICATES_VIEW,
     QUALITY_VIEW,
@@ -20,6 +20,7 @@ from backend.diagnosis.views import (
 )
 from backend.labelstudio.client import LabelStudio
 from backend.loop import ingest
+from backend.loop.image_stats import image_stats
 from backend.loop.push import VIEW_TITLES, Suspect, push_review, review_view_columns
 from backend.settings import ImageQualitySettings
 from backend.store import repo

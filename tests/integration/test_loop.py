@@ -18,8 +18,8 @@ from sqlalchemy import select
 from backend.cli.demo import DEMO_CONFIG
 from backend.diagnosis.view import load_diagnosis
 from backend.labelstudio.client import LabelStudio
-from backend.loop.cycle import make_runner
 from backend.runtime.lease import run_cycle_once
+from backend.runtime.runner import make_runner
 from backend.settings import load_settings
 from backend.simulate.sets import digit_images
 from backend.store import repo

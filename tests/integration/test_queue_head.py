@@ -17,9 +17,9 @@ import pytest
 
 from backend.cli.demo import DEMO_CONFIG, ServedBackend, serve_in_thread
 from backend.labelstudio.client import LabelStudio
-from backend.loop.cycle import make_runner
 from backend.loop.queue import load_state
 from backend.runtime.lease import run_cycle_once
+from backend.runtime.runner import make_runner
 from backend.settings import Settings, load_settings
 from backend.simulate.sets import digit_images
 from backend.store import cycle_records

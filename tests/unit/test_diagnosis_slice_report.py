@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
-from backend.diagnosis.slice_report import offered_fields, slice_ids, wilson, worse_p_value
+from backend.diagnosis.slice_report import wilson, worse_p_value
+from backend.loop.task_fields import offered_fields, slice_ids
 from backend.settings import DiagnosisSettings
 
 

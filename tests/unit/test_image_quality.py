@@ -9,16 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from backend.diagnosis.quality import (
-    ISSUES,
-    STATS,
-    ImageStatsRecorder,
-    image_quality,
-    image_stats,
-    issue_masks,
-    load_stats,
-    stats_matrix,
-)
+from backend.diagnosis.quality import ISSUES, image_quality, issue_masks, stats_matrix
+from backend.loop.image_stats import STATS, ImageStatsRecorder, image_stats, load_stats
 from backend.model.cache import content_hash
 from backend.settings import ImageQualitySettings
 

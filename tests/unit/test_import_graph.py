@@ -15,8 +15,11 @@ Settings also holds the base helpers ``backend.files`` and ``backend.logs``; ``b
 the loop run offline, sits with the loop; ``strategies`` is below all of backend and imports
 nothing from it.
 Within the model/labelstudio/store layer the store imports neither the model (torch) nor the
-label-config parsing of ``backend.labelstudio``; within the loop's layer the loop does not import
-``backend.serving`` (which imports the loop).
+label-config parsing of ``backend.labelstudio``; within the loop's layer the loop imports neither
+``backend.serving`` (which imports the loop) nor ``backend.diagnosis`` (computed from what the
+cycle produced: the runtime hands the cycle its record step). More generally two folders of one
+layer never import each other both ways: one of them is the lower, even where no module loop
+shows it.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     ("backend.store", "backend.model", "the store does not pull in torch"),
     ("backend.store", "backend.labelstudio", "the store does not parse label configs"),
     ("backend.loop", "backend.serving", "the loop does not reach into /predict's serving"),
+    ("backend.loop", "backend.diagnosis", "the diagnosis reads what the cycle produced, not back"),
 )
 
 
@@ -184,6 +188,19 @@ def _edges(graph: dict[str, set[str]]) -> Iterable[tuple[str, str]]:
     return ((a, b) for a in sorted(graph) for b in sorted(graph[a]))
 
 
+def folder_of(module: str) -> str:
+    """A module's folder: itself for a package face, else its longest prefix in :data:`LAYERS`."""
+    if module in FACES:
+        return module
+    return max((p for p in LAYERS if _matches(module, p)), key=len, default=module)
+
+
+def two_way(graph: dict[str, set[str]]) -> list[str]:
+    """Pairs of folders that import each other, each pair once (``a <-> b``, a < b)."""
+    arrows = {(folder_of(a), folder_of(b)) for a, b in _edges(graph)}
+    return sorted(f"{a} <-> {b}" for a, b in arrows if a < b and (b, a) in arrows)
+
+
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
     return import_graph()
@@ -205,6 +222,15 @@ def test_cycle_finder_names_the_loop() -> None:
     planted = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
     assert cycles(planted) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_two_way_finder_names_the_folders() -> None:
+    planted = {"backend.loop.a": {"backend.diagnosis.b"}, "backend.diagnosis.c": {"backend.loop.d"}}
+    planted |= {"backend.loop.d": set(), "backend.diagnosis.b": {"backend.store.e"}}
+    planted |= {"backend.store.e": set()}
+    assert two_way(planted) == ["backend.diagnosis <-> backend.loop"]
+    del planted["backend.diagnosis.c"]
+    assert two_way(planted) == []
 
 
 def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
@@ -241,3 +267,9 @@ def test_forbidden_imports(
         if _matches(a, importer) and _matches(b, imported)
     ]
     assert not found, f"{why}:\n" + "\n".join(found)
+
+
+def test_folders_import_each_other_one_way(graph: dict[str, set[str]]) -> None:
+    """No two folders of one layer lean on each other (across layers the layers forbid it)."""
+    both = two_way(graph)
+    assert not both, "folders that import each other:\n" + "\n".join(both)
