@@ -19,10 +19,12 @@ from PIL import Image
 from backend.diagnosis.record import write_diagnosis
 from backend.labelstudio.images import ImageResolver
 from backend.loop import ingest
-from backend.loop.cycle import Trained, build_pool, load_snapshot, score_stage, train_stage
+from backend.loop.contract import Trained
 from backend.loop.embed import embed_tasks
-from backend.loop.fit import activate_version
+from backend.loop.fit import activate_version, train_stage
 from backend.loop.image_stats import ImageStatsRecorder, stats_path
+from backend.loop.score import build_pool, score_stage
+from backend.loop.sync import load_snapshot
 from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store

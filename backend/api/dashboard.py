@@ -27,7 +27,7 @@ from backend.diagnosis.page import Links, render_explanation, render_not_yet, re
 from backend.diagnosis.view import diagnosis_view
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
-from backend.loop.cycle import load_snapshot
+from backend.loop.sync import load_snapshot
 from backend.model.backbones import TorchBackbone
 from backend.model.engines import RuntimeBackbone
 from backend.settings import LoopSettings, SettingsError

@@ -20,7 +20,7 @@ from backend.diagnosis.views import push_diagnosis_views
 from backend.files import atomic_write
 from backend.labelstudio.client import LabelStudio
 from backend.loop.contract import Scored, Snapshot, Trained
-from backend.loop.cycle import given_labels
+from backend.loop.doubt import given_labels
 from backend.loop.image_stats import load_stats, stats_path
 from backend.loop.push import review_outcomes, settled_tasks
 from backend.loop.review import (

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backend.loop.contract import Snapshot
 from strategies.disagreement import doubted_labels, judged_tags
 
 
@@ -68,3 +69,16 @@ def _tag_doubt(
             f"tagged {name!r}; model says it is absent ({1 - p:.0%})", given, predicted, 1 - p
         )
     return Doubt(f"not tagged {name!r}; model says it is present ({p:.0%})", given, predicted, p)
+
+
+def given_labels(snap: Snapshot) -> dict[int, str]:
+    """Task id -> its given label(s) now, written as review flags write them (``Doubt.given``)."""
+    names = snap.cfg.labels
+    if snap.cfg.multiple:
+        return {
+            int(t): tag_names(names, y)
+            for t, y in zip(snap.targets.task_ids, snap.targets.y, strict=True)
+        }
+    return {
+        int(t): names[int(y)] for t, y in zip(snap.targets.task_ids, snap.targets.y, strict=True)
+    }

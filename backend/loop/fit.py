@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from backend.labelstudio.config import LabelConfig
 from backend.loop import ingest
+from backend.loop.contract import Snapshot, Trained
 from backend.loop.embed import embed_tasks, project_backbone
 from backend.loop.targets import NotEnoughLabels, Targets, check_enough, consensus_targets
 from backend.model.backbones import (
@@ -197,3 +198,29 @@ def prune_checkpoints(settings: Settings, store: Store, project_id: int) -> list
     for name in unused:
         weights_path(settings.store.data_dir, project_id, name).unlink(missing_ok=True)
     return removed
+
+
+def train_stage(
+    settings: Settings,
+    store: Store,
+    project_id: int,
+    snap: Snapshot,
+    embeddings: dict[int, np.ndarray],
+    backbone: str,
+) -> Trained | None:
+    """A new model version (written, not yet current), or None while labels are too few."""
+    try:
+        model, used, seconds = fit(settings, snap.cfg, snap.targets, embeddings, backbone)
+    except NotEnoughLabels as exc:
+        log.info("project %d: no model this cycle: %s", project_id, exc)
+        return None
+    version, _ = store_version(
+        settings,
+        store,
+        project_id,
+        model,
+        n_labels=len(used.task_ids),
+        train_seconds=seconds,
+        activate=False,
+    )
+    return Trained(model, used, version)

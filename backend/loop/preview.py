@@ -1,6 +1,6 @@
 """Preview: the queue that proposed settings would produce, next to today's, changing nothing.
 
-The pool is built exactly as the cycle builds it (:func:`backend.loop.cycle.build_pool`) from what
+The pool is built exactly as the cycle builds it (:func:`backend.loop.score.build_pool`) from what
 the store and the disk already hold: the project's tasks and labels, the cached embeddings of the
 images (found through ``task_images``) and the project's current model. Nothing is fetched,
 embedded, trained, written to the database or sent to Label Studio. "Today's queue" is the same
@@ -19,18 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from backend.loop.contract import ServedModel
-from backend.loop.cycle import (
-    Scored,
-    Snapshot,
-    Trained,
-    build_pool,
-    load_snapshot,
-    queue_items,
-    score_stage,
-    select_stage,
-)
+from backend.loop.contract import Scored, ServedModel, Snapshot, Trained
 from backend.loop.push import QueueItem
+from backend.loop.queue import queue_items
+from backend.loop.score import build_pool, score_stage
+from backend.loop.selection import select_stage
+from backend.loop.sync import load_snapshot
 from backend.loop.targets import Targets
 from backend.model.cache import EmbeddingCache
 from backend.settings import Settings

@@ -32,7 +32,8 @@ from backend.files import atomic_write
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
 from backend.loop import ingest
-from backend.loop.push import LabelStudioPush, QueueItem, add_to_queue
+from backend.loop.contract import Scored, Trained
+from backend.loop.push import LabelStudioPush, QueueItem, add_to_queue, push_queue
 from backend.settings import Settings
 from backend.store import cycle_records
 from backend.store.db import Store
@@ -250,3 +251,56 @@ def make_refill(settings: Settings, store: Store) -> Callable[[int], None]:
         refill_under_lease(store, project_id, work)
 
     return run
+
+
+def suggestions(trained: Trained | None, probs: np.ndarray | None, n: int) -> np.ndarray:
+    """(n, C) bool pre-annotation of every pool row (``predict_annotation``, vectorized): the top
+    class, or every label at or above its threshold; (n, 0) before a model exists."""
+    if trained is None or probs is None:
+        return np.zeros((n, 0), dtype=bool)
+    model = trained.model
+    if model.multilabel:
+        cut = 0.5 if model.thresholds is None else np.asarray(model.thresholds, dtype=float)
+        return np.asarray(probs >= cut, dtype=bool)
+    chosen = np.zeros(probs.shape, dtype=bool)
+    chosen[np.arange(probs.shape[0]), probs.argmax(axis=1)] = True
+    return chosen
+
+
+def queue_of(
+    settings: Settings, scored: Scored, trained: Trained | None, version: str
+) -> QueueState:
+    """Every unlabeled task in the order the strategies chose, with its pre-annotation."""
+    order = scored.priority.order
+    clusters = scored.priority.clusters if settings.strategy.push_clusters else None
+    classes = tuple(trained.model.classes) if trained is not None else ()
+    return QueueState(
+        version=version,
+        task_ids=scored.task_ids[order].astype(np.int64),
+        suggested=suggestions(trained, scored.probs, len(scored.task_ids))[order],
+        classes=classes,
+        clusters=clusters[order].astype(np.int64) if clusters is not None else None,
+        pushed=0,
+    )
+
+
+def queue_items(settings: Settings, scored: Scored, trained: Trained | None) -> list[QueueItem]:
+    """One queue entry per unlabeled task, in the order the strategies chose.
+
+    Label Studio's prediction import drops scores outside [0, 1], so the queue position is
+    scaled into [0, 1): lower still means label first.
+    """
+    queue = queue_of(settings, scored, trained, "")
+    return queue.items(0, queue.n)
+
+
+def push_head(
+    settings: Settings, ls: LabelStudio, project_id: int, queue: QueueState, cfg: LabelConfig
+) -> dict[str, int]:
+    """Push the queue's first ``strategy.push_top_k`` tasks and switch Label Studio to them; the
+    whole queue is stored for top-ups and ``/predict`` (:func:`save_state`)."""
+    top_k = settings.strategy.push_top_k
+    head = queue.n if top_k is None else min(top_k, queue.n)
+    counts = push_queue(ls, project_id, queue.version, queue.items(0, head), cfg)
+    save_state(settings, project_id, replace(queue, pushed=head))
+    return {**counts, "queued": queue.n}

@@ -24,6 +24,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from sqlalchemy import select, update
 
+from backend.loop.contract import Scored, Snapshot
+from backend.loop.doubt import given_labels
+from backend.loop.push import QueueItem
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.models import Cycle, SelectionPick, SelectionReward, utcnow
@@ -101,7 +104,7 @@ def _belief_dict(b: Belief) -> dict[str, object]:
 
 
 def predicted_string(labels: Sequence[str]) -> str:
-    """A suggestion as text, as :func:`backend.loop.cycle.given_labels` writes a given label (tags
+    """A suggestion as text, as :func:`backend.loop.doubt.given_labels` writes a given label (tags
     in the label config's order, comma-joined)."""
     return ", ".join(labels)
 
@@ -308,7 +311,16 @@ def record(
     return len(arms)
 
 
-__all__ = ["ARMS", "Plan", "audit_accuracy", "plan", "record", "resolve"]
+__all__ = [
+    "ARMS",
+    "Plan",
+    "audit_accuracy",
+    "plan",
+    "record",
+    "record_picks",
+    "resolve",
+    "select_stage",
+]
 
 
 def latest_report(store: Store, project_id: int) -> dict[str, object] | None:
@@ -345,3 +357,47 @@ def describe_report(report: dict[str, object]) -> list[str]:
     if isinstance(report.get("accuracy"), float):
         lines.append(f"cross-validated accuracy (on the chosen labels): {report['accuracy']:.3f}")
     return lines
+
+
+def select_stage(
+    settings: Settings,
+    store: Store,
+    project_id: int,
+    snap: Snapshot,
+    scored: Scored,
+    *,
+    write: bool = True,
+) -> Plan:
+    """The audit share and the adaptive selection over the scored pool (``write=False``: the
+    preview's, which files nothing; :func:`plan`)."""
+    return plan(
+        settings,
+        store,
+        project_id,
+        scored.pool,
+        scored.priority,
+        scored.task_ids,
+        given_labels(snap),
+        write=write,
+    )
+
+
+def record_picks(
+    store: Store,
+    project_id: int,
+    cycle_id: int,
+    version: str,
+    items: Sequence[QueueItem],
+    chosen: Plan,
+) -> int:
+    """Record the pushed queue's first positions: arm or audit, and the model's prediction."""
+    head = items[: len(chosen.arms)]
+    return record(
+        store,
+        project_id,
+        cycle_id,
+        version,
+        [item.task_id for item in head],
+        chosen.arms[: len(head)],
+        [predicted_string(item.labels) if item.labels else None for item in head],
+    )

@@ -21,7 +21,9 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from backend.loop import ingest
+from backend.loop.contract import Snapshot
 from backend.loop.inbox import apply_pending
+from backend.loop.targets import NotEnoughLabels, consensus_targets
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, Project, Task, utcnow
@@ -184,3 +186,15 @@ def reconcile(
     )
     log.info("reconciled %s", report.summary())
     return report
+
+
+def load_snapshot(store: Store, project_id: int) -> Snapshot:
+    with store.session() as session:
+        project = session.get(Project, project_id)
+        cfg = ingest.project_config(project) if project is not None else None
+        if cfg is None:
+            reason = project.config_error if project is not None else "unknown project"
+            raise NotEnoughLabels(f"project {project_id} has no supported label config: {reason}")
+        tasks = repo.live_tasks(session, project_id)
+        annotations = repo.live_annotations(session, project_id)
+    return Snapshot(cfg, tasks, annotations, consensus_targets(annotations, cfg))

@@ -2,9 +2,9 @@
 
 No Label Studio and no store: the simulated annotator answers with the true label (or, for a planted
 share, a wrong one), and every round runs what a cycle runs: :func:`backend.loop.fit.fit` (the
-Lightning heads), :func:`backend.loop.cycle.build_pool` and :func:`backend.loop.cycle.score_stage`
-(the strategies), :func:`backend.loop.cycle.queue_items` (the queue exactly as Label Studio serves
-it, lowest position first) and :func:`backend.loop.cycle.suspects` (the label-error review
+Lightning heads), :func:`backend.loop.score.build_pool` and :func:`backend.loop.score.score_stage`
+(the strategies), :func:`backend.loop.queue.queue_items` (the queue exactly as Label Studio serves
+it, lowest position first) and :func:`backend.loop.review.suspects` (the label-error review
 ranking). Embeddings come through the embedding cache under ``store.data_dir``, once per dataset.
 
 Each seed draws its own stratified test split and its own planted errors; every strategy of a seed
@@ -13,7 +13,7 @@ cluster serving (``strategy.push_clusters``, :func:`ls_cluster_picks`) instead o
 
 What annotators get is what is measured: every strategy chooses its own first batch (there is no
 shared random seed set), every queue carries the audit share and, for ``adaptive``, the bandit's
-arms, exactly as :func:`backend.loop.cycle.select_stage` builds it, with its picks recorded in a
+arms, exactly as :func:`backend.loop.selection.select_stage` builds it, with its picks recorded in a
 throwaway store as a cycle records them. Accuracy is on the held-out split against the data set's
 labels, which are the true classes for the built-in and generated sets; for a folder they are the
 given labels (:attr:`Dataset.true_labels` is False and the CLI warns).
@@ -33,20 +33,14 @@ import numpy as np
 from PIL import Image
 
 from backend.labelstudio.config import LabelConfig
-from backend.loop.cycle import (
-    Scored,
-    Snapshot,
-    Trained,
-    build_pool,
-    queue_items,
-    record_picks,
-    score_stage,
-    select_stage,
-    suspects,
-)
+from backend.loop.contract import Scored, Snapshot, Trained
 from backend.loop.embed import embed_items
 from backend.loop.fit import fit
 from backend.loop.push import QueueItem
+from backend.loop.queue import queue_items
+from backend.loop.review import suspects
+from backend.loop.score import build_pool, score_stage
+from backend.loop.selection import record_picks, select_stage
 from backend.loop.targets import NotEnoughLabels, consensus_targets
 from backend.settings import Settings, StrategySettings
 from backend.simulate.sets import GENERATED, digit_images, generate

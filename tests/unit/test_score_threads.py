@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import backend.loop.cycle
-from backend.loop.cycle import score_stage
+import backend.loop.score
+from backend.loop.score import score_stage
 from strategies import Pool
 from strategies.base import available_threads
 from strategies.combine import prioritize
@@ -27,7 +27,7 @@ def test_the_cycle_scores_on_strategy_score_threads(
         seen.append(available_threads())
         return prioritize(*args, **kwargs)
 
-    monkeypatch.setattr(backend.loop.cycle, "prioritize", spy)
+    monkeypatch.setattr(backend.loop.score, "prioritize", spy)
     strategy = {} if limit is None else {"score_threads": limit}
     settings = make_settings(tmp_path, strategy=strategy)
     score_stage(settings, (np.arange(200), Pool(**make_arrays(n=200, n_labeled=40)), None))

@@ -1,0 +1,122 @@
+"""Score: the pool the strategies read, built from what the cycle produced, and its priority.
+
+The pool holds every embedded task in ascending task id order: labels (or tags), the model's
+probabilities, the committee's, out-of-sample probabilities of the labeled items, annotations by
+annotator, clusters and slices. :func:`score_stage` runs the strategies over it
+(:func:`strategies.combine.prioritize`) into the combined priority.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import numpy as np
+
+from backend.loop.contract import Scored, Snapshot, Trained
+from backend.loop.targets import annotator_matrix
+from backend.loop.task_fields import slice_columns, slice_ids
+from backend.settings import Settings
+from strategies import Pool
+from strategies.base import threads
+from strategies.combine import Priority, prioritize
+from strategies.duplicates import demote, near_copies_of_labeled
+
+
+def _annotator_matrix(snap: Snapshot, task_ids: np.ndarray) -> np.ndarray | None:
+    if snap.cfg.multiple:
+        return None
+    classes = {label: i for i, label in enumerate(snap.cfg.labels)}
+    return annotator_matrix(snap.annotations, task_ids, classes)[0]
+
+
+ClustersFor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def build_pool(
+    snap: Snapshot,
+    embeddings: dict[int, np.ndarray],
+    trained: Trained | None,
+    slice_fields: Sequence[str] | None = None,
+    clusters_for: ClustersFor | None = None,
+) -> tuple[np.ndarray, Pool, np.ndarray | None]:
+    """Arrays for the strategies, in ascending task id order (tasks without embeddings left out).
+
+    ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
+    low-cardinality fields, see :mod:`backend.loop.task_fields`).
+    ``clusters_for(task_ids, embeddings)``: the pool's clusters once a model exists (the cycle
+    reuses stored ones, :mod:`backend.loop.clusters`); None lets the strategies run k-means.
+    """
+    task_ids = np.array(sorted(embeddings), dtype=np.int64)
+    index = {int(t): i for i, t in enumerate(task_ids)}
+    x = np.stack([embeddings[int(t)] for t in task_ids]) if len(task_ids) else np.zeros((0, 1))
+    labels = np.full(len(task_ids), -1, dtype=np.int64)
+    targets = snap.targets
+    tags = np.zeros((len(task_ids), len(snap.cfg.labels)), dtype=np.int64)  # multi-label only
+    for row, task in enumerate(targets.task_ids):
+        if int(task) in index:
+            labels[index[int(task)]] = 0 if snap.cfg.multiple else int(targets.y[row])
+            if snap.cfg.multiple:
+                tags[index[int(task)]] = targets.y[row]
+    probs = committee = oos = None
+    if trained is not None and len(task_ids):
+        probs = trained.model.predict_proba(x)
+        committee = trained.model.committee_proba(x)
+        oos = probs.copy()
+        for row, task in enumerate(trained.used.task_ids):
+            oos[index[int(task)]] = trained.model.oos_probs[row]
+    pool = Pool(
+        labels=labels,
+        probs=probs,
+        committee=committee,
+        embeddings=x,
+        oos_probs=oos,
+        annotations=_annotator_matrix(snap, task_ids),
+        clusters=clusters_for(task_ids, x) if clusters_for and probs is not None else None,
+        targets=tags if snap.cfg.multiple and oos is not None else None,
+        slices=_slices(snap, task_ids, slice_fields),
+        multilabel=snap.cfg.multiple,
+    )
+    return task_ids, pool, probs
+
+
+def _slices(
+    snap: Snapshot, task_ids: np.ndarray, configured: Sequence[str] | None
+) -> np.ndarray | None:
+    columns = slice_columns(snap.tasks, task_ids, configured, image_key=snap.cfg.value_key)
+    return slice_ids(list(columns.values())) if columns else None
+
+
+def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -> Scored:
+    task_ids, pool, probs = scored_pool
+    strategy = settings.strategy
+    limit: AbstractContextManager[None] = (
+        threads(strategy.score_threads) if strategy.score_threads else nullcontext()
+    )
+    with limit:
+        priority = _prioritize(settings, pool)
+        if strategy.near_duplicates_last and pool.embeddings is not None:
+            copies = near_copies_of_labeled(
+                pool.embeddings,
+                pool.labeled,
+                threshold=settings.diagnosis.near_duplicate_similarity,
+                seed=settings.model.seed,
+            )
+            priority = demote(priority, copies)
+    return Scored(task_ids, pool, priority, probs)
+
+
+def _prioritize(settings: Settings, pool: Pool) -> Priority:
+    strategy = settings.strategy
+    return prioritize(
+        pool,
+        strategy.weights,
+        rng=np.random.default_rng(settings.model.seed),
+        batch_size=strategy.batch_size,
+        diversity=strategy.diversity,
+        n_clusters=strategy.n_clusters,
+        cold_start_labels=strategy.cold_start_labels,
+        review_share=strategy.review_share,
+        fade_after=strategy.fade_after,
+    )
