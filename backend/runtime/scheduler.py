@@ -12,12 +12,16 @@ When the job fires, :func:`backend.runtime.lease.run_cycle_once` runs the inject
 the project's lease (:mod:`backend.loop.contract` says what the runner sees and returns).
 
 How a persisted job reaches the runner: APScheduler stores a job as a textual reference to a
-module-level function plus picklable arguments, so a job carries only
-``(scheduler_id, project_id)``.
-A running :class:`LoopScheduler` registers itself under its ``scheduler_id`` in :data:`_LIVE`, an
-explicit, lock-protected registry, and the job functions look it up there. This is the one piece of
-module-level mutable state, and it is deliberate: it also refuses a second live scheduler with the
-same id in one process. ``scheduler_id`` must stay the same across restarts (it is in stored jobs).
+module-level function plus picklable arguments, and calls that function with those arguments, so a
+job carries only ``(scheduler_id, project_id)``. Nothing APScheduler offers hands the function the
+scheduler that fired it, and the scheduler holds what cannot be pickled (the store's engine, the
+runner, locks). So a running :class:`LoopScheduler` registers itself under its ``scheduler_id`` in
+:data:`_LIVE`, an explicit, lock-protected registry of this process, and the job functions look it
+up there. This is the one piece of module-level mutable state, and it is deliberate: the other
+ways are keeping jobs in memory only (a restart would then lose each schedule's next run time and
+the runs it missed while down) or overriding APScheduler's private job loading or execution. The
+registry also refuses a second live scheduler with the same id in one process. ``scheduler_id``
+must stay the same across restarts (it is in stored jobs).
 """
 
 from __future__ import annotations
@@ -118,7 +122,11 @@ def schedule_job_id(project_id: int) -> str:
 
 
 class _Registry:
-    """Live schedulers by id, so a job loaded from the database reaches the runner in memory."""
+    """Live schedulers by id, so a job loaded from the database reaches the runner in memory.
+
+    Only :meth:`LoopScheduler.start` adds and :meth:`LoopScheduler.shutdown` removes; only the two
+    job functions below read it (see the module docstring for why it must be module-level).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
