@@ -114,9 +114,13 @@ def _diminishing_call(
     name: str, seed: int, points: list[tuple[int, float]], result: Forecast
 ) -> tuple[str, int, float, float, float | None, bool, bool | None]:
     """(set, seed, plateau, forecast gain, actual gain over the next STEP labels, the
-    forecast's "diminishing" call, whether the run agrees)."""
+    forecast's "diminishing" call, whether the run agrees).
+
+    A run whose pool ran out before STEP more labels is judged on its gain up to its last label:
+    every remaining item was labeled, so no more labels could have added more.
+    """
     now = result.labels_now
-    later = [a for n, a in points if n >= now + STEP]
+    later = [a for n, a in points if n >= now + STEP] or [a for n, a in points if n > now][-1:]
     at_now = [a for n, a in points if n <= now][-1]
     actual = None if not later else later[0] - at_now
     agrees = None if actual is None else result.diminishing == (actual < SMALL_GAIN)
@@ -128,7 +132,8 @@ def _print_calls(
 ) -> None:
     print(
         f"\n{'data set':<10} {'seed':>4} {'plateau':>8} {'gain fc':>8} {'gain run':>9} "
-        f"{'diminish':>9} {'agrees':>7}   (gain over the next {STEP} labels)"
+        f"{'diminish':>9} {'agrees':>7}   (gain over the next {STEP} labels, "
+        "or to the end of a smaller pool)"
     )
     for name, seed, plateau, gain, actual, diminishing, agrees in calls:
         shown = "-" if actual is None else f"{actual:+.3f}"
