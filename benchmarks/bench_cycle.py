@@ -39,6 +39,7 @@ from PIL import Image
 from backend.cli.demo import DEMO_CONFIG
 from backend.cli.lsprocess import start_label_studio
 from backend.labelstudio.client import LabelStudio
+from backend.logs import quiet_third_party
 from backend.runtime.lease import run_cycle_once
 from backend.runtime.runner import make_runner
 from backend.settings import Settings, load_settings
@@ -198,6 +199,7 @@ def run_size(
 
 
 def main() -> None:
+    quiet_third_party()  # Lightning's per-fit chatter around the tables
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1,000 tasks")
     parser.add_argument("--sizes", default="10000")

@@ -39,6 +39,7 @@ from backend.diagnosis.page import render_page  # noqa: E402
 from backend.diagnosis.projection import Method, project  # noqa: E402
 from backend.diagnosis.schema import Diagnosis  # noqa: E402
 from backend.diagnosis.view import with_links  # noqa: E402
+from backend.logs import quiet_third_party  # noqa: E402
 from backend.settings import DiagnosisSettings  # noqa: E402
 from strategies.duplicates import centred_unit, near_copies_of_labeled  # noqa: E402
 from strategies.neighbours import brute_force_pairs  # noqa: E402
@@ -204,6 +205,7 @@ def view(saved: str) -> Diagnosis:
 
 
 def main() -> None:
+    quiet_third_party()  # Lightning's per-fit chatter around the tables
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1k and 10k items only")
     sizes = (1000, 10_000) if parser.parse_args().quick else (10_000, 100_000)

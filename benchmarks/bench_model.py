@@ -35,6 +35,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backend.logs import quiet_third_party
 from backend.model import EmbeddingCache, build_backbone, featurize, train_model
 from backend.model.backbones import TorchBackbone
 from backend.settings import ModelSettings
@@ -271,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip-speed", action="store_true", help="skip the featurization timing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    quiet_third_party()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
