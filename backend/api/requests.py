@@ -94,9 +94,10 @@ def json_body() -> Any:
 
 def cached_body() -> bytes:
     """The raw body, read once per request (the webhook's delivery key hashes these bytes)."""
-    if "raw_body" not in g:
-        g.raw_body = raw_body()
-    return g.raw_body
+    body = g.get("raw_body")
+    if not isinstance(body, bytes):
+        body = g.raw_body = raw_body()
+    return body
 
 
 def validation_detail(exc: ValidationError) -> str:

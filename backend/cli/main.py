@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"labelloop: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.server.log_level)
-    from backend.labelstudio.client import LabelStudioError
+    from backend.labelstudio.auth import LabelStudioError
 
     try:
         if args.command in NEEDS_LABEL_STUDIO and not getattr(args, "queue", False):

@@ -70,7 +70,7 @@ def _json_channel() -> type:
     from waitress.channel import HTTPChannel
     from waitress.task import ErrorTask
 
-    class JsonErrorTask(ErrorTask):
+    class JsonErrorTask(ErrorTask):  # type: ignore[misc]  # waitress ships no types
         def execute(self) -> None:
             error = self.request.error
             body = json.dumps(
@@ -85,7 +85,7 @@ def _json_channel() -> type:
             self.content_length = len(body)
             self.write(body)
 
-    class JsonChannel(HTTPChannel):
+    class JsonChannel(HTTPChannel):  # type: ignore[misc]  # waitress ships no types
         error_task_class = JsonErrorTask
 
     return JsonChannel
@@ -139,7 +139,7 @@ def _stop_app(_server: Any, worker: Any) -> None:
         shutdown(app)
 
 
-class _Api(BaseApplication):
+class _Api(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
     def __init__(self, settings: Settings, workers: int) -> None:
         self._settings, self._workers = settings, workers
         super().__init__()

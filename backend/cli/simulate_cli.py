@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from backend.cli.common import CliError
@@ -124,13 +125,13 @@ def _by_strategy(curves: Sequence[Curve]) -> dict[str, list[Curve]]:
     return grouped
 
 
-def _matrix(runs: Sequence[Curve], field: str) -> np.ndarray:
+def _matrix(runs: Sequence[Curve], field: str) -> NDArray[np.float64]:
     """(seeds, rounds) values of one point field, cut to the shortest run."""
     rounds = min(len(run.points) for run in runs)
     return np.array([[getattr(p, field) for p in run.points[:rounds]] for run in runs], dtype=float)
 
 
-def _pm(values: np.ndarray, fmt: str = ".3f") -> str:
+def _pm(values: NDArray[np.float64], fmt: str = ".3f") -> str:
     return f"{values.mean():{fmt}} ± {values.std():{fmt}}"
 
 

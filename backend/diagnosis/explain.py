@@ -28,7 +28,8 @@ from PIL import Image
 from torch import nn
 
 from backend.model.backbones import TorchBackbone, resize_center_crop
-from backend.model.train import TrainedModel, probabilities
+from backend.model.calibration import probabilities
+from backend.model.train import TrainedModel
 
 GRID = 7
 #: Side (px) of each panel of the explanation image.
@@ -69,7 +70,8 @@ def _log_odds(logits: NDArray[np.float64], target: int) -> NDArray[np.float64]:
         return logits[:, target]
     top = others.max(axis=1, keepdims=True)
     rest = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
-    return logits[:, target] - rest
+    margin: NDArray[np.float64] = logits[:, target] - rest
+    return margin
 
 
 def _normalize(values: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -101,7 +103,7 @@ def grad_cam(
             features = backbone.module(pixels[None].contiguous())
             logits = _logits(model, features)
             probs = _probs(model, logits)[0]
-            logits[0, int(probs.argmax())].backward()
+            logits[0, int(probs.argmax())].backward()  # type: ignore[no-untyped-call]  # untyped in torch
     finally:
         for handle in handles:
             handle.remove()

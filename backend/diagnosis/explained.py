@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from backend.diagnosis.explain import explain, explanation_png
@@ -44,7 +46,7 @@ def nearest_labeled(
     data_dir: Path,
     backbone_name: str,
     model: TrainedModel,
-    embedding: np.ndarray,
+    embedding: NDArray[np.floating[Any]],
     targets: Targets,
     classes: tuple[str, ...],
     exclude: int,
@@ -61,9 +63,10 @@ def nearest_labeled(
     if not usable:
         return []
 
-    def unit(x: np.ndarray) -> np.ndarray:
+    def unit(x: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         z = (np.asarray(x, dtype=np.float64) - model.feature_mean) / model.feature_std
-        return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        unit: NDArray[np.float64] = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        return unit
 
     matrix = unit(np.stack([vectors[known[t][0]] for t in usable]))
     sims = matrix @ unit(embedding)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from numpy.typing import NDArray
 
 from backend.diagnosis.schema import (
     ClassCurve,
@@ -196,12 +197,13 @@ def bar_plot(counts: dict[str, int]) -> BarPlot:
 # ---------------------------------------------------------------- embedding map
 
 
-def scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def scale(values: NDArray[np.float64], lo: float, hi: float) -> NDArray[np.float64]:
     """``values`` mapped linearly onto [lo, hi] (all to the middle when they are all equal)."""
     span = float(values.max() - values.min()) if len(values) else 0.0
     if span == 0.0:
         return np.full(len(values), (lo + hi) / 2)
-    return lo + (values - values.min()) / span * (hi - lo)
+    scaled: NDArray[np.float64] = lo + (values - values.min()) / span * (hi - lo)
+    return scaled
 
 
 @dataclass(frozen=True)

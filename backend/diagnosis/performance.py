@@ -35,7 +35,8 @@ GAP_GROWTH = 0.05
 def _thin(x: NDArray[np.float64], y: NDArray[np.float64]) -> list[list[float]]:
     """At most CURVE_POINTS (x, y) points, ends kept, rounded for the JSON."""
     keep = np.unique(np.linspace(0, len(x) - 1, min(len(x), CURVE_POINTS)).round().astype(int))
-    return np.round(np.column_stack((x[keep], y[keep])), 4).tolist()
+    points: list[list[float]] = np.round(np.column_stack((x[keep], y[keep])), 4).tolist()
+    return points
 
 
 def class_curves(

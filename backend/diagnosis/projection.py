@@ -64,7 +64,8 @@ def _pca(x: NDArray[np.floating], seed: int, note: str) -> Projection:
 
 def _unit(x: NDArray[np.floating]) -> NDArray[np.float64]:
     x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    unit: NDArray[np.float64] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
 def assign(

@@ -46,7 +46,7 @@ def diagnosis_path(settings: Settings, project_id: int) -> Path:
 
 
 def task_splits(
-    snap: Snapshot, task_ids: Sequence[int] | np.ndarray, field: str | None
+    snap: Snapshot, task_ids: Sequence[int] | NDArray[np.int64], field: str | None
 ) -> tuple[str | None, ...] | None:
     """Each task's split (the string in its data ``field``), None when no task has one."""
     if field is None:
@@ -57,7 +57,9 @@ def task_splits(
     return splits if any(v is not None for v in splits) else None
 
 
-def task_hashes(store: Store, task_ids: Sequence[int] | np.ndarray) -> tuple[str | None, ...]:
+def task_hashes(
+    store: Store, task_ids: Sequence[int] | NDArray[np.int64]
+) -> tuple[str | None, ...]:
     """Each task's image sha256 as last featurized, None where never."""
     with store.session() as session:
         known = task_images.lookup(session, [int(t) for t in task_ids])
@@ -112,7 +114,7 @@ def inputs_from_cycle(
 
 
 def task_slice_values(
-    settings: Settings, snap: Snapshot, task_ids: Sequence[int] | np.ndarray
+    settings: Settings, snap: Snapshot, task_ids: Sequence[int] | NDArray[np.int64]
 ) -> dict[str, tuple[str | None, ...]]:
     """Slice field -> each task's value (the admin's fields, else the offered ones)."""
     configured = settings.diagnosis.slice_fields
@@ -120,7 +122,7 @@ def task_slice_values(
 
 
 def _multilabel_marks(
-    snap: Snapshot, task_ids: np.ndarray, labeled: NDArray[np.bool_]
+    snap: Snapshot, task_ids: NDArray[np.int64], labeled: NDArray[np.bool_]
 ) -> tuple[IntArray, IntArray]:
     """(n,) first positive label of each labeled item (-1 elsewhere) and (C,) labels per class."""
     targets = snap.targets
@@ -190,7 +192,7 @@ def write_diagnosis(
     settings: Settings,
     project_id: int,
     snap: Snapshot,
-    embeddings: Mapping[int, np.ndarray],
+    embeddings: Mapping[int, NDArray[np.floating[Any]]],
     scored: Scored,
     trained: Trained | None,
     reviewed: Callable[[], frozenset[int]] = frozenset,
@@ -236,7 +238,7 @@ def record_diagnosis(
     ls: LabelStudio,
     project_id: int,
     snap: Snapshot,
-    embeddings: Mapping[int, np.ndarray],
+    embeddings: Mapping[int, NDArray[np.floating[Any]]],
     scored: Scored,
     trained: Trained | None,
 ) -> dict[str, int]:

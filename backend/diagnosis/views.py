@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 
 from backend.diagnosis.schema import Diagnosis, Duplicates, ImageQuality
-from backend.labelstudio.client import LabelStudioError
+from backend.labelstudio.auth import LabelStudioError
 from backend.store.db import Store
 from backend.store.models import Task
 

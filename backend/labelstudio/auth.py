@@ -53,7 +53,7 @@ def make_sdk(ls: LabelStudioSettings, http: httpx.Client | None = None) -> SdkCl
     if ls.token is None:
         raise LabelStudioError(None, "no API token configured (label_studio.token)")
     try:
-        return SdkClient(
+        return SdkClient(  # type: ignore[no-untyped-call]  # the SDK's constructor is untyped
             base_url=ls.url,
             api_key=ls.token.get_secret_value(),
             timeout=ls.timeout_s,

@@ -272,7 +272,8 @@ class LabelStudio:
     ) -> dict[str, Any]:
         """Annotate ``task`` as the token's user; ``fields``: ``was_cancelled``, ``lead_time``..."""
         created = self._sdk(lambda: self.sdk.annotations.create(id=task, result=result, **fields))
-        return created.model_dump(mode="json")
+        body: dict[str, Any] = created.model_dump(mode="json")
+        return body
 
     def update_annotation(
         self, annotation: int, result: list[dict[str, Any]], **fields: Any
@@ -280,7 +281,8 @@ class LabelStudio:
         updated = self._sdk(
             lambda: self.sdk.annotations.update(id=annotation, result=result, **fields)
         )
-        return updated.model_dump(mode="json")
+        body: dict[str, Any] = updated.model_dump(mode="json")
+        return body
 
     def delete_annotation(self, annotation: int) -> None:
         self._sdk(lambda: self.sdk.annotations.delete(id=annotation))

@@ -45,7 +45,10 @@ class StoredClusters:
 
 
 def fingerprints(embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
-    return np.asarray(embeddings[:, :FINGERPRINT_DIMS], dtype=np.float64).sum(axis=1)
+    sums: NDArray[np.float64] = np.asarray(embeddings[:, :FINGERPRINT_DIMS], dtype=np.float64).sum(
+        axis=1
+    )
+    return sums
 
 
 def _path(settings: Settings, project_id: int) -> Path:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.config import LabelConfig
@@ -149,10 +150,10 @@ class Trained:
 
 @dataclass(frozen=True)
 class Scored:
-    task_ids: np.ndarray  # (n,) tasks in pool order
+    task_ids: NDArray[np.int64]  # (n,) tasks in pool order
     pool: Pool
     priority: Priority
-    probs: np.ndarray | None
+    probs: NDArray[np.float64] | None
 
 
 class Diagnose(Protocol):
@@ -167,7 +168,7 @@ class Diagnose(Protocol):
         ls: LabelStudio,
         project_id: int,
         snap: Snapshot,
-        embeddings: Mapping[int, np.ndarray],
+        embeddings: Mapping[int, NDArray[np.floating[Any]]],
         scored: Scored,
         trained: Trained | None,
     ) -> Mapping[str, int]: ...

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.labelstudio.client import LabelStudio
 from backend.loop import selection
@@ -86,7 +87,9 @@ def run_cycle(
     with ctx.stage("score") as counts:
         reused: list[bool] = []
 
-        def clusters_for(task_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
+        def clusters_for(
+            task_ids: NDArray[np.int64], x: NDArray[np.floating[Any]]
+        ) -> NDArray[np.int64]:
             labels, again = project_clusters(settings, project_id, task_ids, x)
             reused.append(again)
             return labels

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.loop.contract import Snapshot
 from strategies.disagreement import doubted_labels, judged_tags
@@ -28,9 +30,9 @@ class Doubt:
 
 def doubt_of(
     names: Sequence[str],
-    labels: np.ndarray,
-    oos_probs: np.ndarray | None,
-    targets: np.ndarray | None,
+    labels: NDArray[np.int64],
+    oos_probs: NDArray[np.floating[Any]] | None,
+    targets: NDArray[np.int64] | None,
 ) -> Callable[[int], Doubt | None]:
     """The doubt about row ``i`` of a pool (None without out-of-sample probabilities).
 
@@ -45,20 +47,23 @@ def doubt_of(
     return lambda row: _tag_doubt(names, targets[row], oos_probs[row], judged)
 
 
-def _class_doubt(names: Sequence[str], given: int, probs: np.ndarray) -> Doubt:
+def _class_doubt(names: Sequence[str], given: int, probs: NDArray[np.floating[Any]]) -> Doubt:
     top = int(np.argmax(probs))
     confidence = float(probs[top])
     reason = f"labeled {names[given]!r}; model says {names[top]!r} ({confidence:.0%})"
     return Doubt(reason, names[given], names[top], confidence)
 
 
-def tag_names(names: Sequence[str], tags: np.ndarray) -> str:
+def tag_names(names: Sequence[str], tags: NDArray[np.int64] | NDArray[np.bool_]) -> str:
     """The tags set in a (C,) 0/1 row, as flags and reasons name them."""
     return ", ".join(names[i] for i in np.flatnonzero(tags)) or "(no tag)"
 
 
 def _tag_doubt(
-    names: Sequence[str], tags: np.ndarray, probs: np.ndarray, judged: np.ndarray
+    names: Sequence[str],
+    tags: NDArray[np.int64],
+    probs: NDArray[np.floating[Any]],
+    judged: NDArray[np.bool_],
 ) -> Doubt:
     given = tag_names(names, tags)
     predicted = tag_names(names, (probs >= 0.5) & judged)

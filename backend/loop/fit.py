@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import select
 
 from backend.labelstudio.config import LabelConfig
@@ -76,7 +78,7 @@ def fit(
     settings: Settings,
     cfg: LabelConfig,
     targets: Targets,
-    embeddings: dict[int, np.ndarray],
+    embeddings: dict[int, NDArray[np.floating[Any]]],
     backbone: str,
 ) -> tuple[TrainedModel, Targets, float]:
     """Train on the labeled tasks that have embeddings.
@@ -205,7 +207,7 @@ def train_stage(
     store: Store,
     project_id: int,
     snap: Snapshot,
-    embeddings: dict[int, np.ndarray],
+    embeddings: dict[int, NDArray[np.floating[Any]]],
     backbone: str,
 ) -> Trained | None:
     """A new model version (written, not yet current), or None while labels are too few."""

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.loop.contract import Scored, ServedModel, Snapshot, Trained
 from backend.loop.push import QueueItem
@@ -38,7 +39,7 @@ PREVIEWED_MODEL_FIELDS = frozenset({"model.seed"})
 
 def cached_embeddings(
     store: Store, settings: Settings, task_ids: list[int], backbone: str | None
-) -> tuple[dict[int, np.ndarray], int]:
+) -> tuple[dict[int, NDArray[np.floating[Any]]], int]:
     """Cached vectors of ``task_ids`` and how many tasks have none.
 
     Args:
@@ -61,7 +62,7 @@ def _queue(
     store: Store,
     project_id: int,
     snap: Snapshot,
-    pool: tuple[np.ndarray, Any, Any],
+    pool: tuple[NDArray[np.int64], Any, Any],
     trained: Trained | None,
 ) -> tuple[Scored, list[QueueItem], dict[str, object]]:
     """Scored and planned as the cycle does (audit share and adaptive selection included),
@@ -74,7 +75,7 @@ def _queue(
 
 def _pool(
     store: Store, settings: Settings, project_id: int, served: ServedModel | None
-) -> tuple[Snapshot, tuple[np.ndarray, Any, Any], Trained | None, int]:
+) -> tuple[Snapshot, tuple[NDArray[np.int64], Any, Any], Trained | None, int]:
     snap = load_snapshot(store, project_id)
     embeddings, missing = cached_embeddings(
         store, settings, [t.id for t in snap.tasks], served.model.backbone if served else None

@@ -253,7 +253,9 @@ def make_refill(settings: Settings, store: Store) -> Callable[[int], None]:
     return run
 
 
-def suggestions(trained: Trained | None, probs: np.ndarray | None, n: int) -> np.ndarray:
+def suggestions(
+    trained: Trained | None, probs: NDArray[np.float64] | None, n: int
+) -> NDArray[np.bool_]:
     """(n, C) bool pre-annotation of every pool row (``predict_annotation``, vectorized): the top
     class, or every label at or above its threshold; (n, 0) before a model exists."""
     if trained is None or probs is None:

@@ -113,7 +113,7 @@ def _review_scores(
     info: Signal,
     quality: LabelQuality | None,
     crowd: Crowd | None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[NDArray[np.float64], NDArray[np.int64] | None]:
     """(n,) the review signal's scores and, where the signal has one, (n,) the label it suggests."""
     if quality is not None:
         return flag_scores(quality), quality.suggested
@@ -195,7 +195,7 @@ def _suspected(
 
 
 def _suspected_tag(
-    names: Sequence[str], tags: np.ndarray, doubted: int, quality: LabelQuality, row: int
+    names: Sequence[str], tags: NDArray[np.int64], doubted: int, quality: LabelQuality, row: int
 ) -> Doubt:
     """The doubt of the per-tag decision: the doubted tag, given or not, and how sure."""
     p, name = float(quality.p_error[row]), names[doubted]

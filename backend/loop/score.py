@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.loop.contract import Scored, Snapshot, Trained
 from backend.loop.targets import annotator_matrix
@@ -24,23 +25,23 @@ from strategies.combine import Priority, prioritize
 from strategies.duplicates import demote, near_copies_of_labeled
 
 
-def _annotator_matrix(snap: Snapshot, task_ids: np.ndarray) -> np.ndarray | None:
+def _annotator_matrix(snap: Snapshot, task_ids: NDArray[np.int64]) -> NDArray[np.int64] | None:
     if snap.cfg.multiple:
         return None
     classes = {label: i for i, label in enumerate(snap.cfg.labels)}
     return annotator_matrix(snap.annotations, task_ids, classes)[0]
 
 
-ClustersFor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ClustersFor = Callable[[NDArray[np.int64], NDArray[np.floating[Any]]], NDArray[np.int64]]
 
 
 def build_pool(
     snap: Snapshot,
-    embeddings: dict[int, np.ndarray],
+    embeddings: dict[int, NDArray[np.floating[Any]]],
     trained: Trained | None,
     slice_fields: Sequence[str] | None = None,
     clusters_for: ClustersFor | None = None,
-) -> tuple[np.ndarray, Pool, np.ndarray | None]:
+) -> tuple[NDArray[np.int64], Pool, NDArray[np.float64] | None]:
     """Arrays for the strategies, in ascending task id order (tasks without embeddings left out).
 
     ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
@@ -82,13 +83,13 @@ def build_pool(
 
 
 def _slices(
-    snap: Snapshot, task_ids: np.ndarray, configured: Sequence[str] | None
-) -> np.ndarray | None:
+    snap: Snapshot, task_ids: NDArray[np.int64], configured: Sequence[str] | None
+) -> NDArray[np.int64] | None:
     columns = slice_columns(snap.tasks, task_ids, configured, image_key=snap.cfg.value_key)
     return slice_ids(list(columns.values())) if columns else None
 
 
-def score_stage(settings: Settings, scored_pool: tuple[np.ndarray, Pool, Any]) -> Scored:
+def score_stage(settings: Settings, scored_pool: tuple[NDArray[np.int64], Pool, Any]) -> Scored:
     task_ids, pool, probs = scored_pool
     strategy = settings.strategy
     limit: AbstractContextManager[None] = (

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import select, update
 
 from backend.loop.contract import Scored, Snapshot
@@ -170,7 +171,11 @@ def load_rewards(store: Store, project_id: int) -> list[Reward]:
 
 
 def _judge(
-    store: Store, project_id: int, pool: Pool, task_ids: np.ndarray, done: Sequence[SelectionPick]
+    store: Store,
+    project_id: int,
+    pool: Pool,
+    task_ids: NDArray[np.int64],
+    done: Sequence[SelectionPick],
 ) -> list[Reward]:
     """File the rewards of the newest push's judged picks (:func:`strategies.bandit.judge_push`)."""
     arm_picks = [p for p in done if p.arm != AUDIT]
@@ -203,7 +208,9 @@ def _judge(
     return rewards
 
 
-def _audit_rows(store: Store, project_id: int, pool: Pool, row: Mapping[int, int]) -> np.ndarray:
+def _audit_rows(
+    store: Store, project_id: int, pool: Pool, row: Mapping[int, int]
+) -> NDArray[np.int64]:
     """Pool rows of every audit item whose label arrived and is still there."""
     with store.session() as session:
         audited = session.scalars(
@@ -217,7 +224,7 @@ def _audit_rows(store: Store, project_id: int, pool: Pool, row: Mapping[int, int
     return np.asarray(rows, dtype=np.int64)
 
 
-def crossfit_accuracy(pool: Pool, audit: np.ndarray) -> AccuracyEstimate | None:
+def crossfit_accuracy(pool: Pool, audit: NDArray[np.int64]) -> AccuracyEstimate | None:
     """The current model's accuracy from its out-of-sample (cross-fitted) predictions of the
     labeled audit items: unbiased for the pool like the prequential figure (the audit items are
     uniform draws), and about the model serving now (its folds train on (K-1)/K of the labels, so
@@ -233,7 +240,7 @@ def plan(
     project_id: int,
     pool: Pool,
     priority: Priority,
-    task_ids: np.ndarray,
+    task_ids: NDArray[np.int64],
     labels: Mapping[int, str],
     *,
     write: bool = True,

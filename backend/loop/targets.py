@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from backend.labelstudio.config import LabelConfig
+from backend.model.calibration import TargetArray
 from backend.store.models import Annotation
 from strategies.label_quality import crowd_consensus
 
@@ -30,8 +32,8 @@ class Targets:
         y: (n,) class indices (single-label) or (n, C) {0, 1} (multi-label).
     """
 
-    task_ids: np.ndarray
-    y: np.ndarray
+    task_ids: NDArray[np.int64]
+    y: TargetArray
 
 
 def _votes(annotations: Sequence[Annotation], classes: Sequence[str]) -> dict[int, list[list[str]]]:
@@ -71,8 +73,8 @@ def consensus_targets(annotations: Sequence[Annotation], cfg: LabelConfig) -> Ta
 
 
 def annotator_matrix(
-    annotations: Sequence[Annotation], task_ids: np.ndarray, index: dict[str, int]
-) -> tuple[np.ndarray, list[int]]:
+    annotations: Sequence[Annotation], task_ids: NDArray[np.int64], index: dict[str, int]
+) -> tuple[NDArray[np.int64], list[int]]:
     """(n, A) first chosen class per task (rows: ``task_ids``) and annotator, -1 where none; and
     the annotator ids of the columns (0 for annotations without one)."""
     rows = {int(t): i for i, t in enumerate(task_ids)}
@@ -88,8 +90,11 @@ def annotator_matrix(
 
 
 def _reliability_weighted(
-    y: np.ndarray, annotations: Sequence[Annotation], task_ids: np.ndarray, index: dict[str, int]
-) -> np.ndarray:
+    y: NDArray[np.int64],
+    annotations: Sequence[Annotation],
+    task_ids: NDArray[np.int64],
+    index: dict[str, int],
+) -> NDArray[np.int64]:
     """Where annotators disagree, the consensus weighs each by their estimated reliability
     (:func:`strategies.label_quality.crowd_consensus`); an exact tie keeps ``y`` (the label
     chosen most recently among the most common)."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 def predict_annotation(
-    probs_row: np.ndarray,
+    probs_row: NDArray[np.float64],
     classes: Sequence[str],
     *,
     multilabel: bool,
-    thresholds: np.ndarray | Sequence[float] | None = None,
+    thresholds: NDArray[np.float64] | Sequence[float] | None = None,
 ) -> tuple[list[str], float]:
     """The suggested label(s) for one item and how sure the model is of the suggestion.
 

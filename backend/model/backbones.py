@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image
 from torch import nn
 
@@ -55,16 +56,18 @@ class Backbone(Protocol):
         """Length of one embedding."""
         ...
 
-    def pixels(self, image: Image.Image) -> np.ndarray:
+    def pixels(self, image: Image.Image) -> NDArray[np.uint8]:
         """One image to the (S, S, 3) uint8 square :meth:`embed_pixels` takes (PIL + numpy)."""
         ...
 
-    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+    def embed_pixels(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(b, S, S, 3) uint8 squares to (b, dim) float32 embeddings."""
         ...
 
 
-def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def normalize(
+    batch: NDArray[np.uint8], mean: Sequence[float], std: Sequence[float]
+) -> NDArray[np.float32]:
     """(b, S, S, 3) uint8 to float32 ``(x / 255 - mean) / std``, same layout, in two numpy ops.
 
     Kept out of torch: on small tensors its per-op threading costs more than the arithmetic.
@@ -127,7 +130,7 @@ class TorchBackbone:
             self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.mean, self.std = mean, std
 
-    def pixels(self, image: Image.Image) -> np.ndarray:
+    def pixels(self, image: Image.Image) -> NDArray[np.uint8]:
         return np.asarray(resize_center_crop(image, self.image_size), dtype=np.uint8)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -135,21 +138,21 @@ class TorchBackbone:
         square = normalize(self.pixels(image)[None], self.mean, self.std)[0]
         return torch.from_numpy(square).permute(2, 0, 1)
 
-    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+    def to_tensor(self, batch: NDArray[np.uint8]) -> torch.Tensor:
         """(b, S, S, 3) uint8 to the normalized (b, 3, S, S) tensor (channels-last memory)."""
         return torch.from_numpy(normalize(batch, self.mean, self.std)).permute(0, 3, 1, 2)
 
-    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+    def embed_pixels(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         return self.embed(self.to_tensor(batch))
 
-    def embed(self, batch: torch.Tensor) -> np.ndarray:
+    def embed(self, batch: torch.Tensor) -> NDArray[np.float32]:
         batch = batch.contiguous(
             memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
         )
         self.module.eval()
         with torch.inference_mode():
             features = self.module(batch)
-        return features.float().numpy().astype(np.float32, copy=False)
+        return np.asarray(features.float().numpy(), dtype=np.float32)
 
     def with_weights(self, module: nn.Module) -> TorchBackbone:
         """A backbone with new (e.g. fine-tuned) weights; its name carries a digest of them."""

@@ -28,8 +28,10 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class _Shelf:
         self.meta_path = root / "meta.json"
         self.rows: dict[bytes, int] = {}
         self.dim: int | None = None
-        self._matrix: np.ndarray | None = None
+        self._matrix: NDArray[np.float32] | None = None
         self._n = 0  # rows read from index.sha so far
         self._lock = threading.Lock()
 
@@ -103,7 +105,7 @@ class _Shelf:
                 self._refresh()
             return {key: self.rows[key] for key in wanted if key in self.rows}
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
+    def take(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
         """(len(rows), dim) float32 copy of the given rows."""
         with self._lock:
             matrix = self._matrix
@@ -126,7 +128,7 @@ class _Shelf:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def append(self, items: Mapping[bytes, np.ndarray]) -> None:
+    def append(self, items: Mapping[bytes, NDArray[np.floating[Any]]]) -> None:
         """Store the vectors whose keys are not stored yet (one locked append for all)."""
         if not items:
             return
@@ -195,9 +197,9 @@ class EmbeddingCache:
     def _legacy_path(self, sha: str, backbone: str) -> Path:
         return self.root / safe_name(backbone) / sha[:2] / f"{sha}.npy"
 
-    def _legacy(self, shas: Iterable[str], backbone: str) -> dict[str, np.ndarray]:
+    def _legacy(self, shas: Iterable[str], backbone: str) -> dict[str, NDArray[np.float32]]:
         """Vectors of the one-file-per-vector layout, copied into the arrays."""
-        found: dict[str, np.ndarray] = {}
+        found: dict[str, NDArray[np.float32]] = {}
         if backbone not in self._legacy_folders:
             folder = self.root / safe_name(backbone)
             self._legacy_folders[backbone] = folder.is_dir() and any(
@@ -218,11 +220,11 @@ class EmbeddingCache:
             self.put_many(found, backbone)
         return found
 
-    def get(self, sha: str, backbone: str) -> np.ndarray | None:
+    def get(self, sha: str, backbone: str) -> NDArray[np.float32] | None:
         """The cached (dim,) float32 vector, or None on a miss."""
         return self.get_many([sha], backbone).get(sha)
 
-    def get_many(self, shas: Iterable[str], backbone: str) -> dict[str, np.ndarray]:
+    def get_many(self, shas: Iterable[str], backbone: str) -> dict[str, NDArray[np.float32]]:
         """The cached vectors among ``shas`` (misses are left out), read in one pass.
 
         The values are rows of one (n, dim) array, so handing out 100,000 of them copies the
@@ -232,7 +234,7 @@ class EmbeddingCache:
         shelf = self._shelf(backbone)
         rows = shelf.rows_of(wanted.values())
         hits = [sha for sha, key in wanted.items() if key in rows]
-        found: dict[str, np.ndarray] = {}
+        found: dict[str, NDArray[np.float32]] = {}
         if hits:
             block = shelf.take(np.array([rows[wanted[sha]] for sha in hits], dtype=np.int64))
             found = dict(zip(hits, block, strict=True))
@@ -241,11 +243,11 @@ class EmbeddingCache:
             found.update(self._legacy(missing, backbone))
         return found
 
-    def put(self, sha: str, backbone: str, vector: np.ndarray) -> None:
+    def put(self, sha: str, backbone: str, vector: NDArray[np.floating[Any]]) -> None:
         """Store one (dim,) vector; storing a key that is already there changes nothing."""
         self.put_many({sha: vector}, backbone)
 
-    def put_many(self, vectors: Mapping[str, np.ndarray], backbone: str) -> None:
+    def put_many(self, vectors: Mapping[str, NDArray[np.floating[Any]]], backbone: str) -> None:
         """Store many vectors in one append (one lock, one fsync)."""
         self._shelf(backbone).append({bytes.fromhex(sha): v for sha, v in vectors.items()})
 

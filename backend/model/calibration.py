@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wide enough for any sane head
 
 
-def probabilities(logits: np.ndarray, temperature: float, *, multilabel: bool) -> np.ndarray:
+#: Training targets: (n,) int64 class indices, or (n, C) float32 {0, 1} rows (multi-label).
+TargetArray = NDArray[np.int64] | NDArray[np.float32]
+
+
+def probabilities(
+    logits: NDArray[np.float64], temperature: float, *, multilabel: bool
+) -> NDArray[np.float64]:
     """(..., C) logits to probabilities: softmax over C, or per-label sigmoid when multilabel."""
     scaled = logits / temperature
     if multilabel:
@@ -18,7 +25,7 @@ def probabilities(logits: np.ndarray, temperature: float, *, multilabel: bool) -
 
 
 def negative_log_likelihood(
-    logits: np.ndarray, targets: np.ndarray, temperature: float, *, multilabel: bool
+    logits: NDArray[np.float64], targets: TargetArray, temperature: float, *, multilabel: bool
 ) -> float:
     """Mean NLL of (n, C) logits at a temperature; targets (n,) ints or (n, C) {0, 1}."""
     scaled = logits / temperature
@@ -30,7 +37,9 @@ def negative_log_likelihood(
     return float(-log_p[np.arange(len(targets)), targets].mean())
 
 
-def fit_temperature(logits: np.ndarray, targets: np.ndarray, *, multilabel: bool) -> float:
+def fit_temperature(
+    logits: NDArray[np.float64], targets: TargetArray, *, multilabel: bool
+) -> float:
     """The temperature T > 0 minimising the NLL of ``logits / T`` (Guo et al., 2017).
 
     Fit on out-of-sample logits, so T corrects the over-confidence a head shows on unseen items.
@@ -48,7 +57,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, *, multilabel: bool
 
 
 def expected_calibration_error(
-    probs: np.ndarray, targets: np.ndarray, *, multilabel: bool, n_bins: int = 15
+    probs: NDArray[np.float64], targets: TargetArray, *, multilabel: bool, n_bins: int = 15
 ) -> float:
     """ECE with equal-width confidence bins.
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from backend.files import atomic_write
 from backend.model.module import StackedHead
@@ -58,7 +59,7 @@ def _head_from(payload: dict[str, Any]) -> StackedHead:
     return head.eval()
 
 
-def _array(value: np.ndarray | None) -> torch.Tensor | None:
+def _array(value: NDArray[np.generic] | None) -> torch.Tensor | None:
     return None if value is None else torch.from_numpy(np.ascontiguousarray(value))
 
 

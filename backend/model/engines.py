@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image
 
 from backend.model.backbones import Backbone, BackboneUnavailableError, TorchBackbone
@@ -75,11 +76,12 @@ def resolve_device(setting: str) -> str:
     return "cpu"
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosines(a: NDArray[np.floating[Any]], b: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
     """Row-wise cosine similarity of two (n, d) arrays."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return np.sum(a64 * b64, axis=1) / np.maximum(norms, 1e-12)
+    cos: NDArray[np.float64] = np.sum(a64 * b64, axis=1) / np.maximum(norms, 1e-12)
+    return cos
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class Check:
 class _Engine:
     """One compiled model: (b, S, S, 3) uint8 in, (b, dim) float32 out."""
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         raise NotImplementedError
 
 
@@ -114,13 +116,13 @@ class _TorchEngine(_Engine):
         if half:
             self.module = self.module.half()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         tensor = self.base.to_tensor(batch).to(self.device)
         if self.half:
             tensor = tensor.half()
         with torch.inference_mode():
             out = self.module(tensor.contiguous(memory_format=torch.channels_last))
-        return out.float().cpu().numpy().astype(np.float32, copy=False)
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
 
 
 class _OpenVinoEngine(_Engine):
@@ -136,7 +138,7 @@ class _OpenVinoEngine(_Engine):
         self.compiled = ov.Core().compile_model(str(path / "model.xml"), "CPU", config)
         self._lock = threading.Lock()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         with self._lock:  # one infer request per compiled model
             out = self.compiled(np.ascontiguousarray(batch))[0]
         return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
@@ -154,7 +156,7 @@ class _OnnxEngine(_Engine):
         )
         self.base = base
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         x = self.base.to_tensor(batch).contiguous().numpy()
         return np.asarray(self.session.run(None, {"pixels": x})[0], dtype=np.float32)
 
@@ -173,7 +175,9 @@ def _bf16_supported() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def _convert_openvino(base: TorchBackbone, out: Path, calibration: np.ndarray | None) -> None:
+def _convert_openvino(
+    base: TorchBackbone, out: Path, calibration: NDArray[np.uint8] | None
+) -> None:
     """Torch module -> OpenVINO IR with uint8 NHWC input and the normalization inside."""
     import openvino as ov
 
@@ -256,10 +260,10 @@ class RuntimeBackbone:
         """Images :meth:`embed_pixels` wants in its first batch (int8 calibrates on them)."""
         return INT8_CALIBRATION + INT8_CHECK if self.settings.precision == "int8" else 1
 
-    def pixels(self, image: Image.Image) -> np.ndarray:
+    def pixels(self, image: Image.Image) -> NDArray[np.uint8]:
         return self.base.pixels(image)
 
-    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+    def embed_pixels(self, batch: NDArray[np.uint8]) -> NDArray[np.float32]:
         with self._lock:
             if self.engine is None:
                 self.engine, self.check = self._choose(batch)
@@ -284,7 +288,7 @@ class RuntimeBackbone:
                 out.append((name, "fp32"))
         return out
 
-    def _choose(self, batch: np.ndarray) -> tuple[_Engine, Check | None]:
+    def _choose(self, batch: NDArray[np.uint8]) -> tuple[_Engine, Check | None]:
         """The first candidate that converts and passes its check (torch fp32 needs none)."""
         reasons = []
         for runtime, precision in self._candidates():
@@ -301,7 +305,9 @@ class RuntimeBackbone:
     def _key(self, runtime: str, precision: str) -> Path:
         return self.root / safe_name(f"{self.base.name}-{runtime}-{precision}")
 
-    def _prepare(self, runtime: str, precision: str, batch: np.ndarray) -> tuple[_Engine, Check]:
+    def _prepare(
+        self, runtime: str, precision: str, batch: NDArray[np.uint8]
+    ) -> tuple[_Engine, Check]:
         folder = self._key(runtime, precision)
         threshold = MIN_COSINE_INT8 if precision == "int8" else MIN_COSINE
         check_path = folder / "check.json"
@@ -366,7 +372,7 @@ class RuntimeBackbone:
         engine: _Engine,
         runtime: str,
         precision: str,
-        held: np.ndarray,
+        held: NDArray[np.uint8],
         threshold: float,
         started: float,
     ) -> Check:

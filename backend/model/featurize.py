@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from backend.model.backbones import Backbone
@@ -43,7 +44,7 @@ class FeaturizeResult:
         n_fetched: items whose image was fetched (the others were known and cached).
     """
 
-    embeddings: dict[int, np.ndarray]
+    embeddings: dict[int, NDArray[np.float32]]
     failures: dict[int, str]
     hashes: dict[int, str]
     n_cached: int
@@ -70,8 +71,8 @@ class _Ready:
 
     task_id: int
     sha: str | None = None
-    vector: np.ndarray | None = None
-    pixels: np.ndarray | None = None
+    vector: NDArray[np.float32] | None = None
+    pixels: NDArray[np.uint8] | None = None
     error: str | None = None
 
 
@@ -99,10 +100,10 @@ class _Pass:
     total: int
     progress: Progress | None
     started: float = field(default_factory=time.perf_counter)
-    by_sha: dict[str, np.ndarray] = field(default_factory=dict)
+    by_sha: dict[str, NDArray[np.float32]] = field(default_factory=dict)
     waiting: dict[str, list[int]] = field(default_factory=dict)
-    batch: list[tuple[str, np.ndarray]] = field(default_factory=list)
-    embeddings: dict[int, np.ndarray] = field(default_factory=dict)
+    batch: list[tuple[str, NDArray[np.uint8]]] = field(default_factory=list)
+    embeddings: dict[int, NDArray[np.float32]] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     hashes: dict[int, str] = field(default_factory=dict)
     n_cached: int = 0

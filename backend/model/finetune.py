@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from backend.model.backbones import TorchBackbone
+from backend.model.calibration import TargetArray
 from backend.model.featurize import decode_image
 from backend.model.train import quiet_trainer
 from backend.settings import ModelSettings
@@ -82,7 +83,7 @@ class FineTuneModule(L.LightningModule):
 def fine_tune_backbone(
     backbone: TorchBackbone,
     fetchers: Sequence[Callable[[], bytes]],
-    targets: np.ndarray,
+    targets: TargetArray,
     *,
     n_classes: int,
     multilabel: bool,

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from backend.model.calibration import TargetArray
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
 MIN_PER_SIDE = 3  # positives and negatives a label needs before its threshold is tuned
@@ -15,7 +18,9 @@ MIN_PER_SIDE = 3  # positives and negatives a label needs before its threshold i
 NEVER = 2.0
 
 
-def multilabel_thresholds(probs: np.ndarray, targets: np.ndarray, *, default: float) -> np.ndarray:
+def multilabel_thresholds(
+    probs: NDArray[np.float64], targets: TargetArray, *, default: float
+) -> NDArray[np.float64]:
     """(C,) per-label thresholds maximising out-of-sample F1 (ties: closest to ``default``).
 
     A label with fewer than ``MIN_PER_SIDE`` positives or negatives keeps ``default``; a label no
@@ -44,7 +49,10 @@ def _macro_f1(per_class: dict[str, dict[str, float]]) -> float:
 
 
 def _per_class(
-    y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], labels: list[int] | None
+    y_true: TargetArray,
+    y_pred: NDArray[np.int64],
+    classes: Sequence[str],
+    labels: list[int] | None,
 ) -> dict[str, dict[str, float]]:
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0.0
@@ -61,12 +69,12 @@ def _per_class(
 
 
 def classification_metrics(
-    probs: np.ndarray,
-    targets: np.ndarray,
+    probs: NDArray[np.float64],
+    targets: TargetArray,
     *,
     classes: Sequence[str],
     multilabel: bool,
-    thresholds: np.ndarray | None = None,
+    thresholds: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1/support and confusion matrices (JSON-ready).
 

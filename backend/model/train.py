@@ -22,8 +22,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from backend.model.calibration import (
+    TargetArray,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
@@ -68,31 +70,31 @@ class TrainedModel:
     committee: StackedHead | None
     committee_size: int
     temperature: float
-    feature_mean: np.ndarray
-    feature_std: np.ndarray
-    oos_probs: np.ndarray
-    folds: np.ndarray
-    fold_seen: np.ndarray
-    thresholds: np.ndarray | None
+    feature_mean: NDArray[np.float32]
+    feature_std: NDArray[np.float32]
+    oos_probs: NDArray[np.float64]
+    folds: NDArray[np.int64]
+    fold_seen: NDArray[np.bool_]
+    thresholds: NDArray[np.float64] | None
     metrics: dict[str, Any] = field(default_factory=dict)
     backbone: str = ""
     seed: int = 0
 
-    def _inputs(self, embeddings: np.ndarray) -> torch.Tensor:
+    def _inputs(self, embeddings: NDArray[np.floating[Any]]) -> torch.Tensor:
         x = (np.asarray(embeddings, dtype=np.float32) - self.feature_mean) / self.feature_std
         return torch.from_numpy(x.astype(np.float32, copy=False))
 
-    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+    def logits(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (n, C) uncalibrated logits of the main head."""
         self.head.eval()
         with torch.inference_mode():
-            return self.head(self._inputs(embeddings))[0].numpy().astype(np.float64)
+            return np.asarray(self.head(self._inputs(embeddings))[0].numpy(), dtype=np.float64)
 
-    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+    def predict_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (n, C) calibrated probabilities."""
         return probabilities(self.logits(embeddings), self.temperature, multilabel=self.multilabel)
 
-    def committee_proba(self, embeddings: np.ndarray) -> np.ndarray:
+    def committee_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (M, n, C) calibrated probabilities, one slice per member.
 
         Bootstrap members are separate heads; MC dropout runs the main head M times with dropout
@@ -117,9 +119,11 @@ class TrainedModel:
 class HeadPlan:
     """Which items each head trains and validates on. Head order: folds, committee, main."""
 
-    train_weights: np.ndarray  # (n, H) sample weights (bootstrap counts for committee heads)
-    val_weights: np.ndarray  # (n, H) 0/1 early-stopping masks
-    folds: np.ndarray  # (n,)
+    train_weights: NDArray[
+        np.float64
+    ]  # (n, H) sample weights (bootstrap counts for committee heads)
+    val_weights: NDArray[np.float64]  # (n, H) 0/1 early-stopping masks
+    folds: NDArray[np.int64]  # (n,)
     n_folds: int
     n_committee: int
 
@@ -132,7 +136,9 @@ class HeadPlan:
         return list(range(self.n_folds, self.n_folds + self.n_committee))
 
 
-def feature_scaling(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def feature_scaling(
+    embeddings: NDArray[np.floating[Any]],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """(d,) mean and scale that standardise embeddings before the head.
 
     Each dimension's variance is shrunk toward the mean variance (``var + mean(var)``): with a few
@@ -145,7 +151,7 @@ def feature_scaling(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
-def strata(targets: np.ndarray, *, multilabel: bool) -> np.ndarray:
+def strata(targets: TargetArray, *, multilabel: bool) -> NDArray[np.int64]:
     """(n,) group of each item for stratified folds: its class, or its rarest positive label."""
     if not multilabel:
         return targets.astype(np.int64)
@@ -155,7 +161,9 @@ def strata(targets: np.ndarray, *, multilabel: bool) -> np.ndarray:
     return np.where(none, targets.shape[1], rarity.argmin(axis=1)).astype(np.int64)
 
 
-def assign_folds(groups: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
+def assign_folds(
+    groups: NDArray[np.int64], n_folds: int, rng: np.random.Generator
+) -> NDArray[np.int64]:
     """Stratified fold ids: each group is shuffled and dealt round-robin, continuing the deal
     across groups so every fold gets a near-equal share. Works for groups smaller than K."""
     folds = np.empty(len(groups), dtype=np.int64)
@@ -168,7 +176,7 @@ def assign_folds(groups: np.ndarray, n_folds: int, rng: np.random.Generator) -> 
 
 
 def plan_heads(
-    folds: np.ndarray,
+    folds: NDArray[np.int64],
     n_folds: int,
     n_committee: int,
     *,
@@ -194,8 +202,13 @@ def plan_heads(
 
 
 def class_weights(
-    targets: np.ndarray, weights: np.ndarray, n_classes: int, *, multilabel: bool, balance: bool
-) -> np.ndarray:
+    targets: TargetArray,
+    weights: NDArray[np.float64],
+    n_classes: int,
+    *,
+    multilabel: bool,
+    balance: bool,
+) -> NDArray[np.float64]:
     """(H, C) per-head class weights from each head's own training weights.
 
     Single-label: "balanced" weights total / (classes present * class total), 0 for absent classes.
@@ -208,11 +221,15 @@ def class_weights(
         pos = weights.T @ targets
         neg = weights.sum(axis=0)[:, None] - pos
         ratio = np.divide(neg, pos, out=np.ones_like(pos), where=pos > 0)
-        return np.clip(ratio, 0.1, 10.0)
+        clipped: NDArray[np.float64] = np.clip(ratio, 0.1, 10.0)
+        return clipped
     counts = weights.T @ np.eye(n_classes)[targets]
     present = (counts > 0).sum(axis=1, keepdims=True)
     total = counts.sum(axis=1, keepdims=True)
-    return np.divide(total, present * counts, out=np.zeros_like(counts), where=counts > 0)
+    weights_per_class: NDArray[np.float64] = np.divide(
+        total, present * counts, out=np.zeros_like(counts), where=counts > 0
+    )
+    return weights_per_class
 
 
 @contextmanager
@@ -257,8 +274,8 @@ def _trainer(settings: ModelSettings, validate: bool) -> L.Trainer:
 
 
 def fit_heads(
-    x: np.ndarray,
-    targets: np.ndarray,
+    x: NDArray[np.floating[Any]],
+    targets: TargetArray,
     plan: HeadPlan,
     *,
     n_classes: int,
@@ -305,11 +322,11 @@ def fit_heads(
 
 
 def _validate(
-    embeddings: np.ndarray,
-    targets: np.ndarray,
+    embeddings: NDArray[np.floating[Any]],
+    targets: TargetArray,
     n_classes: int,
     multilabel: bool,
-    folds: np.ndarray | None,
+    folds: NDArray[np.int64] | None,
 ) -> None:
     if embeddings.ndim != 2 or len(embeddings) != len(targets):
         raise ValueError("embeddings must be (n, d) with one target per row")
@@ -323,14 +340,17 @@ def _validate(
         raise ValueError(f"single-label targets must be (n,) ints in [0, {n_classes})")
 
 
-def _head_logits(net: StackedHead, x: np.ndarray) -> np.ndarray:
+def _head_logits(net: StackedHead, x: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
     """(heads, n, C) logits of every head."""
     with torch.inference_mode():
-        return net(torch.from_numpy(x.astype(np.float32))).numpy().astype(np.float64)
+        return np.asarray(net(torch.from_numpy(x.astype(np.float32))).numpy(), dtype=np.float64)
 
 
 def _train_accuracy(
-    logits: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None, temperature: float
+    logits: NDArray[np.float64],
+    targets: TargetArray,
+    thresholds: NDArray[np.float64] | None,
+    temperature: float,
 ) -> float:
     """Accuracy of the served head on the items it was trained on (exact set match when
     multi-label), to set beside the out-of-sample accuracy: a growing gap is overfitting."""
@@ -341,7 +361,11 @@ def _train_accuracy(
 
 
 def _plan(
-    targets: np.ndarray, folds: np.ndarray | None, *, multilabel: bool, settings: ModelSettings
+    targets: TargetArray,
+    folds: NDArray[np.int64] | None,
+    *,
+    multilabel: bool,
+    settings: ModelSettings,
 ) -> HeadPlan:
     rng = np.random.default_rng(settings.seed)
     if folds is None:
@@ -357,13 +381,13 @@ def _plan(
 
 
 def _calibrate_and_score(
-    oos: np.ndarray,
-    targets: np.ndarray,
+    oos: NDArray[np.float64],
+    targets: TargetArray,
     *,
     classes: Sequence[str],
     multilabel: bool,
     settings: ModelSettings,
-) -> tuple[float, np.ndarray, np.ndarray | None, dict[str, Any]]:
+) -> tuple[float, NDArray[np.float64], NDArray[np.float64] | None, dict[str, Any]]:
     """Temperature, calibrated probabilities, thresholds and metrics from out-of-sample logits."""
     temperature = 1.0
     if settings.calibrate:
@@ -387,14 +411,14 @@ def _calibrate_and_score(
 
 
 def train_model(
-    embeddings: np.ndarray,
-    targets: np.ndarray,
+    embeddings: NDArray[np.floating[Any]],
+    targets: TargetArray,
     *,
     classes: Sequence[str],
     multilabel: bool,
     settings: ModelSettings,
     backbone: str = "",
-    folds: np.ndarray | None = None,
+    folds: NDArray[np.int64] | None = None,
 ) -> TrainedModel:
     """Train the main head, the committee and the cross-fitting heads; calibrate; score.
 

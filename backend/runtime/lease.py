@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backend.loop.contract import CycleContext, CycleResult, CycleRunner
 from backend.store import cycle_records
 from backend.store.db import Store
-from backend.store.models import utcnow
+from backend.store.models import Cycle, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock)
         result = runner(ctx, ctx.project_id) or CycleResult()
     except Exception as exc:  # any failure of the cycle is recorded; the next cycle retries
         with store.session() as session:
-            cycle = session.get(cycle_records.Cycle, ctx.cycle_id)
+            cycle = session.get(Cycle, ctx.cycle_id)
             error = _describe(exc, cycle.stage if cycle else None)
             cycle_records.fail(session, ctx.cycle_id, error, now=clock())
         log.exception("cycle %d of project %d failed", ctx.cycle_id, ctx.project_id)

@@ -167,7 +167,7 @@ def fire_schedule(scheduler_id: str, project_id: int) -> None:
 # ---------------------------------------------------------------- the scheduler
 
 
-class _Background(BackgroundScheduler):
+class _Background(BackgroundScheduler):  # type: ignore[misc]  # APScheduler ships no types
     """APScheduler's BackgroundScheduler without its last pass after ``shutdown()``.
 
     In 3.11, ``shutdown()`` marks the scheduler stopped, closes executors and stores, then wakes its

@@ -20,12 +20,13 @@ from backend.labelstudio.config import LabelConfig, parse_label_config
 from backend.labelstudio.convert import prediction_item, task_image_ref
 from backend.labelstudio.images import ImageResolver
 from backend.loop import ingest
+from backend.loop.contract import ServedModel
 from backend.loop.embed import embed_items
 from backend.loop.queue import queue_positions
 from backend.model.annotation import predict_annotation
 from backend.model.backbones import TorchBackbone
 from backend.model.engines import for_inference
-from backend.serving.registry import ModelRegistry, ServedModel
+from backend.serving.registry import ModelRegistry
 from backend.settings import Settings
 from backend.store import task_images
 from backend.store.db import Store

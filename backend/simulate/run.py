@@ -27,9 +27,10 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from backend.labelstudio.config import LabelConfig
@@ -82,7 +83,7 @@ class Dataset:
     name: str
     classes: tuple[str, ...]
     images: tuple[Callable[[], bytes], ...]
-    y: np.ndarray
+    y: NDArray[np.int64]
     true_labels: bool = True
 
 
@@ -111,14 +112,14 @@ class Problem:
     """
 
     cfg: LabelConfig
-    embeddings: dict[int, np.ndarray]
+    embeddings: dict[int, NDArray[np.floating[Any]]]
     answers: dict[int, int]
     planted: frozenset[int]
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: NDArray[np.floating[Any]]
+    y_test: NDArray[np.int64]
 
 
-def _png(pixels: np.ndarray) -> bytes:
+def _png(pixels: NDArray[np.uint8]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).convert("RGB").save(buffer, format="PNG")
     return buffer.getvalue()
@@ -206,7 +207,9 @@ def load_dataset(spec: str, *, limit: int | None = None) -> Dataset:
     return _folder(Path(spec), limit)
 
 
-def embed_dataset(settings: Settings, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+def embed_dataset(
+    settings: Settings, dataset: Dataset
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.int64]]:
     """(n, d) embeddings of the images that could be embedded and (n,) their true classes.
 
     Computed once per dataset with the configured backbone, through the embedding cache.
@@ -221,8 +224,8 @@ def embed_dataset(settings: Settings, dataset: Dataset) -> tuple[np.ndarray, np.
 
 
 def make_problem(
-    x: np.ndarray,
-    y: np.ndarray,
+    x: NDArray[np.floating[Any]],
+    y: NDArray[np.int64],
     classes: Sequence[str],
     *,
     seed: int,
@@ -332,8 +335,8 @@ def _measure(
 
 
 def ls_cluster_picks(
-    scores: np.ndarray,
-    clusters: np.ndarray,
+    scores: NDArray[np.float64],
+    clusters: NDArray[np.int64],
     size: int,
     solved: Mapping[int, int] | None = None,
 ) -> list[int]:

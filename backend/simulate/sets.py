@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 SIZE = 64
@@ -41,8 +42,8 @@ class Generated:
 
     classes: tuple[str, ...]
     images: tuple[bytes, ...]
-    y: np.ndarray
-    nuisance: np.ndarray
+    y: NDArray[np.int64]
+    nuisance: NDArray[np.int64]
 
 
 def _shape(
@@ -168,7 +169,7 @@ def generate(name: str, *, n: int | None = None, seed: int = 0) -> Generated:
     raise ValueError(f"unknown generated set {name!r}; known: {GENERATED}")
 
 
-def pixel_features(images: Sequence[bytes], *, side: int = 16) -> np.ndarray:
+def pixel_features(images: Sequence[bytes], *, side: int = 16) -> NDArray[np.float64]:
     """(n, side * side * 3) raw pixels in [0, 1], downsampled: a cheap embedding for tests."""
     rows = []
     for png in images:
