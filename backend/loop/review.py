@@ -217,6 +217,8 @@ def push_reviews(
     snap: Snapshot,
     scored: Scored,
 ) -> dict[str, int]:
+    """The push stage's review side: mark the flags reviewers answered, then push this cycle's
+    label-error and disagreement suspects (settled tasks left out); counts for the cycle record."""
     project_id, current = ctx.project_id, given_labels(snap)
     outcomes = mark_reviewed(store, project_id, current)
     counts: dict[str, int] = {f"review_{k}": v for k, v in outcomes.items()}
