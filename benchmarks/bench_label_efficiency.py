@@ -169,19 +169,16 @@ def _adaptive(state: State) -> np.ndarray:
     previous = mem.pop("picks", None)
     if previous is not None:  # the annotator labeled the whole previous batch
         rows, arms = previous
-        push: dict[str, list[int]] = {}
+        picked: dict[str, list[int]] = {}
         for row, arm in zip(rows, arms, strict=True):
-            push.setdefault(arm, []).append(int(row))
-        mem["audit"] += push.get(AUDIT, [])
-        fresh = np.asarray(push.pop(AUDIT, []), dtype=np.int64)
+            (mem["audit"] if arm == AUDIT else picked.setdefault(arm, [])).append(int(row))
         mem["rewards"] += judge_push(
             mem["proxy"],
             state.labels,
-            {a: np.asarray(r, dtype=np.int64) for a, r in push.items()},
+            {a: np.asarray(r, dtype=np.int64) for a, r in picked.items()},
             np.asarray(mem["audit"], dtype=np.int64),
             cycle=len(mem["checks"]),
             n_classes=state.n_classes,
-            fresh=fresh,
         )
     pool = _pool(state)
     combined = prioritize(

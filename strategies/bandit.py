@@ -10,28 +10,19 @@ chose a query the model's accuracy afterwards, estimated without bias by importa
 its uniform queries. With a batch shared by arms, the model after the batch cannot tell the arms
 apart, so each arm's labels are judged by a paired counterfactual instead: a proxy learner
 (multinomial logistic regression on the embeddings) is fit on the labels the arms had in common
-(``base``), on ``base`` plus an arm's first ``m`` labels and on ``base`` plus ``m`` uniform labels
-(``m`` the smaller of the two counts, so both sides rest on as many labels), and scored on the
-audit items (held out from every fit; uniform draws from the pool, so the score is unbiased for
-the pool). The uniform side is the random arm's picks and the push's own audit items, which are
-draws from the same pool and are left out of the items scored on. An arm *wins* a cycle when its
-labels lowered the audit Brier score more than the uniform labels did (ties count half). Wins are
-scale-free, so cycles early (large gains) and late (small gains) weigh alike.
+(``base``) and on ``base`` plus the first ``m`` labels of each arm (``m`` the smallest arm's count,
+so every arm is judged on as many labels), and scored on the audit items (held out from every
+fit; uniform draws from the pool, so the score is unbiased for the pool). An arm *wins* a cycle
+when its labels lowered the audit Brier score more than random's labels did (ties count half).
+Wins are scale-free, so cycles early (large gains) and late (small gains) weigh alike.
 
 Allocation. Each arm's chance of beating random in a cycle has a Beta posterior over its
-discounted wins (``discount`` per cycle of age: the best arm changes as labels grow), each
-comparison counting ``min(1, m / JUDGED_FULL)``: with batches of 10 most comparisons rest on one
-label a side, and those are close to coin flips (on digits every arm, margin included, won about
-half of them, while margin needs 45 % fewer labels than random there), so they must not move the
-batch as much as a comparison on five labels does. Each cycle the non-audit part of the batch is
-split by tempered probability matching: an arm's chance of having the highest posterior draw
-(random counting as ``0.5 + hurdle``: an arm must win more than half its comparisons to take
-random's place) is raised to ``SHARPEN`` and renormalized, which gives the likely best arm most of
-the batch instead of spreading it over arms whose posteriors overlap, and ``EXPLORE`` of the plain
-chances is mixed back in, so every arm keeps being tried a little. Random keeps at least
-``random_floor`` and takes everything when no arm shows it beats random: never worse than random
-order. Shares become slots per batch by systematic rounding (:func:`interleave` with ``rng``), so
-an arm whose share is worth less than one slot gets one in that proportion of the batches.
+discounted wins (``discount`` per cycle of age: the best arm changes as labels grow). Each cycle
+the non-audit part of the batch is split by probability matching (Thompson sampling): the share of
+an arm is how often it has the highest draw, random counting as ``0.5 + hurdle`` (an arm must win
+more than half of its comparisons to take random's place). Random always keeps at least
+``random_floor`` of the batch, so there is always a reference to compare with, and takes
+everything when no arm shows it beats random: never worse than random order.
 """
 
 from __future__ import annotations
@@ -53,24 +44,13 @@ from strategies.coldstart import cold_start_order
 #: The portfolio, in the order the dashboard lists it. "combined" is the configured weighting.
 ARMS = ("random", "margin", "entropy", "typiclust", "combined")
 AUDIT = "audit"
-#: Prior Beta(wins, losses) of "beats random in a cycle". The configured combination and margin,
-#: the two fixed strategies that needed the fewest labels in ``bench_label_efficiency`` (digits,
-#: 20 seeds: margin 92, the combination 96, random 166), start trusted as if they had won six of
-#: seven and five of six comparisons (the combination a little ahead: it is what the project
-#: configured, and it alone runs the cold start); the others start even. Evidence of a cycle
-#: weighs at most one comparison, so a project's own audit overturns the head start within about
-#: ten cycles of clear results.
-PRIOR: Mapping[str, tuple[float, float]] = {"combined": (6.0, 1.0), "margin": (5.0, 1.0)}
+#: Prior Beta(wins, losses) of "beats random in a cycle": the configured combination starts
+#: trusted a little (it is the measured default), the others even.
+PRIOR: Mapping[str, tuple[float, float]] = {"combined": (2.0, 1.0)}
 EVEN_PRIOR = (1.0, 1.0)
 DISCOUNT = 0.9
-#: A comparison resting on fewer labels per side than this counts as that fraction of one.
-JUDGED_FULL = 5
 HURDLE = 0.05
-#: Shares are the arms' chances of being best raised to this power (renormalized) ...
-SHARPEN = 6.0
-#: ... mixed with this much of the plain chances, so every arm keeps being explored a little.
-EXPLORE = 0.1
-RANDOM_FLOOR = 0.05
+RANDOM_FLOOR = 0.1
 DRAWS = 4000
 #: An arm is *trusted* when the posterior probability that it beats random reaches this.
 TRUST = 0.8
@@ -129,7 +109,7 @@ def posterior(
         return 0.0, 0.0
     newest = max(r.cycle for r in rewards)
     mine = [r for r in rewards if r.arm == arm]
-    weights = np.array([discount ** (newest - r.cycle) * min(1.0, r.n / JUDGED_FULL) for r in mine])
+    weights = np.array([discount ** (newest - r.cycle) for r in mine])
     wins = np.array([r.win for r in mine])
     return float((weights * wins).sum()), float(weights.sum())
 
@@ -143,8 +123,6 @@ def allocate(
     hurdle: float = HURDLE,
     random_floor: float = RANDOM_FLOOR,
     draws: int = DRAWS,
-    sharpen: float | None = None,
-    explore: float | None = None,
 ) -> Allocation:
     """Split the batch among the ``available`` arms (random is always one of them).
 
@@ -162,9 +140,6 @@ def allocate(
     samples = rng.beta(alpha, beta, size=(draws, len(others))) if others else np.zeros((draws, 0))
     values = np.concatenate((np.full((draws, 1), 0.5 + hurdle), samples), axis=1)
     winners = np.bincount(values.argmax(axis=1), minlength=len(others) + 1) / draws
-    tempered = winners ** (SHARPEN if sharpen is None else sharpen)
-    explore = EXPLORE if explore is None else explore
-    winners = (1.0 - explore) * tempered / tempered.sum() + explore * winners
     random_share = max(random_floor, float(winners[0]))
     rest = winners[1:].sum()
     shares = {"random": random_share}
@@ -173,9 +148,9 @@ def allocate(
     if rest <= 0:
         shares["random"] = 1.0
     beliefs = [_belief("random", 0.0, 0.0, 0.5, shares["random"], "the reference")]
-    for arm in others:
+    for i, arm in enumerate(others):
         wins, comparisons = posterior(rewards, arm, discount=discount)
-        p_better = float(beta_dist.sf(0.5, 1.0 + wins, 1.0 + comparisons - wins))
+        p_better = float(beta_dist.sf(0.5, alpha[i], beta[i]))
         beliefs.append(_belief(arm, wins, comparisons, p_better, shares[arm], ""))
     return Allocation(shares, tuple(beliefs))
 
@@ -231,37 +206,11 @@ class Interleaved:
     arms: tuple[str, ...]
 
 
-def _slots(
-    shares: Mapping[str, float],
-    count: int,
-    *,
-    rng: np.random.Generator | None = None,
-    chunk: int | None = None,
-) -> list[str]:
-    """``count`` arm names in proportion to ``shares``, spread evenly (stride scheduling).
-
-    With ``rng``, each ``chunk`` of slots (one batch's arm slots) first draws how many slots each
-    arm gets by systematic sampling (an arm gets ``floor(share * chunk)`` slots and one more with
-    probability equal to the remainder), so a share too small for one slot of a batch still gets
-    one in that proportion of the batches instead of never.
-    """
+def _slots(shares: Mapping[str, float], count: int) -> list[str]:
+    """``count`` arm names in proportion to ``shares``, spread evenly (stride scheduling)."""
     names = [a for a, s in shares.items() if s > 0]
     weights = np.array([shares[a] for a in names])
     weights = weights / weights.sum()
-    if rng is None:
-        return _stride(names, weights, count)
-    chunk = max(1, chunk or count)
-    out: list[str] = []
-    while len(out) < count:  # one batch at a time, a handful of batches
-        points = (rng.random() + np.arange(chunk)) / chunk
-        edges = np.cumsum(weights)
-        edges[-1] = 1.0
-        counts = np.bincount(np.searchsorted(edges, points, side="right"), minlength=len(names))
-        out += _stride(names, counts / chunk, chunk)
-    return out[:count]
-
-
-def _stride(names: Sequence[str], weights: NDArray[np.float64], count: int) -> list[str]:
     credit = np.zeros(len(names))
     out = []
     for _ in range(count):  # slots of the recorded horizon only, a few hundred
@@ -277,9 +226,6 @@ def interleave(
     shares: Mapping[str, float],
     audit: IntArray,
     slots: NDArray[np.bool_],
-    *,
-    rng: np.random.Generator | None = None,
-    batch_size: int | None = None,
 ) -> Interleaved:
     """Merge the arms' orders into one queue, audit items in the audit slots.
 
@@ -294,17 +240,13 @@ def interleave(
         shares: arm -> share of the non-audit slots (arms missing from ``orders`` are ignored).
         audit: (a,) the audit items, already drawn uniformly.
         slots: (h,) True where a position of the horizon is an audit slot.
-        rng: when given, each batch's slot counts per arm are drawn by systematic rounding
-            (:func:`_slots`); without it they follow the shares deterministically.
-        batch_size: positions per batch (with ``rng``: the rounding is per batch).
     """
     shares = {a: s for a, s in shares.items() if a in orders and s > 0} or {"random": 1.0}
     taken = np.zeros(int(max((o.max(initial=-1) for o in orders.values()), default=-1)) + 1, bool)
     taken[audit] = True
     pointers = dict.fromkeys(orders, 0)
     audit_left = list(audit)[::-1]
-    chunk = int((~slots[:batch_size]).sum()) if batch_size else None
-    arm_slots = iter(_slots(shares, int(slots.shape[0]), rng=rng, chunk=chunk))
+    arm_slots = iter(_slots(shares, int(slots.shape[0])))
     order: list[int] = []
     arms: list[str] = []
     for is_audit in slots:  # the recorded horizon, a few hundred slots
@@ -390,38 +332,30 @@ def arm_rewards(
         x: (n, d) proxy features (:func:`proxy_features`).
         y: (n,) labels (only indices named below are read).
         base: labeled items every arm shares (audit items and the push's arm picks excluded).
-        picked: arm -> its labeled picks of the push, in queue order; "random" holds the uniform
-            reference (the random arm's picks, then the push's audit items) and must be there.
+        picked: arm -> its labeled picks of the push, in queue order; must include "random".
         audit: items the score is measured on (uniform draws, never trained on).
         cycle: the cycle number the rewards are filed under.
         n_classes: number of classes.
 
     Returns:
-        One :class:`Reward` per non-random arm with picks, each compared with the first ``m``
-        uniform labels, ``m`` the smaller count (none without uniform labels or audit items).
+        One :class:`Reward` per non-random arm with picks (none without random picks or audit).
     """
     judged = {a: p for a, p in picked.items() if p.shape[0] > 0}
     if "random" not in judged or audit.shape[0] == 0 or len(judged) < 2:
         return []
+    m = min(p.shape[0] for p in judged.values())
     reference = _brier(x, y, base, audit, n_classes)
-
-    def gain(rows: IntArray) -> float:
-        return (reference - _brier(x, y, np.concatenate((base, rows)), audit, n_classes)) / len(
-            rows
-        )
-
-    random_gain: dict[int, float] = {}
+    gains = {
+        arm: (reference - _brier(x, y, np.concatenate((base, p[:m])), audit, n_classes)) / m
+        for arm, p in judged.items()
+    }
     out = []
-    for arm, rows in judged.items():
+    for arm, gain in gains.items():
         if arm == "random":
             continue
-        m = min(rows.shape[0], judged["random"].shape[0])
-        if m not in random_gain:
-            random_gain[m] = gain(judged["random"][:m])
-        mine = gain(rows[:m])
-        diff = mine - random_gain[m]
+        diff = gain - gains["random"]
         win = 0.5 if abs(diff) < 1e-12 else float(diff > 0)
-        out.append(Reward(cycle, arm, win, mine, m))
+        out.append(Reward(cycle, arm, win, gain, m))
     return out
 
 
@@ -433,28 +367,15 @@ def judge_push(
     *,
     cycle: int,
     n_classes: int,
-    fresh: IntArray | None = None,
 ) -> list[Reward]:
     """Rewards of one push: ``picked`` (arm -> its labeled picks, in queue order) judged on
-    ``audit`` (every labeled audit item), with every other labeled item as the shared base.
-
-    ``fresh``, the push's own labeled audit items, are uniform draws from the same pool as the
-    random arm's picks: they join random's picks as the reference the other arms are compared
-    with, and are left out of the items judged on (so the reference is never scored on its own
-    labels). The random arm then needs no share of its own for the comparison to exist.
-    """
-    fresh = np.zeros(0, dtype=np.int64) if fresh is None else np.asarray(fresh, dtype=np.int64)
+    ``audit`` (every labeled audit item), with every other labeled item as the shared base."""
     excluded = np.zeros(labels.shape[0], dtype=bool)
     excluded[audit] = True
-    excluded[fresh] = True
     for rows in picked.values():
         excluded[rows] = True
     base = np.flatnonzero((labels >= 0) & ~excluded).astype(np.int64)
-    judged = np.setdiff1d(audit, fresh)
-    if fresh.shape[0]:
-        own = picked.get("random", np.zeros(0, dtype=np.int64))
-        picked = {**picked, "random": np.concatenate((np.asarray(own, dtype=np.int64), fresh))}
-    return arm_rewards(x, labels, base, picked, judged, cycle=cycle, n_classes=n_classes)
+    return arm_rewards(x, labels, base, picked, audit, cycle=cycle, n_classes=n_classes)
 
 
 def build_queue(
@@ -486,5 +407,5 @@ def build_queue(
         min(candidates.shape[0], HORIZON_BATCHES * batch_size), batch_size, audit_share
     )
     audit = draw_audit(candidates, int(slots.sum()), rng=rng)
-    built = interleave(orders, allocation.shares, audit, slots, rng=rng, batch_size=batch_size)
+    built = interleave(orders, allocation.shares, audit, slots)
     return built, allocation

@@ -184,10 +184,9 @@ def _judge(
     cycle_id = max(p.cycle_id for p in arm_picks)
     row = {int(t): i for i, t in enumerate(task_ids)}
     picked: dict[str, list[int]] = {}
-    for pick in sorted(done, key=lambda p: p.position):
-        if pick.cycle_id == cycle_id and pick.task_id in row and pool.labeled[row[pick.task_id]]:
+    for pick in sorted(arm_picks, key=lambda p: p.position):
+        if pick.cycle_id == cycle_id and pick.task_id in row:
             picked.setdefault(pick.arm, []).append(row[pick.task_id])
-    fresh = np.asarray(picked.pop(AUDIT, []), dtype=np.int64)
     rng = np.random.default_rng(cycle_id)
     rewards = judge_push(
         proxy_features(pool.embeddings, rng=rng),
@@ -196,7 +195,6 @@ def _judge(
         _audit_rows(store, project_id, pool, row),
         cycle=cycle_id,
         n_classes=int(pool.n_classes or pool.labels.max() + 1),
-        fresh=fresh,
     )
     with store.session() as session:
         session.add_all(
