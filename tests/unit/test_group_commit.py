@@ -84,6 +84,93 @@ def test_a_write_that_returns_too_few_results_is_an_error_not_a_wrong_answer() -
         group.submit(1)
 
 
+def test_an_interrupted_writer_stops_only_itself_and_the_next_batch_still_writes() -> None:
+    started, release = threading.Event(), threading.Event()
+    calls = 0
+
+    def write(items: Sequence[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            assert release.wait(10)
+            raise KeyboardInterrupt
+        return list(items)
+
+    group: GroupCommit[int, int] = GroupCommit(write)
+    outcome: dict[str, BaseException | int] = {}
+
+    def leader() -> None:
+        try:
+            group.submit(1)
+        except BaseException as exc:
+            outcome["leader"] = exc
+
+    def follower() -> None:
+        try:
+            outcome["follower"] = group.submit(2)
+        except BaseException as exc:
+            outcome["follower"] = exc
+
+    first = threading.Thread(target=leader)
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=follower)
+    second.start()
+    for _ in range(2000):
+        if group.waiting == 1:
+            break
+        threading.Event().wait(0.005)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert isinstance(outcome["leader"], KeyboardInterrupt)
+    # The follower queued behind the interrupted batch, so it is written by its own thread.
+    assert outcome["follower"] == 2
+    assert group.submit(3) == 3
+
+
+def test_a_caller_whose_item_is_past_max_batch_writes_older_batches_first() -> None:
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def write(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            assert gate.wait(10)
+        return list(items)
+
+    group: GroupCommit[int, int] = GroupCommit(write, max_batch=2)
+    results: dict[int, int] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.update({i: group.submit(i)})) for i in range(7)
+    ]
+    threads[0].start()
+    for _ in range(2000):
+        if batches:
+            break
+        threading.Event().wait(0.005)
+    for t in threads[1:]:
+        t.start()
+    for _ in range(2000):
+        if group.waiting == 6:
+            break
+        threading.Event().wait(0.005)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert results == {i: i for i in range(7)}
+    assert batches[0] == [0]
+    assert all(len(b) <= 2 for b in batches) and sorted(i for b in batches for i in b) == list(
+        range(7)
+    )
+
+
+def test_max_batch_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        GroupCommit(lambda items: list(items), max_batch=0)
+
+
 def _delivery(key: str, project_id: int = 7) -> repo.Delivery:
     return repo.Delivery(key=key, action="TASKS_CREATED", project_id=project_id, payload={})
 
