@@ -25,6 +25,7 @@ from backend.loop import ingest
 from backend.loop.inbox import HANDLED_ACTIONS, BadEvent, parse_event
 from backend.serving.predict import predict_tasks
 from backend.store import repo
+from backend.store.db import is_transient
 from backend.store.models import Project
 
 log = logging.getLogger(__name__)
@@ -133,14 +134,25 @@ def webhook() -> Response:
         raise bad_request(str(exc)) from None
     if event.action not in HANDLED_ACTIONS or event.project_id is None:
         return jsonify({"status": "ignored", "action": event.action})
-    stored = svc.record_delivery(
-        repo.Delivery(
-            key=repo.delivery_key(raw),
-            action=event.action,
-            project_id=event.project_id,
-            payload=event.payload,
-        )
+    delivery = repo.Delivery(
+        key=repo.delivery_key(raw),
+        action=event.action,
+        project_id=event.project_id,
+        payload=event.payload,
+        size=len(raw),
     )
+    try:
+        stored = svc.record_delivery(delivery)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("webhook %s not stored, the database is busy: %s", event.action, exc)
+        raise ApiError(
+            503,
+            "unavailable",
+            "the database is busy; nothing was stored, send it again",
+            headers={"Retry-After": "1"},
+        ) from None
     if stored is None:
         svc.metrics.events_unknown_project.inc()
         return jsonify({"status": "ignored", "action": event.action, "reason": "unknown project"})

@@ -21,7 +21,7 @@ from backend.runtime.scheduler import LoopScheduler
 from backend.serving.registry import ModelRegistry
 from backend.settings import Settings
 from backend.store import repo
-from backend.store.db import Store
+from backend.store.db import Store, is_transient
 from backend.store.group import GroupCommit
 
 EXTENSION = "labelloop"
@@ -45,10 +45,14 @@ class Services:
     def record_delivery(self, delivery: repo.Delivery) -> bool | None:
         """Store a webhook delivery durably: True stored, False a duplicate, None a project this
         backend was never set up for. Concurrent deliveries share one transaction (one commit
-        and fsync for all of them) instead of queueing for SQLite's one writer."""
+        and fsync for all of them) instead of queueing for SQLite's one writer; a delivery that
+        cannot be stored fails alone, and a busy database fails the batch (the caller answers
+        503 so the sender may retry)."""
         with self._lock:
             if self._deliveries is None:
-                self._deliveries = GroupCommit(self._write_deliveries)
+                self._deliveries = GroupCommit(
+                    self._write_deliveries, size=lambda d: d.size, transient=is_transient
+                )
         return self._deliveries.submit(delivery)
 
     def _write_deliveries(self, batch: Sequence[repo.Delivery]) -> list[bool | None]:

@@ -13,6 +13,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that may pass when tried again (locked, busy, connection lost, deadlock).
+
+    Anything else a write raises (a constraint, a bad value) fails the same way every time it
+    is tried.
+    """
+    if isinstance(exc, OperationalError | InterfaceError | SqlTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def make_engine(url: str) -> Engine:

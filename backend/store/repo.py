@@ -282,31 +282,35 @@ def record_delivery(
 
 @dataclass(frozen=True)
 class Delivery:
-    """One webhook delivery to store: its identity (:func:`delivery_key`), action, project."""
+    """One webhook delivery to store: its identity (:func:`delivery_key`), action, project, and
+    the size of the body it came in (what a batch of them weighs)."""
 
     key: str
     action: str
     project_id: int
     payload: dict[str, Any]
+    size: int = 0
 
 
 def record_deliveries(session: Session, deliveries: Sequence[Delivery]) -> list[bool | None]:
     """Store each delivery of a project this backend was set up for: True when stored, False
     for a duplicate of one stored before (or earlier in ``deliveries``), None for a project
-    that is not known (nothing stored)."""
+    that is not known (nothing stored).
+
+    The rows are inserted in key order, whatever order they came in: two transactions holding
+    some of the same deliveries (a retried webhook reaching two server processes) then take the
+    key index's locks in the same order, and one waits for the other instead of both deadlocking.
+    """
     known: dict[int, bool] = {}
-    outcomes: list[bool | None] = []
-    for d in deliveries:
+    outcomes: list[bool | None] = [None] * len(deliveries)
+    for i in sorted(range(len(deliveries)), key=lambda i: deliveries[i].key):
+        d = deliveries[i]
         if d.project_id not in known:
             known[d.project_id] = project_known(session, d.project_id)
-        if not known[d.project_id]:
-            outcomes.append(None)
-            continue
-        outcomes.append(
-            record_delivery(
+        if known[d.project_id]:
+            outcomes[i] = record_delivery(
                 session, key=d.key, action=d.action, project_id=d.project_id, payload=d.payload
             )
-        )
     return outcomes
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.exc import OperationalError
 
 from backend.api.app import EXTENSION, create_app, shutdown
 from backend.loop.inbox import apply_pending
@@ -213,6 +214,32 @@ def test_unexpected_errors_are_json_without_traceback(
     body = response.get_json()
     assert body == {"error": "internal_error", "detail": "RuntimeError; see the server log"}
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_a_busy_database_is_a_503_to_send_again_and_the_resend_is_stored(
+    client: FlaskClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, calls = repo.record_delivery, 0
+
+    def locked_once(*args: Any, **kwargs: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("INSERT INTO inbox_events", {}, Exception("database is locked"))
+        return real(*args, **kwargs)
+
+    set_up(store)
+    monkeypatch.setattr(repo, "record_delivery", locked_once)
+    body = json.dumps(_event("ANNOTATION_CREATED", annotation=_annotation()))
+    busy = client.post("/webhook", data=body, content_type="application/json")
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert busy.get_json()["error"] == "unavailable"
+    with store.session() as session:
+        assert session.query(InboxEvent).count() == 0
+    again = client.post("/webhook", data=body, content_type="application/json")
+    assert again.get_json()["status"] == "stored"
+    with store.session() as session:
+        assert session.query(InboxEvent).count() == 1
 
 
 @pytest.fixture

@@ -78,6 +78,103 @@ def test_a_failed_batch_fails_each_of_its_callers_and_the_next_batch_still_write
     assert group.submit(2) == 2
 
 
+def _queued_behind_a_held_batch(
+    group: GroupCommit[int, int],
+    started: threading.Event,
+    gate: threading.Event,
+    items: Sequence[int],
+) -> dict[int, BaseException | int]:
+    """Submit item 0 (whose write sets ``started``, then waits for ``gate``), queue ``items``
+    behind it while it is held, then release it; each item's result or error."""
+    outcome: dict[int, BaseException | int] = {}
+
+    def send(i: int) -> None:
+        try:
+            outcome[i] = group.submit(i)
+        except Exception as exc:
+            outcome[i] = exc
+
+    first = threading.Thread(target=send, args=(0,))
+    first.start()
+    others = [threading.Thread(target=send, args=(i,)) for i in items]
+    assert started.wait(10)
+    for t in others:
+        t.start()
+    for _ in range(2000):
+        if group.waiting == len(items):
+            break
+        threading.Event().wait(0.005)
+    assert group.waiting == len(items)
+    gate.set()
+    for t in [first, *others]:
+        t.join(10)
+    return outcome
+
+
+def test_one_bad_item_fails_alone_and_the_rest_of_its_batch_is_written() -> None:
+    started, gate = threading.Event(), threading.Event()
+    batches: list[list[int]] = []
+
+    def write(items: Sequence[int]) -> list[int]:
+        if items == [0]:
+            started.set()
+            assert gate.wait(10)
+        if 5 in items:
+            raise ValueError("item 5 is malformed")
+        batches.append(list(items))
+        return [i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(write)
+    outcome = _queued_behind_a_held_batch(group, started, gate, range(1, 9))
+    assert isinstance(outcome.pop(5), ValueError)
+    assert outcome == {i: i * 10 for i in range(9) if i != 5}
+    # Split in halves, not item by item: 8 queued items take at most 2 * log2(8) writes.
+    assert sorted(i for b in batches for i in b) == [i for i in range(9) if i != 5]
+    assert len(batches) <= 1 + 2 * 3
+
+
+def test_a_transient_error_fails_the_whole_batch_without_writing_items_apart() -> None:
+    started, gate = threading.Event(), threading.Event()
+    attempts: list[list[int]] = []
+
+    class Busy(Exception):
+        pass
+
+    def write(items: Sequence[int]) -> list[int]:
+        if items == [0]:
+            started.set()
+            assert gate.wait(10)
+            return [0]
+        attempts.append(list(items))
+        raise Busy("database is locked")
+
+    group: GroupCommit[int, int] = GroupCommit(write, transient=lambda exc: isinstance(exc, Busy))
+    outcome = _queued_behind_a_held_batch(group, started, gate, range(1, 6))
+    assert outcome[0] == 0
+    assert all(isinstance(outcome[i], Busy) for i in range(1, 6))
+    assert attempts == [[1, 2, 3, 4, 5]]
+
+
+def test_a_batch_holds_at_most_max_bytes_and_a_larger_item_goes_alone() -> None:
+    started, gate = threading.Event(), threading.Event()
+    batches: list[list[int]] = []
+
+    def write(items: Sequence[int]) -> list[int]:
+        if items == [0]:
+            started.set()
+            assert gate.wait(10)
+        batches.append(list(items))
+        return list(items)
+
+    # Item i weighs i * 10 bytes; 25 bytes a batch.
+    group: GroupCommit[int, int] = GroupCommit(write, max_bytes=25, size=lambda i: i * 10)
+    outcome = _queued_behind_a_held_batch(group, started, gate, [1, 1, 3, 1])
+    assert outcome == {0: 0, 1: 1, 3: 3}
+    assert batches[0] == [0]
+    assert all(sum(i * 10 for i in b) <= 25 or len(b) == 1 for b in batches)
+    assert [3] in batches
+
+
 def test_a_write_that_returns_too_few_results_is_an_error_not_a_wrong_answer() -> None:
     group: GroupCommit[int, int] = GroupCommit(lambda items: [])
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
@@ -166,9 +263,11 @@ def test_a_caller_whose_item_is_past_max_batch_writes_older_batches_first() -> N
     )
 
 
-def test_max_batch_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
+def test_max_batch_or_max_bytes_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
         GroupCommit(lambda items: list(items), max_batch=0)
+    with pytest.raises(ValueError, match="max_bytes must be at least 1"):
+        GroupCommit(lambda items: list(items), max_bytes=0)
 
 
 def _delivery(key: str, project_id: int = 7) -> repo.Delivery:
@@ -188,3 +287,24 @@ def test_record_deliveries_stores_once_and_ignores_projects_never_set_up(store: 
     assert again == [False, True]
     with store.session() as session:
         assert [e.delivery_key for e in repo.pending_events(session)] == ["a", "c"]
+
+
+def test_record_deliveries_inserts_in_key_order_and_answers_in_arrival_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with store.session() as session:
+        repo.ensure_project(session, 7)
+    inserted: list[str] = []
+    real = repo.record_delivery
+
+    def spy(session: object, *, key: str, **kw: object) -> bool:
+        inserted.append(key)
+        return real(session, key=key, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repo, "record_delivery", spy)
+    with store.write_session() as session:
+        outcomes = repo.record_deliveries(
+            session, [_delivery("c"), _delivery("a"), _delivery("x", project_id=8), _delivery("b")]
+        )
+    assert inserted == ["a", "b", "c"]
+    assert outcomes == [True, True, None, True]
