@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from sqlalchemy.orm import Session
 
 from backend.loop import ingest
 from backend.store import repo
-from backend.store.db import Store
+from backend.store.db import Store, is_transient
 from backend.store.models import InboxEvent, Project, utcnow
 
 log = logging.getLogger(__name__)
@@ -211,22 +209,35 @@ def apply_event(session: Session, event: InboxEvent, report: ApplyReport) -> Non
     report.outcomes[outcome.split(":")[0]] += 1
 
 
-def is_transient(exc: BaseException) -> bool:
-    """A database error that may pass when tried again (locked, busy, connection lost, deadlock).
-
-    Everything else an event raises fails the same way every time it is applied.
-    """
-    if isinstance(exc, OperationalError | InterfaceError | SqlTimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
 class TransientError(Exception):
     """Applying stopped on a transient database error; the events stay pending."""
 
 
 #: Pending events read at a time inside one apply transaction.
 CHUNK = 16
+
+
+class _EventFailed(Exception):
+    """An event applied without a savepoint failed; its transaction is rolled back."""
+
+    def __init__(self, event_id: int) -> None:
+        super().__init__(f"inbox event {event_id} failed")
+        self.event_id = event_id
+
+
+def _apply_fast(session: Session, event: InboxEvent, report: ApplyReport) -> None:
+    """Apply one event with no savepoint of its own (the common case: nothing fails).
+
+    A failure rolls the whole transaction back (:class:`_EventFailed`, or :class:`TransientError`
+    for a transient database error); the caller then applies the same events again, each in a
+    savepoint (:func:`_apply_guarded`), so only the event that fails is set aside.
+    """
+    try:
+        apply_event(session, event, report)
+    except Exception as exc:
+        if is_transient(exc):
+            raise TransientError(str(exc)) from exc
+        raise _EventFailed(event.id) from exc
 
 
 def _apply_guarded(session: Session, event: InboxEvent, report: ApplyReport) -> None:
@@ -265,13 +276,21 @@ def _pending_in_chunks(
 
 
 def _apply_batch(
-    store: Store, report: ApplyReport, *, batch: int, budget_s: float, project_id: int | None
+    store: Store,
+    report: ApplyReport,
+    *,
+    batch: int,
+    budget_s: float,
+    project_id: int | None,
+    guard_through: int = 0,
 ) -> int:
     """Apply pending events in one short write transaction; returns how many it looked at.
 
     Events are read :data:`CHUNK` at a time, so a transaction that stops at its time budget after
     a few events has not decoded the payloads of ``batch`` of them. ``report`` only learns what
-    was committed.
+    was committed. Events with ids up to ``guard_through`` (one that failed before, and those
+    before it) are applied each in a savepoint, and the transaction ends after them; the others
+    without one (:func:`_apply_fast`).
     """
     with store.session() as session:  # a plain read: no write lock while nothing is pending
         if not repo.has_pending(session, project_id=project_id):
@@ -280,9 +299,12 @@ def _apply_batch(
     with store.write_session() as session:
         started = time.perf_counter()  # the budget counts from holding the write lock
         for event in _pending_in_chunks(session, limit=batch, project_id=project_id):
-            _apply_guarded(session, event, this)
+            guarded = event.id <= guard_through
+            (_apply_guarded if guarded else _apply_fast)(session, event, this)
             done += 1
-            if time.perf_counter() - started > budget_s:
+            if event.id == guard_through or (
+                not guarded and time.perf_counter() - started > budget_s
+            ):
                 break
     report.merge(this)
     return done
@@ -315,12 +337,20 @@ def apply_pending(
         backoff_s: the first pause after a transient error.
         sleep: how to pause (tests pass a recorder).
     """
-    report, failures = ApplyReport(), 0
+    report, failures, guard_through = ApplyReport(), 0, 0
     while True:
         try:
             seen = _apply_batch(
-                store, report, batch=batch, budget_s=budget_s, project_id=project_id
+                store,
+                report,
+                batch=batch,
+                budget_s=budget_s,
+                project_id=project_id,
+                guard_through=guard_through,
             )
+        except _EventFailed as failed:  # rolled back: again, each event in a savepoint
+            guard_through = failed.event_id
+            continue
         except Exception as exc:
             if not isinstance(exc, TransientError) and not is_transient(exc):
                 raise
@@ -333,7 +363,7 @@ def apply_pending(
                 break
             sleep(backoff_s * 2 ** (failures - 1))
             continue
-        failures = 0
+        failures, guard_through = 0, 0
         if seen == 0:
             break
     if report.total or report.retries:

@@ -176,6 +176,38 @@ def test_a_poison_event_does_not_block_later_ones(
         assert repo.set_aside_count(session, project_id=7) == 1
 
 
+def test_a_poison_event_among_good_ones_sets_only_itself_aside_and_counts_each_once(
+    project_store: Store,
+) -> None:
+    # The transaction applying them fails at the poison event and is rolled back; the same
+    # events are applied again, each in a savepoint: nothing is lost or counted twice.
+    for i in (1, 2):
+        deliver(
+            project_store,
+            ev("ANNOTATION_CREATED", annotation=_ann(i, i, "cat", "2026-01-01T10:00:00Z")),
+        )
+    bad = ev("ANNOTATION_CREATED", annotation=_ann(3, 3, "cat", "2026-01-01T10:00:00Z"))
+    bad["annotation"]["id"] = "not-a-number"
+    store_raw(project_store, bad)
+    for i in (4, 5):
+        deliver(
+            project_store,
+            ev("ANNOTATION_CREATED", annotation=_ann(i, i, "dog", "2026-01-01T10:00:00Z")),
+        )
+    report = apply_pending(project_store)
+    assert report.total == 4 and report.set_aside == 1
+    assert report.outcomes == {"created": 4, "error": 1}
+    assert labels_of(project_store) == {
+        1: (["cat"], False),
+        2: (["cat"], False),
+        4: (["dog"], False),
+        5: (["dog"], False),
+    }
+    with project_store.session() as session:
+        assert not repo.pending_events(session)
+        assert repo.set_aside_count(session, project_id=7) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
