@@ -16,6 +16,7 @@ the baseline in the same run, an empty Flask route under the same server setting
 
     python benchmarks/bench_endpoints.py                  # 400 requests per sender count, 60 s
     python benchmarks/bench_endpoints.py --quick          # 100 requests, 10 s
+    python benchmarks/bench_endpoints.py --postgres       # a throwaway PostgreSQL, fsync on
     python benchmarks/bench_endpoints.py --database-url postgresql+psycopg://...
 """
 
@@ -42,6 +43,7 @@ import numpy as np
 import requests
 import yaml
 from PIL import Image
+from sqlalchemy.engine import make_url
 
 from backend.cli.lsprocess import free_port
 from backend.logs import quiet_third_party
@@ -305,7 +307,38 @@ def _pending(url: str) -> tuple[int, int]:
     return body["inbox"]["pending"], body["inbox"]["set_aside"]
 
 
+def closed_loop_table(url: str, base: str, n: int) -> None:
+    """Table 1: p50/p99 per endpoint for 1, 8 and 32 concurrent senders, ``n`` requests each."""
+    cases = [
+        ("baseline: empty Flask route (waitress)", _get(f"{base}/baseline")),
+        ("GET /health", _get(f"{url}/health")),
+        ("POST /webhook (new event)", _post(f"{url}/webhook", lambda: _event(next(_IDS)))),
+        ("POST /webhook (duplicate delivery)", _post(f"{url}/webhook", lambda: _event(1))),
+        ("POST /predict (100 tasks, no model yet)", _post(f"{url}/predict", lambda: PREDICT)),
+    ]
+    print(f"Closed loop: concurrent senders, {n} requests per row in all (ms)")
+    print("| endpoint                                 | senders |   p50 |    p99 |")
+    print("|------------------------------------------|---------|-------|--------|")
+    for senders in (1, 8, 32):
+        for name, send in cases:
+            p50, p99 = _percentiles(closed_loop(send, senders, max(1, n // senders)))
+            print(f"| {name:<40} | {senders:>7} | {p50:>5.1f} | {p99:>6.1f} |", flush=True)
+
+
 ADMIN: dict[str, str] = {}
+
+
+@contextmanager
+def _database(args: argparse.Namespace) -> Iterator[str | None]:
+    """The store's URL: ``--database-url``, a throwaway PostgreSQL for ``--postgres``, or None
+    (SQLite in the run's temporary folder)."""
+    if not args.postgres:
+        yield args.database_url
+        return
+    from tests.postgres import fresh_database, postgres_server
+
+    with postgres_server(fsync=True) as server:
+        yield fresh_database(server)
 
 
 def main() -> None:
@@ -314,33 +347,31 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL server (fsync on) and store there",
+    )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--open-loop-only", action="store_true", help="only the open-loop webhook table"
+    )
     args = parser.parse_args()
     n, seconds = (100, 10.0) if args.quick else (args.requests, args.seconds)
     os.environ["LABELLOOP_SERVER__ADMIN_TOKENS"] = "{bench: bench-token}"
     ADMIN["Authorization"] = "Bearer bench-token"
     with (
         tempfile.TemporaryDirectory() as tmp,
-        servers(Path(tmp), args.database_url) as (url, base, config),
+        _database(args) as database_url,
+        servers(Path(tmp), database_url) as (url, base, config),
     ):
+        print(f"store: {make_url(database_url).get_backend_name() if database_url else 'sqlite'}")
         setup = {"project": "1.1", "schema": CONFIG}
         requests.post(f"{url}/setup", json=setup, timeout=10).raise_for_status()
-        cases = [
-            ("baseline: empty Flask route (waitress)", _get(f"{base}/baseline")),
-            ("GET /health", _get(f"{url}/health")),
-            ("POST /webhook (new event)", _post(f"{url}/webhook", lambda: _event(next(_IDS)))),
-            ("POST /webhook (duplicate delivery)", _post(f"{url}/webhook", lambda: _event(1))),
-            ("POST /predict (100 tasks, no model yet)", _post(f"{url}/predict", lambda: PREDICT)),
-        ]
         closed_loop(_get(f"{url}/health"), 2, 20)  # warm up
-        print(f"Closed loop: concurrent senders, {n} requests per row in all (ms)")
-        print("| endpoint                                 | senders |   p50 |    p99 |")
-        print("|------------------------------------------|---------|-------|--------|")
-        for senders in (1, 8, 32):
-            for name, send in cases:
-                p50, p99 = _percentiles(closed_loop(send, senders, max(1, n // senders)))
-                print(f"| {name:<40} | {senders:>7} | {p50:>5.1f} | {p99:>6.1f} |", flush=True)
-        predict_rows(url, config, 2 if args.quick else 5)
+        if not args.open_loop_only:
+            closed_loop_table(url, base, n)
+            predict_rows(url, config, 2 if args.quick else 5)
         latencies, achieved = open_loop(f"{url}/webhook", args.rate, seconds)
         time.sleep(3)
         pending, set_aside = _pending(url)

@@ -53,10 +53,12 @@ def _run(command: list[str]) -> None:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(*, fsync: bool = False) -> Iterator[str]:
     """Start a server; yields the URL of its maintenance database ``postgres``.
 
     It listens on a Unix socket in its own temporary folder only (no TCP port to race for).
+    Tests run it with ``fsync=off`` (nothing they store must survive a power cut); a benchmark
+    of durable writes asks for ``fsync=True``, as a production server runs.
     """
     data = Path(tempfile.mkdtemp(prefix="labelloop-pg-", dir="/tmp"))
     if os.geteuid() == 0:
@@ -64,7 +66,7 @@ def postgres_server() -> Iterator[str]:
     cluster, port = str(data / "db"), 5432
     try:
         _run([_binary("initdb"), "-D", cluster, "-U", USER, "--auth=trust", "-E", "UTF8"])
-        options = f"-p {port} -k {data} -c listen_addresses='' -c fsync=off"
+        options = f"-p {port} -k {data} -c listen_addresses='' -c fsync={'on' if fsync else 'off'}"
         log = str(data / "server.log")
         try:
             _run([_binary("pg_ctl"), "-D", cluster, "-o", options, "-l", log, "-w", "start"])
