@@ -11,17 +11,11 @@ job.
 When the job fires, :func:`backend.runtime.lease.run_cycle_once` runs the injected runner under
 the project's lease (:mod:`backend.loop.contract` says what the runner sees and returns).
 
-How a persisted job reaches the runner: APScheduler stores a job as a textual reference to a
-module-level function plus picklable arguments, and calls that function with those arguments, so a
-job carries only ``(scheduler_id, project_id)``. Nothing APScheduler offers hands the function the
-scheduler that fired it, and the scheduler holds what cannot be pickled (the store's engine, the
-runner, locks). So a running :class:`LoopScheduler` registers itself under its ``scheduler_id`` in
-:data:`_LIVE`, an explicit, lock-protected registry of this process, and the job functions look it
-up there. This is the one piece of module-level mutable state, and it is deliberate: the other
-ways are keeping jobs in memory only (a restart would then lose each schedule's next run time and
-the runs it missed while down) or overriding APScheduler's private job loading or execution. The
-registry also refuses a second live scheduler with the same id in one process. ``scheduler_id``
-must stay the same across restarts (it is in stored jobs).
+APScheduler keeps its jobs in memory, so a job can be a bound method of the scheduler that set
+it. What must outlive a restart lives in the state database: the cycle records (the housekeeping
+pass at start gives each waiting one its job again) and each recurring schedule's next run time
+(``loop_state.schedule``/``schedule_next_at``), so a restart keeps a schedule's phase and a run
+that fell due while the process was down still starts (within ``loop.misfire_grace_s``).
 """
 
 from __future__ import annotations
@@ -36,7 +30,6 @@ from typing import TYPE_CHECKING
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.base import BaseTrigger
@@ -51,8 +44,8 @@ from backend.runtime.lease import Clock, run_cycle_once
 from backend.runtime.workers import RQDispatch
 from backend.settings import LoopSettings, Settings
 from backend.store import cycle_records
-from backend.store.db import Store, make_engine
-from backend.store.models import Project, utcnow
+from backend.store.db import Store
+from backend.store.models import LoopState, Project, utcnow
 
 if TYPE_CHECKING:
     from backend.loop.inbox import ApplyReport
@@ -60,8 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANGE_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"})
-JOB_TABLE = "apscheduler_jobs"
-VOLATILE = "volatile"  # in-memory job store for the housekeeping job (rebuilt at every start)
 
 
 # ---------------------------------------------------------------- pure trigger logic
@@ -118,52 +109,6 @@ def schedule_job_id(project_id: int) -> str:
     return f"schedule:{project_id}"
 
 
-# ---------------------------------------------------------------- the registry of live schedulers
-
-
-class _Registry:
-    """Live schedulers by id, so a job loaded from the database reaches the runner in memory.
-
-    Only :meth:`LoopScheduler.start` adds and :meth:`LoopScheduler.shutdown` removes; only the two
-    job functions below read it (see the module docstring for why it must be module-level).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[str, LoopScheduler] = {}
-
-    def add(self, scheduler_id: str, scheduler: LoopScheduler) -> None:
-        with self._lock:
-            if scheduler_id in self._live:
-                raise RuntimeError(f"a scheduler with id {scheduler_id!r} already runs here")
-            self._live[scheduler_id] = scheduler
-
-    def remove(self, scheduler_id: str, scheduler: LoopScheduler) -> None:
-        with self._lock:
-            if self._live.get(scheduler_id) is scheduler:
-                del self._live[scheduler_id]
-
-    def get(self, scheduler_id: str) -> LoopScheduler:
-        with self._lock:
-            scheduler = self._live.get(scheduler_id)
-        if scheduler is None:
-            raise LookupError(f"no live scheduler {scheduler_id!r}; the job stays queued")
-        return scheduler
-
-
-_LIVE = _Registry()
-
-
-def fire_cycle(scheduler_id: str, project_id: int) -> None:
-    """Job function of ``cycle:<project>`` (stored by reference): run the waiting cycle."""
-    _LIVE.get(scheduler_id).run_due(project_id)
-
-
-def fire_schedule(scheduler_id: str, project_id: int) -> None:
-    """Job function of ``schedule:<project>`` (stored by reference): request a cycle."""
-    _LIVE.get(scheduler_id).run_scheduled(project_id)
-
-
 # ---------------------------------------------------------------- the scheduler
 
 
@@ -188,12 +133,11 @@ class LoopScheduler:
     """The deployment's one scheduler: APScheduler with its jobs in the state database.
 
     Args:
-        store: the state store; jobs go to its database (table ``apscheduler_jobs``).
+        store: the state store: cycle records, leases and the schedules' next run times.
         runner: the cycle, ``runner(ctx, project_id)``.
         settings: the deployment's loop settings (``poll_s``, ``lease_s``, ``misfire_grace_s``).
         settings_for: per-project loop settings (``retrain_after``, ``debounce_s``,
             ``max_delay_s``, schedule); defaults to ``settings`` for every project.
-        scheduler_id: the name stored jobs use to find this scheduler; keep it across restarts.
         apply_inbox: also apply the webhook inbox every ``poll_s`` and feed it to the triggers
             (``labelloop scheduler``; in ``labelloop serve`` the inbox worker does that).
         clock: the time triggers and records use (tests pass a controllable one).
@@ -212,22 +156,19 @@ class LoopScheduler:
         settings: LoopSettings,
         *,
         settings_for: SettingsFor | None = None,
-        scheduler_id: str = "labelloop",
         apply_inbox: bool = False,
         clock: Clock = utcnow,
         max_workers: int = 4,
         dispatch: Callable[[int], None] | None = None,
         refill: Callable[[int], None] | None = None,
     ) -> None:
-        self.scheduler_id = scheduler_id
         self._refill = refill
         self._dispatch = dispatch
         self._store, self._runner, self._settings = store, runner, settings
         self._settings_for: SettingsFor = settings_for or (lambda _project_id: settings)
         self._apply_inbox, self._clock = apply_inbox, clock
-        jobs = SQLAlchemyJobStore(engine=make_engine(store.url), tablename=JOB_TABLE)
         self._aps = _Background(
-            jobstores={"default": jobs, VOLATILE: MemoryJobStore()},
+            jobstores={"default": MemoryJobStore()},
             executors={"default": ThreadPoolExecutor(max_workers)},
             job_defaults={
                 "coalesce": True,
@@ -245,8 +186,7 @@ class LoopScheduler:
     # -- life
 
     def start(self, *, paused: bool = False) -> None:
-        """Register, start APScheduler and run one housekeeping pass (``paused``: fire nothing)."""
-        _LIVE.add(self.scheduler_id, self)
+        """Start APScheduler and run one housekeeping pass (``paused``: fire nothing)."""
         try:
             self._aps.start(paused=paused)
             self._aps.add_job(
@@ -254,27 +194,25 @@ class LoopScheduler:
                 "interval",
                 seconds=self._settings.poll_s,
                 id="housekeeping",
-                jobstore=VOLATILE,
                 replace_existing=True,
             )
             self.tick()
         except BaseException:
             self.shutdown()
             raise
-        log.info("scheduler %r started (paused=%s)", self.scheduler_id, paused)
+        log.debug("scheduler started (paused=%s)", paused)
 
     def resume(self) -> None:
         self._aps.resume()
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Stop firing, wait for running cycles (``wait``) and unregister."""
+        """Stop firing and wait for running cycles (``wait``)."""
         with self._idle:
             self._closing = True
             if wait:  # before APScheduler takes its locks: see _guarded
                 self._idle.wait_for(lambda: self._in_flight == 0)
         if self._aps.running:
             self._aps.shutdown(wait=wait)
-        _LIVE.remove(self.scheduler_id, self)
 
     def _guarded(self, work: Callable[[], None]) -> None:
         """Run work from a job or listener unless shutting down; ``shutdown`` waits for it.
@@ -312,7 +250,6 @@ class LoopScheduler:
                 args=(project_id,),
                 id=f"refill:{project_id}",
                 name=f"queue top-up of project {project_id}",
-                jobstore=VOLATILE,
                 replace_existing=True,
             )
         with self._store.session() as session:
@@ -402,9 +339,9 @@ class LoopScheduler:
             if project_id in self._running:
                 return  # it would only be skipped as a second instance; _rearm sets it after
         self._aps.add_job(
-            f"{__name__}:fire_cycle",
+            self.run_due,
             DateTrigger(run_date=max(at, self._clock()), timezone=UTC),
-            args=(self.scheduler_id, project_id),
+            args=(project_id,),
             id=cycle_job_id(project_id),
             name=f"cycle of project {project_id}",
             replace_existing=True,
@@ -419,6 +356,22 @@ class LoopScheduler:
         # the run (and was skipped as a second instance) gets its job here without a race.
         if event.job_id.startswith("cycle:"):
             self._guarded(lambda: self._rearm(event.job_id))
+        elif event.job_id.startswith("schedule:"):
+            self._guarded(lambda: self._advance_schedule(event))
+
+    def _advance_schedule(self, event: JobExecutionEvent) -> None:
+        """Store the schedule's next run after it fired (computed as APScheduler computes it)."""
+        job = self._aps.get_job(event.job_id)
+        if job is None:
+            return
+        project_id = int(event.job_id.split(":", 1)[1])
+        after = job.trigger.get_next_fire_time(event.scheduled_run_time, self._clock())
+        self._store_schedule(project_id, str(job.trigger), after)
+
+    def _store_schedule(self, project_id: int, key: str | None, next_at: datetime | None) -> None:
+        with self._store.session() as session:
+            state = cycle_records.loop_state(session, project_id)
+            state.schedule, state.schedule_next_at = key, next_at
 
     def _rearm(self, job_id: str) -> None:
         project_id = int(job_id.split(":", 1)[1])
@@ -451,34 +404,48 @@ class LoopScheduler:
         """Give every waiting cycle (from any process) its job."""
         with self._store.session() as session:
             waiting = [(c.project_id, c.due_at) for c in cycle_records.queued_cycles(session)]
-        scheduled = {job.id for job in self._aps.get_jobs(jobstore="default")}
+        scheduled = {job.id for job in self._aps.get_jobs()}
         for project_id, due in waiting:
             self._ensure_job(project_id, due, scheduled)
             scheduled.add(cycle_job_id(project_id))
 
     def sync_schedules(self) -> None:
-        """Make every known project's recurring job match its settings (kept when unchanged)."""
+        """Make every known project's recurring job match its settings (kept when unchanged).
+
+        A schedule whose stored key matches its settings resumes at its stored next run time, so
+        a restart keeps its phase, and a run missed while down fires within the misfire grace.
+        """
         with self._store.session() as session:
+            stored = {
+                row.project_id: (row.schedule, row.schedule_next_at)
+                for row in session.scalars(select(LoopState).where(LoopState.schedule.is_not(None)))
+            }
             project_ids = list(session.scalars(select(Project.id).order_by(Project.id)))
-        jobs = {job.id: job for job in self._aps.get_jobs(jobstore="default")}
         for project_id in project_ids:
-            job = jobs.get(schedule_job_id(project_id))
+            job = self._aps.get_job(schedule_job_id(project_id))
             trigger = schedule_trigger(self._settings_for(project_id))
             if trigger is None:
                 if job is not None:
                     self._aps.remove_job(job.id)
+                if project_id in stored:
+                    self._store_schedule(project_id, None, None)
                 continue
-            unchanged = job is not None and str(job.trigger) == str(trigger)
-            if unchanged and job is not None and job.args[:1] == (self.scheduler_id,):
+            key = str(trigger)
+            if job is not None and str(job.trigger) == key:
                 continue
-            self._aps.add_job(
-                f"{__name__}:fire_schedule",
+            stored_key, stored_next = stored.get(project_id, (None, None))
+            resume = {"next_run_time": stored_next} if stored_key == key and stored_next else {}
+            added = self._aps.add_job(
+                self.run_scheduled,
                 trigger,
-                args=(self.scheduler_id, project_id),
+                args=(project_id,),
                 id=schedule_job_id(project_id),
                 name=f"schedule of project {project_id}",
                 replace_existing=True,
+                **resume,
             )
+            if not resume:
+                self._store_schedule(project_id, key, added.next_run_time)
 
 
 # ---------------------------------------------------------------- processes

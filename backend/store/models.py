@@ -180,7 +180,8 @@ class Cycle(Base):
 class LoopState(Base):
     """Per-project loop state: the debounce counter and the lease that keeps cycles exclusive.
 
-    The lease is taken with one conditional UPDATE (free or expired -> ours), so two processes can
+    ``schedule``/``schedule_next_at`` keep a recurring schedule's phase across restarts. The
+    lease is taken with one conditional UPDATE (free or expired -> ours), so two processes can
     never both hold it; a heartbeat renews it and a crashed holder's lease simply expires.
     """
 
@@ -192,6 +193,8 @@ class LoopState(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_cycle_id: Mapped[int | None] = mapped_column(Integer)
     lease_expires_at: Mapped[datetime | None]
+    schedule: Mapped[str | None] = mapped_column(String(200))  # the recurring trigger, as text
+    schedule_next_at: Mapped[datetime | None]  # its next run (kept across restarts)
 
 
 class ReviewFlag(Base):

@@ -27,7 +27,6 @@ from backend.runtime.scheduler import (
     LoopScheduler,
     changes_per_project,
     debounce,
-    fire_schedule,
     start_embedded_scheduler,
 )
 from backend.settings import LoopSettings, Settings, SettingsError, load_settings, with_overrides
@@ -351,18 +350,70 @@ def test_schedules_follow_per_project_settings_and_request_cycles(
     loop.sync_schedules()  # unchanged settings keep the stored job and its phase
     again = loop.schedule_of(1)
     assert again is not None and again[1] == interval[1]
-    fire_schedule(loop.scheduler_id, 1)
+    loop.run_scheduled(1)
     [queued] = history(store, 1)
     assert (queued["state"], queued["trigger"]) == ("queued", "schedule")
     assert loop.next_run(1) is not None
 
 
-def test_a_second_scheduler_with_the_same_id_is_refused(
-    loops: Callable[..., LoopScheduler],
+def test_a_schedule_keeps_its_phase_across_a_restart_and_runs_what_it_missed(
+    store: Store, loops: Callable[..., LoopScheduler]
 ) -> None:
-    loops(FakeCycle(), paused=True)
-    with pytest.raises(RuntimeError, match="already runs"):
-        loops(FakeCycle(), paused=True)
+    with store.session() as s:
+        s.add(Project(id=1, labels=[], settings={}))
+    hourly = FAST.model_copy(update={"schedule_interval_minutes": 60})
+    first = loops(FakeCycle(), settings=hourly, paused=True)
+    scheduled = first.schedule_of(1)
+    assert scheduled is not None
+    first.shutdown()
+
+    time.sleep(0.01)  # a new process starts later: the next run stays where it was
+    reopened = Store(store.url)
+    try:
+        second = loops(FakeCycle(), settings=hourly, paused=True, on=reopened)
+        again = second.schedule_of(1)
+        assert again is not None and again[1] == scheduled[1]
+        second.shutdown()
+    finally:
+        reopened.dispose()
+
+    # Down past the next run: the new process fires the missed run once, then keeps the phase.
+    with store.session() as s:
+        state = s.get(LoopState, 1)
+        assert state is not None and state.schedule_next_at == scheduled[1]
+        state.schedule_next_at = datetime.now(UTC) - timedelta(seconds=1)
+    runner = FakeCycle()
+    third = loops(runner, settings=hourly.model_copy(update={"misfire_grace_s": 60}))
+    wait_for(lambda: bool(runner.calls))
+    assert runner.calls == [(1, "schedule")]
+    wait_for(lambda: _stored_next(store, 1) > datetime.now(UTC))
+    resumed = third.schedule_of(1)
+    assert resumed is not None and resumed[1] == _stored_next(store, 1)
+
+
+def _stored_next(store: Store, project_id: int) -> datetime:
+    with store.session() as s:
+        state = s.get(LoopState, project_id)
+        assert state is not None and state.schedule_next_at is not None
+        return state.schedule_next_at
+
+
+def test_dropping_a_schedule_forgets_its_phase(
+    store: Store, loops: Callable[..., LoopScheduler]
+) -> None:
+    with store.session() as s:
+        s.add(Project(id=1, labels=[], settings={}))
+    settings = {1: FAST.model_copy(update={"schedule_cron": "0 3 * * *"})}
+    loop = loops(FakeCycle(), paused=True, settings_for=settings.__getitem__)
+    assert loop.schedule_of(1) is not None
+    with store.session() as s:
+        assert s.get(LoopState, 1).schedule is not None  # type: ignore[union-attr]
+    settings[1] = FAST
+    loop.sync_schedules()
+    assert loop.schedule_of(1) is None
+    with store.session() as s:
+        state = s.get(LoopState, 1)
+        assert state is not None and (state.schedule, state.schedule_next_at) == (None, None)
 
 
 # ---------------------------------------------------------------- the lease while running

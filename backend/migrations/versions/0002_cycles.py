@@ -1,7 +1,7 @@
 """cycle records and per-project loop state (debounce counter, cycle lease)
 
-APScheduler's own job table (``apscheduler_jobs``) is created by its SQLAlchemyJobStore when the
-scheduler starts, in the same database; its schema belongs to APScheduler, not to these migrations.
+APScheduler kept its jobs in its own table (``apscheduler_jobs``, created by its job store) until
+revision 0010, which drops it.
 
 Revision ID: 0002
 Revises: 0001
