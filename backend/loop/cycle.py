@@ -41,6 +41,7 @@ from backend.loop.review import push_reviews
 from backend.loop.score import build_pool, score_stage
 from backend.loop.selection import record_picks, select_stage
 from backend.loop.sync import load_snapshot, reconcile
+from backend.model.engines import Engines
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.project_settings import effective_settings
@@ -54,11 +55,13 @@ def run_cycle(
     project_id: int,
     *,
     diagnose: Diagnose,
+    engines: Engines | None = None,
 ) -> CycleResult:
     """The cycle, stage by stage; see the module docstring for what a failure leaves behind.
 
     ``diagnose``: the record stage's diagnosis (the runtime passes
-    :func:`backend.diagnosis.record.record_diagnosis`).
+    :func:`backend.diagnosis.record.record_diagnosis`). ``engines``: where converted backbones
+    are kept from one cycle to the next (None: converted for this cycle).
     """
     settings = effective_settings(store, settings, project_id)  # the project's overrides
     with ctx.stage("reconcile") as counts:
@@ -70,9 +73,17 @@ def run_cycle(
     with ctx.stage("featurize") as counts, ls.image_resolver(settings.images) as resolver:
         stats = ImageStatsRecorder(stats_path(settings, project_id))
         fetch = stats.observing(resolver.fetch)
-        tuned = project_backbone(settings, project_id, snap.cfg, snap.tasks, snap.targets, fetch)
+        tuned = project_backbone(
+            settings, project_id, snap.cfg, snap.tasks, snap.targets, fetch, engines=engines
+        )
         result, backbone = embed_tasks(
-            settings, store, snap.tasks, fetch, backbone=tuned, progress=ctx.progress
+            settings,
+            store,
+            snap.tasks,
+            fetch,
+            backbone=tuned,
+            progress=ctx.progress,
+            engines=engines,
         )
         counts.update(image_stats=stats.save())
         counts.update(

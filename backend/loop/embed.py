@@ -23,7 +23,7 @@ from backend.model.backbones import (
     weights_path,
 )
 from backend.model.cache import EmbeddingCache
-from backend.model.engines import for_inference
+from backend.model.engines import Engines, for_inference
 from backend.model.featurize import FeaturizeResult, Progress, featurize
 from backend.model.finetune import fine_tune_backbone
 from backend.settings import Settings
@@ -42,6 +42,7 @@ def embed_tasks(
     *,
     backbone: Backbone | None = None,
     progress: Progress | None = None,
+    engines: Engines | None = None,
 ) -> tuple[FeaturizeResult, str]:
     """Embeddings for ``tasks`` (cached by image content) and the backbone's name.
 
@@ -57,7 +58,7 @@ def embed_tasks(
             known.update(task_images.known_hashes(session, project_id, tasks))
     items = [(t.id, partial(fetch, t.image_ref)) for t in tasks if t.image_ref]
     result, backbone_name = embed_items(
-        settings, items, backbone=backbone, known=known, progress=progress
+        settings, items, backbone=backbone, known=known, progress=progress, engines=engines
     )
     missing = {t.id: "task has no image reference" for t in tasks if not t.image_ref}
     failures = {**result.failures, **missing}
@@ -79,6 +80,7 @@ def embed_items(
     known: Mapping[int, str] | None = None,
     progress: Progress | None = None,
     log_every: int = 500,
+    engines: Engines | None = None,
 ) -> tuple[FeaturizeResult, str]:
     """Embeddings of ``(id, fetch)`` items through the disk cache.
 
@@ -88,13 +90,15 @@ def embed_items(
         known: id -> image content hash already known (see :func:`featurize`).
         progress: called with (done, total, images per second) while it runs.
         log_every: log progress every this many items (0: only at the end).
+        engines: where a converted backbone is kept between calls (None: converted for this
+            call only).
 
     Returns:
         the featurize result (failed items are in ``failures``) and the backbone's name.
     """
     backbone = backbone or build_backbone(settings.model)
     if isinstance(backbone, TorchBackbone):
-        backbone = for_inference(backbone, settings.model, settings.store.data_dir)
+        backbone = for_inference(backbone, settings.model, settings.store.data_dir, engines)
     cache = EmbeddingCache(settings.store.data_dir / "embeddings")
     result = featurize(
         items,
@@ -116,6 +120,8 @@ def project_backbone(
     tasks: Sequence[Task],
     targets: Targets,
     fetch: Callable[[str], bytes],
+    *,
+    engines: Engines | None = None,
 ) -> TorchBackbone:
     """The backbone to featurize with: the configured one, fine-tuned first in ``fine_tune`` mode.
 
@@ -129,7 +135,7 @@ def project_backbone(
     refs = {t.id: t.image_ref for t in tasks if t.image_ref}
     labeled = [(int(t), partial(fetch, refs[int(t)])) for t in targets.task_ids if int(t) in refs]
     # A failing fetch would stop the fine-tuning run, so only images that embed are used.
-    readable = embed_items(settings, labeled, backbone=base)[0].embeddings
+    readable = embed_items(settings, labeled, backbone=base, engines=engines)[0].embeddings
     keep = np.array([int(t) in readable for t in targets.task_ids], dtype=bool)
     used = Targets(targets.task_ids[keep], targets.y[keep])
     try:

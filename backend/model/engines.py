@@ -413,32 +413,54 @@ def _publish(staging: Path, folder: Path) -> None:
         shutil.rmtree(final, ignore_errors=True)  # another process published the same key
 
 
-_LOADED: dict[tuple[Any, ...], RuntimeBackbone] = {}
-_LOADED_LOCK = threading.Lock()
+class Engines:
+    """Converted backbones kept for the life of their owner, so each is compiled once.
+
+    A long-lived process holds one (the model registry of ``labelloop serve`` for ``/predict``,
+    the cycle runner for cycles); a one-shot command passes none and builds what it needs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[object, ...], RuntimeBackbone] = {}
+
+    def runtime(self, base: TorchBackbone, settings: ModelSettings, data_dir: Path) -> Backbone:
+        """:func:`for_inference` of ``base``, built on first use and then kept."""
+        if _plain_torch(settings):
+            return base
+        key = (
+            base.name,
+            settings.runtime,
+            settings.precision,
+            settings.device,
+            settings.num_threads,
+            str(data_dir),
+        )
+        with self._lock:
+            wrapped = self._loaded.get(key)
+            if wrapped is None:
+                wrapped = self._loaded[key] = RuntimeBackbone(base, settings, data_dir / "runtimes")
+            return wrapped
 
 
-def for_inference(base: TorchBackbone, settings: ModelSettings, data_dir: Path) -> Backbone:
-    """The backbone featurization should run: ``base`` itself for ``runtime: torch`` on the CPU
-    at fp32, else a :class:`RuntimeBackbone` over it, kept per process (compiled once)."""
-    if (
+def _plain_torch(settings: ModelSettings) -> bool:
+    return (
         settings.runtime == "torch"
         and settings.precision in ("auto", "fp32")
-        and (resolve_device(settings.device) == "cpu")
-    ):
-        return base
-    key = (
-        base.name,
-        settings.runtime,
-        settings.precision,
-        settings.device,
-        settings.num_threads,
-        str(data_dir),
+        and resolve_device(settings.device) == "cpu"
     )
-    with _LOADED_LOCK:
-        wrapped = _LOADED.get(key)
-        if wrapped is None:
-            wrapped = _LOADED[key] = RuntimeBackbone(base, settings, data_dir / "runtimes")
-        return wrapped
+
+
+def for_inference(
+    base: TorchBackbone, settings: ModelSettings, data_dir: Path, engines: Engines | None = None
+) -> Backbone:
+    """The backbone featurization should run: ``base`` itself for ``runtime: torch`` on the CPU
+    at fp32, else a :class:`RuntimeBackbone` over it (kept in ``engines`` when given)."""
+    if engines is not None:
+        return engines.runtime(base, settings, data_dir)
+    if _plain_torch(settings):
+        return base
+    return RuntimeBackbone(base, settings, data_dir / "runtimes")
 
 
 def _cuda_candidates(precision: str) -> list[tuple[str, str]]:

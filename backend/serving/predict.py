@@ -64,7 +64,9 @@ def predict_with_model(
         settings.model, served.model.backbone or "", settings.store.data_dir, served.project_id
     )
     if isinstance(backbone, TorchBackbone):
-        backbone = for_inference(backbone, settings.model, settings.store.data_dir)
+        backbone = for_inference(
+            backbone, settings.model, settings.store.data_dir, svc.models.engines
+        )
     if served.model.backbone and served.model.backbone != backbone.name:
         log.warning(
             "project %d: model %s was trained on %s but settings name %s; no predictions",

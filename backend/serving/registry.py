@@ -14,6 +14,7 @@ from backend.store.db import Store
 
 if TYPE_CHECKING:  # torch is imported when the first model is needed, not with the app
     from backend.model.backbones import Backbone
+    from backend.model.engines import Engines
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,17 @@ class ModelRegistry:
         self._served: dict[int, ServedModel] = {}
         self._backbones: dict[tuple[str, str, int], Backbone] = {}
         self._tuned: dict[str, Backbone] = {}  # fine-tuned backbones by name
+        self._engines: Engines | None = None
+
+    @property
+    def engines(self) -> Engines:
+        """The backbones' converted forms, compiled once per process (built on first use)."""
+        with self._lock:
+            if self._engines is None:
+                from backend.model.engines import Engines
+
+                self._engines = Engines()
+            return self._engines
 
     def backbone(self, model_settings: ModelSettings) -> Backbone:
         """The feature extractor these settings name, built once per process on first use.

@@ -166,3 +166,18 @@ def test_a_half_precision_engine_leaves_the_torch_reference_in_fp32(base: TorchB
     engine = engines._TorchEngine(base, "cpu", half=True)
     assert next(engine.module.parameters()).dtype == torch.float16
     assert next(base.module.parameters()).dtype == torch.float32  # the check's reference
+
+
+def test_engines_keep_one_converted_backbone_per_setting_and_one_shot_calls_keep_none(
+    base: TorchBackbone, tmp_path: Path
+) -> None:
+    ov = settings(runtime="openvino", precision="fp32")
+    kept = engines.Engines()
+    first = kept.runtime(base, ov, tmp_path)
+    assert isinstance(first, RuntimeBackbone)
+    assert engines.for_inference(base, ov, tmp_path, kept) is first  # compiled once
+    assert kept.runtime(base, settings(runtime="onnxruntime"), tmp_path) is not first
+    assert engines.Engines().runtime(base, ov, tmp_path) is not first  # another owner's
+    assert engines.for_inference(base, ov, tmp_path) is not first  # a one-shot call
+    plain = settings(runtime="torch", precision="fp32")
+    assert kept.runtime(base, plain, tmp_path) is base  # torch fp32 on the CPU needs nothing
