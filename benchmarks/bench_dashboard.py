@@ -35,7 +35,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis  # noqa: E402
 from backend.diagnosis.duplicate_groups import near_pairs  # noqa: E402
-from backend.diagnosis.page import render_page  # noqa: E402
+from backend.diagnosis.page import Pages  # noqa: E402
 from backend.diagnosis.projection import Method, project  # noqa: E402
 from backend.diagnosis.schema import Diagnosis  # noqa: E402
 from backend.diagnosis.view import with_links  # noqa: E402
@@ -219,7 +219,7 @@ def main() -> None:
         t1 = time.perf_counter()
         saved = diag.model_dump_json()
         size = len(saved) / 1024
-        page = render_page(view(saved), 1)
+        page = Pages().dashboard(view(saved), 1)
         t2 = time.perf_counter()
         print(f"{n:>7} {t1 - t0:>10.2f} {size:>8.0f} {t2 - t1:>7.2f} {len(page) / 1024:>8.0f}")
         maps.append(map_times(inputs, diag.map.projection))

@@ -23,7 +23,7 @@ from backend.api.errors import error_response
 from backend.api.operations import operation
 from backend.api.services import Services, services
 from backend.diagnosis.explained import Explained, explain_task
-from backend.diagnosis.page import Links, render_explanation, render_not_yet, render_page
+from backend.diagnosis.page import Links
 from backend.diagnosis.view import diagnosis_view
 from backend.files import atomic_write
 from backend.labelstudio.images import ImageError, decode_image
@@ -62,7 +62,7 @@ def dashboard(project_id: int) -> Response:
     data = diagnosis_view(svc.settings, svc.store, project_id)
     if data is None:
         return _html(not_yet_page(svc, project_id), 200)
-    response = _html(render_page(data, project_id), 200)
+    response = _html(svc.pages.dashboard(data, project_id), 200)
     log.info("dashboard p%d rendered in %.3f s", project_id, time.perf_counter() - started)
     return response
 
@@ -84,7 +84,7 @@ def not_yet_page(svc: Services, project_id: int) -> str:
         loop = effective_settings(svc.store, svc.settings, project_id).loop
     except SettingsError:
         loop = svc.settings.loop
-    return render_not_yet(
+    return svc.pages.not_yet(
         project_id, known=known, status=status, when=first_cycle_triggers(loop, project_id)
     )
 
@@ -130,7 +130,7 @@ def explanation_page(project_id: int, task_id: int) -> Response:
     if isinstance(found, Response):
         return found
     links = Links(svc.settings.label_studio.browser_url, project_id)
-    page = render_explanation(found.info, project_id, links)
+    page = svc.pages.explanation(found.info, project_id, links)
     return _html(page, 200)
 
 

@@ -15,6 +15,7 @@ from typing import cast
 from flask import current_app
 
 from backend.api.prometheus import Metrics
+from backend.diagnosis.page import Pages
 from backend.labelstudio.images import ImageResolver
 from backend.loop.inbox import ApplyReport, InboxWorker
 from backend.runtime.scheduler import LoopScheduler
@@ -37,6 +38,7 @@ class Services:
     models: ModelRegistry
     worker: InboxWorker | None = None
     loop: LoopScheduler | None = None
+    pages: Pages = field(default_factory=Pages)
     started_at: float = field(default_factory=time.time)
     _resolver: ImageResolver | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -9,7 +9,6 @@ names at class centroids, series names at line ends) so no legend is needed.
 from __future__ import annotations
 
 import colorsys
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,9 +89,8 @@ def num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-@functools.cache
 def environment() -> Environment:
-    """The page's Jinja environment (built once; templates are package data)."""
+    """A Jinja environment for the pages (templates are package data, autoescaped)."""
     env = Environment(
         loader=PackageLoader("backend.diagnosis", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -490,41 +488,41 @@ class Links:
         return thumb_url(self.project_id, task_id)
 
 
-def render_page(diagnosis: Diagnosis, project_id: int) -> str:
-    """The whole dashboard page for one project."""
-    return (
-        environment()
-        .get_template("dashboard.html")
-        .render(
+class Pages:
+    """The dashboard's pages, rendered from one Jinja environment kept by its owner (the app's
+    services), which caches the compiled templates."""
+
+    def __init__(self) -> None:
+        self._env = environment()
+
+    def dashboard(self, diagnosis: Diagnosis, project_id: int) -> str:
+        """The whole dashboard page for one project."""
+        return self._env.get_template("dashboard.html").render(
             d=diagnosis,
             project_id=project_id,
             sections=SECTIONS,
             plots=plots(diagnosis),
             links=Links(diagnosis.label_studio_url or "", project_id),
         )
-    )
 
+    def not_yet(
+        self, project_id: int, *, known: bool, status: dict[str, Any], when: list[str]
+    ) -> str:
+        """The page before a project's first diagnosis: what will appear, and when.
 
-def render_not_yet(project_id: int, *, known: bool, status: dict[str, Any], when: list[str]) -> str:
-    """The page before a project's first diagnosis: what will appear, and when.
+        Args:
+            project_id: the Label Studio project.
+            known: whether labelloop has seen the project (synced or connected) at all.
+            status: the project's loop now
+                (:meth:`backend.store.cycle_records.CycleStatus.to_dict`).
+            when: sentences naming what starts the first cycle.
+        """
+        return self._env.get_template("not_yet.html").render(
+            project_id=project_id, known=known, status=status, when=when, sections=SECTIONS
+        )
 
-    Args:
-        project_id: the Label Studio project.
-        known: whether labelloop has seen the project (synced or connected) at all.
-        status: the project's loop now (:meth:`backend.store.cycle_records.CycleStatus.to_dict`).
-        when: sentences naming what starts the first cycle.
-    """
-    return (
-        environment()
-        .get_template("not_yet.html")
-        .render(project_id=project_id, known=known, status=status, when=when, sections=SECTIONS)
-    )
-
-
-def render_explanation(info: TaskExplanation, project_id: int, links: Links) -> str:
-    """The per-task explanation page."""
-    return (
-        environment()
-        .get_template("explain.html")
-        .render(e=info, project_id=project_id, links=links)
-    )
+    def explanation(self, info: TaskExplanation, project_id: int, links: Links) -> str:
+        """The per-task explanation page."""
+        return self._env.get_template("explain.html").render(
+            e=info, project_id=project_id, links=links
+        )

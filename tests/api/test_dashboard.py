@@ -14,7 +14,7 @@ from PIL import Image
 
 from backend.api.app import create_app
 from backend.diagnosis.forecast import forecast
-from backend.diagnosis.page import SECTIONS, render_page
+from backend.diagnosis.page import SECTIONS, Pages
 from backend.diagnosis.record import diagnosis_path
 from backend.diagnosis.schema import Diagnosis
 from backend.diagnosis.view import diagnosis_view
@@ -175,12 +175,12 @@ def test_forecast_renders_targets(project: DiagnosedProject) -> None:
     ]
     fitted = forecast(points)
     assert fitted is not None
-    html = render_page(view.model_copy(update={"forecast": fitted}), PROJECT)
+    html = Pages().dashboard(view.model_copy(update={"forecast": fitted}), PROJECT)
     assert html.count("<li data-accuracy=") == len(fitted.targets) >= 2
     assert "more labels to reach" in html
     assert re.search(r'<p id="forecast-basis">On cross-validated accuracy', html)
     levelled = fitted.model_copy(update={"basis": "audit", "audit_offset": 0.042, "audit_n": 57})
-    html = render_page(view.model_copy(update={"forecast": levelled}), PROJECT)
+    html = Pages().dashboard(view.model_copy(update={"forecast": levelled}), PROJECT)
     assert "scored +4.2 points against its cross-validated accuracy on 57 uniformly" in html
 
 
@@ -268,7 +268,7 @@ def test_user_text_is_escaped(project: DiagnosedProject) -> None:
             "distribution": view.distribution.model_copy(update={"counts": {evil: 1}}),
         }
     )
-    html = render_page(view, PROJECT)
+    html = Pages().dashboard(view, PROJECT)
     assert "<script" not in html and "&lt;script&gt;" in html
 
 
@@ -276,12 +276,12 @@ def test_reviewed_label_errors_are_named_on_the_page(project: DiagnosedProject) 
     view = diagnosis_view(project.settings, project.store, PROJECT)
     assert view is not None
     assert view.label_errors_reviewed == 0
-    assert "already reviewed" not in render_page(view, PROJECT)
+    assert "already reviewed" not in Pages().dashboard(view, PROJECT)
     view = view.model_copy(update={"label_errors_reviewed": 2})
-    html = render_page(view, PROJECT)
+    html = Pages().dashboard(view, PROJECT)
     assert "2 more the model doubts were already reviewed" in html
     view = view.model_copy(update={"label_errors": []})
-    assert "2 more the model doubts were already reviewed" in render_page(view, PROJECT)
+    assert "2 more the model doubts were already reviewed" in Pages().dashboard(view, PROJECT)
 
 
 def test_thumbnail_is_a_small_cached_png(
