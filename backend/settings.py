@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -142,7 +143,7 @@ class ModelSettings(_Section):
 
 
 #: Coverage keeps its weight up to 100 labels, then fades (strategies.combine.faded_weights).
-DEFAULT_FADE_AFTER: dict[str, int | None] = {"coverage": 100}
+DEFAULT_FADE_AFTER: Mapping[str, int | None] = MappingProxyType({"coverage": 100})
 
 
 class StrategySettings(_Section):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,7 +47,7 @@ ARMS = ("random", "margin", "entropy", "typiclust", "combined")
 AUDIT = "audit"
 #: Prior Beta(wins, losses) of "beats random in a cycle": the configured combination starts
 #: trusted a little (it is the measured default), the others even.
-PRIOR: Mapping[str, tuple[float, float]] = {"combined": (2.0, 1.0)}
+PRIOR: Mapping[str, tuple[float, float]] = MappingProxyType({"combined": (2.0, 1.0)})
 EVEN_PRIOR = (1.0, 1.0)
 DISCOUNT = 0.9
 HURDLE = 0.05

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
@@ -45,10 +46,9 @@ FloatVec = NDArray[np.float64]
 #: Diversity reorders this many candidates per batch slot (Cluster-Margin uses 10).
 ROUND_ROBIN_WINDOW = 10
 #: Review signals used when ``weights`` names none.
-DEFAULT_REVIEW_WEIGHTS: Mapping[str, float] = {
-    "confident_learning": 1.0,
-    "annotator_disagreement": 1.0,
-}
+DEFAULT_REVIEW_WEIGHTS: Mapping[str, float] = MappingProxyType(
+    {"confident_learning": 1.0, "annotator_disagreement": 1.0}
+)
 
 
 @dataclass(frozen=True, eq=False)

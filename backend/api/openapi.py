@@ -8,6 +8,8 @@ rule: the same objects that validate and authorize requests.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
@@ -20,41 +22,56 @@ bp = Blueprint("openapi", __name__)
 
 _ARGUMENT = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _REF = "#/components/schemas/{model}"
-_SECURITY: dict[str, list[dict[str, list[str]]]] = {
-    "labelstudio": [{"labelStudioBasic": []}],
-    "admin": [{"adminBearer": []}],
-    "dashboard": [{"adminBearer": []}, {"dashboardBasic": []}],
-    "metrics": [{"metricsBearer": []}, {"adminBearer": []}],
-    "public": [],
-}
-_SCHEMES = {
-    "labelStudioBasic": {
-        "type": "http",
-        "scheme": "basic",
-        "description": "server.basic_auth_user/basic_auth_password, when both are set",
-    },
-    "adminBearer": {"type": "http", "scheme": "bearer", "description": "server.admin_tokens"},
-    "dashboardBasic": {
-        "type": "http",
-        "scheme": "basic",
-        "description": "an admin token's name as user and the token as password (browsers)",
-    },
-    "metricsBearer": {"type": "http", "scheme": "bearer", "description": "server.metrics_token"},
-}
-_ERROR = {
-    "type": "object",
-    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-    "required": ["error", "detail"],
-}
-_ERRORS = {
-    "400": "malformed JSON, a body or parameter that does not match its schema",
-    "401": "missing or wrong credentials",
-    "403": "the credential this route needs is not configured",
-    "404": "unknown route, id out of range, or nothing there",
-    "405": "method not allowed",
-    "413": "body over server.max_body_bytes",
-    "422": "well-formed but not acceptable (unsupported label config, invalid settings)",
-}
+#: Each access rule's accepted credentials, any one of them (security scheme names).
+_SECURITY: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "labelstudio": ("labelStudioBasic",),
+        "admin": ("adminBearer",),
+        "dashboard": ("adminBearer", "dashboardBasic"),
+        "metrics": ("metricsBearer", "adminBearer"),
+        "public": (),
+    }
+)
+_SCHEMES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        "labelStudioBasic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "server.basic_auth_user/basic_auth_password, when both are set",
+        },
+        "adminBearer": {"type": "http", "scheme": "bearer", "description": "server.admin_tokens"},
+        "dashboardBasic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "an admin token's name as user and the token as password (browsers)",
+        },
+        "metricsBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "server.metrics_token",
+        },
+    }
+)
+_ERRORS: Mapping[str, str] = MappingProxyType(
+    {
+        "400": "malformed JSON, a body or parameter that does not match its schema",
+        "401": "missing or wrong credentials",
+        "403": "the credential this route needs is not configured",
+        "404": "unknown route, id out of range, or nothing there",
+        "405": "method not allowed",
+        "413": "body over server.max_body_bytes",
+        "422": "well-formed but not acceptable (unsupported label config, invalid settings)",
+    }
+)
+
+
+def _error_schema() -> dict[str, Any]:
+    """The body of every error answer."""
+    return {
+        "type": "object",
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+        "required": ["error", "detail"],
+    }
 
 
 def _path_parameter(converter: str | None, name: str) -> dict[str, Any]:
@@ -100,7 +117,7 @@ def _operation(
     spec: dict[str, Any] = {
         "operationId": endpoint,
         "summary": op.summary,
-        "security": _SECURITY[op.access],
+        "security": [{scheme: []} for scheme in _SECURITY[op.access]],
         "responses": _responses(op),
     }
     if op.query is not None:
@@ -118,7 +135,7 @@ def _operation(
 def build_document(app: Flask) -> dict[str, Any]:
     """The OpenAPI document of every route of ``app`` that declares an operation."""
     paths: dict[str, dict[str, Any]] = {}
-    components: dict[str, Any] = {"Error": _ERROR}
+    components: dict[str, Any] = {"Error": _error_schema()}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
         op = operation_of(app.view_functions.get(rule.endpoint))
         if op is None:
@@ -135,7 +152,10 @@ def build_document(app: Flask) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "labelloop", "version": "1"},
         "paths": paths,
-        "components": {"schemas": components, "securitySchemes": _SCHEMES},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {k: dict(v) for k, v in _SCHEMES.items()},
+        },
     }
 
 

@@ -12,12 +12,16 @@ caller names the control to use (``control=``): guessing would train on the wron
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-CHOICE_MODES = {"single": False, "single-radio": False, "multiple": True}
+CHOICE_MODES: Mapping[str, bool] = MappingProxyType(
+    {"single": False, "single-radio": False, "multiple": True}
+)
 
 
 class UnsupportedConfig(ValueError):

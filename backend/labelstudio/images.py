@@ -45,7 +45,7 @@ LS_PREFIXES = ("/data/upload/", "/data/local-files/", "/tasks/", "/storage-data/
 LS_RELATIVE = (*LS_PREFIXES, "/data/local-files?")
 MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
-REDIRECTS = {301, 302, 303, 307, 308}
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = (500, 502, 503, 504)
 
 

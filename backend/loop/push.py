@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import select
@@ -36,10 +37,12 @@ from backend.store.models import Annotation, ReviewFlag, Task, utcnow
 log = logging.getLogger(__name__)
 ReviewKind = Literal["label_error", "disagreement"]
 SAMPLING = "Uncertainty sampling"
-VIEW_TITLES: dict[ReviewKind, str] = {
-    "label_error": "labelloop: suspected label errors",
-    "disagreement": "labelloop: annotator disagreements",
-}
+VIEW_TITLES: Mapping[ReviewKind, str] = MappingProxyType(
+    {
+        "label_error": "labelloop: suspected label errors",
+        "disagreement": "labelloop: annotator disagreements",
+    }
+)
 
 
 class LabelStudioPush(Protocol):

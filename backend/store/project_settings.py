@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import select, text
@@ -27,20 +28,22 @@ log = logging.getLogger(__name__)
 #: The sections a project may override.
 SECTIONS: tuple[str, ...] = ("strategy", "model", "loop")
 #: Fields that belong to the process (the scheduler's own timing), not to a project.
-PROCESS_WIDE: Mapping[str, frozenset[str]] = {
-    "loop": frozenset(
-        {
-            "run_scheduler",
-            "poll_s",
-            "lease_s",
-            "misfire_grace_s",
-            "executor",
-            "redis_url",
-            "rq_queue",
-            "rq_job_timeout_s",
-        }
-    ),
-}
+PROCESS_WIDE: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "loop": frozenset(
+            {
+                "run_scheduler",
+                "poll_s",
+                "lease_s",
+                "misfire_grace_s",
+                "executor",
+                "redis_url",
+                "rq_queue",
+                "rq_job_timeout_s",
+            }
+        ),
+    }
+)
 _FIELD = re.compile(r"setting '([^']+)'")
 
 
