@@ -22,6 +22,7 @@ What works and what it costs (measured on a real Label Studio 1.23.2):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -157,7 +158,7 @@ class Suspect:
     """A labeled task that looks wrong, with what a reviewer needs to see why.
 
     ``score`` is the stable suspicion value the view orders by (for label errors the calibrated
-    probability that the given label is wrong), written rounded to :data:`SUSPICION_DECIMALS`.
+    probability that the given label is wrong); the task carries it as :func:`suspicion_value`.
     """
 
     task_id: int
@@ -172,6 +173,8 @@ class Suspect:
 
 #: Decimals of the suspicion value written into a task: a change below that is not worth a PATCH.
 SUSPICION_DECIMALS = 2
+#: The smallest chance that a label is right the value tells apart (its ceiling is 9).
+_RIGHT_FLOOR = 1e-9
 GIVEN_KEY, MODEL_KEY = "labelloop_given", "labelloop_model"
 EXPLAIN_KEY = "labelloop_explain"
 
@@ -181,8 +184,17 @@ def _keys(kind: ReviewKind) -> tuple[str, str]:
 
 
 def suspicion_value(score: float) -> float:
-    """The value written into the task (and ordered on): rounded, and never 0 (0 = not flagged)."""
-    return max(round(float(score), SUSPICION_DECIMALS), 10.0**-SUSPICION_DECIMALS)
+    """The value written into the task and ordered on: ``-log10`` of the chance that the label
+    is right (``1 - score``; 1 = 90 % wrong, 2 = 99 %, 3 = 99.9 %), rounded, never 0 (0 = not
+    flagged).
+
+    On this scale the most suspicious items stay apart (on the probability itself, rounded,
+    every item above 99.5 % ties at 1.00 and Label Studio orders the ties by task id), and a
+    value changes only when the evidence changes by a few per cent of its odds, so pushes stay
+    few.
+    """
+    right = max(1.0 - float(score), _RIGHT_FLOOR)
+    return max(round(-math.log10(right), SUSPICION_DECIMALS), 10.0**-SUSPICION_DECIMALS)
 
 
 def review_view_filters(kind: ReviewKind) -> tuple[dict[str, Any], list[str]]:

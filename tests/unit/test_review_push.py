@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from backend.loop.push import LabelStudioPush, Suspect, push_review, review_view_columns
+from backend.loop.push import (
+    LabelStudioPush,
+    Suspect,
+    push_review,
+    review_view_columns,
+    suspicion_value,
+)
 from backend.store.db import Store
 from backend.store.models import Project, Task
 from tests.fake_labelstudio import FakeLabelStudio
@@ -42,7 +48,7 @@ def test_one_new_suspect_costs_one_patch(store: Store) -> None:
     assert counts == {"flagged": 1, "unflagged": 0, "unchanged": 20, "over_limit": 0}
     assert [c for c in ls.calls if c[0] == "update_task_data"] == [("update_task_data", 129)]
     data = ls.task_data[129]
-    assert data["labelloop_label_error_suspicion"] == 1.0
+    assert data["labelloop_label_error_suspicion"] == 3.0  # -log10 of the 0.1 % it is right
     assert data["labelloop_given"] == "1" and data["labelloop_model"] == "7 (100%)"
     assert data["image"] == "i"  # the task's own data stays
     # The view orders by the value (highest first) and shows the case first.
@@ -88,3 +94,12 @@ def test_flags_link_their_explanation_as_a_view_column_and_drop_it_when_cleared(
     assert kwargs["shown"][-1] == "tasks:data.labelloop_explain"
     push_review(push, store, 7, "label_error", [], max_flags=50, image_key="image")
     assert "labelloop_explain" not in ls.task_data[100]
+
+
+def test_the_most_suspicious_items_keep_their_order_in_the_written_value() -> None:
+    scores = [0.2, 0.5, 0.9, 0.99, 0.995, 0.999, 0.9999, 1.0]
+    values = [suspicion_value(s) for s in scores]
+    assert values == sorted(values) and len(set(values)) == len(values)  # no ties at the top
+    assert values[2:4] == [1.0, 2.0]
+    assert suspicion_value(0.0) == 0.01  # a flag is never written as 0 (0 = not flagged)
+    assert suspicion_value(0.9901) == suspicion_value(0.99)  # a small change needs no PATCH
