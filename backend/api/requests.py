@@ -65,9 +65,14 @@ def parse_json(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse a JSON body after checking its depth. Raises a 400 :class:`ApiError`."""
     if not raw:
         raise bad_request("request body is empty; a JSON object is required")
-    depth = json_depth(raw)
-    if depth > max_depth:
-        raise bad_request(f"request body nests {depth} levels deep; at most {max_depth} allowed")
+    # Nothing nests deeper than the brackets that open, counted at C speed: most bodies have
+    # too few of them to need the full scan.
+    if raw.count(b"[") + raw.count(b"{") > max_depth:
+        depth = json_depth(raw)
+        if depth > max_depth:
+            raise bad_request(
+                f"request body nests {depth} levels deep; at most {max_depth} allowed"
+            )
     try:
         return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

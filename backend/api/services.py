@@ -43,6 +43,10 @@ class Services:
     _resolver: ImageResolver | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _deliveries: GroupCommit[repo.Delivery, bool | None] | None = None
+    #: Projects a delivery was stored for (or found a duplicate of): set up, so a later batch
+    #: naming only these reads no project row. Projects are never removed; an event of one
+    #: removed behind the server's back would be stored and then skipped when applied.
+    _known_projects: set[int] = field(default_factory=set)
 
     def record_delivery(self, delivery: repo.Delivery) -> bool | None:
         """Store a webhook delivery durably: True stored, False a duplicate, None a project this
@@ -60,8 +64,14 @@ class Services:
     def _write_deliveries(self, batch: Sequence[repo.Delivery]) -> list[bool | None]:
         # One short write transaction holding SQLite's write lock from its start: it waits its
         # turn (busy timeout) instead of failing when the inbox worker committed since it read.
-        with self.store.write_session() as session:
-            return repo.record_deliveries(session, batch)
+        with self.store.write_connection() as connection:
+            outcomes = repo.record_deliveries(
+                connection, batch, known_projects=self._known_projects
+            )
+        self._known_projects.update(
+            d.project_id for d, outcome in zip(batch, outcomes, strict=True) if outcome is not None
+        )
+        return outcomes
 
     def image_resolver(self) -> ImageResolver:
         """One image resolver per process (it holds Label Studio auth and a connection pool)."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
@@ -105,6 +105,24 @@ class Store:
         with self._writer, self.session() as session:
             session.execute(text("BEGIN IMMEDIATE"))
             yield session
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A Core connection in one transaction holding the write lock from its start (SQLite),
+        committed on success and rolled back on any error: :meth:`write_session` without the
+        ORM session's work, for the statements of a request's hot path."""
+        with ExitStack() as stack:
+            if self.engine.dialect.name == "sqlite":
+                stack.enter_context(self._writer)
+            connection = stack.enter_context(self.engine.connect())
+            if self.engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.commit()
+            except BaseException:
+                connection.rollback()
+                raise
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -9,12 +9,12 @@ safe in any order.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -292,25 +292,55 @@ class Delivery:
     size: int = 0
 
 
-def record_deliveries(session: Session, deliveries: Sequence[Delivery]) -> list[bool | None]:
+def record_deliveries(
+    connection: Connection,
+    deliveries: Sequence[Delivery],
+    *,
+    known_projects: Collection[int] = (),
+) -> list[bool | None]:
     """Store each delivery of a project this backend was set up for: True when stored, False
     for a duplicate of one stored before (or earlier in ``deliveries``), None for a project
     that is not known (nothing stored).
+
+    One query reads which of the batch's projects are known (none when ``known_projects``, what
+    the caller saw before, holds them all) and one multi-row ``INSERT ... ON CONFLICT
+    (delivery_key) DO NOTHING RETURNING delivery_key`` stores the rest: the keys it returns were
+    stored, the others were there already. Like :func:`record_delivery` it reads nothing first,
+    and a delivery stored at the same time by another process is a duplicate, not an error.
 
     The rows are inserted in key order, whatever order they came in: two transactions holding
     some of the same deliveries (a retried webhook reaching two server processes) then take the
     key index's locks in the same order, and one waits for the other instead of both deadlocking.
     """
-    known: dict[int, bool] = {}
-    outcomes: list[bool | None] = [None] * len(deliveries)
-    for i in sorted(range(len(deliveries)), key=lambda i: deliveries[i].key):
-        d = deliveries[i]
+    asked = {d.project_id for d in deliveries} - set(known_projects)
+    known = set(known_projects)
+    if asked:
+        known |= set(connection.execute(select(Project.id).where(Project.id.in_(asked))).scalars())
+    rows: dict[str, dict[str, Any]] = {}
+    for d in sorted(deliveries, key=lambda d: d.key):
+        if d.project_id in known and d.key not in rows:
+            rows[d.key] = {
+                "delivery_key": d.key,
+                "action": d.action,
+                "project_id": d.project_id,
+                "payload": d.payload,
+            }
+    stored: set[str] = set()
+    if rows:
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        insert = (
+            dialect.insert(InboxEvent)
+            .on_conflict_do_nothing(index_elements=["delivery_key"])
+            .returning(InboxEvent.delivery_key)
+        )
+        stored = set(connection.execute(insert, list(rows.values())).scalars())
+    outcomes: list[bool | None] = []
+    for d in deliveries:
         if d.project_id not in known:
-            known[d.project_id] = project_known(session, d.project_id)
-        if known[d.project_id]:
-            outcomes[i] = record_delivery(
-                session, key=d.key, action=d.action, project_id=d.project_id, payload=d.payload
-            )
+            outcomes.append(None)
+        else:
+            outcomes.append(d.key in stored)
+            stored.discard(d.key)  # a second delivery of the same key in this batch: a duplicate
     return outcomes
 
 

@@ -208,7 +208,7 @@ def test_unexpected_errors_are_json_without_traceback(
         raise RuntimeError("secret internals")
 
     set_up(store)
-    monkeypatch.setattr(repo, "record_delivery", boom)
+    monkeypatch.setattr(repo, "record_deliveries", boom)
     response = client.post("/webhook", json=_event("TASKS_CREATED", tasks=[]))
     assert response.status_code == 500
     body = response.get_json()
@@ -219,9 +219,9 @@ def test_unexpected_errors_are_json_without_traceback(
 def test_a_busy_database_is_a_503_to_send_again_and_the_resend_is_stored(
     client: FlaskClient, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real, calls = repo.record_delivery, 0
+    real, calls = repo.record_deliveries, 0
 
-    def locked_once(*args: Any, **kwargs: Any) -> bool:
+    def locked_once(*args: Any, **kwargs: Any) -> list[bool | None]:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -229,7 +229,7 @@ def test_a_busy_database_is_a_503_to_send_again_and_the_resend_is_stored(
         return real(*args, **kwargs)
 
     set_up(store)
-    monkeypatch.setattr(repo, "record_delivery", locked_once)
+    monkeypatch.setattr(repo, "record_deliveries", locked_once)
     body = json.dumps(_event("ANNOTATION_CREATED", annotation=_annotation()))
     busy = client.post("/webhook", data=body, content_type="application/json")
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"

@@ -277,12 +277,12 @@ def _delivery(key: str, project_id: int = 7) -> repo.Delivery:
 def test_record_deliveries_stores_once_and_ignores_projects_never_set_up(store: Store) -> None:
     with store.session() as session:
         repo.ensure_project(session, 7)
-    with store.write_session() as session:
+    with store.write_connection() as connection:
         first = repo.record_deliveries(
-            session, [_delivery("a"), _delivery("a"), _delivery("b", project_id=8)]
+            connection, [_delivery("a"), _delivery("a"), _delivery("b", project_id=8)]
         )
-    with store.write_session() as session:
-        again = repo.record_deliveries(session, [_delivery("a"), _delivery("c")])
+    with store.write_connection() as connection:
+        again = repo.record_deliveries(connection, [_delivery("a"), _delivery("c")])
     assert first == [True, False, None]
     assert again == [False, True]
     with store.session() as session:
@@ -290,21 +290,30 @@ def test_record_deliveries_stores_once_and_ignores_projects_never_set_up(store: 
 
 
 def test_record_deliveries_inserts_in_key_order_and_answers_in_arrival_order(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store,
 ) -> None:
     with store.session() as session:
         repo.ensure_project(session, 7)
-    inserted: list[str] = []
-    real = repo.record_delivery
-
-    def spy(session: object, *, key: str, **kw: object) -> bool:
-        inserted.append(key)
-        return real(session, key=key, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(repo, "record_delivery", spy)
-    with store.write_session() as session:
+    with store.write_connection() as connection:
         outcomes = repo.record_deliveries(
-            session, [_delivery("c"), _delivery("a"), _delivery("x", project_id=8), _delivery("b")]
+            connection,
+            [_delivery("c"), _delivery("a"), _delivery("x", project_id=8), _delivery("b")],
         )
-    assert inserted == ["a", "b", "c"]
     assert outcomes == [True, True, None, True]
+    with store.session() as session:  # inbox ids follow the order the rows were inserted in
+        assert [e.delivery_key for e in repo.pending_events(session)] == ["a", "b", "c"]
+
+
+def test_record_deliveries_trusts_known_projects_and_asks_for_the_others(store: Store) -> None:
+    with store.session() as session:
+        repo.ensure_project(session, 7)
+    with store.write_connection() as connection:
+        # 9 was never set up: named as known by the caller, it is not read and is stored
+        outcomes = repo.record_deliveries(
+            connection,
+            [_delivery("a", project_id=9), _delivery("b"), _delivery("c", project_id=8)],
+            known_projects={9},
+        )
+    assert outcomes == [True, True, None]
+    with store.session() as session:
+        assert [e.delivery_key for e in repo.pending_events(session)] == ["a", "b"]
