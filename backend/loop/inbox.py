@@ -137,7 +137,9 @@ class ApplyReport:
         return sum(self.applied.values())
 
 
-def _apply_annotation(session: Session, payload: Mapping[str, Any], project: Project) -> str:
+def _apply_annotation(
+    session: Session, payload: Mapping[str, Any], project: Project, ahead: repo.ReadAhead | None
+) -> str:
     annotation = payload.get("annotation")
     if not isinstance(annotation, dict) or "id" not in annotation:
         return "ignored: no annotation"
@@ -146,8 +148,8 @@ def _apply_annotation(session: Session, payload: Mapping[str, Any], project: Pro
     if task_id is None:
         return "ignored: no task id"
     if isinstance(task, dict) and "id" in task:
-        ingest.upsert_task(session, project, task)
-    return ingest.upsert_annotation(session, project, int(task_id), annotation)
+        ingest.upsert_task(session, project, task, ahead=ahead)
+    return ingest.upsert_annotation(session, project, int(task_id), annotation, ahead=ahead)
 
 
 def _apply_deleted(session: Session, payload: Mapping[str, Any], event: InboxEvent) -> str:
@@ -159,9 +161,11 @@ def _apply_deleted(session: Session, payload: Mapping[str, Any], event: InboxEve
     return f"deleted {deleted}"
 
 
-def _apply_tasks(session: Session, payload: Mapping[str, Any], project: Project) -> str:
+def _apply_tasks(
+    session: Session, payload: Mapping[str, Any], project: Project, ahead: repo.ReadAhead | None
+) -> str:
     tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict) and "id" in t]
-    outcomes = Counter(ingest.upsert_task(session, project, t) for t in tasks)
+    outcomes = Counter(ingest.upsert_task(session, project, t, ahead=ahead) for t in tasks)
     return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "no tasks"
 
 
@@ -175,23 +179,35 @@ def _refresh_project(session: Session, payload: Mapping[str, Any], project: Proj
             ingest.set_label_config(session, project, body["label_config"])
 
 
-def _apply_to(session: Session, event: InboxEvent, project: Project, report: ApplyReport) -> str:
+def _apply_to(
+    session: Session,
+    event: InboxEvent,
+    project: Project,
+    report: ApplyReport,
+    ahead: repo.ReadAhead | None,
+) -> str:
     payload, action = event.payload, event.action
     _refresh_project(session, payload, project)
     if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-        return _apply_annotation(session, payload, project)
+        return _apply_annotation(session, payload, project, ahead)
     if action == "ANNOTATIONS_DELETED":
         return _apply_deleted(session, payload, event)
     if action == "TASKS_CREATED":
-        return _apply_tasks(session, payload, project)
+        return _apply_tasks(session, payload, project, ahead)
     if action == "PROJECT_UPDATED":
         return "project updated" if project.config_error is None else "unsupported config"
     report.train_requested.add(project.id)  # START_TRAINING
     return "train requested"
 
 
-def apply_event(session: Session, event: InboxEvent, report: ApplyReport) -> None:
-    """Apply one stored event inside the caller's transaction and mark it applied.
+def apply_event(
+    session: Session,
+    event: InboxEvent,
+    report: ApplyReport,
+    ahead: repo.ReadAhead | None = None,
+) -> None:
+    """Apply one stored event inside the caller's transaction and mark it applied (``ahead``:
+    the rows its upserts look up, read ahead for its run of events).
 
     Events of projects this backend was never set up for change nothing (they are only stored
     when the project was known; one removed since is skipped the same way).
@@ -203,7 +219,7 @@ def apply_event(session: Session, event: InboxEvent, report: ApplyReport) -> Non
     elif project is None:
         outcome = "ignored: project not set up"
     else:
-        outcome = _apply_to(session, event, project, report)
+        outcome = _apply_to(session, event, project, report, ahead)
     event.applied_at, event.outcome = utcnow(), outcome
     report.applied[(pid, action)] += 1
     report.outcomes[outcome.split(":")[0]] += 1
@@ -225,7 +241,9 @@ class _EventFailed(Exception):
         self.event_id = event_id
 
 
-def _apply_fast(session: Session, event: InboxEvent, report: ApplyReport) -> None:
+def _apply_fast(
+    session: Session, event: InboxEvent, report: ApplyReport, ahead: repo.ReadAhead | None
+) -> None:
     """Apply one event with no savepoint of its own (the common case: nothing fails).
 
     A failure rolls the whole transaction back (:class:`_EventFailed`, or :class:`TransientError`
@@ -233,7 +251,7 @@ def _apply_fast(session: Session, event: InboxEvent, report: ApplyReport) -> Non
     savepoint (:func:`_apply_guarded`), so only the event that fails is set aside.
     """
     try:
-        apply_event(session, event, report)
+        apply_event(session, event, report, ahead)
     except Exception as exc:
         if is_transient(exc):
             raise TransientError(str(exc)) from exc
@@ -262,17 +280,44 @@ def _apply_guarded(session: Session, event: InboxEvent, report: ApplyReport) -> 
 
 def _pending_in_chunks(
     session: Session, *, limit: int, project_id: int | None
-) -> Iterator[InboxEvent]:
+) -> Iterator[list[InboxEvent]]:
     """At most ``limit`` pending events, oldest first, read :data:`CHUNK` at a time."""
     after = 0
     while limit > 0:
         chunk = repo.pending_events(
             session, limit=min(CHUNK, limit), project_id=project_id, after=after
         )
-        yield from chunk
+        if chunk:
+            yield chunk
         if len(chunk) < min(CHUNK, limit):
             return
         limit, after = limit - len(chunk), chunk[-1].id
+
+
+def _an_id(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _read_ahead(session: Session, events: list[InboxEvent]) -> repo.ReadAhead:
+    """The task and annotation rows ``events`` name, read in one query per table."""
+    tasks: set[int | None] = set()
+    annotations: set[int | None] = set()
+    for event in events:
+        payload = event.payload if isinstance(event.payload, dict) else {}
+        task, annotation = payload.get("task"), payload.get("annotation")
+        if isinstance(task, dict):
+            tasks.add(_an_id(task.get("id")))
+        if isinstance(annotation, dict):
+            annotations.add(_an_id(annotation.get("id")))
+            tasks.add(_an_id(annotation.get("task")))
+        for item in payload.get("tasks") or () if event.action == "TASKS_CREATED" else ():
+            if isinstance(item, dict):
+                tasks.add(_an_id(item.get("id")))
+    return repo.ReadAhead.read(
+        session,
+        (t for t in tasks if t is not None),
+        (a for a in annotations if a is not None),
+    )
 
 
 def _apply_batch(
@@ -287,10 +332,12 @@ def _apply_batch(
     """Apply pending events in one short write transaction; returns how many it looked at.
 
     Events are read :data:`CHUNK` at a time, so a transaction that stops at its time budget after
-    a few events has not decoded the payloads of ``batch`` of them. ``report`` only learns what
-    was committed. Events with ids up to ``guard_through`` (one that failed before, and those
-    before it) are applied each in a savepoint, and the transaction ends after them; the others
-    without one (:func:`_apply_fast`).
+    a few events has not decoded the payloads of ``batch`` of them; the task and annotation rows
+    a chunk's events name are read with it, one query per table (:class:`repo.ReadAhead`).
+    ``report`` only learns what was committed. Events with ids up to ``guard_through`` (one that
+    failed before, and those before it) are applied each in a savepoint, looking their rows up
+    one by one, and the transaction ends after them; the others without one
+    (:func:`_apply_fast`).
     """
     with store.session() as session:  # a plain read: no write lock while nothing is pending
         if not repo.has_pending(session, project_id=project_id):
@@ -298,13 +345,21 @@ def _apply_batch(
     done, this = 0, ApplyReport()
     with store.write_session() as session:
         started = time.perf_counter()  # the budget counts from holding the write lock
-        for event in _pending_in_chunks(session, limit=batch, project_id=project_id):
-            guarded = event.id <= guard_through
-            (_apply_guarded if guarded else _apply_fast)(session, event, this)
-            done += 1
-            if event.id == guard_through or (
-                not guarded and time.perf_counter() - started > budget_s
-            ):
+        for chunk in _pending_in_chunks(session, limit=batch, project_id=project_id):
+            ahead = None if chunk[0].id <= guard_through else _read_ahead(session, chunk)
+            stop = False
+            for event in chunk:
+                if event.id <= guard_through:
+                    _apply_guarded(session, event, this)
+                else:
+                    _apply_fast(session, event, this, ahead)
+                done += 1
+                stop = event.id == guard_through or (
+                    event.id > guard_through and time.perf_counter() - started > budget_s
+                )
+                if stop:
+                    break
+            if stop:
                 break
     report.merge(this)
     return done

@@ -51,11 +51,17 @@ def project_config(project: Project) -> LabelConfig | None:
     )
 
 
-def upsert_task(session: Session, project: Project, data: Mapping[str, Any]) -> Outcome:
+def upsert_task(
+    session: Session,
+    project: Project,
+    data: Mapping[str, Any],
+    *,
+    ahead: repo.ReadAhead | None = None,
+) -> Outcome:
     """Insert or refresh one task from Label Studio's task JSON (:func:`repo.upsert_task`)."""
     cfg = project_config(project)
     ref = task_image_ref(dict(data), cfg) if cfg is not None else None
-    return repo.upsert_task(session, project, data, image_ref=ref)
+    return repo.upsert_task(session, project, data, image_ref=ref, ahead=ahead)
 
 
 def upsert_annotation(
@@ -65,10 +71,17 @@ def upsert_annotation(
     data: Mapping[str, Any],
     *,
     from_reconcile: bool = False,
+    ahead: repo.ReadAhead | None = None,
 ) -> Outcome:
     """Insert or update one annotation from Label Studio's JSON (:func:`repo.upsert_annotation`)."""
     cfg = project_config(project)
     labels = list(annotation_labels(dict(data), cfg)) if cfg is not None else []
     return repo.upsert_annotation(
-        session, project, task_id, data, labels=labels, from_reconcile=from_reconcile
+        session,
+        project,
+        task_id,
+        data,
+        labels=labels,
+        from_reconcile=from_reconcile,
+        ahead=ahead,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -83,10 +83,61 @@ def list_projects(session: Session) -> list[Project]:
 # ---------------------------------------------------------------- tasks and annotations
 
 
+@dataclass
+class ReadAhead:
+    """Task and annotation rows read ahead for a run of events, in one query per table, so the
+    upserts that follow look each one up here instead of querying (and autoflushing) per row.
+
+    Valid inside one transaction with no savepoint rolled back: a row the upserts create is
+    recorded here as it is added, and a row read as absent stays absent until then.
+    """
+
+    tasks: dict[int, Task | None] = field(default_factory=dict)
+    annotations: dict[int, Annotation | None] = field(default_factory=dict)
+
+    @classmethod
+    def read(
+        cls, session: Session, task_ids: Iterable[int], annotation_ids: Iterable[int]
+    ) -> ReadAhead:
+        """Read the named rows (ids not stored are recorded as absent)."""
+        ahead = cls()
+        wanted_tasks, wanted_annotations = set(task_ids), set(annotation_ids)
+        if wanted_tasks:
+            ahead.tasks = dict.fromkeys(wanted_tasks)
+            for task in session.scalars(select(Task).where(Task.id.in_(wanted_tasks))):
+                ahead.tasks[task.id] = task
+        if wanted_annotations:
+            ahead.annotations = dict.fromkeys(wanted_annotations)
+            stmt = select(Annotation).where(Annotation.id.in_(wanted_annotations))
+            for annotation in session.scalars(stmt):
+                ahead.annotations[annotation.id] = annotation
+        return ahead
+
+    def task(self, session: Session, task_id: int) -> Task | None:
+        if task_id not in self.tasks:
+            self.tasks[task_id] = session.get(Task, task_id)
+        return self.tasks[task_id]
+
+    def annotation(self, session: Session, annotation_id: int) -> Annotation | None:
+        if annotation_id not in self.annotations:
+            self.annotations[annotation_id] = session.get(Annotation, annotation_id)
+        return self.annotations[annotation_id]
+
+
+def _task(session: Session, task_id: int, ahead: ReadAhead | None) -> Task | None:
+    return ahead.task(session, task_id) if ahead is not None else session.get(Task, task_id)
+
+
 def upsert_task(
-    session: Session, project: Project, data: Mapping[str, Any], *, image_ref: str | None
+    session: Session,
+    project: Project,
+    data: Mapping[str, Any],
+    *,
+    image_ref: str | None,
+    ahead: ReadAhead | None = None,
 ) -> Outcome:
-    """Insert or refresh one task from Label Studio's task JSON (``image_ref``: its image).
+    """Insert or refresh one task from Label Studio's task JSON (``image_ref``: its image;
+    ``ahead``: rows read ahead in this transaction).
 
     A task stored under another project is left alone ("ignored"): an event of one project
     never changes another project's rows.
@@ -94,20 +145,21 @@ def upsert_task(
     task_id = int(data["id"])
     ref = image_ref
     updated = parse_ts(data.get("updated_at"))
-    row = session.get(Task, task_id)
+    row = _task(session, task_id, ahead)
     if row is not None and row.project_id != project.id:
         return "ignored"
     if row is None:
-        session.add(
-            Task(
-                id=task_id,
-                project_id=project.id,
-                image_ref=ref,
-                data=data.get("data"),
-                ls_created_at=parse_ts(data.get("created_at")),
-                ls_updated_at=updated,
-            )
+        row = Task(
+            id=task_id,
+            project_id=project.id,
+            image_ref=ref,
+            data=data.get("data"),
+            ls_created_at=parse_ts(data.get("created_at")),
+            ls_updated_at=updated,
         )
+        session.add(row)
+        if ahead is not None:
+            ahead.tasks[task_id] = row
         return "created"
     if not _newer_or_equal(updated, row.ls_updated_at):
         return "stale"
@@ -127,16 +179,17 @@ def upsert_annotation(
     *,
     labels: list[str],
     from_reconcile: bool = False,
+    ahead: ReadAhead | None = None,
 ) -> Outcome:
-    """Insert or update one annotation (``labels``: the choices it gives), never letting older
-    data overwrite newer data.
+    """Insert or update one annotation (``labels``: the choices it gives; ``ahead``: rows read
+    ahead in this transaction), never letting older data overwrite newer data.
 
     A deleted annotation is only brought back by a reconcile (Label Studio still lists it); a
     webhook about it that arrives after its deletion is ignored, and so is one about an
     annotation or a task of another project.
     """
     ann_id = int(data["id"])
-    task = session.get(Task, task_id)
+    task = _task(session, task_id, ahead)
     if task is not None and task.project_id != project.id:
         return "ignored"
     updated = parse_ts(data.get("updated_at")) or parse_ts(data.get("created_at"))
@@ -148,9 +201,14 @@ def upsert_annotation(
         "ls_created_at": parse_ts(data.get("created_at")),
         "ls_updated_at": updated,
     }
-    row = session.get(Annotation, ann_id)
+    row = (
+        ahead.annotation(session, ann_id) if ahead is not None else session.get(Annotation, ann_id)
+    )
     if row is None:
-        session.add(Annotation(id=ann_id, project_id=project.id, **fields))
+        row = Annotation(id=ann_id, project_id=project.id, **fields)
+        session.add(row)
+        if ahead is not None:
+            ahead.annotations[ann_id] = row
         return "created"
     if row.project_id != project.id:
         return "ignored"

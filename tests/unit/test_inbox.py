@@ -372,3 +372,69 @@ def test_events_beyond_one_chunk_are_applied_in_order_in_one_pass(store: Store) 
     assert apply_pending(store, budget_s=60.0, batch=count).total == count
     with store.session() as session:
         assert not repo.has_pending(session)
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+def test_events_of_one_chunk_reading_their_rows_ahead_end_as_applied_one_by_one(
+    project_store: Store, at_once: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows read ahead for a chunk see what earlier events of the same chunk created, updated
+    or deleted: the end state is the same as applying each delivery as it arrives, and no
+    event fails on the way (the events are never applied again one by one in savepoints)."""
+    from backend.loop import inbox
+
+    def no_fallback(*_a: Any) -> None:
+        raise AssertionError("an event failed in the chunk's transaction")
+
+    monkeypatch.setattr(inbox, "_apply_guarded", no_fallback)
+    set_up(project_store, 8)
+    other = {"id": 8, "title": "other", "label_config": SINGLE_CONFIG}
+    events = [
+        ev("TASKS_CREATED", tasks=[_task(30)]),
+        ev(
+            "ANNOTATION_CREATED",
+            annotation=_ann(40, 30, "cat", "2026-01-01T10:00:00Z"),
+            task=_task(30),
+        ),
+        ev(
+            "ANNOTATION_UPDATED",
+            annotation=_ann(40, 30, "dog", "2026-01-01T11:00:00Z"),
+            task=_task(30),
+        ),
+        ev("ANNOTATION_UPDATED", annotation=_ann(40, 30, "bird", "2026-01-01T09:00:00Z")),
+        ev("ANNOTATION_CREATED", annotation=_ann(41, 1, "cat", "2026-01-01T10:00:00Z")),
+        ev("ANNOTATIONS_DELETED", annotations=[{"id": 41}]),
+        ev("ANNOTATION_UPDATED", annotation=_ann(41, 1, "dog", "2026-01-01T12:00:00Z")),
+        # project 8 naming project 7's task and annotation: ignored
+        {
+            "action": "ANNOTATION_CREATED",
+            "project": other,
+            "annotation": _ann(42, 1, "dog", "2026-01-01T10:00:00Z"),
+            "task": _task(1),
+        },
+        {
+            "action": "ANNOTATION_UPDATED",
+            "project": other,
+            "annotation": _ann(40, 30, "bird", "2026-01-01T13:00:00Z"),
+        },
+        ev("ANNOTATION_CREATED", annotation=_ann(43, 31, "bird", "2026-01-01T10:00:00Z")),
+        ev("TASKS_CREATED", tasks=[_task(31), _task(32)]),
+    ]
+    if at_once:
+        deliver(project_store, *events)
+        report = apply_pending(project_store)
+        assert report.total == len(events) and report.set_aside == 0
+    else:
+        for event in events:
+            deliver(project_store, event)
+            apply_pending(project_store)
+    assert labels_of(project_store) == {
+        40: (["dog"], False),
+        41: (["cat"], True),
+        43: (["bird"], False),
+    }
+    with project_store.session() as session:
+        tasks = {t.id: t.project_id for t in session.query(Task)}
+        assert tasks == {1: 7, 2: 7, 30: 7, 31: 7, 32: 7}
+        assert {a.id: a.task_id for a in session.query(Annotation)} == {40: 30, 41: 1, 43: 31}
+        assert not repo.pending_events(session)
