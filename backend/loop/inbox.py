@@ -374,11 +374,14 @@ def apply_pending(
     retries: int = 5,
     backoff_s: float = 0.05,
     sleep: Callable[[float], None] = time.sleep,
+    yield_s: float = 0.002,
 ) -> ApplyReport:
     """Apply every stored, pending event in arrival order, in short write transactions.
 
-    Each transaction applies at most ``batch`` events or what fits in ``budget_s`` seconds, so a
-    webhook waiting for the write lock waits little. A transient database error rolls the
+    Each transaction applies at most ``batch`` events or what fits in ``budget_s`` seconds, and
+    the next one begins ``yield_s`` after it committed, so a webhook waiting for the write lock
+    (in this process or another) takes it then and waits at most about one transaction. A
+    transient database error rolls the
     current transaction back and retries it after a growing pause (``backoff_s`` doubling, at
     most ``retries`` times in a row) with half as many events; when it persists the events stay
     pending for the next call.
@@ -390,7 +393,8 @@ def apply_pending(
         project_id: apply only this project's events (others stay pending).
         retries: tries in a row after a transient error before giving up for now.
         backoff_s: the first pause after a transient error.
-        sleep: how to pause (tests pass a recorder).
+        sleep: how to pause after a transient error (tests pass a recorder).
+        yield_s: the pause between two transactions, for other writers (0: none).
     """
     report, failures, guard_through = ApplyReport(), 0, 0
     while True:
@@ -421,6 +425,8 @@ def apply_pending(
         failures, guard_through = 0, 0
         if seen == 0:
             break
+        if yield_s > 0:
+            time.sleep(yield_s)
     if report.total or report.retries:
         log.info(
             "inbox applied %d events: %s (%d transient retries)",

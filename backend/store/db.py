@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
@@ -21,13 +22,19 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+#: Seconds a SQLite connection waits for a lock another connection holds.
+BUSY_TIMEOUT_S = 10.0
+#: How often :func:`begin_immediate` tries again for SQLite's write lock.
+LOCK_POLL_S = 0.001
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the webhook write while a cycle reads; FULL makes an acknowledged event survive a
     # crash or power loss, which is the whole point of the inbox.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -43,13 +50,48 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def begin_immediate(
+    connection: Connection, timeout_s: float, *, poll_s: float = LOCK_POLL_S
+) -> None:
+    """``BEGIN IMMEDIATE`` on a SQLite connection: take the write lock, trying every ``poll_s``
+    for at most ``timeout_s``.
+
+    SQLite's own busy wait sleeps ever longer between tries (1 ms, 2, 5, 10, ... up to 100 ms),
+    so a writer of another process (the scheduler applying the inbox beside the API's workers)
+    that commits and begins again within a millisecond or so keeps the lock for as long as it
+    has work, and a webhook waits for all of it. Trying every millisecond takes the lock in the
+    first pause the other writer leaves (:func:`backend.loop.inbox.apply_pending` leaves one
+    between its transactions).
+
+    Raises:
+        sqlalchemy.exc.OperationalError: still locked after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    connection.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+                    raise
+                if time.monotonic() + poll_s > deadline:
+                    raise
+            time.sleep(poll_s)
+    finally:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, full sync and a busy timeout."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -73,6 +115,8 @@ class Store:
         # threads of one process queueing for the write lock wait far longer than the writes
         # take; this lock hands the turn over at once (other processes still use the busy wait).
         self._writer = threading.Lock()
+        #: How long a write transaction waits for SQLite's write lock before it fails.
+        self.busy_timeout_s = BUSY_TIMEOUT_S
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
@@ -103,7 +147,7 @@ class Store:
                 yield session
             return
         with self._writer, self.session() as session:
-            session.execute(text("BEGIN IMMEDIATE"))
+            begin_immediate(session.connection(), self.busy_timeout_s)
             yield session
 
     @contextmanager
@@ -116,7 +160,7 @@ class Store:
                 stack.enter_context(self._writer)
             connection = stack.enter_context(self.engine.connect())
             if self.engine.dialect.name == "sqlite":
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                begin_immediate(connection, self.busy_timeout_s)
             try:
                 yield connection
                 connection.commit()

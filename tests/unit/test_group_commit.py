@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from backend.store import repo
-from backend.store.db import Store
+from backend.store.db import Store, begin_immediate
 from backend.store.group import GroupCommit
 
 
@@ -317,3 +320,49 @@ def test_record_deliveries_trusts_known_projects_and_asks_for_the_others(store: 
     assert outcomes == [True, True, None]
     with store.session() as session:
         assert [e.delivery_key for e in repo.pending_events(session)] == ["a", "b"]
+
+
+def test_begin_immediate_takes_the_lock_in_the_other_writers_first_pause(tmp_path: Path) -> None:
+    """A writer of another connection that commits and begins again after 3 ms (as the inbox
+    applier does) lets a waiting writer in at once, not after SQLite's growing busy sleeps."""
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    holder, waiter = Store(url), Store(url)
+    took: list[float] = []
+    with holder.engine.connect() as held:
+        begin_immediate(held, 1.0)
+
+        def wait() -> None:
+            with waiter.engine.connect() as connection:
+                begin_immediate(connection, 5.0)
+                took.append(time.monotonic())
+                connection.rollback()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(0.3)  # the waiter has been polling for a while
+        held.rollback()
+        gone = time.monotonic()
+        time.sleep(0.003)
+        begin_immediate(held, 5.0)  # begins again: the waiter must already hold the lock...
+        again = time.monotonic()
+        held.rollback()
+        thread.join(5)
+    assert took and took[0] < again and took[0] - gone < 0.05
+    holder.dispose()
+    waiter.dispose()
+
+
+def test_begin_immediate_gives_up_after_its_timeout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    holder, waiter = Store(url), Store(url)
+    with holder.engine.connect() as held, waiter.engine.connect() as connection:
+        begin_immediate(held, 1.0)
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"):
+            begin_immediate(connection, 0.1)
+        assert 0.09 < time.monotonic() - started < 1.0
+        held.rollback()
+        begin_immediate(connection, 0.1)  # the connection is still usable
+        connection.rollback()
+    holder.dispose()
+    waiter.dispose()
