@@ -369,7 +369,7 @@ def apply_pending(
     store: Store,
     *,
     batch: int = 200,
-    budget_s: float = 0.02,
+    budget_s: float = 0.005,
     project_id: int | None = None,
     retries: int = 5,
     backoff_s: float = 0.05,
