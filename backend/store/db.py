@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlTimeoutError
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+#: The PostgreSQL advisory lock that serializes migrations (any fixed 64-bit number).
+MIGRATION_LOCK_KEY = 0x6C6162656C6C6F6F  # "labelloo"
 #: Seconds a SQLite connection waits for a lock another connection holds.
 BUSY_TIMEOUT_S = 10.0
 #: How often :func:`begin_immediate` tries again for SQLite's write lock.
@@ -119,8 +122,44 @@ class Store:
         self.busy_timeout_s = BUSY_TIMEOUT_S
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
-        command.upgrade(alembic_config(self.engine), "head")
+        """Bring the schema to the newest migration (idempotent), one process at a time.
+
+        Processes of one deployment often start together (the API's workers, the scheduler);
+        without the lock two of them would both find a fresh database empty and both create its
+        tables, and one would fail.
+        """
+        with self._migration_lock():
+            command.upgrade(alembic_config(self.engine), "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """SQLite: an exclusive ``flock`` on a file beside the database; PostgreSQL: a session
+        advisory lock; nothing for an in-memory database (one process by definition)."""
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:":
+                yield
+                return
+            with open(f"{url.database}.migrate.lock", "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        if url.get_backend_name() != "postgresql":
+            yield
+            return
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+                connection.commit()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
