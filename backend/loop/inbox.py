@@ -310,7 +310,8 @@ def _read_ahead(session: Session, events: list[InboxEvent]) -> repo.ReadAhead:
         if isinstance(annotation, dict):
             annotations.add(_an_id(annotation.get("id")))
             tasks.add(_an_id(annotation.get("task")))
-        for item in payload.get("tasks") or () if event.action == "TASKS_CREATED" else ():
+        listed = payload.get("tasks") if event.action == "TASKS_CREATED" else None
+        for item in listed if isinstance(listed, list) else ():
             if isinstance(item, dict):
                 tasks.add(_an_id(item.get("id")))
     return repo.ReadAhead.read(
@@ -318,6 +319,18 @@ def _read_ahead(session: Session, events: list[InboxEvent]) -> repo.ReadAhead:
         (t for t in tasks if t is not None),
         (a for a in annotations if a is not None),
     )
+
+
+def _pending_read_ahead(
+    session: Session, *, limit: int, project_id: int | None, guard_through: int
+) -> Iterator[tuple[InboxEvent, repo.ReadAhead | None]]:
+    """Pending events (as :func:`_pending_in_chunks`), each with the rows its chunk names read
+    ahead; None for a chunk that starts at or before ``guard_through`` (applied in savepoints,
+    whose rollback would leave read-ahead rows stale)."""
+    for chunk in _pending_in_chunks(session, limit=limit, project_id=project_id):
+        ahead = None if chunk[0].id <= guard_through else _read_ahead(session, chunk)
+        for event in chunk:
+            yield event, ahead
 
 
 def _apply_batch(
@@ -345,21 +358,19 @@ def _apply_batch(
     done, this = 0, ApplyReport()
     with store.write_session() as session:
         started = time.perf_counter()  # the budget counts from holding the write lock
-        for chunk in _pending_in_chunks(session, limit=batch, project_id=project_id):
-            ahead = None if chunk[0].id <= guard_through else _read_ahead(session, chunk)
-            stop = False
-            for event in chunk:
-                if event.id <= guard_through:
-                    _apply_guarded(session, event, this)
-                else:
-                    _apply_fast(session, event, this, ahead)
-                done += 1
-                stop = event.id == guard_through or (
-                    event.id > guard_through and time.perf_counter() - started > budget_s
-                )
-                if stop:
-                    break
-            if stop:
+        pending = _pending_read_ahead(
+            session, limit=batch, project_id=project_id, guard_through=guard_through
+        )
+        for event, ahead in pending:
+            guarded = event.id <= guard_through
+            if guarded:
+                _apply_guarded(session, event, this)
+            else:
+                _apply_fast(session, event, this, ahead)
+            done += 1
+            if event.id == guard_through or (
+                not guarded and time.perf_counter() - started > budget_s
+            ):
                 break
     report.merge(this)
     return done

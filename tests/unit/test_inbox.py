@@ -176,6 +176,21 @@ def test_a_poison_event_does_not_block_later_ones(
         assert repo.set_aside_count(session, project_id=7) == 1
 
 
+def test_odd_shapes_in_a_chunk_do_not_stop_its_read_ahead(project_store: Store) -> None:
+    # Payload parts of the wrong type must not fail the chunk's read-ahead (which runs before
+    # any event's own guard): each event is applied or ignored as it would be alone.
+    odd_tasks = ev("TASKS_CREATED", tasks=5)
+    odd_task = ev("ANNOTATION_CREATED", annotation=_ann(22, 1, "cat", "2026-01-01T10:00:00Z"))
+    odd_task["task"] = {"id": True}
+    good = ev("ANNOTATION_CREATED", annotation=_ann(23, 2, "dog", "2026-01-01T10:00:00Z"))
+    for event in (odd_tasks, odd_task, good):
+        store_raw(project_store, event)
+    apply_pending(project_store)
+    assert labels_of(project_store) == {22: (["cat"], False), 23: (["dog"], False)}
+    with project_store.session() as session:
+        assert not repo.pending_events(session)
+
+
 def test_a_poison_event_among_good_ones_sets_only_itself_aside_and_counts_each_once(
     project_store: Store,
 ) -> None:
