@@ -67,6 +67,11 @@ def test_workers_serve_and_store_webhooks_then_stop_on_sigterm(tmp_path: Path) -
                 assert process.poll() is None, "serve --workers exited early"
                 assert time.monotonic() < deadline, "the API did not come up"
                 time.sleep(0.2)
+        # The gunicorn master forks its workers one after the other, and the first can answer
+        # /health before the second exists.
+        while len(_children(process.pid)) < 2:
+            assert time.monotonic() < deadline, "the second worker never started"
+            time.sleep(0.1)
         assert len(_children(process.pid)) == 2  # the gunicorn master and two workers
         setup = {"project": "3.1", "schema": SINGLE_CONFIG}  # as Label Studio connects it
         assert _post(f"{base}/setup", setup) == 200
