@@ -159,6 +159,8 @@ class _Api(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
             "graceful_timeout": 30,
             "loglevel": server.log_level.lower(),
             "proc_name": "labelloop-api",
+            # gunicorn's runtime control socket (a file under the user's home) is not used.
+            "control_socket_disable": True,
             "worker_exit": _stop_app,
         }.items():
             self.cfg.set(key, value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def test_workers_serve_and_store_webhooks_then_stop_on_sigterm(tmp_path: Path) -
         [str(labelloop), "--config", str(config), "serve", "--workers", "2"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, "HOME": str(tmp_path / "home")},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -99,6 +101,8 @@ def test_workers_serve_and_store_webhooks_then_stop_on_sigterm(tmp_path: Path) -
                 assert len(repo.pending_events(session)) == 20
         finally:
             store.dispose()
+        # Nothing written outside the configured data directory (gunicorn's control socket).
+        assert not (tmp_path / "home").exists()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
