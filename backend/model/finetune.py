@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from backend.model.backbones import TorchBackbone
 from backend.model.calibration import TargetArray
+from backend.model.engines import resolve_device
 from backend.model.featurize import decode_image
 from backend.model.train import quiet_trainer
 from backend.settings import ModelSettings
@@ -100,7 +101,8 @@ def fine_tune_backbone(
         targets: (n,) class indices or (n, C) {0, 1} when ``multilabel``.
         n_classes: C.
         multilabel: BCE over sigmoid outputs instead of cross-entropy.
-        settings: ``batch_size``, ``max_epochs``, ``learning_rate``, ``weight_decay``, ``seed``.
+        settings: ``batch_size``, ``max_epochs``, ``learning_rate``, ``weight_decay``, ``seed``;
+            ``device`` (``cuda``, or ``auto`` where a GPU is visible, trains on the GPU).
         max_steps: stop after this many optimiser steps (-1: ``max_epochs`` decides).
 
     Returns:
@@ -124,6 +126,9 @@ def fine_tune_backbone(
             learning_rate=settings.learning_rate,
             weight_decay=settings.weight_decay,
         )
-        trainer = quiet_trainer(settings.max_epochs, max_steps=max_steps)
+        trainer = quiet_trainer(
+            settings.max_epochs, accelerator=resolve_device(settings.device), max_steps=max_steps
+        )
         trainer.fit(module, train_dataloaders=loader)
-    return backbone.with_weights(trunk.eval())
+    # Back on the CPU whatever trained it: featurization moves it where model.device says.
+    return backbone.with_weights(trunk.cpu().eval())

@@ -249,10 +249,14 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def quiet_trainer(max_epochs: int, **options: Any) -> L.Trainer:
-    """A CPU Trainer without loggers, progress bars or checkpoints (the loop keeps its own)."""
+def quiet_trainer(max_epochs: int, accelerator: str = "cpu", **options: Any) -> L.Trainer:
+    """A Trainer without loggers, progress bars or checkpoints (the loop keeps its own).
+
+    Heads stay on the CPU (``accelerator`` default): they are small matrices over cached
+    embeddings, for which a GPU's transfers cost more than the arithmetic.
+    """
     return L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         max_epochs=max_epochs,
         logger=False,
