@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def cache_section(n: int, dim: int) -> None:
-    """Seconds to load ``n`` cached embeddings: the memory-mapped arrays against one ``.npy``
+    """Seconds to load ``n`` cached embeddings into one matrix: the arrays against one ``.npy``
     file per embedding (the layout before; timed on at most 5,000 files and scaled)."""
     from backend.model.cache import EmbeddingCache
 
@@ -268,11 +268,14 @@ def cache_section(n: int, dim: int) -> None:
         for start in range(0, n, 10_000):
             block = rng.normal(size=(min(10_000, n - start), dim)).astype(np.float32)
             cache.put_many(dict(zip(shas[start : start + 10_000], block, strict=True)), "bb")
-        started = time.perf_counter()
-        found = EmbeddingCache(Path(tmp)).get_many(shas, "bb")  # a new process's first read
-        matrix = np.stack([found[sha] for sha in shas])
-        arrays = time.perf_counter() - started
-        assert matrix.shape == (n, dim)
+        loads = []
+        for _ in range(2):  # a new process's first read, then a long-lived scheduler's next one
+            started = time.perf_counter()
+            found = EmbeddingCache(Path(tmp)).get_many(shas, "bb")
+            matrix = np.stack([found[sha] for sha in shas])
+            loads.append(time.perf_counter() - started)
+            assert matrix.shape == (n, dim)
+            del found, matrix
         files = min(n, 5_000)
         folder = Path(tmp) / "per-file"
         for sha in shas[:files]:
@@ -286,9 +289,11 @@ def cache_section(n: int, dim: int) -> None:
         ["layout", f"seconds to load {n:,} x {dim} embeddings"],
         [
             ["one .npy per embedding (before; baseline)", f"{per_file:.2f} (scaled from {files})"],
-            ["memory-mapped arrays (now)", f"{arrays:.2f}"],
+            ["arrays, first load in a new process", f"{loads[0]:.2f}"],
+            ["arrays, next load in the same process", f"{loads[1]:.2f}"],
         ],
-        "embedding cache load (page cache warm)",
+        "embedding cache load into one matrix (page cache warm; a new process also pays for "
+        "touching its memory the first time)",
     )
 
 

@@ -138,6 +138,22 @@ def test_cache_is_shared_between_instances_and_reads_the_old_layout(tmp_path: Pa
     assert (tmp_path / "other" / "index.sha").stat().st_size == 32  # copied into the arrays
 
 
+def test_cache_reads_runs_and_scattered_rows_in_the_order_asked(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    vectors = {f"{i:064x}": rng.normal(size=16).astype(np.float32) for i in range(40)}
+    EmbeddingCache(tmp_path).put_many(vectors, "bb")
+    keys = list(vectors)
+    missing = f"{999:064x}"
+    asked = [*keys[5:15], keys[3], missing, *keys[30:20:-1], keys[39], keys[0], *keys[15:18]]
+    reader = EmbeddingCache(tmp_path)
+    got = reader.get_many(asked, "bb")
+    assert list(got) == [key for key in asked if key != missing]
+    for sha in got:
+        np.testing.assert_array_equal(got[sha], vectors[sha])
+    with pytest.raises(LookupError):  # a row the index never listed
+        reader._shelf("bb").take(np.array([0, 40], dtype=np.int64))
+
+
 def test_progress_is_logged_without_image_bytes(
     backbone: TorchBackbone, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
