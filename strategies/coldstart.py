@@ -24,6 +24,7 @@ from sklearn.decomposition import PCA
 from strategies.base import FloatArray, IntArray, Pool, Selection, Signal, eligible, need, top_k
 from strategies.coverage import (
     KNN_MAX,
+    SEED_SAMPLE,
     Clustering,
     cluster_embeddings,
     mean_knn_distance,
@@ -113,11 +114,16 @@ def cold_start_scores(
 def reduce(
     embeddings: FloatArray, *, dims: int = REDUCE_DIMS, rng: np.random.Generator
 ) -> NDArray[np.float64]:
-    """(n, <= dims) PCA components of the embeddings (unchanged when they have fewer dims)."""
-    x = np.asarray(embeddings, dtype=np.float64)
+    """(n, <= dims) PCA components of the embeddings (unchanged when they have fewer dims).
+
+    Pools above :data:`strategies.coverage.SEED_SAMPLE` items keep float32 embeddings in float32
+    (half the time of the SVD at 10,000 x 1280; the components differ in the 6th digit).
+    """
+    large = embeddings.shape[0] > SEED_SAMPLE and embeddings.dtype == np.float32
+    x = np.asarray(embeddings, dtype=np.float32 if large else np.float64)
     k = min(dims, x.shape[0] - 1)
     if k < 1 or x.shape[1] <= k:
-        return x
+        return np.asarray(x, dtype=np.float64)
     return np.asarray(
         PCA(k, random_state=int(rng.integers(2**31 - 1))).fit_transform(x), dtype=np.float64
     )

@@ -7,6 +7,7 @@ import pytest
 
 from strategies import REGISTRY, Pool
 from strategies.coverage import (
+    SEED_SAMPLE,
     cluster_coverage,
     cluster_embeddings,
     outlier_scores,
@@ -249,3 +250,22 @@ def test_slice_lifts_unlabeled_items_of_the_slice_the_model_fails_on() -> None:
     assert (slices[selection.indices] == 1).all() and (labels[selection.indices] < 0).all()
     rates, overall = slice_error_rates(labels, probs, slices)
     assert rates.argmax() == 1 and rates[0] < overall < rates[1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_large_pools_seeded_on_a_sample_still_find_every_cluster(seed: int) -> None:
+    """Above SEED_SAMPLE items k-means is seeded once on a sample of them: twelve separated
+    blobs, one of them small, still come out as twelve clusters."""
+    n = SEED_SAMPLE + 2_000
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, 16)) * 6
+    sizes = np.full(12, (n - 300) // 11)
+    sizes[-1] = n - sizes[:-1].sum()  # the last blob holds about 300 items
+    truth = np.repeat(np.arange(12), sizes)
+    x = (centres[truth] + rng.normal(size=(n, 16))).astype(np.float32)
+    clustering = cluster_embeddings(x, n_clusters=12, rng=np.random.default_rng(seed))
+    # Each blob is (almost) one cluster, and each cluster (almost) one blob.
+    for labels, other in ((truth, clustering.labels), (clustering.labels, truth)):
+        for c in np.unique(labels):
+            assert np.bincount(other[labels == c]).max() >= 0.95 * (labels == c).sum()
+    assert clustering.centers.shape == (12, 16)
