@@ -129,6 +129,7 @@ class ModelSettings(_Section):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     train_batch_size: int = Field(2048, ge=1)
     train_num_threads: int = Field(1, ge=0)
+    blas_threads: int = Field(1, ge=0)
     patience: int = Field(10, ge=1)
     class_weighting: bool = True
     committee_size: int = Field(5, ge=1, le=50)

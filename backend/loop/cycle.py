@@ -42,6 +42,7 @@ from backend.loop.score import build_pool, score_stage
 from backend.loop.selection import record_picks, select_stage
 from backend.loop.sync import load_snapshot, reconcile
 from backend.model.engines import Engines
+from backend.model.train import blas_threads
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.project_settings import effective_settings
@@ -92,48 +93,53 @@ def run_cycle(
             fetched=result.n_fetched,
             failed=len(result.failures),
         )
-    with ctx.stage("train") as counts:
-        trained = train_stage(settings, store, project_id, snap, result.embeddings, backbone)
-        counts.update(labels=len(trained.used.task_ids) if trained else 0)
-    with ctx.stage("score") as counts:
-        reused: list[bool] = []
+    # From here on numpy/scipy do the arithmetic (the backbone ran above on its own threads).
+    with blas_threads(settings.model.blas_threads):
+        with ctx.stage("train") as counts:
+            trained = train_stage(settings, store, project_id, snap, result.embeddings, backbone)
+            counts.update(labels=len(trained.used.task_ids) if trained else 0)
+        with ctx.stage("score") as counts:
+            reused: list[bool] = []
 
-        def clusters_for(
-            task_ids: NDArray[np.int64], x: NDArray[np.floating[Any]]
-        ) -> NDArray[np.int64]:
-            labels, again = project_clusters(settings, project_id, task_ids, x)
-            reused.append(again)
-            return labels
+            def clusters_for(
+                task_ids: NDArray[np.int64], x: NDArray[np.floating[Any]]
+            ) -> NDArray[np.int64]:
+                labels, again = project_clusters(settings, project_id, task_ids, x)
+                reused.append(again)
+                return labels
 
-        model_phase = len(snap.targets.task_ids) >= settings.strategy.cold_start_labels
-        arrays = build_pool(
-            snap,
-            result.embeddings,
-            trained,
-            settings.diagnosis.slice_fields,
-            clusters_for if model_phase else None,
-        )
-        scored = score_stage(settings, arrays)
-        chosen = select_stage(settings, store, project_id, snap, scored)
-        scored = replace(scored, priority=chosen.priority)
-        counts.update(unlabeled=len(scored.priority.order), labeled=int(scored.pool.labeled.sum()))
-        counts.update(clusters_reused=int(any(reused)))
-    with ctx.stage("push") as counts:
-        version = trained.version if trained else f"{new_version(settings, project_id)}-cold"
-        queue = queue_of(settings, scored, trained, version)
-        counts.update(push_head(settings, ls, project_id, queue, snap.cfg))
-        head = queue.items(0, min(queue.n, len(chosen.arms)))
-        counts.update(
-            audit_recorded=record_picks(store, project_id, ctx.cycle_id, version, head, chosen)
-        )
-        counts.update(push_reviews(settings, store, ls, ctx, snap, scored))
-    with ctx.stage("record") as counts:
-        if trained is not None:
-            activate_version(settings, store, project_id, trained.version)
-        counts.update(model=int(trained is not None))
-        counts.update(
-            diagnose(settings, store, ls, project_id, snap, result.embeddings, scored, trained)
-        )
+            model_phase = len(snap.targets.task_ids) >= settings.strategy.cold_start_labels
+            arrays = build_pool(
+                snap,
+                result.embeddings,
+                trained,
+                settings.diagnosis.slice_fields,
+                clusters_for if model_phase else None,
+            )
+            scored = score_stage(settings, arrays)
+            chosen = select_stage(settings, store, project_id, snap, scored)
+            scored = replace(scored, priority=chosen.priority)
+            counts.update(
+                unlabeled=len(scored.priority.order),
+                labeled=int(scored.pool.labeled.sum()),
+                clusters_reused=int(any(reused)),
+            )
+        with ctx.stage("push") as counts:
+            version = trained.version if trained else f"{new_version(settings, project_id)}-cold"
+            queue = queue_of(settings, scored, trained, version)
+            counts.update(push_head(settings, ls, project_id, queue, snap.cfg))
+            head = queue.items(0, min(queue.n, len(chosen.arms)))
+            counts.update(
+                audit_recorded=record_picks(store, project_id, ctx.cycle_id, version, head, chosen)
+            )
+            counts.update(push_reviews(settings, store, ls, ctx, snap, scored))
+        with ctx.stage("record") as counts:
+            if trained is not None:
+                activate_version(settings, store, project_id, trained.version)
+            counts.update(model=int(trained is not None))
+            counts.update(
+                diagnose(settings, store, ls, project_id, snap, result.embeddings, scored, trained)
+            )
     metrics: dict[str, Any] = (
         dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
     )

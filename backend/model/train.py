@@ -23,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 from backend.model.calibration import (
     TargetArray,
@@ -230,6 +231,19 @@ def class_weights(
         total, present * counts, out=np.zeros_like(counts), where=counts > 0
     )
     return weights_per_class
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the block with at most ``n`` BLAS threads for numpy and scipy (0: leave as is).
+
+    Like :func:`torch_threads` the limit is process-wide while the block runs.
+    """
+    if n <= 0:
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 @contextmanager

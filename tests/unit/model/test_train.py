@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_info
 
 from backend.model.calibration import (
     expected_calibration_error,
     fit_temperature,
     probabilities,
 )
-from backend.model.train import assign_folds, train_model
+from backend.model.train import assign_folds, blas_threads, train_model
 
 from .conftest import blobs, fast_settings
 
@@ -163,3 +164,18 @@ def test_bad_inputs_are_rejected(targets: np.ndarray, message: str) -> None:
     x = np.zeros((len(targets) if len(targets) != 3 else 2, 4), dtype=np.float32)
     with pytest.raises(ValueError, match=message):
         train_model(x, targets, classes=CLASSES, multilabel=False, settings=fast_settings())
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_blas_threads_limits_numpy_and_scipy_inside_the_block_only() -> None:
+    np.dot(np.ones((4, 4)), np.ones((4, 4)))  # numpy's BLAS is loaded
+    before = _blas_threads()
+    assert before  # numpy's OpenBLAS at least
+    with blas_threads(1):
+        assert _blas_threads() == {1}
+    assert _blas_threads() == before
+    with blas_threads(0):  # 0 leaves the libraries' own setting
+        assert _blas_threads() == before
