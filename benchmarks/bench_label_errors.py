@@ -235,7 +235,7 @@ def _cleanlab_flags(labels: np.ndarray, probs: np.ndarray) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
-    parser.add_argument("--quick", action="store_true", help="digits only, 1 seed, 10 % noise")
+    parser.add_argument("--quick", action="store_true", help="digits only, 1 seed, 10 %% noise")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads")
     args = parser.parse_args()
