@@ -11,7 +11,10 @@ They are pooled log-linearly (one weight per source, fitted by the likelihood of
 so the pooled probabilities are calibrated to what annotators answer). The pooled distribution is
 what annotators would say; the label noise is then taken out by a noise model fitted by EM
 (``P(given | true)``, a C x C matrix with a prior of 95 % correct labels), which gives each item's
-posterior over its true class and so ``P(given label is wrong)``.
+posterior over its true class and so ``P(given label is wrong)``. Those probabilities are held to
+the noise model's own count: where they add up to more wrong labels than ``T`` implies (hard items
+whose model evidence merely points elsewhere, as when the queue chose the labels for their
+difficulty), their log-odds are shifted down until the two agree (:func:`consistent_error`).
 
 The decision: an item is flagged when it is more likely wrong than right and the expected share of
 false flags among everything flagged stays under ``max_false_share``. Classes the labels cannot
@@ -186,7 +189,9 @@ def _log_likelihood(pooled: FloatArray, given: IntArray, transition: FloatArray)
     return float(np.log(np.maximum((clean * transition[:, given].T).sum(axis=1), _FLOOR)).sum())
 
 
-def sharpened_posterior(pooled: FloatArray, given: IntArray) -> tuple[NDArray[np.float64], float]:
+def sharpened_posterior(
+    pooled: FloatArray, given: IntArray
+) -> tuple[NDArray[np.float64], float, NDArray[np.float64]]:
     """:func:`noise_posterior` at the sharpness that best explains the given labels.
 
     Pooling fitted by the plain likelihood of noisy labels is too soft: it must also give the
@@ -195,19 +200,69 @@ def sharpened_posterior(pooled: FloatArray, given: IntArray) -> tuple[NDArray[np
     has the highest marginal likelihood.
 
     Returns:
-        (m, C) posterior over the true class and the chosen factor.
+        (m, C) posterior over the true class, the chosen factor and its (C, C) noise matrix.
     """
     logs = np.log(np.maximum(pooled, _FLOOR))
-    best: tuple[float, float, NDArray[np.float64]] | None = None
+    best: tuple[float, float, NDArray[np.float64], NDArray[np.float64]] | None = None
     for factor in SHARPNESS:
         sharp = _pooled([logs], (factor,))
         posterior, transition = noise_posterior(sharp, given)
         score = _log_likelihood(sharp, given, transition)
         if best is None or score > best[0]:
-            best = (score, factor, posterior)
+            best = (score, factor, posterior, transition)
     if best is None:  # SHARPNESS is never empty
         raise ValueError("no sharpness factor to try")
-    return best[2], best[1]
+    return best[2], best[1], best[3]
+
+
+def consistent_error(
+    posterior: FloatArray, given: IntArray, transition: FloatArray
+) -> NDArray[np.float64]:
+    """(m,) ``P(given label is wrong)``, held to the number of wrong labels the noise model implies.
+
+    The noise matrix counts the wrong labels it expects, ``sum_i (1 - T[g_i, g_i])``, from
+    every label together (and its prior). The posterior's own count, ``sum_i P(wrong_i)``, can be
+    far larger: taking the noise out of the pooled evidence (``q @ inv(T)``) leaves the given class
+    nothing wherever its pooled probability is below the noise level, which on items that are
+    merely hard (labels the queue chose for their doubt, classes the model still confuses) reads
+    as a near-certain error. Where the posterior counts more, every item's log-odds of being wrong
+    are lowered by one shift that makes the two counts agree: the order stays the posterior's,
+    the decision's expected false share becomes honest. The shift never goes so far that fewer
+    labels stay more likely wrong than right than the ``floor(count)`` the noise model expects
+    wrong (unless ties make that many impossible to single out): spreading the count over the
+    many mildly doubted labels alone could otherwise push even the clearest errors under 0.5
+    while the prior still dominates the count (few labels per class). Where the posterior counts
+    no more, it is kept as it is.
+
+    Args:
+        posterior: (m, C) posterior over the true class; given: (m,) the given classes.
+        transition: (C, C) the noise matrix ``P(given | true)`` fitted with it.
+    """
+    rows = np.arange(given.shape[0])
+    right = posterior[rows, given]
+    wrong = 1.0 - right
+    expected = float((1.0 - np.diag(transition))[given].sum())
+    if wrong.sum() <= expected:
+        return np.asarray(wrong, dtype=np.float64)
+    others = np.where(np.eye(posterior.shape[1], dtype=bool)[given], 0.0, posterior).sum(axis=1)
+    log_odds = np.log(np.maximum(others, 1e-300)) - np.log(np.maximum(right, 1e-300))
+    low, high = 0.0, max(0.0, float(log_odds.max())) + 50.0
+    for _ in range(60):  # bisection on the shift: the count falls as the shift grows
+        shift = 0.5 * (low + high)
+        if _sigmoid(log_odds - shift).sum() > expected:
+            low = shift
+        else:
+            high = shift
+    accused = int(np.floor(expected))  # those stay above 0.5: at most the shift to the next one
+    ranked = np.sort(log_odds)[::-1]
+    if 0 < accused < ranked.shape[0] and ranked[accused - 1] > ranked[accused]:
+        high = min(high, max(0.0, float(ranked[accused])))
+    return _sigmoid(log_odds - high)
+
+
+def _sigmoid(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return out
 
 
 def flag_decision(
@@ -284,18 +339,21 @@ def label_quality(
     sources += [np.asarray(s)[rows] for s in extra or []]
     pooled = np.empty((rows.shape[0], n_classes))
     posterior = np.empty((rows.shape[0], n_classes))
+    wrong = np.empty(rows.shape[0])
     plain = np.empty(rows.shape[0])  # unsharpened: the bar for classes not judged
     weights: tuple[float, ...] = ()
     for members in _strata_rows(strata[rows] if strata is not None else None, rows.shape[0]):
         part, weights = pool_evidence([s[members] for s in sources], given[members])
         pooled[members] = part
-        posterior[members] = sharpened_posterior(part, given[members])[0]
+        sharp, _, transition = sharpened_posterior(part, given[members])
+        posterior[members] = sharp
+        wrong[members] = consistent_error(sharp, given[members], transition)
         soft = noise_posterior(part, given[members])[0]
         plain[members] = 1.0 - soft[np.arange(members.shape[0]), given[members]]
     p_error = np.zeros(n)
     suggested = np.full(n, -1, dtype=np.int64)
     if rows.shape[0]:
-        p_error[rows] = 1.0 - posterior[np.arange(rows.shape[0]), given]
+        p_error[rows] = wrong
         suggested[rows] = posterior.argmax(axis=1)
     support, recall, judged, reasons = class_evidence(pooled, given, n_classes, gate)
     eligible = np.zeros(n, dtype=bool)

@@ -7,6 +7,7 @@ import pytest
 
 from strategies.label_quality import (
     Gate,
+    consistent_error,
     flag_decision,
     knn_label_probs,
     label_quality,
@@ -49,6 +50,63 @@ def test_noise_posterior_recovers_a_planted_swap() -> None:
     assert posterior[-1].argmax() == 0 and posterior[-1, 1] < 0.3
     assert posterior[:100].max(axis=1).min() > 0.9  # the agreeing items stay believed
     assert transition[0, 0] > 0.9 and transition[1, 1] > 0.9
+
+
+def test_consistent_error_holds_the_count_to_the_noise_model_and_keeps_the_order() -> None:
+    # Ten labels of class 0, each posterior sure it is really class 1 (saturated), one mild one.
+    posterior = np.array([[1e-9, 1.0 - 1e-9]] * 9 + [[0.4, 0.6]])
+    given = np.zeros(10, dtype=np.int64)
+    transition = np.array([[0.8, 0.2], [0.1, 0.9]])  # 20 % of class 0's labels wrong: 2 of 10
+    p = consistent_error(posterior, given, transition)
+    assert p.sum() == pytest.approx(2.0, rel=1e-6)
+    assert (p[:9] > p[9]).all() and (np.diff(p[:9]) == 0).all()  # order and ties kept
+    # A posterior counting no more than the noise model is kept as it is.
+    calm = np.array([[0.9, 0.1]] * 9 + [[0.4, 0.6]])
+    np.testing.assert_allclose(consistent_error(calm, given, transition), 1.0 - calm[:, 0])
+
+
+def test_consistent_error_never_accuses_fewer_than_the_noise_model_counts() -> None:
+    # Three clear suspects beside fifty mildly doubted labels of one class; the noise model
+    # expects 3.5 wrong. Spreading that count over all 53 would push the three under 0.5 too.
+    log_odds = np.array([2.0] * 3 + [1.0] * 50 + [-6.0] * 47)
+    p_wrong = 1.0 / (1.0 + np.exp(-log_odds))
+    posterior = np.stack([1.0 - p_wrong, p_wrong], axis=1)
+    given = np.zeros(100, dtype=np.int64)
+    transition = np.array([[0.965, 0.035], [0.05, 0.95]])  # 3.5 of the 100 labels wrong
+    p = consistent_error(posterior, given, transition)
+    assert (p[:3] > 0.5).all() and (p[3:] <= 0.5).all()
+    assert (p <= p_wrong + 1e-12).all()  # only ever lowered
+
+
+def test_hard_correct_labels_chosen_by_the_queue_are_not_accused() -> None:
+    """Labels the queue chose for their low margin are correct but the model disagrees with
+    many of them; beside them, random labels with planted errors. The planted ones are flagged,
+    the correct hard ones at most a handful (6 draws: before the count was held to the noise
+    model's, 31 correct hard labels were flagged, 18 in one draw)."""
+    n_classes, hits, planted_total, accused, draws = 5, 0, 0, 0, 6
+    for seed in range(draws):
+        rng = np.random.default_rng(seed)
+        x, y = _blobs(300, n_classes, rng, spread=1.5)
+        truth_probs = _softmax_probs(x, y, n_classes)
+        top2 = np.sort(truth_probs, axis=1)[:, -2:]
+        hard = np.argsort(top2[:, 1] - top2[:, 0])[:150]  # the queue's lowest margins
+        rest = np.setdiff1d(np.arange(len(y)), hard)
+        labeled = np.concatenate([hard, rng.choice(rest, 50, replace=False)])
+        planted = rng.choice(labeled, 20, replace=False)
+        labels = np.full(len(y), -1, dtype=np.int64)
+        labels[labeled] = y[labeled]
+        labels[planted] = (y[planted] + rng.integers(1, n_classes, 20)) % n_classes
+        probs = np.full((len(y), n_classes), 1.0 / n_classes)
+        rows = labels >= 0
+        probs[rows] = _softmax_probs(x[rows], labels[rows], n_classes)
+        quality = label_quality(labels, probs, embeddings=x)
+        flagged = set(np.flatnonzero(quality.flagged).tolist())
+        hits += len(flagged & set(planted.tolist()))
+        planted_total += len(planted)
+        accused += len(flagged & (set(hard.tolist()) - set(planted.tolist())))
+        assert quality.expected_false_share <= 0.2
+    assert hits >= 0.8 * planted_total  # 101 of 120
+    assert accused <= 2.5 * draws  # 14 correct hard labels in 6 draws
 
 
 def test_flag_decision_keeps_expected_false_share_under_the_setting() -> None:
