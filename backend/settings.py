@@ -213,6 +213,7 @@ class LoopSettings(_Section):
     schedule_interval_minutes: int | None = Field(default=60, ge=1)
     schedule_cron: str | None = None
     misfire_grace_s: int = Field(default=600, ge=1)
+    full_sync_every_s: float = Field(default=3600.0, ge=0)
     run_scheduler: bool = True
     poll_s: float = Field(default=5.0, gt=0)
     lease_s: float = Field(default=120.0, ge=1)

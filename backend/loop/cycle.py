@@ -40,7 +40,7 @@ from backend.loop.queue import push_head, queue_of
 from backend.loop.review import push_reviews
 from backend.loop.score import build_pool, score_stage
 from backend.loop.selection import record_picks, select_stage
-from backend.loop.sync import load_snapshot, reconcile
+from backend.loop.sync import full_sync_due, load_snapshot, reconcile
 from backend.model.engines import Engines
 from backend.model.train import blas_threads
 from backend.settings import Settings
@@ -66,11 +66,16 @@ def run_cycle(
     """
     settings = effective_settings(store, settings, project_id)  # the project's overrides
     with ctx.stage("reconcile") as counts:
-        report = reconcile(store, ls, project_id)
-        counts.update(
-            tasks=report.tasks, annotations=report.annotations, events_applied=report.events_applied
-        )
+        full = full_sync_due(store, project_id, settings.loop.full_sync_every_s)
+        report = reconcile(store, ls, project_id, incremental=not full)
         snap = load_snapshot(store, project_id)
+        counts.update(
+            tasks=len(snap.tasks),  # the project's, whatever this sync listed
+            annotations=len(snap.annotations),
+            listed=report.tasks,
+            events_applied=report.events_applied,
+            incremental=int(report.incremental),
+        )
     with ctx.stage("featurize") as counts, ls.image_resolver(settings.images) as resolver:
         stats = ImageStatsRecorder(stats_path(settings, project_id))
         fetch = stats.observing(resolver.fetch)

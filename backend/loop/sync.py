@@ -3,7 +3,9 @@
 Webhooks are the fast path but Label Studio never retries them, so every cycle (and
 ``labelloop sync``) starts here: apply the inbox, list every task with its annotations from the API
 in large pages, upsert what changed and tombstone what Label Studio no longer has, including
-annotations deleted while the backend was down.
+annotations deleted while the backend was down. A cycle lists every task only every
+``loop.full_sync_every_s`` (:func:`full_sync_due`); in between it lists the tasks whose
+``updated_at`` moved since the last sync.
 """
 
 from __future__ import annotations
@@ -172,6 +174,8 @@ def reconcile(
         deleted = _tombstone(session, project_id, seen, started, full=since is None)
         project = repo.ensure_project(session, project_id)
         project.last_synced_at, project.ls_synced_until = utcnow(), newest
+        if since is None:
+            project.last_full_sync_at = started
     report = SyncReport(
         project_id=project_id,
         tasks=len(seen[0]),
@@ -186,6 +190,22 @@ def reconcile(
     )
     log.info("reconciled %s", report.summary())
     return report
+
+
+def full_sync_due(
+    store: Store, project_id: int, every_s: float, now: datetime | None = None
+) -> bool:
+    """Whether a cycle's reconcile must list every task: the project was never listed in full,
+    or not for ``every_s`` seconds (0: every time). In between, webhooks carry deletions and an
+    incremental sync the rest (Label Studio bumps a task's ``updated_at`` with its annotations)."""
+    if every_s <= 0:
+        return True
+    with store.session() as session:
+        project = session.get(Project, project_id)
+        last = project.last_full_sync_at if project is not None else None
+    if last is None:
+        return True
+    return (now or utcnow()) - last >= timedelta(seconds=every_s)
 
 
 def load_snapshot(store: Store, project_id: int) -> Snapshot:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from datetime import datetime
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backend.loop.sync import reconcile
+from backend.loop.sync import full_sync_due, reconcile
 from backend.store import repo
 from backend.store.db import Store
+from backend.store.models import Project
 from tests.conftest import SINGLE_CONFIG
 
 
@@ -127,3 +130,54 @@ def test_incremental_without_a_previous_sync_is_full(store: Store, ls: ScriptedL
     report = reconcile(store, ls, 1, incremental=True)
     assert not report.incremental and ls.calls == [None]
     assert report.tasks == 3
+
+
+def test_a_full_pass_is_due_when_never_made_and_again_after_its_interval(
+    store: Store, ls: ScriptedLabelStudio
+) -> None:
+    assert full_sync_due(store, 1, 3600)  # the project was never listed
+    reconcile(store, ls, 1, incremental=True)  # falls back to a full pass, which is recorded
+    with store.session() as session:
+        done = session.get(Project, 1).last_full_sync_at  # type: ignore[union-attr]
+    assert done is not None
+    assert not full_sync_due(store, 1, 3600, now=done + timedelta(minutes=59))
+    assert full_sync_due(store, 1, 3600, now=done + timedelta(minutes=60))
+    assert full_sync_due(store, 1, 0, now=done)  # 0: every cycle lists everything
+    # An incremental pass does not count as a full one.
+    reconcile(store, ls, 1, incremental=True)
+    with store.session() as session:
+        assert session.get(Project, 1).last_full_sync_at == done  # type: ignore[union-attr]
+
+
+def test_a_cycle_lists_only_changed_tasks_between_full_passes(
+    store: Store, ls: ScriptedLabelStudio, tmp_path: Path
+) -> None:
+    from backend.loop.cycle import run_cycle
+    from backend.settings import Settings
+
+    class Stop(Exception):
+        """Ends the cycle once the reconcile stage is recorded."""
+
+    class Ctx:
+        cycle_id, progress = 1, None
+        counts: dict[str, dict[str, int]] = {}
+
+        @contextmanager
+        def stage(self, name: str) -> Iterator[dict[str, int]]:
+            counts = self.counts[name] = {}
+            yield counts
+            if name == "reconcile":
+                raise Stop
+
+    settings = Settings.model_validate({"store": {"data_dir": str(tmp_path)}})
+    for expected_calls in ([None], [None, repo.parse_ts("2026-01-01T09:58:00Z")]):
+        ctx = Ctx()
+        with pytest.raises(Stop):
+            run_cycle(ctx, settings, store, ls, 1, diagnose=None)  # type: ignore[arg-type]
+        assert ls.calls == expected_calls
+    assert ctx.counts["reconcile"]["incremental"] == 1
+    with store.session() as session:  # the next full pass is due an hour after the first
+        session.get(Project, 1).last_full_sync_at -= timedelta(hours=1)  # type: ignore[union-attr]
+    with pytest.raises(Stop):
+        run_cycle(Ctx(), settings, store, ls, 1, diagnose=None)  # type: ignore[arg-type]
+    assert ls.calls[-1] is None
