@@ -171,7 +171,9 @@ def _adaptive(state: State) -> np.ndarray:
         rows, arms = previous
         picked: dict[str, list[int]] = {}
         for row, arm in zip(rows, arms, strict=True):
-            (mem["audit"] if arm == AUDIT else picked.setdefault(arm, [])).append(int(row))
+            picked.setdefault(arm, []).append(int(row))
+        fresh = np.asarray(picked.pop(AUDIT, []), dtype=np.int64)
+        mem["audit"] += fresh.tolist()
         mem["rewards"] += judge_push(
             mem["proxy"],
             state.labels,
@@ -179,6 +181,7 @@ def _adaptive(state: State) -> np.ndarray:
             np.asarray(mem["audit"], dtype=np.int64),
             cycle=len(mem["checks"]),
             n_classes=state.n_classes,
+            fresh=fresh,
         )
     pool = _pool(state)
     combined = prioritize(

@@ -12,17 +12,28 @@ apart, so each arm's labels are judged by a paired counterfactual instead: a pro
 (multinomial logistic regression on the embeddings) is fit on the labels the arms had in common
 (``base``) and on ``base`` plus the first ``m`` labels of each arm (``m`` the smallest arm's count,
 so every arm is judged on as many labels), and scored on the audit items (held out from every
-fit; uniform draws from the pool, so the score is unbiased for the pool). An arm *wins* a cycle
-when its labels lowered the audit Brier score more than random's labels did (ties count half).
-Wins are scale-free, so cycles early (large gains) and late (small gains) weigh alike.
+fit; uniform draws from the pool, so the score is unbiased for the pool). When random had no pick
+in a push, the push's own audit items (uniform draws too) stand in for its labels and the push is
+judged on the audit items of earlier pushes: random needs no share of its own to be the
+reference. An arm
+*wins* a cycle when its labels lowered the audit Brier score more than random's labels did (ties
+count half). Wins are scale-free, so cycles early (large gains) and late (small gains) weigh alike.
 
 Allocation. Each arm's chance of beating random in a cycle has a Beta posterior over its
 discounted wins (``discount`` per cycle of age: the best arm changes as labels grow). Each cycle
 the non-audit part of the batch is split by probability matching (Thompson sampling): the share of
-an arm is how often it has the highest draw, random counting as ``0.5 + hurdle`` (an arm must win
-more than half of its comparisons to take random's place). Random always keeps at least
-``random_floor`` of the batch, so there is always a reference to compare with, and takes
-everything when no arm shows it beats random: never worse than random order.
+an arm is how often it has the highest draw. With a batch of tens of labels and a tenth of it
+audited, one cycle's comparisons rest on a few labels and a few audit items and are close to coin
+flips, and probability matching on coin flips spreads the batch evenly over arms whatever they
+are worth. So the configured combination (the *incumbent*, the measured default, which starts
+trusted a little) keeps the batch until evidence says otherwise: another arm (a *challenger*)
+competes for it only once its paired record against the incumbent (the same cycles, base and
+audit items) makes it trusted to beat it; until then the challengers share a scouting part
+(``explore``) by their Thompson draws, so they keep being judged; random takes everything but the
+scouting part once it is trusted to beat every competing arm: never worse than random order.
+Without an incumbent (no arm with a prior of its own) the arms and random (counting as
+``0.5 + hurdle``: an arm must win more than half of its comparisons to take its place) share the
+batch by probability matching alone.
 """
 
 from __future__ import annotations
@@ -51,7 +62,10 @@ PRIOR: Mapping[str, tuple[float, float]] = MappingProxyType({"combined": (2.0, 1
 EVEN_PRIOR = (1.0, 1.0)
 DISCOUNT = 0.9
 HURDLE = 0.05
-RANDOM_FLOOR = 0.1
+#: Share of the batch random keeps whatever the evidence (none: the audit items are its reference).
+RANDOM_FLOOR = 0.0
+#: Share of the batch the challengers not yet trusted against the incumbent share (scouting).
+EXPLORE = 0.1
 DRAWS = 4000
 #: An arm is *trusted* when the posterior probability that it beats random reaches this.
 TRUST = 0.8
@@ -115,6 +129,55 @@ def posterior(
     return float((weights * wins).sum()), float(weights.sum())
 
 
+def paired(
+    rewards: Sequence[Reward], arm: str, rival: str, *, discount: float = DISCOUNT
+) -> tuple[float, float]:
+    """Discounted (wins, comparisons) of ``arm`` against ``rival`` in the cycles both were judged.
+
+    Both arms' gains of one cycle rest on the same base, the same ``m`` and the same audit
+    items, so the larger gain wins (ties count half), as against random.
+    """
+    if not rewards:
+        return 0.0, 0.0
+    newest = max(r.cycle for r in rewards)
+    theirs = {r.cycle: r.gain for r in rewards if r.arm == rival}
+    wins = comparisons = 0.0
+    for r in rewards:
+        if r.arm != arm or r.cycle not in theirs:
+            continue
+        weight = discount ** (newest - r.cycle)
+        diff = r.gain - theirs[r.cycle]
+        wins += weight * (0.5 if abs(diff) < 1e-12 else float(diff > 0))
+        comparisons += weight
+    return wins, comparisons
+
+
+def incumbent(available: Sequence[str]) -> str | None:
+    """The arm trusted before any evidence: the available one with the strongest prior (the
+    configured combination), or None when every available arm starts even."""
+    favoured = [a for a in available if a != "random" and a in PRIOR]
+    if not favoured:
+        return None
+    return max(favoured, key=lambda a: PRIOR[a][0] / sum(PRIOR[a]))
+
+
+def _untrusted(
+    rewards: Sequence[Reward], others: Sequence[str], leader: str | None, *, discount: float
+) -> NDArray[np.bool_]:
+    """(k,) True for each of ``others`` not yet trusted to beat the incumbent ``leader``."""
+    challengers = np.zeros(len(others), dtype=bool)
+    if leader is None:
+        return challengers
+    # Bonferroni: with k challengers, the chance that coin-flip evidence trusts any of them over
+    # the incumbent stays near 1 - TRUST instead of growing with k.
+    needed = 1.0 - (1.0 - TRUST) / max(1, len(others) - 1)
+    for i, arm in enumerate(others):
+        if arm != leader:
+            wins, comparisons = paired(rewards, arm, leader, discount=discount)
+            challengers[i] = beta_dist.sf(0.5, 1.0 + wins, 1.0 + comparisons - wins) < needed
+    return challengers
+
+
 def allocate(
     rewards: Sequence[Reward],
     available: Sequence[str],
@@ -123,14 +186,29 @@ def allocate(
     discount: float = DISCOUNT,
     hurdle: float = HURDLE,
     random_floor: float = RANDOM_FLOOR,
+    explore: float = EXPLORE,
     draws: int = DRAWS,
 ) -> Allocation:
     """Split the batch among the ``available`` arms (random is always one of them).
+
+    Thompson sampling on each arm's posterior of beating random. When an *incumbent* is
+    available (:func:`incumbent`, the configured combination), a *challenger* (any other
+    non-random arm) competes with it for the batch only once its paired record against the
+    incumbent makes it trusted to beat it (probability ``TRUST``, Bonferroni-corrected for the
+    number of challengers); until then the challengers
+    share ``explore`` of the batch, each as often as it has the highest draw among them, so that
+    they keep being judged; random takes the rest once it is trusted to beat every competing arm
+    (the probability that each competing arm's chance of beating random is below one half reaches
+    ``TRUST``). Evidence that cannot tell the arms apart then leaves the batch with the incumbent
+    instead of spreading it. Without an incumbent: probability matching among random (at
+    ``0.5 + hurdle``) and every arm.
 
     Args:
         rewards: every recorded :class:`Reward` of the project (older ones discounted).
         available: arms the pool can run this cycle (margin needs a model, ...).
         rng: the Thompson draws.
+        random_floor: share random keeps whatever the evidence.
+        explore: share of the batch the challengers not yet trusted share.
     """
     others = [a for a in available if a != "random"]
     alpha, beta = np.ones(len(others)), np.ones(len(others))
@@ -139,14 +217,31 @@ def allocate(
         wins, comparisons = posterior(rewards, arm, discount=discount)
         alpha[i], beta[i] = a0 + wins, b0 + comparisons - wins
     samples = rng.beta(alpha, beta, size=(draws, len(others))) if others else np.zeros((draws, 0))
-    values = np.concatenate((np.full((draws, 1), 0.5 + hurdle), samples), axis=1)
-    winners = np.bincount(values.argmax(axis=1), minlength=len(others) + 1) / draws
-    random_share = max(random_floor, float(winners[0]))
-    rest = winners[1:].sum()
-    shares = {"random": random_share}
+    leader = incumbent(others)
+    challengers = _untrusted(rewards, others, leader, discount=discount)
+    competing = np.where(challengers, -np.inf, samples)
+    scouting = explore if challengers.any() else 0.0
+    main = 1.0 - scouting
+    if leader is None:  # probability matching, random counting as 0.5 + hurdle
+        values = np.concatenate((np.full((draws, 1), 0.5 + hurdle), competing), axis=1)
+        winners = np.bincount(values.argmax(axis=1), minlength=len(others) + 1) / draws
+        random_share = max(random_floor, float(winners[0]))
+    else:  # random takes over once it is trusted to beat every arm still competing
+        worse = float(np.mean(competing.max(axis=1) < 0.5))
+        random_share = main if worse >= TRUST else random_floor
+        winners = np.bincount(competing.argmax(axis=1), minlength=len(others)) / draws
+        winners = np.concatenate(([0.0], winners))
+    rest = float(winners[1:].sum()) if random_share < main else 0.0
+    shares = {"random": random_share if rest > 0 else main}
+    if challengers.any():
+        tried = np.bincount(samples[:, challengers].argmax(axis=1), minlength=challengers.sum())
+        for arm, count in zip(np.asarray(others)[challengers], tried, strict=True):
+            shares[str(arm)] = scouting * float(count) / draws
     for i, arm in enumerate(others):
-        shares[arm] = (1.0 - random_share) * float(winners[i + 1]) / rest if rest > 0 else 0.0
-    if rest <= 0:
+        if not challengers[i]:
+            share = (main - random_share) * float(winners[i + 1]) / rest if rest > 0 else 0.0
+            shares[arm] = share
+    if not challengers.any() and rest <= 0:
         shares["random"] = 1.0
     beliefs = [_belief("random", 0.0, 0.0, 0.5, shares["random"], "the reference")]
     for i, arm in enumerate(others):
@@ -368,15 +463,28 @@ def judge_push(
     *,
     cycle: int,
     n_classes: int,
+    fresh: IntArray | None = None,
 ) -> list[Reward]:
     """Rewards of one push: ``picked`` (arm -> its labeled picks, in queue order) judged on
-    ``audit`` (every labeled audit item), with every other labeled item as the shared base."""
+    ``audit`` (every labeled audit item), with every other labeled item as the shared base.
+
+    Args:
+        fresh: the push's own labeled audit items (a subset of ``audit``). When random had no
+            pick in the push they stand in for its picks (they are uniform draws from the pool
+            too) and leave the items the push is judged on, which are then the audit items of
+            earlier pushes: drawn before this push's picks, so still unbiased for the pool.
+    """
+    judged_on = np.asarray(audit, dtype=np.int64)
+    own = picked.get("random")
+    if fresh is not None and fresh.shape[0] > 0 and (own is None or own.shape[0] == 0):
+        judged_on = np.setdiff1d(judged_on, fresh)
+        picked = {**picked, "random": np.asarray(fresh, dtype=np.int64)}
     excluded = np.zeros(labels.shape[0], dtype=bool)
     excluded[audit] = True
     for rows in picked.values():
         excluded[rows] = True
     base = np.flatnonzero((labels >= 0) & ~excluded).astype(np.int64)
-    return arm_rewards(x, labels, base, picked, audit, cycle=cycle, n_classes=n_classes)
+    return arm_rewards(x, labels, base, picked, judged_on, cycle=cycle, n_classes=n_classes)
 
 
 def build_queue(

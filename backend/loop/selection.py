@@ -184,17 +184,21 @@ def _judge(
     cycle_id = max(p.cycle_id for p in arm_picks)
     row = {int(t): i for i, t in enumerate(task_ids)}
     picked: dict[str, list[int]] = {}
-    for pick in sorted(arm_picks, key=lambda p: p.position):
+    for pick in sorted(done, key=lambda p: p.position):
         if pick.cycle_id == cycle_id and pick.task_id in row:
             picked.setdefault(pick.arm, []).append(row[pick.task_id])
+    audit = _audit_rows(store, project_id, pool, row)
+    labeled_audit = set(audit.tolist())  # the push's own audit items join random's reference
+    fresh = np.asarray([r for r in picked.pop(AUDIT, []) if r in labeled_audit], dtype=np.int64)
     rng = np.random.default_rng(cycle_id)
     rewards = judge_push(
         proxy_features(pool.embeddings, rng=rng),
         pool.labels,
         {a: np.asarray(r, dtype=np.int64) for a, r in picked.items()},
-        _audit_rows(store, project_id, pool, row),
+        audit,
         cycle=cycle_id,
         n_classes=int(pool.n_classes or pool.labels.max() + 1),
+        fresh=fresh,
     )
     with store.session() as session:
         session.add_all(

@@ -19,10 +19,12 @@ from strategies import Pool
 from strategies.audit import audit_slots, draw_audit
 from strategies.bandit import (
     AUDIT,
+    EXPLORE,
     RANDOM_FLOOR,
     Reward,
     allocate,
     arm_orders,
+    arm_rewards,
     build_queue,
     interleave,
     judge_push,
@@ -67,7 +69,9 @@ def _loop(
         labels[batch] = y[batch]
         picked: dict[str, list[int]] = {}
         for row, arm in zip(batch, arms, strict=True):
-            (audit_rows if arm == AUDIT else picked.setdefault(arm, [])).append(int(row))
+            picked.setdefault(arm, []).append(int(row))
+        fresh = picked.pop(AUDIT, [])
+        audit_rows += fresh
         rewards += judge_push(
             proxy,
             labels,
@@ -75,6 +79,7 @@ def _loop(
             np.asarray(audit_rows),
             cycle=cycle,
             n_classes=3,
+            fresh=np.asarray(fresh, dtype=np.int64),
         )
     return history
 
@@ -210,3 +215,79 @@ def test_build_queue_fixed_is_the_combination_with_the_audit_share() -> None:
         "random",
         "combined",
     }
+
+
+def _coin_flips(arms: list[str], cycles: int, seed: int) -> list[Reward]:
+    """Every arm wins half its comparisons with random, and with each other (gains at random)."""
+    rng = np.random.default_rng(seed)
+    return [
+        Reward(c, arm, float(rng.random() < 0.5), float(rng.normal(0, 0.01)), 1)
+        for c in range(cycles)
+        for arm in arms
+    ]
+
+
+def test_evidence_that_tells_no_arm_apart_leaves_the_batch_with_the_incumbent() -> None:
+    """Coin-flip evidence: the challengers keep their scouting share and the configured
+    combination the rest (random, at times trusted by chance, takes it in a few draws of the
+    evidence), instead of a split as even as the noise (what the same evidence gets without an
+    incumbent)."""
+    challengers = ["margin", "entropy", "typiclust"]
+    kept, spread = [], []
+    for seed in range(10):
+        rewards = _coin_flips([*challengers, "combined"], 30, seed)
+        rng = np.random.default_rng(seed)
+        shares = allocate(rewards, ["random", *challengers, "combined"], rng=rng).shares
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert sum(shares[a] for a in challengers) == pytest.approx(EXPLORE)
+        kept.append(shares["combined"])
+        even = allocate(rewards, ["random", *challengers], rng=rng).shares
+        spread.append(max(even[a] for a in challengers))
+    assert sum(k == pytest.approx(1.0 - EXPLORE) for k in kept) >= 8, kept
+    assert np.mean(spread) < 0.6, spread
+
+
+def test_a_challenger_trusted_to_beat_the_incumbent_competes_for_the_batch() -> None:
+    """Margin's labels beat the combination's in six cycles of seven: it is trusted over it and
+    takes most of the batch; entropy, untrusted, keeps the scouting share."""
+    rewards = []
+    for c in range(7):
+        rewards += [Reward(c, "combined", 0.5, 0.01, 5), Reward(c, "entropy", 0.5, 0.01, 5)]
+        rewards.append(Reward(c, "margin", 1.0, 0.02 if c != 3 else 0.0, 5))
+    shares = allocate(
+        rewards, ["random", "margin", "entropy", "combined"], rng=np.random.default_rng(0)
+    ).shares
+    assert shares["margin"] > 0.6 and shares["margin"] > 2 * shares["combined"], shares
+    assert shares["entropy"] == pytest.approx(EXPLORE)
+
+
+def test_random_takes_over_once_it_is_trusted_to_beat_the_incumbent() -> None:
+    rewards = [Reward(c, "combined", 0.0, -0.01, 5) for c in range(10)]
+    rewards += [Reward(c, "margin", 0.0, -0.02, 5) for c in range(10)]
+    shares = allocate(rewards, ["random", "margin", "combined"], rng=np.random.default_rng(0))
+    assert shares.shares["random"] == pytest.approx(1.0 - EXPLORE)  # margin keeps scouting
+    assert shares.shares["combined"] == 0.0
+    beliefs = {b.arm: b for b in shares.beliefs}
+    assert not beliefs["combined"].trusted
+
+
+def test_without_random_picks_the_push_audit_items_are_random_reference() -> None:
+    """No random pick in the push: its own audit items are judged as random's labels, on the
+    earlier audit items only (never trained and scored on the same item)."""
+    x, y = _blobs(1, n=300)
+    labels = y.copy()
+    proxy = proxy_features(x, rng=np.random.default_rng(0))
+    picked = {"margin": np.arange(20, 26), "combined": np.arange(26, 32)}
+    earlier, fresh = np.arange(100, 130), np.arange(130, 136)
+    audit = np.concatenate((earlier, fresh))
+    assert judge_push(proxy, labels, picked, audit, cycle=3, n_classes=3) == []
+    rewards = judge_push(proxy, labels, picked, audit, cycle=3, n_classes=3, fresh=fresh)
+    base = np.setdiff1d(np.arange(300), np.concatenate((audit, np.arange(20, 32))))
+    expected = arm_rewards(
+        proxy, labels, base, {**picked, "random": fresh}, earlier, cycle=3, n_classes=3
+    )
+    assert rewards == expected and {r.arm for r in rewards} == {"margin", "combined"}
+    own = {**picked, "random": np.arange(40, 46)}  # random's own picks come first
+    assert judge_push(proxy, labels, own, audit, cycle=3, n_classes=3, fresh=fresh) == judge_push(
+        proxy, labels, own, audit, cycle=3, n_classes=3
+    )
