@@ -21,6 +21,9 @@ one random batch first, the cold start is part of the race. Committees are 5 boo
 LogisticRegressions. "ours: default" uses ``StrategySettings().weights`` and ``.fade_after``.
 Prints mean test accuracy at 50/100/200/300 labels and the labels needed to reach 95 % of the
 full-data accuracy (mean over seeds; ">B" when a seed never gets there within the budget B).
+Rows ``NAME + audit`` carry the audit share every push carries (10 %, uniform draws; the same share
+adaptive has, and what ``strategy.selection: fixed`` pushes), so a fixed strategy and the adaptive
+selection are compared on the same footing.
 ``--quick``: the first named dataset only, 3 seeds, budget 300.
 """
 
@@ -49,7 +52,7 @@ from backend.loop.selection import AUDIT_WINDOW
 from backend.settings import StrategySettings
 from backend.simulate.sets import GENERATED, generate
 from strategies import REGISTRY, Pool
-from strategies.audit import prequential_accuracy
+from strategies.audit import audit_count, draw_audit, prequential_accuracy
 from strategies.bandit import AUDIT, build_queue, judge_push, proxy_features
 from strategies.base import threads
 from strategies.combine import prioritize
@@ -57,8 +60,10 @@ from strategies.combine import prioritize
 BATCH = 10
 CHECKPOINTS = (10, 20, 40, 60, 100, 200, 300)
 #: Rows compared by the issue's goals: random, the single fixed strategies, the configured
-#: combination and the adaptive selection (``--methods contenders``).
-CONTENDERS = ("random", "margin", "entropy", "cold_start", "default", "adaptive")
+#: combination and the adaptive selection (``--methods contenders``), and each fixed row with the
+#: audit share every push carries (``strategy.selection: fixed`` included), as adaptive does.
+FIXED = ("margin", "entropy", "cold_start", "default")
+CONTENDERS = ("random", *FIXED, "adaptive", *(f"{name} + audit" for name in FIXED))
 AUDIT_SHARE = 0.1
 #: Audit estimates are checked once they rest on this many audit labels.
 AUDIT_MIN = 5
@@ -159,6 +164,20 @@ def _combination(
         return result.order[:BATCH]
 
     return pick
+
+
+def _audited(pick: Callable[[State], np.ndarray]) -> Callable[[State], np.ndarray]:
+    """``pick`` with the audit share of every push: uniform draws first, then its own picks."""
+
+    def audited(state: State) -> np.ndarray:
+        unlabeled = np.flatnonzero(state.labels < 0)
+        audit = draw_audit(unlabeled, audit_count(BATCH, AUDIT_SHARE), rng=state.rng)
+        own = [int(i) for i in pick(state) if i not in set(audit.tolist())]
+        rest = [int(i) for i in state.rng.permutation(unlabeled) if i not in set(audit.tolist())]
+        filler = [i for i in rest if i not in set(own)]  # when its picks met the audit items
+        return np.asarray([*audit, *(own + filler)[: BATCH - audit.shape[0]]], dtype=np.int64)
+
+    return audited
 
 
 def _adaptive(state: State) -> np.ndarray:
@@ -290,6 +309,9 @@ def methods() -> dict[str, Callable[[State], np.ndarray]]:
     table[
         "ours: adaptive (audit 10 % + bandit over random, margin, entropy, typiclust, default)"
     ] = _adaptive
+    for name in FIXED:
+        row = f"ours: default ({default})" if name == "default" else name
+        table[f"{name} + audit"] = _audited(table[row])
     table["  ablation: default, no fading"] = _combination(DEFAULT_WEIGHTS, {})
     table["  ablation: default, no batch diversity"] = _combination(
         DEFAULT_WEIGHTS, DEFAULT_FADE, diversity="none"
