@@ -528,6 +528,7 @@ def _databases(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str | None
     if not args.postgres:
         yield args.database_url, args.database_url or f"sqlite:///{tmp / 'cpu' / 'state.db'}"
         return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's tests package
     from tests.postgres import fresh_database, postgres_server
 
     with postgres_server(fsync=True) as server:
