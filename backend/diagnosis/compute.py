@@ -47,7 +47,7 @@ from sklearn.preprocessing import StandardScaler
 
 from backend.diagnosis.duplicate_groups import find_duplicates
 from backend.diagnosis.performance import class_curves, confused_pairs
-from backend.diagnosis.projection import Method, project
+from backend.diagnosis.projection import KeptMap, Method, project
 from backend.diagnosis.quality import ISSUES, image_quality, issue_masks
 from backend.diagnosis.schema import (
     Classification,
@@ -281,15 +281,29 @@ def top_outliers(
 
 
 def _subsample(
-    n: int, keep: NDArray[np.bool_], max_points: int, rng: np.random.Generator
+    n: int,
+    keep: NDArray[np.bool_],
+    max_points: int,
+    rng: np.random.Generator,
+    prefer: NDArray[np.bool_] | None = None,
 ) -> IntArray:
-    """Sorted indices: every ``keep`` item (up to the cap), then random others to ``max_points``."""
+    """Sorted indices: every ``keep`` item (up to the cap), then ``prefer`` items (the kept map's,
+    so the map stays the same from one cycle to the next), then random others to ``max_points``."""
     if n <= max_points:
         return np.arange(n, dtype=np.int64)
     forced = np.flatnonzero(keep)[:max_points]
-    rest = np.flatnonzero(~keep)
-    fill = rng.choice(rest, size=min(len(rest), max_points - len(forced)), replace=False)
-    return np.sort(np.concatenate((forced, fill))).astype(np.int64)
+    chosen = [forced]
+    room = max_points - len(forced)
+    if prefer is not None and room > 0:
+        preferred = np.flatnonzero(prefer & ~keep)
+        chosen.append(rng.permutation(preferred)[:room])
+        room -= len(chosen[-1])
+    if room > 0:
+        taken = np.zeros(n, dtype=bool)
+        taken[np.concatenate(chosen)] = True
+        rest = np.flatnonzero(~taken)
+        chosen.append(rng.choice(rest, size=min(len(rest), room), replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def embedding_map(
@@ -300,15 +314,26 @@ def embedding_map(
     max_points: int,
     method: Method,
     rng: np.random.Generator,
+    kept: KeptMap | None = None,
 ) -> EmbeddingMap:
     """A 2-D projection (UMAP or PCA, :mod:`backend.diagnosis.projection`) of at most
-    ``max_points`` items, columnar (one list per field)."""
+    ``max_points`` items, columnar (one list per field). ``kept``: where the project's UMAP fit
+    is kept between cycles (shown again while it still holds, replaced when fitted again)."""
     errors, outliers = marks
-    rows = _subsample(len(inputs.task_ids), errors | outliers, max_points, rng)
+    fit = kept.load() if kept is not None and method == "umap" else None
+    prefer = np.isin(inputs.task_ids, fit.task_ids) if fit is not None else None
+    rows = _subsample(len(inputs.task_ids), errors | outliers, max_points, rng, prefer)
     seed = int(rng.integers(2**31 - 1))
     shown = project(
-        inputs.embeddings[rows], method=method, first=(errors | outliers)[rows], seed=seed
+        inputs.embeddings[rows],
+        method=method,
+        first=(errors | outliers)[rows],
+        seed=seed,
+        task_ids=inputs.task_ids[rows],
+        kept=fit,
     )
+    if kept is not None and shown.fit is not None and not shown.reused:
+        kept.save(shown.fit)
     xy = shown.xy
     return EmbeddingMap(
         n_total=len(inputs.task_ids),
@@ -428,7 +453,11 @@ def slices_section(
 
 
 def compute_diagnosis(
-    inputs: DiagnosisInputs, *, limits: DiagnosisSettings, rng: np.random.Generator
+    inputs: DiagnosisInputs,
+    *,
+    limits: DiagnosisSettings,
+    rng: np.random.Generator,
+    kept_map: KeptMap | None = None,
 ) -> Diagnosis:
     """Every section of the diagnosis (see the module docstring).
 
@@ -436,6 +465,7 @@ def compute_diagnosis(
         inputs: the cycle's arrays.
         limits: map size, table lengths and the drift warning threshold.
         rng: k-means (when clusters are missing), map subsample, PCA and drift folds.
+        kept_map: where the project's map fit is kept between cycles (None: fitted every time).
     """
     x, labeled = inputs.embeddings, inputs.labeled
     clustering = clustering_of(x, inputs.clusters, rng=rng)
@@ -467,6 +497,7 @@ def compute_diagnosis(
             max_points=limits.map_points,
             method=limits.map_projection,
             rng=rng,
+            kept=kept_map,
         ),
         drift=domain_drift(
             x, labeled, inputs.task_ids, threshold=limits.drift_auc_warning, rng=rng

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.diagnosis.compute import DiagnosisInputs, IntArray, compute_diagnosis
+from backend.diagnosis.projection import KeptMap
 from backend.diagnosis.quality import stats_matrix
 from backend.diagnosis.schema import Diagnosis, Review, ReviewAnnotator, ReviewTally
 from backend.diagnosis.views import push_diagnosis_views
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 
 def diagnosis_path(settings: Settings, project_id: int) -> Path:
     return settings.store.data_dir / "diagnosis" / f"p{project_id}.json"
+
+
+def kept_map(settings: Settings, project_id: int) -> KeptMap:
+    """Where the project's embedding-map fit is kept between cycles."""
+    return KeptMap(settings.store.data_dir / "diagnosis" / f"p{project_id}.map.npz")
 
 
 def task_splits(
@@ -217,7 +223,10 @@ def write_diagnosis(
             if known:
                 inputs = replace(inputs, image_stats=stats_matrix(hashes, known))
         diagnosis = compute_diagnosis(
-            inputs, limits=settings.diagnosis, rng=np.random.default_rng(settings.model.seed)
+            inputs,
+            limits=settings.diagnosis,
+            rng=np.random.default_rng(settings.model.seed),
+            kept_map=kept_map(settings, project_id),
         ).model_copy(
             update={
                 "project": project_id,

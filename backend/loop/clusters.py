@@ -51,6 +51,21 @@ def fingerprints(embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
     return sums
 
 
+def known_rows(
+    kept_ids: NDArray[np.int64],
+    kept_prints: NDArray[np.float64],
+    task_ids: NDArray[np.int64],
+    prints: NDArray[np.float64],
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """For each of ``task_ids`` (with embedding :func:`fingerprints` ``prints``): its slot in
+    the kept, ascending ``kept_ids``, and whether it is there with the same embedding."""
+    slot = np.clip(np.searchsorted(kept_ids, task_ids), 0, kept_ids.size - 1)
+    known = (kept_ids[slot] == task_ids) & np.isclose(
+        kept_prints[slot], prints, rtol=1e-6, atol=1e-6
+    )
+    return slot, known
+
+
 def _path(settings: Settings, project_id: int) -> Path:
     return settings.store.data_dir / "clusters" / f"p{project_id}.npz"
 
@@ -88,10 +103,7 @@ def _reuse(
     """The stored clustering carried over to this pool, or None when it must be refit."""
     if not stored.task_ids.size or stored.centers.shape[1] != embeddings.shape[1]:
         return None
-    slot = np.clip(np.searchsorted(stored.task_ids, task_ids), 0, stored.task_ids.size - 1)
-    known = (stored.task_ids[slot] == task_ids) & np.isclose(
-        stored.fingerprints[slot], prints, rtol=1e-6, atol=1e-6
-    )
+    slot, known = known_rows(stored.task_ids, stored.fingerprints, task_ids, prints)
     assigned = stored.assigned + int((~known).sum())
     if assigned > REFIT_SHARE * stored.n_fit:
         return None
