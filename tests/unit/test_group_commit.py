@@ -322,11 +322,9 @@ def test_record_deliveries_trusts_known_projects_and_asks_for_the_others(store: 
         assert [e.delivery_key for e in repo.pending_events(session)] == ["a", "b"]
 
 
-def test_begin_immediate_takes_the_lock_in_the_other_writers_first_pause(tmp_path: Path) -> None:
-    """A writer of another connection that commits and begins again after 3 ms (as the inbox
-    applier does) lets a waiting writer in at once, not after SQLite's growing busy sleeps."""
-    url = f"sqlite:///{tmp_path / 'lock.db'}"
-    holder, waiter = Store(url), Store(url)
+def _handover(holder: Store, waiter: Store, hold: float, pause: float) -> bool:
+    """Whether a writer polling for the lock got it in the holder's ``pause`` between committing
+    and beginning again (the holder then waits for it), rather than after the holder's next turn."""
     took: list[float] = []
     with holder.engine.connect() as held:
         begin_immediate(held, 1.0)
@@ -339,15 +337,27 @@ def test_begin_immediate_takes_the_lock_in_the_other_writers_first_pause(tmp_pat
 
         thread = threading.Thread(target=wait)
         thread.start()
-        time.sleep(0.3)  # the waiter has been polling for a while
+        time.sleep(hold)  # the waiter has been polling for a while (SQLite's sleeps are long now)
         held.rollback()
-        gone = time.monotonic()
-        time.sleep(0.003)
-        begin_immediate(held, 5.0)  # begins again: the waiter must already hold the lock...
+        time.sleep(pause)
+        begin_immediate(held, 5.0)  # begins again: the waiter should already hold the lock
         again = time.monotonic()
         held.rollback()
         thread.join(5)
-    assert took and took[0] < again and took[0] - gone < 0.05
+    return bool(took) and took[0] < again
+
+
+def test_begin_immediate_takes_the_lock_in_the_other_writers_first_pause(tmp_path: Path) -> None:
+    """A writer of another connection that commits and begins again after a short pause (as the
+    inbox applier does) lets a waiting writer in during that pause, not after SQLite's busy sleeps
+    (50-100 ms apart after a quarter of a second of waiting: a 20 ms window caught one time in
+    five at best; polling every 50 or 100 ms fails this test). Five handovers, at least four
+    caught: a loaded machine may delay the waiting thread past one window."""
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    holder, waiter = Store(url), Store(url)
+    # Holds of different lengths, so no polling period lines up with the window by chance.
+    caught = [_handover(holder, waiter, 0.25 + 0.017 * i, 0.02) for i in range(5)]
+    assert sum(caught) >= 4, caught
     holder.dispose()
     waiter.dispose()
 
