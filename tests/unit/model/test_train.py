@@ -179,3 +179,26 @@ def test_blas_threads_limits_numpy_and_scipy_inside_the_block_only() -> None:
     assert _blas_threads() == before
     with blas_threads(0):  # 0 leaves the libraries' own setting
         assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("mode", ["bootstrap", "mc_dropout"])
+def test_a_pool_predicted_in_chunks_gets_what_one_pass_gives(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large pools are predicted :data:`INFERENCE_ROWS` rows at a time; the main head's and the
+    bootstrap members' answers do not depend on the chunking (MC dropout's masks are drawn per
+    chunk, so its members only keep their shape and their reproducibility)."""
+    from backend.model import train
+
+    x, y, _ = blobs(120, spread=0.8, seed=8)
+    settings = fast_settings(committee_mode=mode, committee_size=3, dropout=0.3)
+    model = train_model(x, y, classes=CLASSES, multilabel=False, settings=settings)
+    whole, members = model.predict_proba(x), model.committee_proba(x)
+    monkeypatch.setattr(train, "INFERENCE_ROWS", 7)  # 18 chunks, the last of 1 row
+    np.testing.assert_allclose(model.predict_proba(x), whole, atol=1e-6)
+    chunked = model.committee_proba(x)
+    assert chunked.shape == members.shape == (3, 120, 4)
+    if mode == "bootstrap":
+        np.testing.assert_allclose(chunked, members, atol=1e-6)
+    np.testing.assert_array_equal(chunked, model.committee_proba(x))
+    assert model.predict_proba(x[:0]).shape == (0, 4)

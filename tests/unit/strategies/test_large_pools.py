@@ -1,0 +1,70 @@
+"""Large pools take sampled paths in the cold start and the near-copy search; each keeps what the
+exact path is for. The thresholds are lowered here so the sampled paths run on small pools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strategies import coldstart
+from strategies.coldstart import cold_start_order, reduce
+from strategies.duplicates import centred_unit
+
+
+def _blobs(sizes: list[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=20.0, size=(len(sizes), 32))
+    y = np.repeat(np.arange(len(sizes)), sizes)
+    return (centres[y] + rng.normal(size=(len(y), 32))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("sample", [400, 10**9], ids=["sampled", "exact"])
+def test_the_cold_start_reaches_the_uncovered_clusters_first(
+    sample: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight equal blobs, two of them holding a label: the first eight picks span more blobs
+    than eight random draws do (5.25 expected), whether TypiClust runs on every item or on a
+    sample; the order holds every unlabeled item once, the labeled ones never."""
+    monkeypatch.setattr(coldstart, "TYPICLUST_SAMPLE", sample)
+    x, y = _blobs([250] * 8, seed=0)
+    labeled = np.zeros(len(y), dtype=bool)
+    labeled[[3, 700]] = True
+    spans = []
+    for seed in range(5):
+        order = cold_start_order(x, labeled, batch_size=4, rng=np.random.default_rng(seed))
+        assert np.array_equal(np.sort(order), np.flatnonzero(~labeled))
+        spans.append(len(set(y[order[:8]].tolist())))
+    assert np.mean(spans) >= 6.5, spans
+
+
+def test_the_components_fitted_on_a_sample_span_the_pools_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above the sample size the PCA is fitted on a sample and projects every item: the scores
+    span what the components of the whole pool give (R^2 of one from the other >= 0.99)."""
+    monkeypatch.setattr(coldstart, "SEED_SAMPLE", 300)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(3000, 5)) * [9, 7, 5, 4, 3]) @ rng.normal(size=(5, 80))
+    x = (x + rng.normal(size=x.shape)).astype(np.float32)
+    sampled = reduce(x, dims=5, rng=rng)
+    centred = x - x.mean(axis=0)
+    full = centred @ np.linalg.svd(centred, full_matrices=False)[2][:5].T
+    design = np.column_stack([sampled, np.ones(len(x))])
+    fit = design @ np.linalg.lstsq(design, full, rcond=None)[0]
+    r2 = 1 - ((full - fit) ** 2).sum(axis=0) / ((full - full.mean(axis=0)) ** 2).sum(axis=0)
+    assert sampled.shape == (3000, 5) and r2.min() >= 0.99, r2
+
+
+def test_centred_unit_vectors_are_the_same_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from strategies import duplicates
+
+    x = np.random.default_rng(2).random((50, 12)).astype(np.float32)
+    x[7] = x.mean(axis=0)  # centred to zero: stays zero, not NaN
+    whole = centred_unit(x)
+    monkeypatch.setattr(duplicates, "_BLOCK", 8)
+    blocks = centred_unit(x)
+    np.testing.assert_allclose(blocks, whole, atol=1e-6)
+    centred = x - x.mean(axis=0)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    np.testing.assert_allclose(blocks, centred / np.maximum(norms, 1e-12), atol=1e-5)
+    assert np.isfinite(blocks).all()
