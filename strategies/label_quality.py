@@ -183,21 +183,68 @@ def noise_posterior(
     return posterior, transition
 
 
-def _log_likelihood(pooled: FloatArray, given: IntArray, transition: FloatArray) -> float:
+def mixture_posterior(
+    prior_probs: FloatArray, given: IntArray, *, prior: tuple[float, float] = NOISE_PRIOR
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """Posterior over each item's true class when ``prior_probs`` is the prior over it.
+
+    The annotator answers ``c`` with probability ``T[j, c] = P(given c | true j)``, so
+    ``P(given | item) = prior_probs @ T``; EM alternates the posterior ``prior_probs *
+    T[:, given]`` and ``T`` from the posteriors plus ``prior`` pseudo-counts, as
+    :func:`noise_posterior` does, but never deconvolves the item's evidence (``q @ inv(T)``
+    clipped to the simplex). That deconvolution leaves the given class nothing wherever its
+    probability is below the noise level, so labels the evidence merely doubts (the hard items
+    the queue chose for their doubt) read as near-certain errors, and the noise matrix fitted
+    from those posteriors counts far more wrong labels than there are; the posterior here keeps
+    a doubted label's own share of the evidence.
+
+    Returns:
+        (m, C) posterior over the true class, the (C, C) noise matrix and the log-likelihood of
+        the given labels under the model.
+    """
+    n_classes = prior_probs.shape[1]
+    correct, wrong = prior
+    alpha = np.full((n_classes, n_classes), wrong / max(n_classes - 1, 1))
+    np.fill_diagonal(alpha, correct)
+    transition = alpha / alpha.sum(axis=1, keepdims=True)
+    onehot = np.eye(n_classes)[given]
+    clean = np.asarray(prior_probs, dtype=np.float64)
+    for _ in range(_EM_ITERATIONS):
+        posterior = _normalized(clean * transition[:, given].T)
+        transition = (posterior.T @ onehot + alpha) / (
+            posterior.sum(axis=0)[:, None] + alpha.sum(axis=1, keepdims=True)
+        )
+    joint = clean * transition[:, given].T
+    evidence = np.maximum(joint.sum(axis=1), _FLOOR)
+    return _normalized(joint), transition, float(np.log(evidence).sum())
+
+
+def _deconvolved_likelihood(pooled: FloatArray, given: IntArray, transition: FloatArray) -> float:
+    """Log-likelihood of the given labels under :func:`noise_posterior`'s model."""
     clean = np.maximum(pooled @ np.linalg.inv(transition), _FLOOR * pooled)
     clean /= clean.sum(axis=1, keepdims=True)
     return float(np.log(np.maximum((clean * transition[:, given].T).sum(axis=1), _FLOOR)).sum())
 
 
+def _normalized(joint: NDArray[np.float64]) -> NDArray[np.float64]:
+    out: NDArray[np.float64] = joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-300)
+    return out
+
+
 def sharpened_posterior(
     pooled: FloatArray, given: IntArray
 ) -> tuple[NDArray[np.float64], float, NDArray[np.float64]]:
-    """:func:`noise_posterior` at the sharpness that best explains the given labels.
+    """The noise model at the sharpness, and of the family, that best explain the given labels.
 
     Pooling fitted by the plain likelihood of noisy labels is too soft: it must also give the
     wrong labels some probability. Under the noise model they are explained by ``T`` instead, so
-    the pooled log-probabilities are scaled by the factor in :data:`SHARPNESS` whose noise model
-    has the highest marginal likelihood.
+    the pooled log-probabilities are scaled by a factor in :data:`SHARPNESS`. Two readings of
+    the sharpened distribution are tried at each factor: the prior over each item's true class
+    (:func:`mixture_posterior`), or what annotators answer, with the noise taken out
+    (:func:`noise_posterior`). The first keeps a doubted label its own share of the evidence,
+    which is what labels chosen for their doubt need; the second explains heavy, structured
+    noise (classes swapped in pairs) that a prior which already holds the swaps cannot. The
+    pair whose noise model gives the given labels the highest marginal likelihood is kept.
 
     Returns:
         (m, C) posterior over the true class, the chosen factor and its (C, C) noise matrix.
@@ -206,9 +253,12 @@ def sharpened_posterior(
     best: tuple[float, float, NDArray[np.float64], NDArray[np.float64]] | None = None
     for factor in SHARPNESS:
         sharp = _pooled([logs], (factor,))
-        posterior, transition = noise_posterior(sharp, given)
-        score = _log_likelihood(sharp, given, transition)
+        posterior, transition, score = mixture_posterior(sharp, given)
         if best is None or score > best[0]:
+            best = (score, factor, posterior, transition)
+        posterior, transition = noise_posterior(sharp, given)
+        score = _deconvolved_likelihood(sharp, given, transition)
+        if score > best[0]:
             best = (score, factor, posterior, transition)
     if best is None:  # SHARPNESS is never empty
         raise ValueError("no sharpness factor to try")

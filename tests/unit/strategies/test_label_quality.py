@@ -11,6 +11,7 @@ from strategies.label_quality import (
     flag_decision,
     knn_label_probs,
     label_quality,
+    mixture_posterior,
     noise_posterior,
 )
 
@@ -50,6 +51,25 @@ def test_noise_posterior_recovers_a_planted_swap() -> None:
     assert posterior[-1].argmax() == 0 and posterior[-1, 1] < 0.3
     assert posterior[:100].max(axis=1).min() > 0.9  # the agreeing items stay believed
     assert transition[0, 0] > 0.9 and transition[1, 1] > 0.9
+
+
+def test_mixture_posterior_keeps_a_doubted_label_its_share_of_the_evidence() -> None:
+    # 180 labels the evidence agrees with; ten correct labels of class 1 on items the evidence
+    # gives class 1 only 5 % (hard items the queue chose for their doubt); five planted errors
+    # where it gives 0.1 %.
+    pooled = np.array(
+        [[0.95, 0.05]] * 90 + [[0.05, 0.95]] * 90 + [[0.95, 0.05]] * 10 + [[0.999, 0.001]] * 5
+    )
+    given = np.array([0] * 90 + [1] * 90 + [1] * 10 + [1] * 5)
+    posterior, transition, loglik = mixture_posterior(pooled, given)
+    deconvolved, deconvolved_t = noise_posterior(pooled, given)
+    doubted, planted = 1.0 - posterior[180, 1], 1.0 - posterior[-1, 1]
+    assert planted > 0.95 and doubted < 0.8 and doubted < planted  # graded, order kept
+    assert 1.0 - deconvolved[180, 1] > 0.999  # deconvolving reads the doubt as certain error
+    assert (1.0 - posterior[:180][np.arange(180), given[:180]]).max() < 0.01
+    count = (1.0 - np.diag(transition))[given].sum()
+    assert count < (1.0 - np.diag(deconvolved_t))[given].sum()  # fewer wrong labels expected
+    assert np.isfinite(loglik) and loglik < 0
 
 
 def test_consistent_error_holds_the_count_to_the_noise_model_and_keeps_the_order() -> None:
