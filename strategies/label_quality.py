@@ -151,6 +151,25 @@ def pool_evidence(
     return _pooled(logs, best[1]), best[1]
 
 
+def _prior_counts(n_classes: int, prior: tuple[float, float]) -> NDArray[np.float64]:
+    """(C, C) pseudo-counts of the noise model: ``prior`` = (correct, wrong) per class, the wrong
+    ones spread evenly over the other classes."""
+    correct, wrong = prior
+    alpha = np.full((n_classes, n_classes), wrong / max(n_classes - 1, 1))
+    np.fill_diagonal(alpha, correct)
+    return alpha
+
+
+def _refit(
+    posterior: NDArray[np.float64], onehot: NDArray[np.float64], alpha: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The EM step for ``T``: counts of (true, given) pairs under the posterior plus ``alpha``."""
+    counts: NDArray[np.float64] = (posterior.T @ onehot + alpha) / (
+        posterior.sum(axis=0)[:, None] + alpha.sum(axis=1, keepdims=True)
+    )
+    return counts
+
+
 def noise_posterior(
     pooled: FloatArray, given: IntArray, *, prior: tuple[float, float] = NOISE_PRIOR
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -164,12 +183,9 @@ def noise_posterior(
     Returns:
         (m, C) posterior over the true class and the (C, C) noise matrix.
     """
-    n_classes = pooled.shape[1]
-    correct, wrong = prior
-    alpha = np.full((n_classes, n_classes), wrong / max(n_classes - 1, 1))
-    np.fill_diagonal(alpha, correct)
+    alpha = _prior_counts(pooled.shape[1], prior)
     transition = alpha / alpha.sum(axis=1, keepdims=True)
-    onehot = np.eye(n_classes)[given]
+    onehot = np.eye(pooled.shape[1])[given]
     posterior = np.asarray(pooled, dtype=np.float64)
     for _ in range(_EM_ITERATIONS):
         clean = pooled @ np.linalg.inv(transition)
@@ -177,9 +193,7 @@ def noise_posterior(
         clean /= clean.sum(axis=1, keepdims=True)
         posterior = clean * transition[:, given].T
         posterior /= np.maximum(posterior.sum(axis=1, keepdims=True), _FLOOR)
-        transition = (posterior.T @ onehot + alpha) / (
-            posterior.sum(axis=0)[:, None] + alpha.sum(axis=1, keepdims=True)
-        )
+        transition = _refit(posterior, onehot, alpha)
     return posterior, transition
 
 
@@ -202,18 +216,13 @@ def mixture_posterior(
         (m, C) posterior over the true class, the (C, C) noise matrix and the log-likelihood of
         the given labels under the model.
     """
-    n_classes = prior_probs.shape[1]
-    correct, wrong = prior
-    alpha = np.full((n_classes, n_classes), wrong / max(n_classes - 1, 1))
-    np.fill_diagonal(alpha, correct)
+    alpha = _prior_counts(prior_probs.shape[1], prior)
     transition = alpha / alpha.sum(axis=1, keepdims=True)
-    onehot = np.eye(n_classes)[given]
+    onehot = np.eye(prior_probs.shape[1])[given]
     clean = np.asarray(prior_probs, dtype=np.float64)
     for _ in range(_EM_ITERATIONS):
         posterior = _normalized(clean * transition[:, given].T)
-        transition = (posterior.T @ onehot + alpha) / (
-            posterior.sum(axis=0)[:, None] + alpha.sum(axis=1, keepdims=True)
-        )
+        transition = _refit(posterior, onehot, alpha)
     joint = clean * transition[:, given].T
     evidence = np.maximum(joint.sum(axis=1), _FLOOR)
     return _normalized(joint), transition, float(np.log(evidence).sum())
