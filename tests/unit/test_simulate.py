@@ -74,9 +74,23 @@ def test_one_point_per_round_with_labels_increasing(curves: list[Curve]) -> None
         assert [p.planted for p in curve.points] == sorted(p.planted for p in curve.points)
 
 
-def test_adaptive_curve_is_not_below_random(curves: list[Curve]) -> None:
+#: Seeds of the adaptive-versus-random comparison. On two seeds the gap between the two orders
+#: swung by 0.07 from one CPU to another (the same code: float rounding of other BLAS kernels
+#: changes which items an active learner picks), so the comparison is made over eight, paired by
+#: seed (both orders see the same split); the mean gap's standard error is about 0.02 there.
+COMPARE_SEEDS = list(range(8))
+
+
+def test_adaptive_curve_is_not_below_random(tmp_path: Path) -> None:
     """What the project runs by default (the bandit over the arms, audit share included)."""
-    assert _area(curves, "adaptive") >= _area(curves, "random") - 0.02
+    settings = _fast(tmp_path)
+    dataset = load_dataset("digits", limit=300)
+    compared = {k: STRATEGIES[k] for k in ("adaptive", "random")}
+    runs = simulate(
+        settings, dataset, compared, seeds=COMPARE_SEEDS, budget=100, batch_size=20, noise=0.1
+    )
+    assert len(runs) == 2 * len(COMPARE_SEEDS)
+    assert _area(runs, "adaptive") >= _area(runs, "random") - 0.03
 
 
 def test_noisy_run_surfaces_planted_errors(curves: list[Curve]) -> None:
