@@ -20,16 +20,29 @@ from strategies.neighbours import unit_pairs
 _BLOCK = 8192
 
 
-def centred_unit(embeddings: NDArray[np.floating]) -> NDArray[np.float32]:
+def centred_unit(
+    embeddings: NDArray[np.floating],
+    rows: NDArray[np.int64] | None = None,
+    *,
+    mean: NDArray[np.float32] | None = None,
+) -> NDArray[np.float32]:
     """(n, d) embeddings minus their mean, scaled to unit length (float32).
+
+    Args:
+        embeddings: (n, d) every item.
+        rows: only these rows, in this order (default all); centred on ``mean``.
+        mean: (1, d) the centre; default the mean of every row of ``embeddings``.
 
     Written block by block into one output array: at 100,000 x 1280 the whole-array expression
     allocated three 0.5 GB temporaries (2 s; blockwise 0.3 s)."""
     x = np.asarray(embeddings, dtype=np.float32)
-    mean = x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
-    out: NDArray[np.float32] = np.empty(x.shape, dtype=np.float32)
-    for start in range(0, x.shape[0], _BLOCK):
-        block = np.subtract(x[start : start + _BLOCK], mean, out=out[start : start + _BLOCK])
+    if mean is None:
+        mean = x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+    count = x.shape[0] if rows is None else rows.shape[0]
+    out: NDArray[np.float32] = np.empty((count, x.shape[1]), dtype=np.float32)
+    for start in range(0, count, _BLOCK):
+        part = x[start : start + _BLOCK] if rows is None else x[rows[start : start + _BLOCK]]
+        block = np.subtract(part, mean, out=out[start : start + _BLOCK])
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))
         block /= np.maximum(norms, 1e-12)[:, None]
     return out
@@ -41,6 +54,7 @@ def near_copies_of_labeled(
     *,
     threshold: float,
     seed: int = 0,
+    among: NDArray[np.int64] | None = None,
 ) -> NDArray[np.bool_]:
     """(n,) True for unlabeled items whose centred cosine to some labeled item is >= threshold.
 
@@ -49,15 +63,43 @@ def near_copies_of_labeled(
         labeled: (n,) which items are labeled.
         threshold: cosine similarity from which two items count as copies.
         seed: fixes the neighbour index (:func:`strategies.neighbours.unit_pairs`).
+        among: only these items are tested (default every unlabeled one); labeled ones in it are
+            skipped. The centre stays the mean of every item, so a tested item's answer is the
+            same either way.
     """
     out = np.zeros(len(labeled), dtype=bool)
     if not labeled.any() or labeled.all():
         return out
-    x = centred_unit(embeddings)
-    rows = np.flatnonzero(~labeled)
-    found, _, _ = unit_pairs(x[rows], x[labeled], threshold=threshold, seed=seed)
+    x = np.asarray(embeddings, dtype=np.float32)
+    mean = x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+    rows = np.flatnonzero(~labeled) if among is None else among[~labeled[among]]
+    queries = centred_unit(x, rows, mean=mean)
+    base = centred_unit(x, np.flatnonzero(labeled), mean=mean)
+    found, _, _ = unit_pairs(queries, base, threshold=threshold, seed=seed)
     out[rows[found]] = True
     return out
+
+
+def demote_copies(
+    priority: Priority,
+    embeddings: NDArray[np.floating],
+    labeled: NDArray[np.bool_],
+    *,
+    threshold: float,
+    seed: int = 0,
+    head: int | None = None,
+) -> Priority:
+    """``priority`` with the near-copies of labeled items among its first ``head`` positions
+    (default all) moved behind every other unlabeled item.
+
+    Only the head of a queue is ever served before the next cycle orders it again, so a 100,000
+    item pool searches its first few thousand items (0.1 s) instead of every one (3 s)."""
+    order = priority.order
+    among = order if head is None or head >= order.shape[0] else order[:head]
+    copies = near_copies_of_labeled(
+        embeddings, labeled, threshold=threshold, seed=seed, among=np.asarray(among, np.int64)
+    )
+    return demote(priority, copies)
 
 
 def demote(priority: Priority, last: NDArray[np.bool_]) -> Priority:

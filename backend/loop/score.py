@@ -22,7 +22,10 @@ from backend.settings import Settings
 from strategies import Pool
 from strategies.base import threads
 from strategies.combine import Priority, prioritize
-from strategies.duplicates import demote, near_copies_of_labeled
+from strategies.duplicates import demote_copies
+
+#: The near-copy search covers this many times ``strategy.push_top_k`` of the queue's head.
+COPY_HEAD_FACTOR = 2
 
 
 def _annotator_matrix(snap: Snapshot, task_ids: NDArray[np.int64]) -> NDArray[np.int64] | None:
@@ -89,6 +92,14 @@ def _slices(
     return slice_ids(list(columns.values())) if columns else None
 
 
+def copy_search_head(settings: Settings) -> int | None:
+    """How many of the queue's first positions are searched for near-copies of labeled items:
+    twice what a cycle pushes, so the head and its top-ups between two cycles never serve one;
+    None (every item) when the whole queue is pushed."""
+    top_k = settings.strategy.push_top_k
+    return None if top_k is None else COPY_HEAD_FACTOR * top_k
+
+
 def score_stage(settings: Settings, scored_pool: tuple[NDArray[np.int64], Pool, Any]) -> Scored:
     task_ids, pool, probs = scored_pool
     strategy = settings.strategy
@@ -98,13 +109,14 @@ def score_stage(settings: Settings, scored_pool: tuple[NDArray[np.int64], Pool, 
     with limit:
         priority = _prioritize(settings, pool)
         if strategy.near_duplicates_last and pool.embeddings is not None:
-            copies = near_copies_of_labeled(
+            priority = demote_copies(
+                priority,
                 pool.embeddings,
                 pool.labeled,
                 threshold=settings.diagnosis.near_duplicate_similarity,
                 seed=settings.model.seed,
+                head=copy_search_head(settings),
             )
-            priority = demote(priority, copies)
     return Scored(task_ids, pool, priority, probs)
 
 
