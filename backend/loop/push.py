@@ -13,8 +13,9 @@ What works and what it costs (measured on a real Label Studio 1.23.2):
   so a flagged task gets ``labelloop_*`` keys in its data (the stable suspicion value the view
   orders on, the given label, the model's label with its confidence and the reason) with one
   ``PATCH /api/tasks/{id}`` each (~0.15 s, and PATCH replaces the whole data dict). Only tasks
-  entering or leaving a view or changing their rounded suspicion are written, and at most
-  ``review_max_flags`` per view (what is over the limit is counted, never dropped silently). A
+  entering or leaving a view, changing their labels or moving their suspicion by a step are
+  written, and at most ``review_max_flags`` per view (what is over the limit is counted, never
+  dropped silently). A
   view's ``hiddenColumns`` hide every other column, so the image, the given label, the model's
   label and the reason are the first columns a reviewer sees.
 """
@@ -173,6 +174,9 @@ class Suspect:
 
 #: Decimals of the suspicion value written into a task: a change below that is not worth a PATCH.
 SUSPICION_DECIMALS = 2
+#: How far the suspicion value must move from the value written before the flag is written
+#: again (0.1 = the odds that the label is wrong changed by a quarter).
+SUSPICION_STEP = 0.1
 #: The smallest chance that a label is right the value tells apart (its ceiling is 9).
 _RIGHT_FLOOR = 1e-9
 GIVEN_KEY, MODEL_KEY = "labelloop_given", "labelloop_model"
@@ -335,8 +339,9 @@ def push_review(
     cycle_id: int | None = None,
 ) -> dict[str, int]:
     """Make the review view hold ``suspects`` (best first), writing only what changed: a task is
-    PATCHed when it enters or leaves the view or its rounded suspicion value changes, so one new
-    suspect costs one request, not a rewrite of every flag ranked below it."""
+    PATCHed when it enters or leaves the view, its labels change or its suspicion value moves by
+    :data:`SUSPICION_STEP`, so one new suspect costs one request, not a rewrite of every flag
+    ranked below it, and retraining's small moves cost none."""
     wanted = {s.task_id: s for s in suspects[:max_flags]}
     with store.session() as session:
         active = {
@@ -365,11 +370,7 @@ def push_review(
             counts["unflagged"] += 1
     for rank, (task_id, suspect) in enumerate(wanted.items(), start=1):
         current = active.get(task_id)
-        if (
-            current is not None
-            and current.pushed
-            and suspicion_value(current.score) == suspicion_value(suspect.score)
-        ):
+        if current is not None and current.pushed and not _moved(current, suspect):
             counts["unchanged"] += 1
             continue
         _write_flag(ls, store, project_id, tasks.get(task_id), kind, rank, suspect, cycle_id)
@@ -379,6 +380,20 @@ def push_review(
     shown = review_view_columns(image_key, kind, explain=explain) if image_key else None
     ls.ensure_view(project_id, VIEW_TITLES[kind], filters, ordering, shown=shown)
     return counts
+
+
+def _moved(written: ReviewFlag, suspect: Suspect) -> bool:
+    """Whether a flag in Label Studio must be written again: its given or suggested label
+    changed, or its suspicion value moved by :data:`SUSPICION_STEP` or more from the value
+    written. Smaller moves keep the written value (the view's order among near-equal flags may
+    lag by less than a step), so retraining does not rewrite every flag each cycle."""
+    if (written.annotated_label, written.model_label) != (
+        suspect.annotated_label,
+        suspect.model_label,
+    ):
+        return True
+    change = abs(suspicion_value(written.score) - suspicion_value(suspect.score))
+    return change >= SUSPICION_STEP - 1e-9
 
 
 def _write_unflag(

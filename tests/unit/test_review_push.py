@@ -103,3 +103,36 @@ def test_the_most_suspicious_items_keep_their_order_in_the_written_value() -> No
     assert values[2:4] == [1.0, 2.0]
     assert suspicion_value(0.0) == 0.01  # a flag is never written as 0 (0 = not flagged)
     assert suspicion_value(0.9901) == suspicion_value(0.99)  # a small change needs no PATCH
+
+
+def test_retraining_moves_below_a_step_write_nothing_and_a_new_label_writes(
+    store: Store,
+) -> None:
+    _tasks(store, 10)
+    ls = Recorder(n_tasks=0, n_labeled=0)
+    push = cast(LabelStudioPush, ls)
+    first = [_suspect(100 + i, 0.90 + i / 200) for i in range(10)]
+    push_review(push, store, 7, "label_error", first, max_flags=50)
+    ls.calls.clear()
+    # The next model's evidence moves every value by less than a step: nothing is written.
+    nudged = [_suspect(s.task_id, s.score + 0.004) for s in first]
+    counts = push_review(push, store, 7, "label_error", nudged, max_flags=50)
+    assert counts["flagged"] == 0 and counts["unchanged"] == 10
+    assert not [c for c in ls.calls if c[0] == "update_task_data"]
+    # One flag's evidence grows tenfold (1.0 -> 2.0) and another's suggested label changes.
+    moved = list(nudged)
+    moved[0] = _suspect(100, 0.99)
+    moved[5] = Suspect(105, moved[5].score, "labeled '1'; evidence says '4'", "1", "4", 0.9)
+    counts = push_review(push, store, 7, "label_error", moved, max_flags=50)
+    assert counts["flagged"] == 2 and counts["unchanged"] == 8
+    written = sorted(c[1] for c in ls.calls if c[0] == "update_task_data")
+    assert written == [100, 105]
+    assert ls.task_data[100]["labelloop_label_error_suspicion"] == 2.0
+    assert ls.task_data[105]["labelloop_model"] == "4 (90%)"
+    # Small moves add up: measured from the value written, not from the last cycle's.
+    creeping = [_suspect(101, 0.905 + 0.004 * k) for k in range(1, 8)]
+    writes = 0
+    for suspect in creeping:
+        step = [suspect if s.task_id == 101 else s for s in moved]
+        writes += push_review(push, store, 7, "label_error", step, max_flags=50)["flagged"]
+    assert writes == 1
