@@ -52,9 +52,10 @@ class CycleResult:
 
     model_version: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
-    #: Work that must not delay the cycle (pruning old predictions): run after the record says
-    #: succeeded, still under the lease; its seconds and counts go to the record as "after".
-    after: Callable[[], Mapping[str, int]] | None = None
+    #: Work that must not delay the cycle (the diagnosis, pruning old predictions): run after the
+    #: record says succeeded, still under the lease; its seconds and counts go to the record as
+    #: "after".
+    after: Callable[[], Mapping[str, Any]] | None = None
 
 
 class LeaseLost(RuntimeError):

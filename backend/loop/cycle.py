@@ -12,8 +12,10 @@ record; each stage lives in the module of its name:
   and the adaptive selection, :mod:`backend.loop.selection`;
 - push: the queue, :mod:`backend.loop.queue` (through :mod:`backend.loop.push`), and the review
   flags, :mod:`backend.loop.review`;
-- record: the new model becomes current (:mod:`backend.loop.fit`) and the diagnosis the runtime
-  passes in is written (:class:`~backend.loop.contract.Diagnose`).
+- record: the new model becomes current (:mod:`backend.loop.fit`);
+- after (once the cycle is recorded, off the annotators' critical path): the diagnosis the
+  runtime passes in is written (:class:`~backend.loop.contract.Diagnose`) and old versions'
+  predictions are pruned.
 
 A failure in any stage leaves the previous model serving ``/predict`` and the previous queue live
 in Label Studio: the new model only becomes current in ``record``, and Label Studio only switches
@@ -22,6 +24,7 @@ to the new predictions once they are all imported.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -46,6 +49,8 @@ from backend.model.train import blas_threads
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.project_settings import effective_settings
+
+log = logging.getLogger(__name__)
 
 
 def run_cycle(
@@ -142,17 +147,25 @@ def run_cycle(
             if trained is not None:
                 activate_version(settings, store, project_id, trained.version)
             counts.update(model=int(trained is not None))
-            counts.update(
-                diagnose(settings, store, ls, project_id, snap, result.embeddings, scored, trained)
-            )
     metrics: dict[str, Any] = (
         dict(trained.model.metrics) if trained else {"phase": scored.priority.phase}
     )
     metrics.update(chosen.metrics(selection.audit_accuracy(store, project_id)))
 
-    def prune() -> dict[str, int]:
-        # After the cycle is recorded: the new version serves already, nobody waits on this.
+    def after() -> dict[str, Any]:
+        # After the cycle is recorded: the new model and queue serve already, nobody labeling
+        # waits on the diagnosis (the dashboard's, and its Label Studio views) or the pruning.
+        out: dict[str, Any] = {}
+        try:
+            with blas_threads(settings.model.blas_threads):
+                out["diagnosis"] = diagnose(
+                    settings, store, ls, project_id, snap, result.embeddings, scored, trained
+                )
+        except Exception:  # the next cycle writes the diagnosis again; pruning still runs
+            log.exception("project %d: diagnosis of version %s failed", project_id, version)
+            out["diagnosis"] = {"failed": 1}
         prefix = version_prefix(settings, project_id)
-        return {"deleted_predictions": prune_predictions(ls, project_id, prefix, version)}
+        out["deleted_predictions"] = prune_predictions(ls, project_id, prefix, version)
+        return out
 
-    return CycleResult(model_version=version, metrics=metrics, after=prune)
+    return CycleResult(model_version=version, metrics=metrics, after=after)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -125,7 +125,7 @@ def _execute(store: Store, runner: CycleRunner, ctx: CycleContext, clock: Clock)
     return CycleRun(ctx.cycle_id, "succeeded")
 
 
-def _after(store: Store, ctx: CycleContext, work: Callable[[], Mapping[str, int]]) -> None:
+def _after(store: Store, ctx: CycleContext, work: Callable[[], Mapping[str, Any]]) -> None:
     started = time.perf_counter()
     try:
         counts = dict(work())

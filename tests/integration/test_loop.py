@@ -70,7 +70,7 @@ def test_cold_start_cycle_steers_label_all_tasks(loop: Loop) -> None:
         "score",
         "push",
         "record",
-        "after",  # pruning old versions, once the cycle is recorded
+        "after",  # the diagnosis and pruning old versions, once the cycle is recorded
     }
     assert loop.ls.get_project(loop.project)["model_version"] == record["model_version"]
     expected = _queue_order(loop)[:10]
