@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import psutil
 
 # Benchmarks run as scripts (python benchmarks/bench_X.py): make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,3 +50,22 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, tit
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def process_cpu_s(process: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU seconds of a process and its children so far (gunicorn's workers)."""
+    if process is None:
+        return 0.0
+    try:
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for member in tree:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

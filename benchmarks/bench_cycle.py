@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import subprocess
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,13 @@ from typing import Any
 import numpy as np
 import requests
 import torch
-from _common import machine
+from _common import machine, process_cpu_s
 from PIL import Image
 
 from backend.cli.demo import DEMO_CONFIG
 from backend.cli.lsprocess import start_label_studio
 from backend.labelstudio.client import LabelStudio
+from backend.labelstudio.images import ImageResolver
 from backend.logs import quiet_third_party
 from backend.runtime.lease import run_cycle_once
 from backend.runtime.runner import make_runner
@@ -59,6 +62,8 @@ def counting_requests() -> Iterator[Counter[str]]:
     def send(self: requests.Session, request: requests.PreparedRequest, **kw: Any) -> Any:
         path = (request.path_url or "").split("?")[0]
         REQUESTS["images" if path.startswith("/data/") else "api"] += 1
+        if request.method == "PATCH" and path.startswith("/api/tasks/"):
+            REQUESTS["task_writes"] += 1  # one task's data rewritten (review and diagnosis views)
         return original(self, request, **kw)
 
     requests.Session.send = send  # type: ignore[method-assign]
@@ -144,6 +149,24 @@ def _import_project(ls: LabelStudio, root: Path, n: int, labeled: float) -> tupl
     return project, ids
 
 
+def _serve_only(
+    settings: Settings, refs: list[str], server: subprocess.Popen[bytes]
+) -> tuple[float, float]:
+    """Label Studio serving the images alone, fetched as a cold cycle fetches them (the same
+    resolver, ``images.fetch_workers`` at a time): images per second, and Label Studio's CPU
+    milliseconds per image (what its share of 2 cores caps featurization at)."""
+    cpu = process_cpu_s(server)
+    t0 = time.perf_counter()
+    with (
+        ImageResolver(settings.label_studio, settings.images) as images,
+        ThreadPoolExecutor(settings.images.fetch_workers) as pool,
+    ):
+        for _ in pool.map(images.fetch, refs):
+            pass
+    seconds = time.perf_counter() - t0
+    return len(refs) / seconds, 1000 * (process_cpu_s(server) - cpu) / len(refs)
+
+
 def _baseline(ls: LabelStudio, project: int, task_ids: list[int]) -> tuple[float, float]:
     """Seconds to import one prediction per task (push all) and to delete them (its pruning)."""
     predictions = [
@@ -163,11 +186,17 @@ def _row(n: int, label: str, record: dict[str, Any], sent: Counter[str]) -> list
     total = sum(timings.get(s, 0.0) for s in STAGES if s != "after")
     pushed = record["counts"].get("push", {}).get("predictions", 0)
     return [f"{n:,}", label, *cells, f"{total:.2f}", str(pushed), str(sent["api"]),
-            str(sent["images"])]  # fmt: skip
+            str(sent["task_writes"]), str(sent["images"])]  # fmt: skip
 
 
 def run_size(
-    url: str, token: str, root: Path, n: int, image_size: int, labeled: float
+    url: str,
+    token: str,
+    root: Path,
+    n: int,
+    image_size: int,
+    labeled: float,
+    server: subprocess.Popen[bytes],
 ) -> list[list[str]]:
     settings = _settings(url, token, root / f"labelloop-{n}", image_size)
     ls = LabelStudio(settings.label_studio)
@@ -188,11 +217,16 @@ def run_size(
     every = max(1, round(1 / labeled))
     unlabeled = [t for i, t in enumerate(ids) if i % every != 0]
     push_all, prune_all = _baseline(ls, project, unlabeled)
+    refs = [t["data"]["image"] for t in ls.iter_tasks(project)]
+    served, cpu_ms = _serve_only(settings, refs, server)
     empty = ["-"] * 4
     rows.append([f"{n:,}", "baseline: push all (LS import)", *empty, f"{push_all:.2f}",
-                 "-", "-", "-", str(len(unlabeled)), "-", "-"])  # fmt: skip
+                 "-", "-", "-", str(len(unlabeled)), "-", "-", "-"])  # fmt: skip
     rows.append([f"{n:,}", "baseline: prune all (LS delete)", *empty, "-", "-",
-                 f"{prune_all:.2f}", "-", "-", "-", "-"])  # fmt: skip
+                 f"{prune_all:.2f}", "-", "-", "-", "-", "-"])  # fmt: skip
+    rows.append([f"{n:,}", f"baseline: LS serves the images ({served:.0f} img/s, "
+                 f"{cpu_ms:.1f} CPU ms each)", "-", f"{len(refs) / served:.2f}", *["-"] * 10,
+                 str(len(refs))])  # fmt: skip
     store.dispose()
     ls.close()
     return rows
@@ -217,7 +251,9 @@ def main() -> None:
             rows = [
                 row
                 for n in sizes
-                for row in run_size(proc.url, proc.token, root, n, args.image_size, args.labeled)
+                for row in run_size(
+                    proc.url, proc.token, root, n, args.image_size, args.labeled, proc.process
+                )
             ]
         finally:
             proc.stop()
@@ -226,7 +262,7 @@ def main() -> None:
         f"(JPEG 640x480), default settings at {args.image_size} px, {args.threads} torch threads, "
         f"{args.labeled:.0%} labeled ({machine()})\n"
     )
-    headers = ["tasks", "cycle", *STAGES, "total", "pushed", "API req", "image req"]
+    headers = ["tasks", "cycle", *STAGES, "total", "pushed", "API req", "task PATCH", "image req"]
     print("| " + " | ".join(headers) + " |")
     print("|" + "|".join("---" for _ in headers) + "|")
     for row in rows:

@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import requests
 import yaml
+from _common import process_cpu_s
 from PIL import Image
 from sqlalchemy.engine import make_url
 
@@ -185,25 +185,6 @@ class Deployment:
     mode: str
     api: subprocess.Popen[bytes]
     scheduler: subprocess.Popen[bytes] | None
-
-
-def process_cpu_s(process: subprocess.Popen[bytes] | None) -> float:
-    """User + system CPU seconds of a process and its children so far (gunicorn's workers)."""
-    if process is None:
-        return 0.0
-    try:
-        root = psutil.Process(process.pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for member in tree:
-        try:
-            times = member.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 @contextmanager
