@@ -251,8 +251,9 @@ def record_diagnosis(
     scored: Scored,
     trained: Trained | None,
 ) -> dict[str, int]:
-    """The cycle's record stage, diagnosis side: compute and save the diagnosis, then bring its
-    Label Studio views up to date; counts for the cycle record (failures counted, not raised)."""
+    """The diagnosis of a recorded cycle (part of its "after" work): compute and save it, then
+    bring its Label Studio views up to date; counts for the cycle record (Label Studio failures
+    counted, not raised)."""
     counts, diagnosis = write_diagnosis(
         settings,
         project_id,

@@ -158,7 +158,7 @@ class Scored:
 
 
 class Diagnose(Protocol):
-    """The record stage's diagnosis, injected: computed from what the cycle produced (the
+    """The diagnosis a cycle writes once recorded, injected: computed from what it produced (the
     :mod:`backend.diagnosis` builds it; the loop never reads it back) and pushed as Label Studio
     views. Returns counts for the cycle record; a failure is counted there, never raised."""
 
