@@ -20,6 +20,8 @@ from backend.diagnosis.schema import ImageQuality, QualityIssue
 from backend.loop.image_stats import STATS
 from backend.settings import ImageQualitySettings
 
+#: Joins one item's issues in words (the image-quality view counts them by it).
+REASON_SEP = "; "
 ISSUES = ("dark", "bright", "blurry", "low_information", "grayscale", "odd_size", "odd_aspect")
 #: Example tasks shown per issue.
 EXAMPLES = 6
@@ -76,7 +78,7 @@ def _describe(issue: str, row: NDArray[np.float64]) -> str:
 def reasons(stats: NDArray[np.float64], masks: NDArray[np.bool_]) -> list[str]:
     """(n,) the issues of each item in words ("" for none)."""
     return [
-        "; ".join(_describe(ISSUES[k], stats[i]) for k in np.flatnonzero(masks[i]))
+        REASON_SEP.join(_describe(ISSUES[k], stats[i]) for k in np.flatnonzero(masks[i]))
         for i in range(len(stats))
     ]
 

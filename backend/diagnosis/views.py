@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
+from backend.diagnosis.quality import ISSUES, REASON_SEP
 from backend.diagnosis.schema import Diagnosis, Duplicates, ImageQuality
 from backend.labelstudio.auth import LabelStudioError
 from backend.store.db import Store
@@ -70,12 +71,14 @@ QUALITY_VIEW = TaskView(
 
 
 def quality_marks(quality: ImageQuality) -> dict[int, tuple[int, str]]:
-    """Task id -> (rank, its issues in words) for every task with an image-quality issue."""
+    """Task id -> (rank, its issues in words) for every task with an image-quality issue.
+
+    The rank is stable: 1 for a task with every issue, one more per issue fewer
+    (``len(ISSUES) + 1 - issues``), ties ordered by task id in the view. A new flagged image
+    then costs one write, not a rewrite of every task ranked below it (a position would shift)."""
     return {
-        task: (rank, reason)
-        for rank, (task, reason) in enumerate(
-            zip(quality.flagged, quality.flagged_reasons, strict=True), start=1
-        )
+        task: (len(ISSUES) + 1 - len(reason.split(REASON_SEP)), reason)
+        for task, reason in zip(quality.flagged, quality.flagged_reasons, strict=True)
     }
 
 
@@ -84,9 +87,14 @@ def _label(value: str | None) -> str:
 
 
 def duplicate_marks(duplicates: Duplicates) -> dict[int, tuple[int, str]]:
-    """Task id -> (group number, sentence) for every task of a group whose labels disagree."""
+    """Task id -> (group key, sentence) for every task of a group whose labels disagree.
+
+    The group key, which the view orders by so a group's tasks stand together, is the group's
+    lowest task id: a group found later does not renumber the others (their tasks are not
+    written again)."""
     marks = {}
     for group in duplicates.conflicting:
+        key = min(group.tasks)
         kind = "same image" if group.kind == "exact" else "near-duplicate"
         for task, label in zip(group.tasks, group.labels, strict=True):
             others = ", ".join(
@@ -94,7 +102,7 @@ def duplicate_marks(duplicates: Duplicates) -> dict[int, tuple[int, str]]:
                 for t, lab in zip(group.tasks, group.labels, strict=True)
                 if t != task
             )
-            marks[task] = (group.id, f"labeled {_label(label)}; {kind} as {others}")
+            marks[task] = (key, f"labeled {_label(label)}; {kind} as {others}")
     return marks
 
 

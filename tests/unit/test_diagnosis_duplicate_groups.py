@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 from backend.diagnosis.duplicate_groups import find_duplicates, near_pairs
-from backend.diagnosis.views import DUPLICATES_VIEW, duplicate_marks, push_view
+from backend.diagnosis.schema import ImageQuality
+from backend.diagnosis.views import (
+    DUPLICATES_VIEW,
+    QUALITY_VIEW,
+    duplicate_marks,
+    push_view,
+    quality_marks,
+)
 from backend.loop import ingest
 from backend.store import repo
 from backend.store.db import Store
@@ -91,7 +98,7 @@ def test_the_view_marks_conflicting_groups_and_writes_only_changes(tmp_path: Pat
     ids = np.arange(1, len(x) + 1, dtype=np.int64)
     found = find_duplicates(ids, x, labels, hashes=hashes, splits=None, threshold=0.95, limit=50)
     marks = duplicate_marks(found)
-    assert marks[4] == (1, "labeled 'cat'; same image as 11 ('dog')")
+    assert marks[4] == (4, "labeled 'cat'; same image as 11 ('dog')")  # keyed by task 4
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store.upgrade()
     with store.session() as session:
@@ -103,11 +110,56 @@ def test_the_view_marks_conflicting_groups_and_writes_only_changes(tmp_path: Pat
     assert counts == {"tasks_marked": 2, "tasks_written": 2}
     assert {t for t, _ in ls.writes} == {4, 11}
     data = dict(ls.writes)[11]
-    assert data["image"] == "/x/11.png" and data["labelloop_duplicate_group"] == 1
+    assert data["image"] == "/x/11.png" and data["labelloop_duplicate_group"] == 4
     assert ls.views[DUPLICATES_VIEW.title][1] == ["tasks:data.labelloop_duplicate_group"]
     again = FakeViews()
     assert push_view(again, store, 1, DUPLICATES_VIEW, marks, max_tasks=50)["tasks_written"] == 0
     cleared = FakeViews()
     assert push_view(cleared, store, 1, DUPLICATES_VIEW, {}, max_tasks=50)["tasks_written"] == 2
     assert all("labelloop_duplicate_group" not in d for _, d in cleared.writes)
+    store.dispose()
+
+
+def _quality(flagged: dict[int, str]) -> ImageQuality:
+    return ImageQuality(
+        n_measured=40,
+        n_flagged=len(flagged),
+        issues=[],
+        flagged=list(flagged),
+        flagged_reasons=list(flagged.values()),
+    )
+
+
+def test_a_new_finding_costs_one_write_not_a_renumbering(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.upgrade()
+    with store.session() as session:
+        project = repo.ensure_project(session, 1)
+        for t in range(1, 41):
+            ingest.upsert_task(session, project, {"id": t, "data": {"image": f"/x/{t}.png"}})
+    dark, blurry = "dark (brightness 0.05)", "blurry (sharpness 0.001)"
+    before = {5: f"{dark}; {blurry}", 9: dark, 12: blurry, 30: dark}
+    marks = quality_marks(_quality(before))
+    assert marks[5][0] < marks[9][0] == marks[12][0]  # more issues first, then by task id
+    push_view(FakeViews(), store, 1, QUALITY_VIEW, marks, max_tasks=50)
+    # A newly imported image with two issues comes second: the others keep their values.
+    after = {5: before[5], 2: f"{dark}; {blurry}", 9: dark, 12: blurry, 30: dark}
+    ls = FakeViews()
+    counts = push_view(ls, store, 1, QUALITY_VIEW, quality_marks(_quality(after)), max_tasks=50)
+    assert counts == {"tasks_marked": 5, "tasks_written": 1}
+    assert [t for t, _ in ls.writes] == [2]
+    # Duplicates: a new conflicting group whose tasks sort first does not renumber the old one.
+    x, hashes = _planted(n=40, d=16)
+    labels: list[str | None] = [None] * len(x)
+    labels[3], labels[10] = "cat", "dog"
+    ids = np.arange(1, len(x) + 1, dtype=np.int64)
+    found = find_duplicates(ids, x, labels, hashes=hashes, splits=None, threshold=0.95, limit=50)
+    push_view(FakeViews(), store, 1, DUPLICATES_VIEW, duplicate_marks(found), max_tasks=50)
+    x[0] = x[1]  # tasks 1 and 2 become copies, labeled apart
+    labels[0], labels[1] = "cat", "dog"
+    again = find_duplicates(ids, x, labels, hashes=hashes, splits=None, threshold=0.95, limit=50)
+    assert len(again.conflicting) == 2
+    ls = FakeViews()
+    push_view(ls, store, 1, DUPLICATES_VIEW, duplicate_marks(again), max_tasks=50)
+    assert sorted(t for t, _ in ls.writes) == [1, 2]
     store.dispose()
