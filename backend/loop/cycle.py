@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,7 @@ def run_cycle(
                 trained,
                 settings.diagnosis.slice_fields,
                 clusters_for if model_phase else None,
+                partial(selection.label_origins, settings, store, project_id),
             )
             scored = score_stage(settings, arrays)
             chosen = select_stage(settings, store, project_id, snap, scored)
