@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
 from backend.diagnosis.record import record_diagnosis
 from backend.labelstudio.client import LabelStudio
 from backend.loop.contract import CycleContext, CycleResult, CycleRunner
@@ -12,14 +16,31 @@ from backend.store.db import Store
 
 
 def make_runner(settings: Settings, store: Store) -> CycleRunner:
-    """The cycle as the scheduler runs it: one Label Studio client per cycle, converted backbones
-    kept from one cycle to the next."""
+    """The cycle as the scheduler runs it: one Label Studio client per cycle, open until the
+    cycle's after work (its diagnosis views, the pruning) is done; converted backbones kept from
+    one cycle to the next."""
     engines = Engines()
 
     def run(ctx: CycleContext, project_id: int) -> CycleResult:
-        with LabelStudio(settings.label_studio) as ls:
-            return run_cycle(
+        ls = LabelStudio(settings.label_studio)
+        try:
+            result = run_cycle(
                 ctx, settings, store, ls, project_id, diagnose=record_diagnosis, engines=engines
             )
+        except BaseException:
+            ls.close()
+            raise
+        work = result.after
+        if work is None:
+            ls.close()
+            return result
+
+        def after() -> Mapping[str, Any]:
+            try:
+                return work()
+            finally:
+                ls.close()
+
+        return replace(result, after=after)
 
     return run

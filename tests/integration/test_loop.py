@@ -73,6 +73,9 @@ def test_cold_start_cycle_steers_label_all_tasks(loop: Loop) -> None:
         "after",  # the diagnosis and pruning old versions, once the cycle is recorded
     }
     assert loop.ls.get_project(loop.project)["model_version"] == record["model_version"]
+    # The diagnosis ran once the cycle was recorded, with the cycle's client still open.
+    diagnosis = record["counts"]["after"]["diagnosis"]
+    assert "failed" not in diagnosis and not any(k.endswith("_view_failed") for k in diagnosis)
     expected = _queue_order(loop)[:10]
     assert loop.label_next(10) == expected  # "Label All Tasks" serves our order
     # The cold start spreads the first labels over the digits instead of one corner of the data.
