@@ -4,14 +4,17 @@ For each size N: write N JPEG images (640x480 digits with noise, distinct bytes)
 under Label Studio's document root, connect it as a Local Files import storage, bulk-import N
 tasks referring to them (``/data/local-files/?d=...``, as users' projects do) with ``--labeled``
 of them annotated inline, then run a cold cycle (empty embedding cache), a warm one, label 20
-tasks through "Label All Tasks" and run another warm one. Per stage: seconds (the cycle record,
-as ``GET /api/projects/<id>/cycles`` shows them; ``after`` is the pruning of old versions, run
-once the cycle is recorded) and the requests the cycle sent to Label Studio: API calls and image
-fetches (``/data/...``), counted on this process's HTTP sessions.
+tasks through "Label All Tasks" (with their true digit) and run another warm one. Per stage:
+seconds (the cycle record, as ``GET /api/projects/<id>/cycles`` shows them; ``after`` is the
+diagnosis and the pruning of old versions, run once the cycle is recorded) and the requests the
+cycle sent to Label Studio: API calls, task PATCHes (review and diagnosis views) and image
+fetches (``/data/...``), counted on this process's HTTP sessions. ``total`` is the cycle until
+recorded, without ``after``.
 
-Baselines from the same run, for the push: Label Studio's bulk import of a prediction for every
-unlabeled task (what "push all" costs each cycle) and the deletion of that version (what its
-pruning costs), beside our top-K push.
+Baselines from the same run: Label Studio's bulk import of a prediction for every unlabeled
+task (what "push all" costs each cycle) and the deletion of that version (what its pruning
+costs), beside our top-K push; and Label Studio serving every image alone, fetched as a cold
+cycle fetches them (its CPU per image caps what featurization can reach on the same machine).
 
     python benchmarks/bench_cycle.py                  # 10,000 tasks
     python benchmarks/bench_cycle.py --quick          # 1,000 tasks
@@ -125,7 +128,10 @@ def _cycle(settings: Settings, store: Store, project: int) -> tuple[dict[str, An
     return record, REQUESTS - before
 
 
-def _import_project(ls: LabelStudio, root: Path, n: int, labeled: float) -> tuple[int, list[int]]:
+def _import_project(
+    ls: LabelStudio, root: Path, n: int, labeled: float
+) -> tuple[int, list[int], list[int]]:
+    """The project, its task ids and each task's digit."""
     folder = root / f"images-{n}"
     digits = _write_images(folder, n)
     project = ls.create_project(f"bench cycle {n}", DEMO_CONFIG)
@@ -146,7 +152,7 @@ def _import_project(ls: LabelStudio, root: Path, n: int, labeled: float) -> tupl
     ids: list[int] = []
     for start in range(0, n, 5000):
         ids.extend(ls.import_tasks(project, tasks[start : start + 5000]))
-    return project, ids
+    return project, ids, digits
 
 
 def _serve_only(
@@ -200,7 +206,8 @@ def run_size(
 ) -> list[list[str]]:
     settings = _settings(url, token, root / f"labelloop-{n}", image_size)
     ls = LabelStudio(settings.label_studio)
-    project, ids = _import_project(ls, root, n, labeled)
+    project, ids, digits = _import_project(ls, root, n, labeled)
+    truth = dict(zip(ids, digits, strict=True))
     store = Store(settings.store.url)
     store.upgrade()
     rows = []
@@ -208,10 +215,10 @@ def run_size(
     rows.append(_row(n, "cold (empty embedding cache)", record, sent))
     record, sent = _cycle(settings, store, project)
     rows.append(_row(n, "warm (nothing changed)", record, sent))
-    for _ in range(20):  # annotators label between two cycles
+    for _ in range(20):  # annotators label what Label All Tasks serves, correctly
         task = ls.next_task(project)
         if task is not None:
-            ls.create_annotation(task["id"], _annotation(0)["result"])
+            ls.create_annotation(task["id"], _annotation(truth[task["id"]])["result"])
     record, sent = _cycle(settings, store, project)
     rows.append(_row(n, "warm (20 new labels)", record, sent))
     every = max(1, round(1 / labeled))
