@@ -25,10 +25,6 @@ IntArray = NDArray[np.int64]
 Kind = Literal["label", "review"]
 
 UNLABELED = -1
-#: ``Pool.origin`` of a label the queue's informative order chose (the hard items).
-CHOSEN = 0
-#: ``Pool.origin`` of a label drawn in random order (audit draws, the random arm).
-RANDOM_ORDER = 1
 #: Row sums of class probabilities may deviate this much from 1 (float32 softmax output).
 PROB_SUM_TOL = 1e-3
 #: Elements per chunk of the row-wise kernels (about 2 MB of float64): temporaries stay in cache.
@@ -50,7 +46,6 @@ INPUTS = frozenset(
         "clusters",
         "targets",
         "slices",
-        "origin",
     }
 )
 
@@ -124,10 +119,6 @@ class Pool:
         targets: (n, C) int64 {0, 1} given labels of a multi-label pool (rows of unlabeled items
             are ignored); required there with ``oos_probs``, for the label-quality review.
         slices: (n,) int64 slice (group) id of each item, -1 for items in no slice.
-        origin: (n,) int64 how each labeled item came to be labeled, :data:`CHOSEN` or
-            :data:`RANDOM_ORDER` (rows of unlabeled items are ignored): the label-quality review
-            holds the chosen labels to the random-order labels' error rate
-            (:func:`strategies.label_quality.random_order_count`).
         multilabel: ``probs`` are independent per-label probabilities.
     """
 
@@ -140,7 +131,6 @@ class Pool:
     clusters: IntArray | None = None
     targets: IntArray | None = None
     slices: IntArray | None = None
-    origin: IntArray | None = None
     multilabel: bool = False
     n_classes: int | None = field(init=False, default=None)
 
@@ -153,10 +143,10 @@ class Pool:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = _as_float(name, value, ndim)
-        for name in ("annotations", "clusters", "targets", "slices", "origin"):
+        for name in ("annotations", "clusters", "targets", "slices"):
             value = getattr(self, name)
             if value is not None:
-                arrays[name] = _as_int(name, value, 2 if name in ("annotations", "targets") else 1)
+                arrays[name] = _as_int(name, value, 1 if name in ("clusters", "slices") else 2)
         n_classes = self._check_shapes(arrays, n)
         _check_classes("labels", labels, None if self.multilabel else n_classes)
         if "annotations" in arrays:
@@ -165,8 +155,6 @@ class Pool:
             raise ValueError("clusters must be >= 0")
         if "slices" in arrays and arrays["slices"].size and arrays["slices"].min() < -1:
             raise ValueError("slices must be >= 0 (or -1 for no slice)")
-        if "origin" in arrays and not np.isin(arrays["origin"], (CHOSEN, RANDOM_ORDER)).all():
-            raise ValueError(f"origin must be {CHOSEN} (chosen) or {RANDOM_ORDER} (random order)")
         for name, array in arrays.items():
             object.__setattr__(self, name, _readonly(array))
         object.__setattr__(self, "n_classes", n_classes)

@@ -15,9 +15,6 @@ posterior over its true class and so ``P(given label is wrong)``. Those probabil
 the noise model's own count: where they add up to more wrong labels than ``T`` implies (hard items
 whose model evidence merely points elsewhere, as when the queue chose the labels for their
 difficulty), their log-odds are shifted down until the two agree (:func:`consistent_error`).
-Where it is known which labels the queue chose and which came in random order (the audit share),
-the chosen ones are held to the random-order ones' error rate instead (:func:`random_order_count`):
-the noise model, fitted on both, counts too many wrong labels among the hard ones.
 
 The decision: an item is flagged when it is more likely wrong than right and the expected share of
 false flags among everything flagged stays under ``max_false_share``. Classes the labels cannot
@@ -33,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import CHOSEN, FloatArray, IntArray, Signal
+from strategies.base import FloatArray, IntArray, Signal
 
 #: Neighbours per labeled item for the kNN vote.
 KNN_K = 10
@@ -278,11 +275,7 @@ def sharpened_posterior(
 
 
 def consistent_error(
-    posterior: FloatArray,
-    given: IntArray,
-    transition: FloatArray,
-    *,
-    expected: float | None = None,
+    posterior: FloatArray, given: IntArray, transition: FloatArray
 ) -> NDArray[np.float64]:
     """(m,) ``P(given label is wrong)``, held to the number of wrong labels the noise model implies.
 
@@ -303,14 +296,11 @@ def consistent_error(
     Args:
         posterior: (m, C) posterior over the true class; given: (m,) the given classes.
         transition: (C, C) the noise matrix ``P(given | true)`` fitted with it.
-        expected: the count to hold to instead of the noise model's (e.g.
-            :func:`random_order_count`).
     """
     rows = np.arange(given.shape[0])
     right = posterior[rows, given]
     wrong = 1.0 - right
-    if expected is None:
-        expected = float((1.0 - np.diag(transition))[given].sum())
+    expected = float((1.0 - np.diag(transition))[given].sum())
     if wrong.sum() <= expected:
         return np.asarray(wrong, dtype=np.float64)
     others = np.where(np.eye(posterior.shape[1], dtype=bool)[given], 0.0, posterior).sum(axis=1)
@@ -327,53 +317,6 @@ def consistent_error(
     if 0 < accused < ranked.shape[0] and ranked[accused - 1] > ranked[accused]:
         high = min(high, max(0.0, float(ranked[accused])))
     return _sigmoid(log_odds - high)
-
-
-def random_order_count(
-    wrong: FloatArray, given: IntArray, transition: FloatArray, chosen: NDArray[np.bool_]
-) -> float:
-    """How many of the labels the queue chose are wrong, by the error rate of the random-order ones.
-
-    The noise model is fitted on every label, and among the hard items the queue chose the
-    evidence points away from many correct labels, so it counts more wrong labels there than
-    annotators make (``labelloop simulate`` on digits in queue order, 3 seeds, summed over the
-    cycles at 100-200 labels: 186 expected where 131 were planted; 27.5 for 31 among the
-    random-order ones). Annotators err as often on
-    either (their rate is theirs, not the queue's), and the random-order labels measure it
-    without that bias: their summed suspicion over their number, shrunk towards the noise
-    model's rate over every label by as many pseudo-labels as :data:`NOISE_PRIOR` holds (a
-    handful of audit labels moves it little). Never more than the noise model's own count.
-
-    Args:
-        wrong: (m,) ``P(wrong)`` of every labeled item (:func:`consistent_error`).
-        given: (m,) the given classes; transition: (C, C) the noise matrix.
-        chosen: (m,) True for labels the queue chose, False for random-order ones.
-    """
-    rates = (1.0 - np.diag(transition))[given]
-    pseudo = float(sum(NOISE_PRIOR))
-    rate = (float(wrong[~chosen].sum()) + pseudo * float(rates.mean())) / (
-        float((~chosen).sum()) + pseudo
-    )
-    return min(float(rates[chosen].sum()), rate * float(chosen.sum()))
-
-
-def _chosen_held(
-    posterior: FloatArray,
-    given: IntArray,
-    transition: FloatArray,
-    wrong: NDArray[np.float64],
-    chosen: NDArray[np.bool_],
-) -> NDArray[np.float64]:
-    """``wrong`` with the chosen labels also held to :func:`random_order_count` (both holds
-    shift the posterior's log-odds down, so the larger shift keeps both counts and the order);
-    unchanged unless there are chosen and random-order labels."""
-    if not chosen.any() or chosen.all():
-        return wrong
-    count = random_order_count(wrong, given, transition, chosen)
-    held = consistent_error(posterior[chosen], given[chosen], transition, expected=count)
-    out = wrong.copy()
-    out[chosen] = np.minimum(wrong[chosen], held)
-    return out
 
 
 def _sigmoid(z: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -424,7 +367,7 @@ def label_quality(
     *,
     embeddings: FloatArray | None = None,
     extra: list[FloatArray] | None = None,
-    origin: IntArray | None = None,
+    strata: IntArray | None = None,
     gate: Gate | None = None,
 ) -> LabelQuality:
     """Calibrated suspicion of every labeled item and which ones to flag.
@@ -434,9 +377,10 @@ def label_quality(
         oos_probs: (n, C) out-of-sample probabilities (rows of labeled items are used).
         embeddings: (n, d) feature vectors for the neighbours' vote; None = model only.
         extra: more (n, C) out-of-sample sources (e.g. out-of-bag committee votes).
-        origin: (n,) how each item came to be labeled, :data:`~strategies.base.CHOSEN` by the
-            queue or in :data:`~strategies.base.RANDOM_ORDER`: the chosen labels' suspicion is
-            held to the error rate of the random-order ones (:func:`random_order_count`).
+        strata: (n,) how each item came to be labeled (e.g. 0 = chosen by the queue, 1 = random
+            audit): pooling weights and the noise model are fitted per stratum with at least 30
+            labeled items, since items the queue chose are harder and the model disagrees with
+            their correct labels more often.
         gate: decision settings.
 
     Returns:
@@ -452,13 +396,19 @@ def label_quality(
     if embeddings is not None:
         sources.append(knn_label_probs(embeddings, labels, n_classes)[rows])
     sources += [np.asarray(s)[rows] for s in extra or []]
-    pooled, weights = pool_evidence(sources, given)
-    posterior, _, transition = sharpened_posterior(pooled, given)
-    wrong = consistent_error(posterior, given, transition)
-    if origin is not None:
-        wrong = _chosen_held(posterior, given, transition, wrong, origin[rows] == CHOSEN)
-    soft = noise_posterior(pooled, given)[0]
-    plain = 1.0 - soft[np.arange(rows.shape[0]), given]  # unsharpened: the bar for unjudged classes
+    pooled = np.empty((rows.shape[0], n_classes))
+    posterior = np.empty((rows.shape[0], n_classes))
+    wrong = np.empty(rows.shape[0])
+    plain = np.empty(rows.shape[0])  # unsharpened: the bar for classes not judged
+    weights: tuple[float, ...] = ()
+    for members in _strata_rows(strata[rows] if strata is not None else None, rows.shape[0]):
+        part, weights = pool_evidence([s[members] for s in sources], given[members])
+        pooled[members] = part
+        sharp, _, transition = sharpened_posterior(part, given[members])
+        posterior[members] = sharp
+        wrong[members] = consistent_error(sharp, given[members], transition)
+        soft = noise_posterior(part, given[members])[0]
+        plain[members] = 1.0 - soft[np.arange(members.shape[0]), given[members]]
     p_error = np.zeros(n)
     suggested = np.full(n, -1, dtype=np.int64)
     if rows.shape[0]:
@@ -511,12 +461,22 @@ def _nothing_labeled(n: int, n_classes: int, gate: Gate) -> LabelQuality:
     )
 
 
+def _strata_rows(strata: IntArray | None, m: int) -> list[IntArray]:
+    if strata is None:
+        return [np.arange(m)]
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    small = [g for g in groups if g.shape[0] < 30]
+    out = [g for g in groups if g.shape[0] >= 30]
+    if small:
+        out.append(np.concatenate(small))
+    return out
+
+
 def suspicion_scores(
     labels: IntArray,
     oos_probs: FloatArray,
     embeddings: FloatArray | None = None,
     targets: IntArray | None = None,
-    origin: IntArray | None = None,
 ) -> NDArray[np.float64]:
     """(n,) probability the given label is wrong where flagged (> 0.5), half of it elsewhere, so
     the order is the suspicion's and the alarm at 0.5 is the decision (default :class:`Gate`).
@@ -526,12 +486,11 @@ def suspicion_scores(
         oos_probs: (n, C) out-of-sample probabilities.
         embeddings: (n, d) for the neighbours' evidence; None = the model's alone.
         targets: (n, C) 0/1 given labels of a multi-label pool (:func:`multilabel_quality`).
-        origin: (n,) chosen by the queue or in random order (:func:`label_quality`).
     """
     if targets is not None:
         quality = multilabel_quality(labels >= 0, targets, oos_probs, embeddings=embeddings)
     else:
-        quality = label_quality(labels, oos_probs, embeddings=embeddings, origin=origin)
+        quality = label_quality(labels, oos_probs, embeddings=embeddings)
     return np.where(quality.flagged, quality.p_error, 0.5 * quality.p_error)
 
 

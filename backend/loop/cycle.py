@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -126,7 +125,6 @@ def run_cycle(
                 trained,
                 settings.diagnosis.slice_fields,
                 clusters_for if model_phase else None,
-                partial(selection.label_origins, settings, store, project_id),
             )
             scored = score_stage(settings, arrays)
             chosen = select_stage(settings, store, project_id, snap, scored)

@@ -65,11 +65,7 @@ def decide(settings: Settings, pool: Pool) -> LabelQuality | None:
             gate=gate_of(settings),
         )
     return label_quality(
-        pool.labels,
-        pool.oos_probs,
-        embeddings=pool.embeddings,
-        origin=pool.origin,
-        gate=gate_of(settings),
+        pool.labels, pool.oos_probs, embeddings=pool.embeddings, gate=gate_of(settings)
     )
 
 

@@ -36,8 +36,6 @@ def _annotator_matrix(snap: Snapshot, task_ids: NDArray[np.int64]) -> NDArray[np
 
 
 ClustersFor = Callable[[NDArray[np.int64], NDArray[np.floating[Any]]], NDArray[np.int64]]
-#: ``origin_of(task_ids, labeled)``: (n,) how each labeled task's label came (``Pool.origin``).
-OriginOf = Callable[[NDArray[np.int64], NDArray[np.bool_]], NDArray[np.int64]]
 
 
 def build_pool(
@@ -46,7 +44,6 @@ def build_pool(
     trained: Trained | None,
     slice_fields: Sequence[str] | None = None,
     clusters_for: ClustersFor | None = None,
-    origin_of: OriginOf | None = None,
 ) -> tuple[NDArray[np.int64], Pool, NDArray[np.float64] | None]:
     """Arrays for the strategies, in ascending task id order (tasks without embeddings left out).
 
@@ -54,9 +51,6 @@ def build_pool(
     low-cardinality fields, see :mod:`backend.loop.task_fields`).
     ``clusters_for(task_ids, embeddings)``: the pool's clusters once a model exists (the cycle
     reuses stored ones, :mod:`backend.loop.clusters`); None lets the strategies run k-means.
-    ``origin_of(task_ids, labeled)``: how each label came, for the review once a model exists
-    (the cycle reads the recorded picks, :func:`backend.loop.selection.label_origins`); None
-    judges every label alike.
     """
     task_ids = np.array(sorted(embeddings), dtype=np.int64)
     index = {int(t): i for i, t in enumerate(task_ids)}
@@ -86,7 +80,6 @@ def build_pool(
         clusters=clusters_for(task_ids, x) if clusters_for and probs is not None else None,
         targets=tags if snap.cfg.multiple and oos is not None else None,
         slices=_slices(snap, task_ids, slice_fields),
-        origin=origin_of(task_ids, labels >= 0) if origin_of and oos is not None else None,
         multilabel=snap.cfg.multiple,
     )
     return task_ids, pool, probs

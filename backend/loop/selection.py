@@ -43,13 +43,10 @@ from strategies.bandit import (
     judge_push,
     proxy_features,
 )
-from strategies.base import CHOSEN, RANDOM_ORDER
 from strategies.combine import Priority
 
 #: The audit estimate uses the newest this many audit labels (older models weigh less then).
 AUDIT_WINDOW = 200
-#: Arms whose picks are in random order: the audit draws and the bandit's reference arm.
-RANDOM_ARMS = frozenset({AUDIT, "random"})
 
 
 @dataclass(frozen=True)
@@ -133,44 +130,6 @@ def resolve(store: Store, project_id: int, labels: Mapping[int, str]) -> list[Se
         session.flush()
         session.expunge_all()
     return done
-
-
-def label_origins(
-    settings: Settings,
-    store: Store,
-    project_id: int,
-    task_ids: NDArray[np.int64],
-    labeled: NDArray[np.bool_],
-) -> NDArray[np.int64]:
-    """(n,) :data:`~strategies.base.CHOSEN` or :data:`~strategies.base.RANDOM_ORDER` for each
-    pool task: how its label came, by the newest pick of the task that was or is being
-    resolved as labeled (``pending`` picks of labeled tasks are the ones this cycle's
-    :func:`resolve` marks; the pool is built before it runs).
-
-    Random order: audit draws, the ``random`` arm, and the configured combination when it is
-    random alone (a fixed ``random`` selection). A labeled task no recorded pick led to
-    (imported labels, labels given before the first push or outside the queue) counts as random
-    order too: no informative arm chose it, so it is not among the hard items the queue picks.
-    The combination's weights are today's, not those at the pick (rarely changed).
-    """
-    random_combined = {s for s, w in settings.strategy.weights.items() if w > 0} <= {"random"}
-    random_arms = RANDOM_ARMS | ({"combined"} if random_combined else set())
-    with store.session() as session:
-        picks = session.execute(
-            select(SelectionPick.task_id, SelectionPick.arm)
-            .where(
-                SelectionPick.project_id == project_id,
-                SelectionPick.state.in_(("labeled", "pending")),
-            )
-            .order_by(SelectionPick.id)
-        ).all()
-    arm_of = {int(task): arm for task, arm in picks}  # the newest pick of a task wins
-    origin = np.full(task_ids.shape[0], RANDOM_ORDER, dtype=np.int64)
-    for row in np.flatnonzero(labeled):
-        arm = arm_of.get(int(task_ids[row]))
-        if arm is not None and arm not in random_arms:
-            origin[row] = CHOSEN
-    return origin
 
 
 def audit_accuracy(
@@ -367,7 +326,6 @@ __all__ = [
     "ARMS",
     "Plan",
     "audit_accuracy",
-    "label_origins",
     "plan",
     "record",
     "record_picks",

@@ -26,7 +26,6 @@ import logging
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -42,7 +41,7 @@ from backend.loop.push import QueueItem
 from backend.loop.queue import queue_items
 from backend.loop.review import suspects
 from backend.loop.score import build_pool, score_stage
-from backend.loop.selection import label_origins, record_picks, select_stage
+from backend.loop.selection import record_picks, select_stage
 from backend.loop.targets import NotEnoughLabels, consensus_targets
 from backend.settings import Settings, StrategySettings
 from backend.simulate.sets import GENERATED, digit_images, generate
@@ -411,10 +410,8 @@ def run_curve(
     batch_size = settings.strategy.batch_size
     labeled: dict[int, int] = {}
     snap, trained, points = _snapshot(problem, labeled), None, []
-    origin_of = partial(label_origins, settings, store, project_id)
     for round_ in range(1, budget + 2):
-        pool = build_pool(snap, problem.embeddings, trained, origin_of=origin_of)
-        scored = score_stage(settings, pool)
+        scored = score_stage(settings, build_pool(snap, problem.embeddings, trained))
         chosen = select_stage(settings, store, project_id, snap, scored)
         scored = replace(scored, priority=chosen.priority)
         if labeled:

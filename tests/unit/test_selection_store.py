@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from backend.loop import selection
-from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.models import SelectionPick
-from strategies.base import CHOSEN, RANDOM_ORDER
 
 
 def _states(store: Store) -> dict[int, str]:
@@ -31,31 +27,6 @@ def test_picks_resolve_when_labels_arrive_and_expire_when_not(store: Store) -> N
     assert states[15] == "expired"  # not labeled while push 1 was live
     assert states[11] == "labeled"
     assert selection.audit_accuracy(store, 8) is None  # per project
-
-
-def test_a_label_takes_the_origin_of_the_pick_that_led_to_it(
-    store: Store, settings: Settings
-) -> None:
-    arms = ("audit", "margin", "random", "combined", "typiclust")
-    selection.record(store, 7, 1, "v1", [11, 12, 13, 14, 15], arms, [None] * 5)
-    task_ids = np.array([10, 11, 12, 13, 14, 15, 16], dtype=np.int64)
-    labeled = np.array([True, True, True, True, True, False, False])
-    R, C = RANDOM_ORDER, CHOSEN
-    # Still pending: the pool is built before this cycle's resolve marks them labeled. Task 10
-    # has no pick (an imported label); the default weights (margin, coverage) are informative.
-    origin = selection.label_origins(settings, store, 7, task_ids, labeled)
-    assert origin.tolist() == [R, R, C, R, C, R, R]
-    strategy = settings.strategy.model_copy(update={"weights": {"random": 1.0}})
-    fixed_random = settings.model_copy(update={"strategy": strategy})
-    origin = selection.label_origins(fixed_random, store, 7, task_ids, labeled)
-    assert origin.tolist() == [R, R, C, R, R, R, R]  # the combination is random order alone
-    selection.resolve(store, 7, {t: "cat" for t in range(10, 15)})
-    selection.record(store, 7, 2, "v2", [16], ("entropy",), [None])  # 15 expires unlabeled
-    everything = np.ones(7, dtype=bool)
-    origin = selection.label_origins(settings, store, 7, task_ids, everything)
-    # 15 was labeled outside any live pick; resolved picks keep their arm
-    assert origin.tolist() == [R, R, C, R, C, R, C]
-    assert selection.label_origins(settings, store, 8, task_ids, everything).tolist() == [R] * 7
 
 
 def test_strategy_show_lines_name_trusted_arms_and_both_accuracies() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.base import CHOSEN
 from strategies.label_quality import (
     Gate,
     consistent_error,
@@ -14,9 +13,7 @@ from strategies.label_quality import (
     label_quality,
     mixture_posterior,
     noise_posterior,
-    random_order_count,
 )
-from tests.unit.strategies.conftest import queue_and_audit
 
 
 def _blobs(n_per: int, n_classes: int, rng: np.random.Generator, spread: float = 0.35):
@@ -182,40 +179,14 @@ def test_overwhelming_evidence_passes_the_gate() -> None:
     assert np.flatnonzero(quality.flagged).tolist() == [0]  # ... but this one is overwhelming
 
 
-def test_chosen_labels_are_held_to_the_random_order_error_rate() -> None:
-    transition = np.array([[0.9, 0.1], [0.1, 0.9]])  # the noise model expects 10 % wrong
-    given = np.zeros(20, dtype=np.int64)
-    chosen = np.arange(20) >= 4  # 4 random-order labels, 16 chosen
-    wrong = np.zeros(20)
-    # none of the 4 random-order labels looks wrong: (0 + 20 * 0.1) / (4 + 20) of 16
-    assert random_order_count(wrong, given, transition, chosen) == pytest.approx(16 / 12)
-    wrong[:4] = 1.0  # all of them: 25 %, but never above the noise model's 1.6
-    assert random_order_count(wrong, given, transition, chosen) == pytest.approx(1.6)
-
-
-def test_knowing_the_random_order_labels_accuses_fewer_hard_correct_ones() -> None:
-    """The same pools judged with and without the labels' origin (6 draws): 4 correct hard
-    labels flagged instead of 11, for 70 of the 96 planted ones instead of 75."""
-    accused = {"alike": 0, "origin": 0}
-    hits = {"alike": 0, "origin": 0}
-    for seed in range(6):
-        arrays, planted = queue_and_audit(seed)
-        labels, probs, x = arrays["labels"], arrays["oos_probs"], arrays["embeddings"]
-        correct = np.setdiff1d(np.flatnonzero(labels >= 0), planted)
-        for name, given in (("alike", None), ("origin", arrays["origin"])):
-            quality = label_quality(labels, probs, embeddings=x, origin=given)
-            accused[name] += int(quality.flagged[correct].sum())
-            hits[name] += int(quality.flagged[planted].sum())
-    assert accused["alike"] >= 10 and accused["origin"] <= accused["alike"] // 2
-    assert hits["origin"] >= 0.7 * 96
-
-
-def test_an_origin_without_random_order_labels_changes_nothing() -> None:
-    arrays, _ = queue_and_audit(0)
-    labels, probs, x = arrays["labels"], arrays["oos_probs"], arrays["embeddings"]
-    a = label_quality(labels, probs, embeddings=x, origin=np.full_like(labels, CHOSEN))
-    b = label_quality(labels, probs, embeddings=x)
-    np.testing.assert_array_equal(a.p_error, b.p_error)
+def test_strata_fit_their_own_calibration() -> None:
+    rng = np.random.default_rng(3)
+    x, y = _blobs(40, 3, rng)
+    probs = _softmax_probs(x, y, 3)
+    strata = np.arange(len(y)) % 2
+    a = label_quality(y, probs, embeddings=x, strata=strata)
+    b = label_quality(y, probs, embeddings=x)
+    assert a.p_error.shape == b.p_error.shape and not a.flagged.any()
 
 
 def test_multilabel_flags_the_wrong_tag_and_names_it() -> None:
