@@ -98,7 +98,7 @@ def test_label_all_tasks_keeps_our_order_past_k(
 
     second = cycle()  # a model now; the first version is pruned after the record
     assert not second["model_version"].endswith("-cold")
-    assert second["counts"]["after"] == {"deleted_predictions": before}
+    assert second["counts"]["after"]["deleted_predictions"] == before
     assert ls.model_versions(project) == {second["model_version"]: TOP_K}
     head = load_state(settings, project)
     assert head is not None and head.version == second["model_version"]
