@@ -91,6 +91,17 @@ class FakeViews:
         return 1
 
 
+def _store_with_tasks(tmp_path: Path) -> Store:
+    """A store holding project 1 with tasks 1..40 (image ``/x/<id>.png``)."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.upgrade()
+    with store.session() as session:
+        project = repo.ensure_project(session, 1)
+        for t in range(1, 41):
+            ingest.upsert_task(session, project, {"id": t, "data": {"image": f"/x/{t}.png"}})
+    return store
+
+
 def test_the_view_marks_conflicting_groups_and_writes_only_changes(tmp_path: Path) -> None:
     x, hashes = _planted(n=40, d=16)
     labels: list[str | None] = [None] * len(x)
@@ -99,12 +110,7 @@ def test_the_view_marks_conflicting_groups_and_writes_only_changes(tmp_path: Pat
     found = find_duplicates(ids, x, labels, hashes=hashes, splits=None, threshold=0.95, limit=50)
     marks = duplicate_marks(found)
     assert marks[4] == (4, "labeled 'cat'; same image as 11 ('dog')")  # keyed by task 4
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.upgrade()
-    with store.session() as session:
-        project = repo.ensure_project(session, 1)
-        for t in range(1, 41):
-            ingest.upsert_task(session, project, {"id": t, "data": {"image": f"/x/{t}.png"}})
+    store = _store_with_tasks(tmp_path)
     ls = FakeViews()
     counts = push_view(ls, store, 1, DUPLICATES_VIEW, marks, max_tasks=50)
     assert counts == {"tasks_marked": 2, "tasks_written": 2}
@@ -131,12 +137,7 @@ def _quality(flagged: dict[int, str]) -> ImageQuality:
 
 
 def test_a_new_finding_costs_one_write_not_a_renumbering(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    store.upgrade()
-    with store.session() as session:
-        project = repo.ensure_project(session, 1)
-        for t in range(1, 41):
-            ingest.upsert_task(session, project, {"id": t, "data": {"image": f"/x/{t}.png"}})
+    store = _store_with_tasks(tmp_path)
     dark, blurry = "dark (brightness 0.05)", "blurry (sharpness 0.001)"
     before = {5: f"{dark}; {blurry}", 9: dark, 12: blurry, 30: dark}
     marks = quality_marks(_quality(before))
