@@ -118,6 +118,12 @@ class FakeLabelStudio:
     ) -> Iterator[dict[str, Any]]:
         yield from self._tasks()
 
+    def iter_task_stamps(
+        self, project: int, *, updated_since: datetime | None = None
+    ) -> Iterator[tuple[int, str | None]]:
+        for task in self._tasks():
+            yield int(task["id"]), task.get("updated_at")
+
     def image_resolver(self, images: ImageSettings) -> _Resolver:
         return _Resolver({f"img://{i}": png(i, i % 3) for i in range(self.n_tasks)})
 

@@ -5,7 +5,7 @@ Webhooks are the fast path but Label Studio never retries them, so every cycle (
 in large pages, upsert what changed and tombstone what Label Studio no longer has, including
 annotations deleted while the backend was down. A cycle lists every task only every
 ``loop.full_sync_every_s`` (:func:`full_sync_due`); in between it lists the tasks whose
-``updated_at`` moved since the last sync.
+``updated_at`` moved since the last sync (:func:`_changed_since`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from backend.store.models import Annotation, Project, Task, utcnow
 
 log = logging.getLogger(__name__)
 CHUNK = 1000
-#: An incremental sync lists from this much before the newest ``updated_at`` the last sync saw, so
+#: An incremental sync looks this far back before the newest ``updated_at`` the last sync saw, so
 #: changes committed while that sync was listing are not skipped.
 OVERLAP = timedelta(minutes=2)
+#: Just before a stamp, for a "strictly later" filter that keeps the stamp itself.
+TICK = timedelta(microseconds=1)
 
 
 class TaskSource(Protocol):
@@ -45,6 +47,10 @@ class TaskSource(Protocol):
     def iter_tasks(
         self, project: int, *, updated_since: datetime | None = None
     ) -> Iterator[dict[str, Any]]: ...
+
+    def iter_task_stamps(
+        self, project: int, *, updated_since: datetime | None = None
+    ) -> Iterator[tuple[int, str | None]]: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,8 @@ class SyncReport:
     events_applied: int
     seconds: float
     incremental: bool = False
+    #: Tasks of the overlap window whose stamps alone were listed (incremental only).
+    probed: int = 0
 
     def summary(self) -> str:
         return (
@@ -67,7 +75,7 @@ class SyncReport:
             f"Label Studio; tasks {dict(self.tasks_changed)}, annotations "
             f"{dict(self.annotations_changed)}; deleted {self.tasks_deleted} tasks and "
             f"{self.annotations_deleted} annotations; {self.events_applied} inbox events applied; "
-            f"{self.seconds:.2f} s"
+            f"{self.probed} stamps checked; {self.seconds:.2f} s"
         )
 
 
@@ -138,6 +146,36 @@ def _tombstone(
     return len(task_ids), repo.delete_annotations(session, ann_ids, at=started)
 
 
+def _changed_since(
+    store: Store, ls: TaskSource, project_id: int, cursor: datetime
+) -> tuple[datetime | None, datetime, int]:
+    """Where an incremental sync lists full tasks from, the newest stamp seen, and how many stamps.
+
+    Only the tasks' ``(id, updated_at)`` are listed over :data:`OVERLAP` before ``cursor``: a
+    task of that window whose stamp equals the stored one is already in the store (right after a
+    bulk import, that is every imported task, which a full listing would send again). Full tasks
+    are listed from the oldest stamp that differs; None when none does.
+    """
+    window = cursor - OVERLAP
+    stamps = {i: repo.parse_ts(u) for i, u in ls.iter_task_stamps(project_id, updated_since=window)}
+    with store.session() as session:
+        rows = session.execute(
+            select(Task.id, Task.ls_updated_at).where(
+                Task.project_id == project_id,
+                Task.deleted.is_(False),
+                Task.ls_updated_at > window,
+            )
+        )
+        stored = {task_id: stamp for task_id, stamp in rows}
+    changed = [u for i, u in stamps.items() if u is None or stored.get(i) != u]
+    newest = max([cursor, *(u for u in stamps.values() if u is not None)])
+    if not changed:
+        return None, newest, len(stamps)
+    if any(u is None for u in changed):
+        return window, newest, len(stamps)
+    return min(u for u in changed if u is not None) - TICK, newest, len(stamps)
+
+
 def reconcile(
     store: Store, ls: TaskSource, project_id: int, *, incremental: bool = False
 ) -> SyncReport:
@@ -148,8 +186,9 @@ def reconcile(
         ls: the Label Studio client.
         project_id: the Label Studio project.
         incremental: list only tasks changed since the newest task ``updated_at`` the last sync
-            saw (Label Studio's clock, never ours; minus :data:`OVERLAP`); falls back to a full
-            pass when the project was never synced. Deleted tasks are only found by a full pass.
+            saw (Label Studio's clock, never ours; the :data:`OVERLAP` before it by their stamps
+            alone, see :func:`_changed_since`); falls back to a full pass when the project was
+            never synced. Deleted tasks are only found by a full pass.
     """
     t0, started = time.perf_counter(), utcnow()
     applied = apply_pending(store, project_id=project_id).total
@@ -157,24 +196,31 @@ def reconcile(
     with store.session() as session:
         project = repo.ensure_project(session, project_id)
         cursor = project.ls_synced_until
-        since = cursor - OVERLAP if incremental and cursor is not None else None
         project.title = info.get("title") or project.title
         if isinstance(info.get("label_config"), str):
             ingest.set_label_config(session, project, info["label_config"])
     seen: tuple[set[int], set[int]] = (set(), set())
     changes: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
-    newest = cursor if since is not None else None
-    for chunk in _chunks(ls.iter_tasks(project_id, updated_since=since), CHUNK):
+    full, newest, probed = True, None, 0
+    listing: Iterable[dict[str, Any]] = ()
+    if incremental and cursor is not None:
+        full = False
+        since, newest, probed = _changed_since(store, ls, project_id, cursor)
+        if since is not None:
+            listing = ls.iter_tasks(project_id, updated_since=since)
+    else:
+        listing = ls.iter_tasks(project_id)
+    for chunk in _chunks(listing, CHUNK):
         with store.session() as session:
             project = repo.ensure_project(session, project_id)
             _sync_chunk(session, project, chunk, seen, changes)
         stamps = [s for s in (repo.parse_ts(t.get("updated_at")) for t in chunk) if s is not None]
         newest = max([*stamps, *([newest] if newest is not None else [])], default=None)
     with store.session() as session:
-        deleted = _tombstone(session, project_id, seen, started, full=since is None)
+        deleted = _tombstone(session, project_id, seen, started, full=full)
         project = repo.ensure_project(session, project_id)
         project.last_synced_at, project.ls_synced_until = utcnow(), newest
-        if since is None:
+        if full:
             project.last_full_sync_at = started
     report = SyncReport(
         project_id=project_id,
@@ -186,7 +232,8 @@ def reconcile(
         annotations_deleted=deleted[1],
         events_applied=applied,
         seconds=time.perf_counter() - t0,
-        incremental=since is not None,
+        incremental=not full,
+        probed=probed,
     )
     log.info("reconciled %s", report.summary())
     return report

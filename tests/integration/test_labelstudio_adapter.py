@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,10 @@ from backend.labelstudio.convert import (
     task_image_ref,
 )
 from backend.labelstudio.images import ImageError, ImageResolver
+from backend.loop.sync import reconcile
 from backend.settings import ImageSettings, LabelStudioSettings
+from backend.store import repo
+from backend.store.db import Store
 from tests.conftest import SINGLE_CONFIG
 from tests.integration.lsserver import LabelStudioServer, PersonalTokenTaken
 
@@ -124,6 +128,35 @@ def test_annotations_show_up_in_listing_and_incremental_listing(
     ls.delete_annotation(created["id"])
     [emptied] = ls.iter_tasks(project_id, updated_since=mark)
     assert (emptied["id"], emptied["annotations"]) == (ids[0], [])
+
+
+def test_incremental_reconcile_after_import_checks_stamps_and_lists_only_what_changed(
+    ls: LabelStudio,
+    project: tuple[int, list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("backend.labelstudio.client.STAMP_PAGE", 2)  # five tasks, three pages
+    project_id, ids = project
+    stamps = dict(ls.iter_task_stamps(project_id))
+    assert sorted(stamps) == sorted(ids)
+    listed = {t["id"]: t["updated_at"] for t in ls.iter_tasks(project_id)}
+    assert stamps == listed  # the same stamps, character for character
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.upgrade()
+    try:
+        reconcile(store, ls, project_id)
+        # Right after the upload every task lies inside the overlap: stamps only, nothing listed.
+        quiet = reconcile(store, ls, project_id, incremental=True)
+        assert (quiet.incremental, quiet.probed, quiet.tasks) == (True, 5, 0)
+        created = ls.create_annotation(ids[3], result("cat"))
+        labeled = reconcile(store, ls, project_id, incremental=True)
+        assert labeled.tasks == 1 and labeled.annotations == 1
+        with store.session() as session:
+            [annotation] = repo.live_annotations(session, project_id)
+        assert (annotation.id, annotation.task_id) == (created["id"], ids[3])
+    finally:
+        store.dispose()
 
 
 def test_skipped_task_is_an_annotation_without_labels(

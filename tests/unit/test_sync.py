@@ -14,7 +14,7 @@ import pytest
 from backend.loop.sync import full_sync_due, reconcile
 from backend.store import repo
 from backend.store.db import Store
-from backend.store.models import Project
+from backend.store.models import Project, Task
 from tests.conftest import SINGLE_CONFIG
 
 
@@ -40,7 +40,8 @@ class ScriptedLabelStudio:
 
     def __init__(self) -> None:
         self.tasks: dict[int, dict[str, Any]] = {}
-        self.calls: list[datetime | None] = []
+        self.calls: list[datetime | None] = []  # full listings, by their updated_since
+        self.stamp_calls: list[datetime | None] = []  # stamp listings
 
     def add(
         self, task_id: int, *anns: dict[str, Any], updated: str = "2026-01-01T10:00:00Z"
@@ -64,6 +65,15 @@ class ScriptedLabelStudio:
             stamp = repo.parse_ts(task["updated_at"])
             if updated_since is None or (stamp is not None and stamp > updated_since):
                 yield copy.deepcopy(task)
+
+    def iter_task_stamps(
+        self, project: int, *, updated_since: datetime | None = None
+    ) -> Iterator[tuple[int, str | None]]:
+        self.stamp_calls.append(updated_since)
+        for task_id in sorted(self.tasks):
+            stamp = repo.parse_ts(self.tasks[task_id]["updated_at"])
+            if updated_since is None or (stamp is not None and stamp > updated_since):
+                yield task_id, self.tasks[task_id]["updated_at"]
 
 
 def _state(store: Store) -> tuple[list[int], dict[int, list[str]]]:
@@ -104,14 +114,37 @@ def test_incremental_sync_lists_only_changed_tasks(store: Store, ls: ScriptedLab
     reconcile(store, ls, 1)
     ls.add(2, _ann(11, "bird", updated="2026-01-03T10:00:00Z"), updated="2026-01-03T10:00:00Z")
     report = reconcile(store, ls, 1, incremental=True)
-    assert report.incremental and report.tasks == 1
-    # From 2 minutes before the newest updated_at the full sync saw (2026-01-01T10:00).
-    assert ls.calls[-1] == repo.parse_ts("2026-01-01T09:58:00Z")
+    assert report.incremental and report.tasks == 1 and report.probed == 1
+    # Stamps from 2 minutes before the newest updated_at the full sync saw (2026-01-01T10:00);
+    # full tasks from the one stamp that changed.
+    assert ls.stamp_calls[-1] == repo.parse_ts("2026-01-01T09:58:00Z")
+    assert ls.calls[-1] == repo.parse_ts("2026-01-03T10:00:00Z") - timedelta(microseconds=1)
     # Annotation 12 vanished from the changed task: deleted. Task 1 was not listed: kept.
     assert _state(store) == ([1, 2, 3], {10: ["cat"], 11: ["bird"]})
-    # The cursor moved to the newest change listed; nothing new, nothing listed.
+    # The cursor moved to the newest change listed; nothing new: stamps only, no full listing.
     again = reconcile(store, ls, 1, incremental=True)
-    assert ls.calls[-1] == repo.parse_ts("2026-01-03T09:58:00Z") and again.tasks == 1
+    assert ls.stamp_calls[-1] == repo.parse_ts("2026-01-03T09:58:00Z")
+    assert len(ls.calls) == 2 and (again.tasks, again.probed) == (0, 1)
+
+
+def test_incremental_sync_right_after_a_bulk_import_lists_no_task_again(
+    store: Store, ls: ScriptedLabelStudio
+) -> None:
+    # A thousand tasks imported in the same second: all inside the overlap of the next sync.
+    for task_id in range(4, 1004):
+        ls.add(task_id, updated="2026-01-01T10:00:00.5Z")
+    reconcile(store, ls, 1)
+    report = reconcile(store, ls, 1, incremental=True)
+    assert (report.tasks, report.probed) == (0, 1003) and ls.calls == [None]
+    # One of them labeled meanwhile, inside the window: found by its stamp, listed alone.
+    ls.add(500, _ann(20, "cat", updated="2026-01-01T10:00:30Z"), updated="2026-01-01T10:00:30Z")
+    report = reconcile(store, ls, 1, incremental=True)
+    assert report.tasks == 1 and _state(store)[1][20] == ["cat"]
+    # A task whose stamp matches but which the store lost track of (deleted) is listed again.
+    with store.session() as session:
+        session.get(Task, 7).deleted = True  # type: ignore[union-attr]
+    report = reconcile(store, ls, 1, incremental=True)
+    assert 7 in _state(store)[0] and report.tasks >= 1
 
 
 def test_incremental_sync_follows_label_studio_clock_ahead_of_ours(
@@ -122,7 +155,8 @@ def test_incremental_sync_follows_label_studio_clock_ahead_of_ours(
     reconcile(store, ls, 1)
     ls.add(1, _ann(10, "dog", updated="2099-01-01T10:05:00Z"), updated="2099-01-01T10:05:00Z")
     report = reconcile(store, ls, 1, incremental=True)
-    assert report.tasks == 2  # task 1 (changed) and task 3 (inside the 2-minute overlap)
+    # Task 3 lies inside the 2-minute overlap but its stamp is unchanged: only task 1 is listed.
+    assert (report.tasks, report.probed) == (1, 2)
     assert _state(store)[1][10] == ["dog"]
 
 
@@ -170,11 +204,11 @@ def test_a_cycle_lists_only_changed_tasks_between_full_passes(
                 raise Stop
 
     settings = Settings.model_validate({"store": {"data_dir": str(tmp_path)}})
-    for expected_calls in ([None], [None, repo.parse_ts("2026-01-01T09:58:00Z")]):
+    for expected_stamps in ([], [repo.parse_ts("2026-01-01T09:58:00Z")]):
         ctx = Ctx()
         with pytest.raises(Stop):
             run_cycle(ctx, settings, store, ls, 1, diagnose=None)  # type: ignore[arg-type]
-        assert ls.calls == expected_calls
+        assert ls.calls == [None] and ls.stamp_calls == expected_stamps
     assert ctx.counts["reconcile"]["incremental"] == 1
     with store.session() as session:  # the next full pass is due an hour after the first
         session.get(Project, 1).last_full_sync_at -= timedelta(hours=1)  # type: ignore[union-attr]
