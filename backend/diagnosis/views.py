@@ -18,6 +18,7 @@ from sqlalchemy import select
 from backend.diagnosis.quality import ISSUES, REASON_SEP
 from backend.diagnosis.schema import Diagnosis, Duplicates, ImageQuality
 from backend.labelstudio.auth import LabelStudioError
+from backend.loop.push import write_task_data
 from backend.store.db import Store
 from backend.store.models import Task
 
@@ -117,13 +118,13 @@ def push_view(
 ) -> dict[str, int]:
     """Make ``view`` hold exactly the ``marks`` (lowest ranks first, at most ``max_tasks``)."""
     wanted = dict(sorted(marks.items(), key=lambda kv: (kv[1][0], kv[0]))[:max_tasks])
-    written = 0
     with store.session() as session:
         tasks = list(
             session.scalars(
                 select(Task).where(Task.project_id == project_id, Task.deleted.is_(False))
             )
         )
+    writes: dict[int, dict[str, Any]] = {}
     for task in tasks:
         data = dict(task.data or {})
         if task.data is None or (task.id not in wanted and not any(k in data for k in view.keys)):
@@ -133,18 +134,12 @@ def push_view(
             rank, reason = wanted[task.id]
             new[view.rank_key], new[view.reason_key] = rank, reason
         if new != data:
-            ls.update_task_data(task.id, new)
-            _save(store, task.id, new)
-            written += 1
+            writes[task.id] = new
+    written, error = write_task_data(ls, store, writes)
+    if error is not None:
+        raise error
     ls.ensure_view(project_id, view.title, view.filters(), view.ordering())
-    return {"tasks_marked": len(wanted), "tasks_written": written}
-
-
-def _save(store: Store, task_id: int, data: dict[str, Any]) -> None:
-    with store.session() as session:
-        row = session.get(Task, task_id)
-        if row is not None:
-            row.data = data
+    return {"tasks_marked": len(wanted), "tasks_written": len(written)}
 
 
 def push_diagnosis_views(

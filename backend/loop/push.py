@@ -12,7 +12,8 @@ What works and what it costs (measured on a real Label Studio 1.23.2):
 - Review queue: Data Manager views can only order on task data (ordering on ``meta`` gives 500),
   so a flagged task gets ``labelloop_*`` keys in its data (the stable suspicion value the view
   orders on, the given label, the model's label with its confidence and the reason) with one
-  ``PATCH /api/tasks/{id}`` each (~0.15 s, and PATCH replaces the whole data dict). Only tasks
+  ``PATCH /api/tasks/{id}`` each (~0.15 s, and PATCH replaces the whole data dict; sent
+  :data:`WRITE_WORKERS` at a time by :func:`write_task_data`). Only tasks
   entering or leaving a view, changing their labels or moving their suspicion by a step are
   written, and at most ``review_max_flags`` per view (what is over the limit is counted, never
   dropped silently). A
@@ -25,11 +26,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backend.labelstudio.config import LabelConfig
 from backend.labelstudio.convert import choices_result
@@ -66,6 +69,49 @@ class LabelStudioPush(Protocol):
         *,
         shown: Sequence[str] | None = None,
     ) -> int: ...
+
+
+#: Task PATCHes in flight at once: Label Studio 1.23.2 answered 40 of them ~30 % sooner four at a
+#: time than one by one (2 cores); more only wait on its workers.
+WRITE_WORKERS = 4
+
+
+class TaskDataTarget(Protocol):
+    """The one call :func:`write_task_data` makes (``backend.labelstudio.client.LabelStudio``)."""
+
+    def update_task_data(self, task: int, data: dict[str, Any]) -> None: ...
+
+
+def write_task_data(
+    ls: TaskDataTarget, store: Store, writes: Mapping[int, dict[str, Any]]
+) -> tuple[set[int], Exception | None]:
+    """Replace each task's ``data`` in Label Studio (``WRITE_WORKERS`` PATCHes at a time) and in
+    the store, for the writes Label Studio took.
+
+    Returns:
+        the task ids written, and the first failure (None when every write went through). The
+        caller records what was written before it raises the failure, so the store never
+        disagrees with Label Studio about a task it wrote.
+    """
+
+    def send(item: tuple[int, dict[str, Any]]) -> Exception | None:
+        try:
+            ls.update_task_data(*item)
+        except Exception as exc:  # returned to the caller, which raises it after its bookkeeping
+            return exc
+        return None
+
+    items = list(writes.items())
+    if len(items) > 1:
+        with ThreadPoolExecutor(min(WRITE_WORKERS, len(items))) as pool:
+            errors = list(pool.map(send, items))
+    else:
+        errors = [send(item) for item in items]
+    written = {task_id for (task_id, _), error in zip(items, errors, strict=True) if error is None}
+    with store.session() as session:
+        for row in session.scalars(select(Task).where(Task.id.in_(written))):
+            row.data = writes[row.id]
+    return written, next((e for e in errors if e is not None), None)
 
 
 class PushError(RuntimeError):
@@ -364,22 +410,52 @@ def push_review(
         "unchanged": 0,
         "over_limit": len(suspects) - len(wanted),
     }
-    for task_id, flag in active.items():
-        if task_id not in wanted or flag.reviewed_at is not None:
-            _write_unflag(ls, store, tasks.get(task_id), flag, kind)
-            counts["unflagged"] += 1
+    leaving = [f for i, f in active.items() if i not in wanted or f.reviewed_at is not None]
+    entering: list[tuple[int, Suspect]] = []
     for rank, (task_id, suspect) in enumerate(wanted.items(), start=1):
         current = active.get(task_id)
         if current is not None and current.pushed and not _moved(current, suspect):
             counts["unchanged"] += 1
-            continue
-        _write_flag(ls, store, project_id, tasks.get(task_id), kind, rank, suspect, cycle_id)
-        counts["flagged"] += 1
+        else:
+            entering.append((rank, suspect))
+    writes = _flag_writes(tasks, kind, leaving, [s for _, s in entering])
+    written, error = write_task_data(ls, store, writes)
+    with store.session() as session:
+        for flag in leaving:  # a flag whose task has no data in the store has nothing to undo
+            if flag.task_id in written or flag.task_id not in writes:
+                _unflag(session, flag)
+                counts["unflagged"] += 1
+        for rank, suspect in entering:
+            if suspect.task_id in written:
+                _flag(session, project_id, kind, rank, suspect, cycle_id)
+                counts["flagged"] += 1
+    if error is not None:
+        raise error
     filters, ordering = review_view_filters(kind)
     explain = any(s.explain_url for s in wanted.values())
     shown = review_view_columns(image_key, kind, explain=explain) if image_key else None
     ls.ensure_view(project_id, VIEW_TITLES[kind], filters, ordering, shown=shown)
     return counts
+
+
+def _flag_writes(
+    tasks: Mapping[int, Task],
+    kind: ReviewKind,
+    leaving: Sequence[ReviewFlag],
+    entering: Sequence[Suspect],
+) -> dict[int, dict[str, Any]]:
+    """Each task's new data: flags taken off, then flags written (a task absent from the store,
+    or without data, gets no write)."""
+    writes: dict[int, dict[str, Any]] = {}
+    for flag in leaving:
+        task = tasks.get(flag.task_id)
+        if task is not None and task.data is not None:
+            writes[task.id] = _unflag_data(task.data, kind)
+    for suspect in entering:
+        task = tasks.get(suspect.task_id)
+        if task is not None and task.data is not None:
+            writes[task.id] = _flag_data(task.data, kind, suspect)
+    return writes
 
 
 def _moved(written: ReviewFlag, suspect: Suspect) -> bool:
@@ -396,34 +472,20 @@ def _moved(written: ReviewFlag, suspect: Suspect) -> bool:
     return change >= SUSPICION_STEP - 1e-9
 
 
-def _write_unflag(
-    ls: LabelStudioPush, store: Store, task: Task | None, flag: ReviewFlag, kind: ReviewKind
-) -> None:
-    if task is not None and task.data is not None:
-        data = _unflag_data(task.data, kind)
-        ls.update_task_data(task.id, data)
-        _save_task_data(store, task.id, data)
-    with store.session() as session:
-        row = session.get(ReviewFlag, flag.id)
-        if row is not None:
-            row.active = False
+def _unflag(session: Session, flag: ReviewFlag) -> None:
+    row = session.get(ReviewFlag, flag.id)
+    if row is not None:
+        row.active = False
 
 
-def _write_flag(
-    ls: LabelStudioPush,
-    store: Store,
+def _flag(
+    session: Session,
     project_id: int,
-    task: Task | None,
     kind: ReviewKind,
     rank: int,
     suspect: Suspect,
     cycle_id: int | None,
 ) -> None:
-    if task is None or task.data is None:
-        return
-    data = _flag_data(task.data, kind, suspect)
-    ls.update_task_data(task.id, data)
-    _save_task_data(store, task.id, data)
     values = {
         "rank": rank,
         "score": suspect.score,
@@ -433,27 +495,21 @@ def _write_flag(
         "model_confidence": suspect.model_confidence,
         "pushed": True,
     }
-    with store.session() as session:
-        current = session.scalars(
-            select(ReviewFlag).where(
-                ReviewFlag.task_id == task.id, ReviewFlag.kind == kind, ReviewFlag.active.is_(True)
-            )
-        ).all()
-        if current:  # the same flag with a new value: one row per flag, for its outcome
-            for name, value in values.items():
-                setattr(current[0], name, value)
-            for extra in current[1:]:
-                extra.active = False
-            return
-        session.add(
-            ReviewFlag(
-                project_id=project_id, task_id=task.id, kind=kind, cycle_id=cycle_id, **values
-            )
+    current = session.scalars(
+        select(ReviewFlag).where(
+            ReviewFlag.task_id == suspect.task_id,
+            ReviewFlag.kind == kind,
+            ReviewFlag.active.is_(True),
         )
-
-
-def _save_task_data(store: Store, task_id: int, data: dict[str, Any]) -> None:
-    with store.session() as session:
-        row = session.get(Task, task_id)
-        if row is not None:
-            row.data = data
+    ).all()
+    if current:  # the same flag with a new value: one row per flag, for its outcome
+        for name, value in values.items():
+            setattr(current[0], name, value)
+        for extra in current[1:]:
+            extra.active = False
+        return
+    session.add(
+        ReviewFlag(
+            project_id=project_id, task_id=suspect.task_id, kind=kind, cycle_id=cycle_id, **values
+        )
+    )

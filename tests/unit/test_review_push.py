@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, cast
 
+import pytest
+from sqlalchemy import select
+
+from backend.labelstudio.auth import LabelStudioError
 from backend.loop.push import (
+    WRITE_WORKERS,
     LabelStudioPush,
     Suspect,
     push_review,
@@ -12,7 +18,7 @@ from backend.loop.push import (
     suspicion_value,
 )
 from backend.store.db import Store
-from backend.store.models import Project, Task
+from backend.store.models import Project, ReviewFlag, Task
 from tests.fake_labelstudio import FakeLabelStudio
 
 
@@ -136,3 +142,40 @@ def test_retraining_moves_below_a_step_write_nothing_and_a_new_label_writes(
         step = [suspect if s.task_id == 101 else s for s in moved]
         writes += push_review(push, store, 7, "label_error", step, max_flags=50)["flagged"]
     assert writes == 1
+
+
+class FlakyPatches(Recorder):
+    """Label Studio that refuses one task's PATCH, and holds the first four PATCHes until all four
+    are in flight (a barrier that breaks, failing the test, if they were sent one by one)."""
+
+    def __init__(self, refuse: int) -> None:
+        super().__init__(n_tasks=0, n_labeled=0)
+        self.refuse, self.barrier = refuse, threading.Barrier(WRITE_WORKERS, timeout=10)
+
+    def update_task_data(self, task: int, data: dict[str, Any]) -> None:
+        if self.barrier is not None:
+            self.barrier.wait()
+        if task == self.refuse:
+            raise LabelStudioError(500, "Server Error")
+        super().update_task_data(task, data)
+
+
+def test_flag_writes_go_out_together_and_a_refused_one_is_not_recorded(store: Store) -> None:
+    _tasks(store, 8)
+    ls = FlakyPatches(refuse=103)
+    suspects = [_suspect(100 + i, 0.95 - i / 100) for i in range(WRITE_WORKERS)]
+    with pytest.raises(LabelStudioError, match="Server Error"):
+        push_review(cast(LabelStudioPush, ls), store, 7, "label_error", suspects, max_flags=50)
+    with store.session() as session:
+        flagged = {f.task_id for f in session.scalars(select(ReviewFlag)) if f.active}
+        stored = {t.id: t.data for t in session.scalars(select(Task))}
+    # The three Label Studio took are flagged and stored; the refused one is neither.
+    assert flagged == {100, 101, 102}
+    assert all("labelloop_given" in stored[i] for i in flagged)
+    assert stored[103] == {"image": "i"}
+    # The next push writes only what is still missing.
+    ls.refuse, ls.barrier = -1, None
+    ls.calls.clear()
+    counts = push_review(cast(LabelStudioPush, ls), store, 7, "label_error", suspects, max_flags=50)
+    assert counts["flagged"] == 1 and counts["unchanged"] == 3
+    assert [c for c in ls.calls if c[0] == "update_task_data"] == [("update_task_data", 103)]
