@@ -33,7 +33,8 @@ from backend.store.models import Annotation, Project, Task, utcnow
 log = logging.getLogger(__name__)
 CHUNK = 1000
 #: An incremental sync looks this far back before the newest ``updated_at`` the last sync saw, so
-#: changes committed while that sync was listing are not skipped.
+#: changes committed while that sync was listing are not skipped: the longest a Label Studio
+#: transaction may take between setting a task's ``updated_at`` and committing it.
 OVERLAP = timedelta(minutes=2)
 #: Just before a stamp, for a "strictly later" filter that keeps the stamp itself.
 TICK = timedelta(microseconds=1)
@@ -176,6 +177,15 @@ def _changed_since(
     return min(u for u in changed if u is not None) - TICK, newest, len(stamps)
 
 
+def _window_settled(project: Project) -> bool:
+    """Whether the tasks just before the cursor need no check: a sync started checking them at
+    least :data:`OVERLAP` (on our clock, which measures elapsed time whatever Label Studio's reads)
+    after the cursor took its value. A transaction that could still give a task a stamp at or
+    before the cursor had begun by then, so it had committed before that check."""
+    seen, checked = project.ls_cursor_seen_at, project.ls_window_checked_at
+    return seen is not None and checked is not None and checked >= seen + OVERLAP
+
+
 def reconcile(
     store: Store, ls: TaskSource, project_id: int, *, incremental: bool = False
 ) -> SyncReport:
@@ -187,25 +197,31 @@ def reconcile(
         project_id: the Label Studio project.
         incremental: list only tasks changed since the newest task ``updated_at`` the last sync
             saw (Label Studio's clock, never ours; the :data:`OVERLAP` before it by their stamps
-            alone, see :func:`_changed_since`); falls back to a full pass when the project was
-            never synced. Deleted tasks are only found by a full pass.
+            alone, see :func:`_changed_since`, until :func:`_window_settled`); falls back to a
+            full pass when the project was never synced. Deleted tasks are only found by a full
+            pass.
     """
     t0, started = time.perf_counter(), utcnow()
     applied = apply_pending(store, project_id=project_id).total
     info = ls.get_project(project_id)
     with store.session() as session:
         project = repo.ensure_project(session, project_id)
-        cursor = project.ls_synced_until
+        cursor, settled = project.ls_synced_until, _window_settled(project)
         project.title = info.get("title") or project.title
         if isinstance(info.get("label_config"), str):
             ingest.set_label_config(session, project, info["label_config"])
     seen: tuple[set[int], set[int]] = (set(), set())
     changes: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
-    full, newest, probed = True, None, 0
+    full, probed = True, 0
+    newest: datetime | None = None
     listing: Iterable[dict[str, Any]] = ()
+    since: datetime | None
     if incremental and cursor is not None:
         full = False
-        since, newest, probed = _changed_since(store, ls, project_id, cursor)
+        if settled:
+            since = newest = cursor
+        else:
+            since, newest, probed = _changed_since(store, ls, project_id, cursor)
         if since is not None:
             listing = ls.iter_tasks(project_id, updated_since=since)
     else:
@@ -216,10 +232,15 @@ def reconcile(
             _sync_chunk(session, project, chunk, seen, changes)
         stamps = [s for s in (repo.parse_ts(t.get("updated_at")) for t in chunk) if s is not None]
         newest = max([*stamps, *([newest] if newest is not None else [])], default=None)
+    listed_at = utcnow()
     with store.session() as session:
         deleted = _tombstone(session, project_id, seen, started, full=full)
         project = repo.ensure_project(session, project_id)
-        project.last_synced_at, project.ls_synced_until = utcnow(), newest
+        if newest != cursor:
+            project.ls_cursor_seen_at = listed_at
+        if full or not settled:
+            project.ls_window_checked_at = started
+        project.last_synced_at, project.ls_synced_until = listed_at, newest
         if full:
             project.last_full_sync_at = started
     report = SyncReport(

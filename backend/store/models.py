@@ -72,6 +72,10 @@ class Project(Base):
     #: The newest task ``updated_at`` a sync listed: where the next incremental sync starts, on
     #: Label Studio's clock (ours may differ by any amount).
     ls_synced_until: Mapped[datetime | None]
+    #: When ``ls_synced_until`` took its value (our clock, after the listing that saw it).
+    ls_cursor_seen_at: Mapped[datetime | None]
+    #: When a sync last started checking the tasks just before ``ls_synced_until`` (our clock).
+    ls_window_checked_at: Mapped[datetime | None]
     #: When a sync last listed every task (our clock): deletions only show in a full pass.
     last_full_sync_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -147,6 +147,38 @@ def test_incremental_sync_right_after_a_bulk_import_lists_no_task_again(
     assert 7 in _state(store)[0] and report.tasks >= 1
 
 
+def _age_syncs(store: Store, by: timedelta) -> None:
+    """As if the syncs so far had run ``by`` earlier (on our clock)."""
+    with store.session() as session:
+        project = session.get(Project, 1)
+        assert project is not None and project.ls_cursor_seen_at is not None
+        assert project.ls_window_checked_at is not None
+        project.ls_cursor_seen_at -= by
+        project.ls_window_checked_at -= by
+
+
+def test_the_window_before_the_cursor_is_checked_once_it_has_settled(
+    store: Store, ls: ScriptedLabelStudio
+) -> None:
+    reconcile(store, ls, 1)
+    # Right after the listing a transaction may still commit inside the window: check it.
+    assert reconcile(store, ls, 1, incremental=True).probed == 3
+    assert reconcile(store, ls, 1, incremental=True).probed == 3
+    # Two minutes after the cursor took its value, one more check settles the window...
+    _age_syncs(store, timedelta(minutes=2))
+    assert reconcile(store, ls, 1, incremental=True).probed == 3
+    # ... and later syncs of an idle project list only what is newer than the cursor.
+    checks = len(ls.stamp_calls)
+    quiet = reconcile(store, ls, 1, incremental=True)
+    assert (quiet.probed, quiet.tasks, len(ls.stamp_calls)) == (0, 0, checks)
+    assert ls.calls[-1] == repo.parse_ts("2026-01-01T10:00:00Z")
+    # A new label moves the cursor: that sync lists it, and the next checks the new window.
+    ls.add(3, _ann(13, "dog", updated="2026-01-01T10:05:00Z"), updated="2026-01-01T10:05:00Z")
+    moved = reconcile(store, ls, 1, incremental=True)
+    assert (moved.probed, moved.tasks) == (0, 1) and _state(store)[1][13] == ["dog"]
+    assert reconcile(store, ls, 1, incremental=True).probed == 1
+
+
 def test_incremental_sync_follows_label_studio_clock_ahead_of_ours(
     store: Store, ls: ScriptedLabelStudio
 ) -> None:
