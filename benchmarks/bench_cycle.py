@@ -11,10 +11,19 @@ cycle sent to Label Studio: API calls, task PATCHes (review and diagnosis views)
 fetches (``/data/...``), counted on this process's HTTP sessions. ``total`` is the cycle until
 recorded, without ``after``.
 
+Sizes from ``--seed-above`` on (default 50,000) do not run the cold cycle through Label Studio:
+Label Studio serves ~40-70 local-files images a second on 2 cores, so 100,000 would take most of
+an hour. Their embeddings are computed first by the cycle's own embedding step
+(:func:`backend.loop.embed.embed_tasks`) reading the same files from disk, which records each
+task's image reference and content hash as a cold cycle does; the first cycle through Label
+Studio then fetches nothing (its row says so) and the warm rows measure what they measure at
+10,000.
+
 Baselines from the same run: Label Studio's bulk import of a prediction for every unlabeled
 task (what "push all" costs each cycle) and the deletion of that version (what its pruning
-costs), beside our top-K push; and Label Studio serving every image alone, fetched as a cold
-cycle fetches them (its CPU per image caps what featurization can reach on the same machine).
+costs; up to 20,000 tasks: Label Studio deletes row by row, ~85 s per 10,000), beside our top-K
+push; and Label Studio serving the images alone (up to 10,000 of them), fetched as a cold cycle
+fetches them (its CPU per image caps what featurization can reach on the same machine).
 
     python benchmarks/bench_cycle.py                  # 10,000 tasks
     python benchmarks/bench_cycle.py --quick          # 1,000 tasks
@@ -30,7 +39,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ import numpy as np
 import requests
 import torch
 from _common import machine, process_cpu_s
+from numpy.typing import NDArray
 from PIL import Image
 
 from backend.cli.demo import DEMO_CONFIG
@@ -46,6 +56,8 @@ from backend.cli.lsprocess import start_label_studio
 from backend.labelstudio.client import LabelStudio
 from backend.labelstudio.images import ImageResolver
 from backend.logs import quiet_third_party
+from backend.loop.embed import embed_tasks
+from backend.loop.sync import load_snapshot, reconcile
 from backend.runtime.lease import run_cycle_once
 from backend.runtime.runner import make_runner
 from backend.settings import Settings, load_settings
@@ -53,6 +65,10 @@ from backend.simulate.sets import digit_images
 from backend.store import cycle_records
 from backend.store.db import Store
 
+#: Sizes up to this one time the deletion of a pushed-all version (Label Studio: ~85 s per 10,000).
+PRUNE_BASELINE_MAX = 20_000
+#: At most this many images are served for the serving baseline.
+SERVE_BASELINE_MAX = 10_000
 STAGES = ("reconcile", "featurize", "train", "score", "push", "record", "after")
 REQUESTS: Counter[str] = Counter()
 
@@ -76,25 +92,43 @@ def counting_requests() -> Iterator[Counter[str]]:
         requests.Session.send = original  # type: ignore[method-assign]
 
 
-def _jpeg(digit_png: bytes, rng: np.random.Generator) -> bytes:
-    small = Image.open(io.BytesIO(digit_png)).convert("RGB").resize((640, 480))
-    pixels = np.asarray(small, dtype=np.int16) + rng.integers(-12, 12, size=(480, 640, 3))
+#: Noise added to every image: one shared field, read at a different offset per image (drawing
+#: 640 x 480 x 3 fresh values took most of the 15 ms an image cost to write).
+_NOISE = np.random.default_rng(0).integers(-12, 12, size=(480 * 2, 640, 3), dtype=np.int16)
+
+
+def _jpeg(digit: NDArray[np.int16], i: int) -> bytes:
+    """Image ``i``: its digit at 640x480 with noise, and the bits of ``i`` as a row of dark or
+    bright 8x8 blocks along the top edge (JPEG keeps them), so every image's bytes differ."""
+    offset = (i * 7919) % 480
+    pixels = digit + _NOISE[offset : offset + 480]
+    for bit in range(20):
+        pixels[:8, 8 * bit : 8 * bit + 8] = 255 * ((i >> bit) & 1)
     out = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=85)
     return out.getvalue()
 
 
-def _write_images(folder: Path, n: int) -> list[int]:
-    """N JPEGs ``folder/img_<i>.jpg``; their digits."""
-    base = list(digit_images(1797, size=32))
-    rng = np.random.default_rng(0)
+def _write_chunk(folder: Path, start: int, stop: int) -> None:
+    base = [
+        np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize((640, 480)), dtype=np.int16)
+        for _, png, _ in digit_images(1797, size=32)
+    ]
+    for i in range(start, stop):
+        (folder / f"img_{i:06d}.jpg").write_bytes(_jpeg(base[i % len(base)], i))
+
+
+def _write_images(folder: Path, n: int, workers: int) -> list[int]:
+    """N JPEGs ``folder/img_<i>.jpg`` written by ``workers`` processes; their digits."""
+    digits = [int(d) for _, _, d in digit_images(1797, size=32)]
     folder.mkdir(parents=True, exist_ok=True)
-    digits = []
-    for i in range(n):
-        _, png, digit = base[i % len(base)]
-        (folder / f"img_{i:06d}.jpg").write_bytes(_jpeg(png, rng))
-        digits.append(int(digit))
-    return digits
+    step = -(-n // workers)
+    with ProcessPoolExecutor(workers) as pool:
+        for done in [
+            pool.submit(_write_chunk, folder, a, min(n, a + step)) for a in range(0, n, step)
+        ]:
+            done.result()
+    return [digits[i % len(digits)] for i in range(n)]
 
 
 def _annotation(digit: int) -> dict[str, Any]:
@@ -129,11 +163,11 @@ def _cycle(settings: Settings, store: Store, project: int) -> tuple[dict[str, An
 
 
 def _import_project(
-    ls: LabelStudio, root: Path, n: int, labeled: float
+    ls: LabelStudio, root: Path, n: int, labeled: float, workers: int
 ) -> tuple[int, list[int], list[int]]:
     """The project, its task ids and each task's digit."""
     folder = root / f"images-{n}"
-    digits = _write_images(folder, n)
+    digits = _write_images(folder, n, workers)
     project = ls.create_project(f"bench cycle {n}", DEMO_CONFIG)
     ls._call(  # a Local Files import storage over the folder (no sync: tasks are imported)
         "POST",
@@ -173,8 +207,27 @@ def _serve_only(
     return len(refs) / seconds, 1000 * (process_cpu_s(server) - cpu) / len(refs)
 
 
-def _baseline(ls: LabelStudio, project: int, task_ids: list[int]) -> tuple[float, float]:
-    """Seconds to import one prediction per task (push all) and to delete them (its pruning)."""
+def _seed_embeddings(settings: Settings, store: Store, project: int, root: Path) -> float:
+    """Embed every task from the image files on disk through the cycle's embedding step (see the
+    module docstring); seconds taken."""
+    t0 = time.perf_counter()
+    reconcile(store, LabelStudio(settings.label_studio), project)
+    tasks = load_snapshot(store, project).tasks
+
+    def from_disk(ref: str) -> bytes:
+        return (root / ref.split("?d=", 1)[1]).read_bytes()
+
+    result, _ = embed_tasks(settings, store, tasks, from_disk)
+    if result.failures or len(result.embeddings) != len(tasks):
+        raise SystemExit(f"seeding embedded {len(result.embeddings)} of {len(tasks)} tasks")
+    return time.perf_counter() - t0
+
+
+def _baseline(
+    ls: LabelStudio, project: int, task_ids: list[int], prune: bool
+) -> tuple[float, float | None]:
+    """Seconds to import one prediction per task (push all) and to delete them (its pruning;
+    None when not asked for: the version is left in place, the project is dropped after)."""
     predictions = [
         {"task": t, "model_version": "bench-push-all", "score": i / len(task_ids), "result": []}
         for i, t in enumerate(task_ids)
@@ -182,6 +235,8 @@ def _baseline(ls: LabelStudio, project: int, task_ids: list[int]) -> tuple[float
     t0 = time.perf_counter()
     ls.import_predictions(project, predictions)
     t1 = time.perf_counter()
+    if not prune:
+        return t1 - t0, None
     ls.delete_model_version(project, "bench-push-all")
     return t1 - t0, time.perf_counter() - t1
 
@@ -200,19 +255,24 @@ def run_size(
     token: str,
     root: Path,
     n: int,
-    image_size: int,
-    labeled: float,
+    args: argparse.Namespace,
     server: subprocess.Popen[bytes],
 ) -> list[list[str]]:
-    settings = _settings(url, token, root / f"labelloop-{n}", image_size)
+    settings = _settings(url, token, root / f"labelloop-{n}", args.image_size)
     ls = LabelStudio(settings.label_studio)
-    project, ids, digits = _import_project(ls, root, n, labeled)
+    project, ids, digits = _import_project(ls, root, n, args.labeled, args.threads)
     truth = dict(zip(ids, digits, strict=True))
     store = Store(settings.store.url)
     store.upgrade()
     rows = []
+    seeded = n >= args.seed_above
+    if seeded:
+        seconds = _seed_embeddings(settings, store, project, root)
+        rows.append([f"{n:,}", f"embeddings seeded from disk ({n / seconds:.0f} img/s)",
+                     "-", f"{seconds:.2f}", *["-"] * 12])  # fmt: skip
     record, sent = _cycle(settings, store, project)
-    rows.append(_row(n, "cold (empty embedding cache)", record, sent))
+    first = "first (embeddings seeded)" if seeded else "cold (empty embedding cache)"
+    rows.append(_row(n, first, record, sent))
     record, sent = _cycle(settings, store, project)
     rows.append(_row(n, "warm (nothing changed)", record, sent))
     for _ in range(20):  # annotators label what Label All Tasks serves, correctly
@@ -221,17 +281,18 @@ def run_size(
             ls.create_annotation(task["id"], _annotation(truth[task["id"]])["result"])
     record, sent = _cycle(settings, store, project)
     rows.append(_row(n, "warm (20 new labels)", record, sent))
-    every = max(1, round(1 / labeled))
+    every = max(1, round(1 / args.labeled))
     unlabeled = [t for i, t in enumerate(ids) if i % every != 0]
-    push_all, prune_all = _baseline(ls, project, unlabeled)
-    refs = [t["data"]["image"] for t in ls.iter_tasks(project)]
+    push_all, prune_all = _baseline(ls, project, unlabeled, prune=n <= PRUNE_BASELINE_MAX)
+    refs = [t["data"]["image"] for t in ls.iter_tasks(project)][:SERVE_BASELINE_MAX]
     served, cpu_ms = _serve_only(settings, refs, server)
     empty = ["-"] * 4
     rows.append([f"{n:,}", "baseline: push all (LS import)", *empty, f"{push_all:.2f}",
                  "-", "-", "-", str(len(unlabeled)), "-", "-", "-"])  # fmt: skip
-    rows.append([f"{n:,}", "baseline: prune all (LS delete)", *empty, "-", "-",
-                 f"{prune_all:.2f}", "-", "-", "-", "-", "-"])  # fmt: skip
-    rows.append([f"{n:,}", f"baseline: LS serves the images ({served:.0f} img/s, "
+    if prune_all is not None:
+        rows.append([f"{n:,}", "baseline: prune all (LS delete)", *empty, "-", "-",
+                     f"{prune_all:.2f}", "-", "-", "-", "-", "-"])  # fmt: skip
+    rows.append([f"{n:,}", f"baseline: LS serves {len(refs):,} images ({served:.0f} img/s, "
                  f"{cpu_ms:.1f} CPU ms each)", "-", f"{len(refs) / served:.2f}", *["-"] * 10,
                  str(len(refs))])  # fmt: skip
     store.dispose()
@@ -248,6 +309,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ls-bin", default=".cache/ls-venv/bin/label-studio")
+    parser.add_argument(
+        "--seed-above", type=int, default=50_000, help="seed embeddings from disk from this size"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -258,9 +322,7 @@ def main() -> None:
             rows = [
                 row
                 for n in sizes
-                for row in run_size(
-                    proc.url, proc.token, root, n, args.image_size, args.labeled, proc.process
-                )
+                for row in run_size(proc.url, proc.token, root, n, args, proc.process)
             ]
         finally:
             proc.stop()
