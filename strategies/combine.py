@@ -26,7 +26,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
@@ -251,7 +251,7 @@ def _label_queue(
 ) -> tuple[IntArray, FloatVec, dict[str, FloatVec], IntArray, dict[str, str]]:
     """Model phase: fuse the labeling signals and apply batch diversity."""
     clusters = _model_clusters(pool, rng=rng, n_clusters=n_clusters)
-    scored_pool = replace(pool, clusters=clusters) if pool.embeddings is not None else pool
+    scored_pool = pool.with_clusters(clusters) if pool.embeddings is not None else pool
     scores, skipped = _score_signals(scored_pool, weights, "label", rng=rng)
     candidates = eligible(pool, "label")
     fused, breakdown = fuse(scores, weights, candidates, n=pool.n)

@@ -195,6 +195,36 @@ def test_bad_input_rejected_with_clear_message(
         Pool(**arrays)
 
 
+def test_embeddings_whose_sum_overflows_are_accepted_and_opposite_infinities_rejected(
+    arrays: dict[str, Any],
+) -> None:
+    huge = np.full_like(arrays["embeddings"], 3e38, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(huge.sum())  # the quick check overflows, each value is finite
+    assert Pool(**{**arrays, "embeddings": huge}).embeddings is not None
+    both = huge.copy()
+    both[0, 0], both[1, 0] = np.inf, -np.inf  # their sum is NaN, still not finite
+    with pytest.raises(ValueError, match="embeddings contains NaN or infinite values"):
+        Pool(**{**arrays, "embeddings": both})
+
+
+def test_with_clusters_replaces_only_the_clusters_and_checks_them(full_pool: Pool) -> None:
+    clusters = np.arange(full_pool.n) % 5
+    pool = full_pool.with_clusters(clusters)
+    assert pool.clusters is not None and np.array_equal(pool.clusters, clusters)
+    assert pool.embeddings is full_pool.embeddings and pool.probs is full_pool.probs
+    with pytest.raises(ValueError, match="read-only"):
+        pool.clusters[0] = 1
+    assert full_pool.clusters is None or not np.array_equal(full_pool.clusters, clusters)
+    for bad, message in (
+        (clusters[:-1], rf"clusters has \({full_pool.n - 1},\) but labels has {full_pool.n} items"),
+        (clusters - 1, "clusters must be >= 0"),
+        (clusters.astype(np.float64), "clusters must be an integer array"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            full_pool.with_clusters(bad)
+
+
 def test_pool_arrays_are_read_only(full_pool: Pool) -> None:
     assert full_pool.probs is not None
     with pytest.raises(ValueError, match="read-only"):
