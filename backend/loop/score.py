@@ -65,8 +65,7 @@ def build_pool(
                 tags[index[int(task)]] = targets.y[row]
     probs = committee = oos = None
     if trained is not None and len(task_ids):
-        probs = trained.model.predict_proba(x)
-        committee = trained.model.committee_proba(x)
+        probs, committee = trained.model.pool_proba(x)
         oos = probs.copy()
         for row, task in enumerate(trained.used.task_ids):
             oos[index[int(task)]] = trained.model.oos_probs[row]

@@ -85,62 +85,75 @@ class TrainedModel:
     seed: int = 0
 
     def _inputs(
-        self, embeddings: NDArray[np.floating[Any]], out: NDArray[np.float32] | None = None
+        self, embeddings: NDArray[np.floating[Any]], out: NDArray[np.float32]
     ) -> torch.Tensor:
-        """The standardized embeddings as float32, written into ``out`` when given."""
-        x = np.asarray(embeddings, dtype=np.float32)
-        if out is None:
-            out = np.empty(x.shape, dtype=np.float32)
-        np.subtract(x, self.feature_mean, out=out)
+        """The standardized embeddings as float32, written into ``out``."""
+        np.subtract(np.asarray(embeddings, dtype=np.float32), self.feature_mean, out=out)
         np.divide(out, self.feature_std, out=out)
         return torch.from_numpy(out)
 
     def _chunked(
-        self, embeddings: NDArray[np.floating[Any]], forward: Callable[[torch.Tensor], torch.Tensor]
-    ) -> NDArray[np.float64]:
-        """``forward`` over the standardized embeddings, :data:`INFERENCE_ROWS` rows at a time,
-        joined along the item axis (the last but one): a 100,000 x 1280 pool standardized at once
-        is two 0.5 GB temporaries, written to fresh memory (1.6 s a call)."""
+        self,
+        embeddings: NDArray[np.floating[Any]],
+        *forwards: Callable[[torch.Tensor], torch.Tensor],
+    ) -> list[NDArray[np.float64]]:
+        """Each of ``forwards`` over the standardized embeddings, :data:`INFERENCE_ROWS` rows at a
+        time (each chunk standardized once for all of them), joined along the item axis (the last
+        but one): a 100,000 x 1280 pool standardized at once is two 0.5 GB temporaries, written
+        to fresh memory (1.6 s a call)."""
         rows = min(max(embeddings.shape[0], 1), INFERENCE_ROWS)
         buffer = np.empty((rows, embeddings.shape[1]), dtype=np.float32)  # one, reused per chunk
-        parts = []
+        parts: list[list[NDArray[Any]]] = [[] for _ in forwards]
         for i in range(0, max(embeddings.shape[0], 1), INFERENCE_ROWS):
             chunk = embeddings[i : i + INFERENCE_ROWS]
             x = self._inputs(chunk, buffer[: chunk.shape[0]])
-            parts.append(np.array(forward(x).numpy()))  # a copy: the buffer is written again
-        joined: NDArray[np.float64] = np.concatenate(parts, axis=-2).astype(np.float64, copy=False)
-        return joined
+            for forward, out in zip(forwards, parts, strict=True):
+                out.append(np.array(forward(x).numpy()))  # a copy: the buffer is written again
+        return [np.concatenate(out, axis=-2).astype(np.float64, copy=False) for out in parts]
+
+    def _head_logits(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        head = self.head.eval()
+        return lambda x: head(x)[0]
+
+    def _committee_logits(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The committee's (M, rows, C) logits of a chunk. Bootstrap members are separate heads;
+        MC dropout runs the main head M times with dropout on, drawing masks from a generator
+        seeded with ``seed`` here (same input, same output)."""
+        if self.committee is not None:
+            return self.committee.eval()
+        gen = torch.Generator().manual_seed(self.seed)
+        head = self.head.eval()
+        return lambda x: torch.stack(
+            [head(x, mc_generator=gen)[0] for _ in range(self.committee_size)]
+        )
+
+    def _probabilities(self, logits: NDArray[np.float64]) -> NDArray[np.float64]:
+        return probabilities(logits, self.temperature, multilabel=self.multilabel)
 
     def logits(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (n, C) uncalibrated logits of the main head."""
-        head = self.head.eval()
         with torch.inference_mode():
-            return self._chunked(embeddings, lambda x: head(x)[0])
+            return self._chunked(embeddings, self._head_logits())[0]
 
     def predict_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (n, C) calibrated probabilities."""
-        return probabilities(self.logits(embeddings), self.temperature, multilabel=self.multilabel)
+        return self._probabilities(self.logits(embeddings))
 
     def committee_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
-        """(n, d) embeddings to (M, n, C) calibrated probabilities, one slice per member.
-
-        Bootstrap members are separate heads; MC dropout runs the main head M times with dropout
-        on, drawing masks from a generator seeded with ``seed`` (same input, same output).
-        """
+        """(n, d) embeddings to (M, n, C) calibrated probabilities, one slice per member."""
         with torch.inference_mode():
-            if self.committee is not None:
-                committee = self.committee.eval()
-                logits = self._chunked(embeddings, committee)
-            else:
-                gen = torch.Generator().manual_seed(self.seed)
-                head = self.head.eval()
-                logits = self._chunked(
-                    embeddings,
-                    lambda x: torch.stack(
-                        [head(x, mc_generator=gen)[0] for _ in range(self.committee_size)]
-                    ),
-                )
-        return probabilities(logits, self.temperature, multilabel=self.multilabel)
+            return self._probabilities(self._chunked(embeddings, self._committee_logits())[0])
+
+    def pool_proba(
+        self, embeddings: NDArray[np.floating[Any]]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """:meth:`predict_proba` and :meth:`committee_proba` of the same embeddings (the same
+        values), standardizing each chunk once for both."""
+        with torch.inference_mode():
+            head, committee = self._chunked(
+                embeddings, self._head_logits(), self._committee_logits()
+            )
+        return self._probabilities(head), self._probabilities(committee)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,27 @@ def test_committee_members_differ_and_are_reproducible(mode: str) -> None:
     np.testing.assert_array_equal(members, model.committee_proba(x))
 
 
+@pytest.mark.parametrize("mode", ["bootstrap", "mc_dropout"])
+def test_pool_proba_is_predict_and_committee_proba_in_one_pass(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle predicts its pool with ``pool_proba``: the same values as the two calls, in
+    chunks too (MC dropout draws its masks in the same order)."""
+    from backend.model import train
+
+    x, y, _ = blobs(90, spread=0.8, seed=9)
+    settings = fast_settings(committee_mode=mode, committee_size=3, dropout=0.3)
+    model = train_model(x, y, classes=CLASSES, multilabel=False, settings=settings)
+    for rows in (train.INFERENCE_ROWS, 16):  # one chunk, then 6 (the last of 10 rows)
+        monkeypatch.setattr(train, "INFERENCE_ROWS", rows)
+        probs, members = model.pool_proba(x)
+        np.testing.assert_array_equal(probs, model.predict_proba(x))
+        np.testing.assert_array_equal(members, model.committee_proba(x))
+        assert members.shape == (3, 90, 4)
+    empty, no_members = model.pool_proba(x[:0])
+    assert empty.shape == (0, 4) and no_members.shape == (3, 0, 4)
+
+
 def test_same_seed_same_model_and_global_rng_untouched() -> None:
     x, y, _ = blobs(60, seed=7)
     torch.manual_seed(123)
