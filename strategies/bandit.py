@@ -45,13 +45,12 @@ from types import MappingProxyType
 import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import beta as beta_dist
-from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
 from strategies import REGISTRY
 from strategies.audit import audit_slots, draw_audit
 from strategies.base import FloatArray, IntArray, Pool, eligible, top_k
-from strategies.coldstart import cold_start_order
+from strategies.coldstart import cold_start_order, reduce
 
 #: The portfolio, in the order the dashboard lists it. "combined" is the configured weighting.
 ARMS = ("random", "margin", "entropy", "typiclust", "combined")
@@ -386,11 +385,13 @@ def _any_free(
 
 
 def proxy_features(embeddings: FloatArray, *, rng: np.random.Generator) -> NDArray[np.float64]:
-    """(n, <= PROXY_DIMS) standardized PCA components of the embeddings (no labels used)."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    dims = min(PROXY_DIMS, x.shape[0] - 1, x.shape[1])
-    if dims >= 1 and x.shape[1] > dims:
-        x = PCA(dims, random_state=int(rng.integers(2**31 - 1))).fit_transform(x)
+    """(n, <= PROXY_DIMS) standardized PCA components of the embeddings (no labels used).
+
+    The components are :func:`strategies.coldstart.reduce`'s: above its sample size they are
+    fitted on a uniform sample (a fit on every item of a 100,000 x 1,280 pool, in float64, cost
+    14 s of the cycle that judged a push).
+    """
+    x = reduce(embeddings, dims=PROXY_DIMS, rng=rng)
     spread = x.std(axis=0)
     out: NDArray[np.float64] = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
     return out

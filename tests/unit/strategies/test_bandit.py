@@ -20,6 +20,7 @@ from strategies.audit import audit_slots, draw_audit
 from strategies.bandit import (
     AUDIT,
     EXPLORE,
+    PROXY_DIMS,
     RANDOM_FLOOR,
     Reward,
     allocate,
@@ -30,6 +31,7 @@ from strategies.bandit import (
     judge_push,
     proxy_features,
 )
+from strategies.coverage import SEED_SAMPLE
 
 BATCH = 50
 
@@ -295,3 +297,20 @@ def test_without_random_picks_the_push_audit_items_are_random_reference() -> Non
     assert judge_push(proxy, labels, own, audit, cycle=3, n_classes=3, fresh=fresh) == judge_push(
         proxy, labels, own, audit, cycle=3, n_classes=3
     )
+
+
+def test_proxy_features_of_a_large_pool_keep_its_strongest_directions() -> None:
+    """Above the PCA sample size the proxy's components are fitted on a sample of the pool: the
+    features are still standardized and still follow the directions of largest variance."""
+    rng = np.random.default_rng(4)
+    n, d = SEED_SAMPLE + 2000, 96
+    strong = rng.normal(size=(n, 3)) * np.array([9.0, 6.0, 4.0])  # three planted directions
+    basis = np.linalg.qr(rng.normal(size=(d, 3)))[0].T
+    x = (strong @ basis + rng.normal(size=(n, d)) * 0.5).astype(np.float32)
+    proxy = proxy_features(x, rng=np.random.default_rng(1))
+    assert proxy.shape == (n, PROXY_DIMS) and proxy.dtype == np.float64
+    np.testing.assert_allclose(proxy.mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(proxy.std(axis=0), 1.0, atol=1e-6)
+    for k in range(3):  # the first components are the planted directions, in order
+        assert abs(np.corrcoef(proxy[:, k], strong[:, k])[0, 1]) > 0.99
+    np.testing.assert_array_equal(proxy, proxy_features(x, rng=np.random.default_rng(1)))
