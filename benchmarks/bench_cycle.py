@@ -273,7 +273,7 @@ def run_size(
     if seeded:
         seconds = _seed_embeddings(settings, store, project, root)
         rows.append([f"{n:,}", f"embeddings seeded from disk ({n / seconds:.0f} img/s)",
-                     "-", f"{seconds:.2f}", *["-"] * 12])  # fmt: skip
+                     "-", f"{seconds:.2f}", *["-"] * 10])  # fmt: skip
     record, sent = _cycle(settings, store, project)
     first = "first (embeddings seeded)" if seeded else "cold (empty embedding cache)"
     rows.append(_row(n, first, record, sent))
@@ -299,7 +299,7 @@ def run_size(
         rows.append([f"{n:,}", "baseline: prune all (LS delete)", *empty, "-", "-",
                      f"{prune_all:.2f}", "-", "-", "-", "-", "-"])  # fmt: skip
     rows.append([f"{n:,}", f"baseline: LS serves {len(refs):,} images ({served:.0f} img/s, "
-                 f"{cpu_ms:.1f} CPU ms each)", "-", f"{len(refs) / served:.2f}", *["-"] * 10,
+                 f"{cpu_ms:.1f} CPU ms each)", "-", f"{len(refs) / served:.2f}", *["-"] * 9,
                  str(len(refs))])  # fmt: skip
     store.dispose()
     ls.close()
