@@ -100,7 +100,12 @@ def _sync_chunk(
     session.scalars(select(Annotation).where(Annotation.task_id.in_(ids))).all()
     for task in tasks:
         seen[0].add(int(task["id"]))
-        changes[0][ingest.upsert_task(session, project, task)] += 1
+        outcome = ingest.upsert_task(session, project, task)
+        changes[0][outcome] += 1
+        if outcome != "ignored":
+            row = session.get(Task, int(task["id"]))  # from the identity map
+            if row is not None:
+                row.ls_listed_updated_at = repo.parse_ts(task.get("updated_at"))
         for annotation in task.get("annotations") or []:
             seen[1].add(int(annotation["id"]))
             outcome = ingest.upsert_annotation(
@@ -153,18 +158,19 @@ def _changed_since(
     """Where an incremental sync lists full tasks from, the newest stamp seen, and how many stamps.
 
     Only the tasks' ``(id, updated_at)`` are listed over :data:`OVERLAP` before ``cursor``: a
-    task of that window whose stamp equals the stored one is already in the store (right after a
-    bulk import, that is every imported task, which a full listing would send again). Full tasks
-    are listed from the oldest stamp that differs; None when none does.
+    task of that window whose stamp equals the one of its last full listing is already in the
+    store (right after a bulk import, that is every imported task, which a full listing would
+    send again). The stamp a webhook wrote does not count: its payload may lack the task's
+    annotations. Full tasks are listed from the oldest stamp that differs; None when none does.
     """
     window = cursor - OVERLAP
     stamps = {i: repo.parse_ts(u) for i, u in ls.iter_task_stamps(project_id, updated_since=window)}
     with store.session() as session:
         rows = session.execute(
-            select(Task.id, Task.ls_updated_at).where(
+            select(Task.id, Task.ls_listed_updated_at).where(
                 Task.project_id == project_id,
                 Task.deleted.is_(False),
-                Task.ls_updated_at > window,
+                Task.ls_listed_updated_at > window,
             )
         )
         stored = {task_id: stamp for task_id, stamp in rows}

@@ -95,6 +95,10 @@ class Task(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     ls_created_at: Mapped[datetime | None]
     ls_updated_at: Mapped[datetime | None]
+    # The stamp of the last full listing of the task, annotations included. Webhooks write
+    # ``ls_updated_at`` too, from payloads that may lack annotations (a task created by an import
+    # with annotations), so only this one says the store holds the task as Label Studio listed it.
+    ls_listed_updated_at: Mapped[datetime | None]
     synced_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from backend.loop.inbox import parse_event
 from backend.loop.sync import full_sync_due, reconcile
 from backend.store import repo
 from backend.store.db import Store
@@ -145,6 +147,32 @@ def test_incremental_sync_right_after_a_bulk_import_lists_no_task_again(
         session.get(Task, 7).deleted = True  # type: ignore[union-attr]
     report = reconcile(store, ls, 1, incremental=True)
     assert 7 in _state(store)[0] and report.tasks >= 1
+
+
+def test_a_webhook_that_stamped_a_task_does_not_hide_its_annotations_from_the_sync(
+    store: Store, ls: ScriptedLabelStudio
+) -> None:
+    """An import with annotations sends TASKS_CREATED with the task's stamp but no annotations:
+    the incremental sync that applies it still lists the task (its stamp is not one a full
+    listing gave) and takes the annotations."""
+    reconcile(store, ls, 1)
+    ls.add(50, _ann(20, "cat"), updated="2026-01-01T10:00:10Z")  # inside the overlap window
+    webhook = {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [dict(ls.tasks[50])]}
+    webhook["tasks"][0].pop("annotations")
+    parsed = parse_event(webhook)
+    with store.session() as session:
+        repo.record_delivery(
+            session,
+            key=repo.delivery_key(json.dumps(webhook, sort_keys=True).encode()),
+            action=parsed.action,
+            project_id=parsed.project_id,
+            payload=parsed.payload,
+        )
+    report = reconcile(store, ls, 1, incremental=True)
+    assert report.events_applied == 1 and report.tasks == 1
+    assert _state(store) == ([1, 2, 3, 50], {10: ["cat"], 11: ["dog"], 12: ["bird"], 20: ["cat"]})
+    again = reconcile(store, ls, 1, incremental=True)  # now listed in full: not listed again
+    assert again.tasks == 0 and again.probed >= 1
 
 
 def _age_syncs(store: Store, by: timedelta) -> None:
