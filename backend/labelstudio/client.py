@@ -224,6 +224,13 @@ class LabelStudio:
     def _keyset(
         self, project: int, params: dict[str, str], size: int, updated_since: datetime | None
     ) -> Iterator[dict[str, Any]]:
+        """Pages of tasks with ids above the last one seen, until one holds all that are left.
+
+        Each page's ``total`` counts the tasks its filter matches, this page's included, so a
+        page as long as its total is the last. A short page alone does not end the listing: a
+        server started with ``TASK_API_PAGE_SIZE_MAX`` below ``size`` answers every page short.
+        Without a ``total`` an empty page ends it.
+        """
         after = 0
         while True:
             page = {
@@ -233,13 +240,14 @@ class LabelStudio:
                 "page_size": size,
                 "query": _task_query(after, updated_since),
             }
-            tasks = self._call("GET", "/api/tasks", params=page).get("tasks", [])
+            body = self._call("GET", "/api/tasks", params=page)
+            tasks, total = body.get("tasks", []), body.get("total")
             for task in tasks:
                 if int(task["id"]) <= after:
                     raise LabelStudioError(None, "task listing is not in id order")
                 after = int(task["id"])
                 yield task
-            if len(tasks) < size:
+            if not tasks or (isinstance(total, int) and len(tasks) >= total):
                 return
 
     def get_task(self, task: int) -> dict[str, Any]:
