@@ -111,7 +111,10 @@ def write_task_data(
     with store.session() as session:
         for row in session.scalars(select(Task).where(Task.id.in_(written))):
             row.data = writes[row.id]
-    return written, next((e for e in errors if e is not None), None)
+    failed = [(task_id, e) for (task_id, _), e in zip(items, errors, strict=True) if e is not None]
+    for task_id, error in failed[1:]:  # the caller raises the first
+        log.warning("task %s: its data was not written: %s", task_id, error)
+    return written, failed[0][1] if failed else None
 
 
 class PushError(RuntimeError):

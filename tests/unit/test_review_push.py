@@ -13,9 +13,11 @@ from backend.loop.push import (
     WRITE_WORKERS,
     LabelStudioPush,
     Suspect,
+    TaskDataTarget,
     push_review,
     review_view_columns,
     suspicion_value,
+    write_task_data,
 )
 from backend.store.db import Store
 from backend.store.models import Project, ReviewFlag, Task
@@ -179,3 +181,28 @@ def test_flag_writes_go_out_together_and_a_refused_one_is_not_recorded(store: St
     counts = push_review(cast(LabelStudioPush, ls), store, 7, "label_error", suspects, max_flags=50)
     assert counts["flagged"] == 1 and counts["unchanged"] == 3
     assert [c for c in ls.calls if c[0] == "update_task_data"] == [("update_task_data", 103)]
+
+
+def test_every_refused_write_is_reported_and_the_first_returned(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    _tasks(store, 4)
+
+    class Refusing(FakeLabelStudio):
+        def update_task_data(self, task: int, data: dict[str, Any]) -> None:
+            if task in (101, 103):
+                raise LabelStudioError(500, f"Server Error on {task}")
+            super().update_task_data(task, data)
+
+    writes = {100 + i: {"image": "i", "labelloop_flag": i} for i in range(4)}
+    ls = Refusing(n_tasks=0, n_labeled=0)
+    with caplog.at_level("WARNING", logger="backend.loop.push"):
+        written, error = write_task_data(cast(TaskDataTarget, ls), store, writes)
+    assert written == {100, 102}
+    assert isinstance(error, LabelStudioError) and "on 101" in str(error)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and warned[0].startswith("task 103: its data was not written")
+    assert "Server Error on 103" in warned[0]
+    with store.session() as session:
+        stored = {t.id: t.data for t in session.scalars(select(Task))}
+    assert stored[100] == writes[100] and stored[101] == {"image": "i"}
