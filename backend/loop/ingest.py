@@ -57,11 +57,12 @@ def upsert_task(
     data: Mapping[str, Any],
     *,
     ahead: repo.ReadAhead | None = None,
+    listed: bool = False,
 ) -> Outcome:
     """Insert or refresh one task from Label Studio's task JSON (:func:`repo.upsert_task`)."""
     cfg = project_config(project)
     ref = task_image_ref(dict(data), cfg) if cfg is not None else None
-    return repo.upsert_task(session, project, data, image_ref=ref, ahead=ahead)
+    return repo.upsert_task(session, project, data, image_ref=ref, ahead=ahead, listed=listed)
 
 
 def upsert_annotation(

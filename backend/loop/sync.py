@@ -100,12 +100,7 @@ def _sync_chunk(
     session.scalars(select(Annotation).where(Annotation.task_id.in_(ids))).all()
     for task in tasks:
         seen[0].add(int(task["id"]))
-        outcome = ingest.upsert_task(session, project, task)
-        changes[0][outcome] += 1
-        if outcome != "ignored":
-            row = session.get(Task, int(task["id"]))  # from the identity map
-            if row is not None:
-                row.ls_listed_updated_at = repo.parse_ts(task.get("updated_at"))
+        changes[0][ingest.upsert_task(session, project, task, listed=True)] += 1
         for annotation in task.get("annotations") or []:
             seen[1].add(int(annotation["id"]))
             outcome = ingest.upsert_annotation(

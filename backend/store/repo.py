@@ -135,9 +135,11 @@ def upsert_task(
     *,
     image_ref: str | None,
     ahead: ReadAhead | None = None,
+    listed: bool = False,
 ) -> Outcome:
     """Insert or refresh one task from Label Studio's task JSON (``image_ref``: its image;
-    ``ahead``: rows read ahead in this transaction).
+    ``ahead``: rows read ahead in this transaction; ``listed``: the JSON is a full listing's,
+    annotations included, so its stamp is also recorded as ``ls_listed_updated_at``).
 
     A task stored under another project is left alone ("ignored"): an event of one project
     never changes another project's rows.
@@ -156,6 +158,7 @@ def upsert_task(
             data=data.get("data"),
             ls_created_at=parse_ts(data.get("created_at")),
             ls_updated_at=updated,
+            ls_listed_updated_at=updated if listed else None,
         )
         session.add(row)
         if ahead is not None:
@@ -168,6 +171,8 @@ def upsert_task(
         row.image_error = None
     row.image_ref, row.deleted, row.ls_updated_at = ref, False, updated or row.ls_updated_at
     row.data = data.get("data", row.data)
+    if listed:
+        row.ls_listed_updated_at = updated
     return "updated" if changed else "unchanged"
 
 
