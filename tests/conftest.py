@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -15,7 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from backend.api.app import create_app, shutdown
+from backend.loop.inbox import parse_event
 from backend.settings import Settings, load_settings
+from backend.store import repo
 from backend.store.db import Store
 
 SINGLE_CONFIG = """
@@ -124,6 +127,20 @@ SMALL_MODEL: dict[str, Any] = {
 #: ``client`` fixture sends it, so routes that need a credential answer.
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def deliver(store: Store, *events: dict[str, Any]) -> None:
+    """Store webhook bodies in the inbox as the webhook endpoint does (applied later)."""
+    with store.session() as session:
+        for event in events:
+            parsed = parse_event(event)
+            repo.record_delivery(
+                session,
+                key=repo.delivery_key(json.dumps(event, sort_keys=True).encode()),
+                action=parsed.action,
+                project_id=parsed.project_id,
+                payload=parsed.payload,
+            )
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:

@@ -19,7 +19,7 @@ from backend.settings import Settings
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Annotation, InboxEvent, Task
-from tests.conftest import ADMIN, SINGLE_CONFIG
+from tests.conftest import ADMIN, SINGLE_CONFIG, deliver
 
 PROJECT = {"id": 7, "title": "pets", "label_config": SINGLE_CONFIG}
 
@@ -62,19 +62,6 @@ def store_raw(store: Store, event: dict[str, Any], project_id: int = 7) -> None:
             project_id=project_id,
             payload=event,
         )
-
-
-def deliver(store: Store, *events: dict[str, Any]) -> None:
-    with store.session() as session:
-        for event in events:
-            parsed = parse_event(event)
-            repo.record_delivery(
-                session,
-                key=repo.delivery_key(json.dumps(event, sort_keys=True).encode()),
-                action=parsed.action,
-                project_id=parsed.project_id,
-                payload=parsed.payload,
-            )
 
 
 def set_up(store: Store, project_id: int = 7) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -12,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from backend.loop.inbox import parse_event
 from backend.loop.sync import full_sync_due, reconcile
 from backend.store import repo
 from backend.store.db import Store
 from backend.store.models import Project, Task
-from tests.conftest import SINGLE_CONFIG
+from tests.conftest import SINGLE_CONFIG, deliver
 
 
 def _ann(ann_id: int, label: str, updated: str = "2026-01-01T10:00:00Z") -> dict[str, Any]:
@@ -159,15 +157,7 @@ def test_a_webhook_that_stamped_a_task_does_not_hide_its_annotations_from_the_sy
     ls.add(50, _ann(20, "cat"), updated="2026-01-01T10:00:10Z")  # inside the overlap window
     webhook = {"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [dict(ls.tasks[50])]}
     webhook["tasks"][0].pop("annotations")
-    parsed = parse_event(webhook)
-    with store.session() as session:
-        repo.record_delivery(
-            session,
-            key=repo.delivery_key(json.dumps(webhook, sort_keys=True).encode()),
-            action=parsed.action,
-            project_id=parsed.project_id,
-            payload=parsed.payload,
-        )
+    deliver(store, webhook)
     report = reconcile(store, ls, 1, incremental=True)
     assert report.events_applied == 1 and report.tasks == 1
     assert _state(store) == ([1, 2, 3, 50], {10: ["cat"], 11: ["dog"], 12: ["bird"], 20: ["cat"]})
