@@ -44,6 +44,7 @@ from backend.store.db import Store
 from backend.store.models import Annotation, Task
 from benchmarks._common import print_table
 from strategies import coverage
+from strategies.base import Basis
 
 DIM, CLASSES, LABELED = 1280, 10, 0.03
 
@@ -60,7 +61,10 @@ def _problem(n: int, seed: int = 0) -> tuple[Snapshot, dict[int, np.ndarray]]:
         Annotation(id=int(i) + 1, task_id=int(i) + 1, annotator=1, labels=[names[y[i]]])
         for i in sorted(labeled)
     ]
-    tasks = [Task(id=i + 1, image_ref=f"bench://{i + 1}") for i in range(n)]
+    tasks = [
+        Task(id=i + 1, image_ref=f"bench://{i + 1}", data={"image": f"bench://{i + 1}"})
+        for i in range(n)
+    ]
     snap = Snapshot(cfg, tasks, annotations, consensus_targets(annotations, cfg))
     return snap, {i + 1: x[i] for i in range(n)}
 
@@ -86,8 +90,9 @@ def _stage(
     """(wall, cpu) seconds of build_pool, score_stage and select_stage, as the cycle calls them."""
     wall, cpu = [], []
 
-    def clusters_for(task_ids: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return project_clusters(settings, 1, task_ids, x)[0]
+    def clusters_for(task_ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, Basis | None]:
+        found = project_clusters(settings, 1, task_ids, x)
+        return found.labels, found.basis
 
     def timed(call, *args):  # type: ignore[no-untyped-def]
         started, cpu_started = time.perf_counter(), time.process_time()

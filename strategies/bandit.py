@@ -49,7 +49,7 @@ from sklearn.linear_model import LogisticRegression
 
 from strategies import REGISTRY
 from strategies.audit import audit_slots, draw_audit
-from strategies.base import FloatArray, IntArray, Pool, eligible, top_k
+from strategies.base import Basis, FloatArray, IntArray, Pool, eligible, top_k
 from strategies.coldstart import cold_start_order, reduce
 
 #: The portfolio, in the order the dashboard lists it. "combined" is the configured weighting.
@@ -282,7 +282,7 @@ def arm_orders(
     if pool.embeddings is not None and pool.probs is not None:
         # Before a model exists the combination *is* the TypiClust order: one arm, not two.
         orders["typiclust"] = cold_start_order(
-            pool.embeddings, pool.labeled, batch_size=batch_size, rng=rng
+            pool.embeddings, pool.labeled, batch_size=batch_size, rng=rng, basis=pool.basis
         )
     orders["combined"] = np.asarray(combined, dtype=np.int64)
     return orders
@@ -384,14 +384,16 @@ def _any_free(
     return "random", None
 
 
-def proxy_features(embeddings: FloatArray, *, rng: np.random.Generator) -> NDArray[np.float64]:
+def proxy_features(
+    embeddings: FloatArray, *, rng: np.random.Generator, basis: Basis | None = None
+) -> NDArray[np.float64]:
     """(n, <= PROXY_DIMS) standardized PCA components of the embeddings (no labels used).
 
-    The components are :func:`strategies.coldstart.reduce`'s: above its sample size they are
-    fitted on a uniform sample (a fit on every item of a 100,000 x 1,280 pool, in float64, cost
-    14 s of the cycle that judged a push).
+    The components are :func:`strategies.coldstart.reduce`'s: above its sample size the pool's
+    shared ``basis`` where given, else fitted on a uniform sample (a fit on every item of a
+    100,000 x 1,280 pool, in float64, cost 14 s of the cycle that judged a push).
     """
-    x = reduce(embeddings, dims=PROXY_DIMS, rng=rng)
+    x = reduce(embeddings, dims=PROXY_DIMS, rng=rng, basis=basis)
     spread = x.std(axis=0)
     out: NDArray[np.float64] = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
     return out

@@ -21,7 +21,17 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.decomposition import PCA
 
-from strategies.base import FloatArray, IntArray, Pool, Selection, Signal, eligible, need, top_k
+from strategies.base import (
+    Basis,
+    FloatArray,
+    IntArray,
+    Pool,
+    Selection,
+    Signal,
+    eligible,
+    need,
+    top_k,
+)
 from strategies.coverage import (
     KNN_MAX,
     SEED_SAMPLE,
@@ -40,9 +50,12 @@ CLUSTER_RATIO = 2
 #: more than the others, measured worse on the generated nuisance set (``nuisance`` in
 #: benchmarks/bench_label_efficiency.py: 0.72 vs 0.74 at 20 labels, 10 seeds), so it is not done.
 REDUCE_DIMS = 64
+#: Directions a shared :class:`~strategies.base.Basis` holds (:func:`principal_basis`): enough for
+#: the near-copy index's 128 as well as the cold start's 64.
+BASIS_DIMS = 128
 #: Above this many items the TypiClust order is computed on a uniform sample of this many (see
 #: :func:`cold_start_order`); at or below it, on every item.
-TYPICLUST_SAMPLE = 10_000
+TYPICLUST_SAMPLE = 5_000
 
 
 def typicality_scores(
@@ -114,28 +127,52 @@ def cold_start_scores(
     return np.maximum(scores, -float(embeddings.shape[0] + 1)), clustering.labels
 
 
+def principal_basis(
+    embeddings: FloatArray, *, dims: int = BASIS_DIMS, rng: np.random.Generator
+) -> Basis | None:
+    """The ``dims`` leading principal directions of the embeddings, fitted in float32 on a uniform
+    sample of :data:`strategies.coverage.SEED_SAMPLE` items (every item when fewer); None when
+    the embeddings have no more than ``dims`` dimensions or too few items to fit them.
+
+    The directions of largest variance are as well estimated from 4,000 items as from 100,000,
+    and a fit on all of a 100,000 x 1,280 pool cost 6.8 s of a cycle.
+    """
+    n, d = embeddings.shape
+    k = min(dims, n - 1)
+    if k < 1 or d <= k:
+        return None
+    rows = np.sort(rng.choice(n, size=SEED_SAMPLE, replace=False)) if n > SEED_SAMPLE else None
+    x = np.asarray(embeddings if rows is None else embeddings[rows], dtype=np.float32)
+    pca = PCA(k, random_state=int(rng.integers(2**31 - 1))).fit(x)
+    return Basis(pca.mean_.astype(np.float32), pca.components_.astype(np.float32))
+
+
 def reduce(
-    embeddings: FloatArray, *, dims: int = REDUCE_DIMS, rng: np.random.Generator
+    embeddings: FloatArray,
+    *,
+    dims: int = REDUCE_DIMS,
+    rng: np.random.Generator,
+    basis: Basis | None = None,
 ) -> NDArray[np.float64]:
     """(n, <= dims) PCA components of the embeddings (unchanged when they have fewer dims).
 
-    Pools above :data:`strategies.coverage.SEED_SAMPLE` items keep float32 embeddings in float32
-    (half the time of the SVD at 10,000 x 1280; the components differ in the 6th digit) and fit
-    the components on a uniform sample of that many items, then project every item: 64 directions
-    of largest variance are as well estimated from 4,000 items as from 100,000, and the fit on
-    all of them cost 6.8 s of a 100,000-item cycle.
+    Pools above :data:`strategies.coverage.SEED_SAMPLE` items are projected on ``basis`` (the
+    pool's shared directions) when it holds ``dims`` of them, else on :func:`principal_basis`'s
+    directions fitted here in float32 on a sample (half the time of the SVD at 10,000 x 1280;
+    the components differ in the 6th digit). Smaller pools fit their own, in float64, on every
+    item.
     """
     n = embeddings.shape[0]
-    large = n > SEED_SAMPLE and embeddings.dtype == np.float32
-    x = np.asarray(embeddings, dtype=np.float32 if large else np.float64)
     k = min(dims, n - 1)
-    if k < 1 or x.shape[1] <= k:
-        return np.asarray(x, dtype=np.float64)
-    pca = PCA(k, random_state=int(rng.integers(2**31 - 1)))
+    if k < 1 or embeddings.shape[1] <= k:
+        return np.asarray(embeddings, dtype=np.float64)
     if n <= SEED_SAMPLE:
-        return np.asarray(pca.fit_transform(x), dtype=np.float64)
-    pca.fit(x[np.sort(rng.choice(n, size=SEED_SAMPLE, replace=False))])
-    return np.asarray(pca.transform(x), dtype=np.float64)
+        pca = PCA(k, random_state=int(rng.integers(2**31 - 1)))
+        return np.asarray(pca.fit_transform(np.asarray(embeddings, np.float64)), dtype=np.float64)
+    usable = basis is not None and basis.dims >= k and basis.dim == embeddings.shape[1]
+    directions = basis if usable else principal_basis(embeddings, dims=k, rng=rng)
+    assert directions is not None  # k < n and k < d here
+    return np.asarray(directions.project(embeddings, k), dtype=np.float64)
 
 
 def cold_start_order(
@@ -144,27 +181,31 @@ def cold_start_order(
     *,
     batch_size: int,
     rng: np.random.Generator,
+    basis: Basis | None = None,
 ) -> IntArray:
     """(m,) every unlabeled item in cold-start order, best first.
 
     TypiClust with ``labels + CLUSTER_RATIO * batch_size`` clusters in the PCA space
-    (:func:`reduce`): typical items of the largest uncovered clusters first. Pools above
-    :data:`TYPICLUST_SAMPLE` items run it on a uniform sample of that many (labeled items
-    included at their rate, so "uncovered" means the same), and the unlabeled items outside the
-    sample follow in random order: the queue takes a batch or a share of the horizon from this
-    order, far fewer than the sample holds, and clustering 100,000 items into ``labels + 2 B``
-    clusters cost 20 s a cycle.
+    (:func:`reduce`, on ``basis`` where it serves): typical items of the largest uncovered
+    clusters first. Pools above :data:`TYPICLUST_SAMPLE` items run it on a uniform sample of that
+    many (labeled items included at their rate, so "uncovered" means the same, and clusters hold
+    as many items as they would on the whole pool), and the unlabeled items outside the sample
+    follow in random order: the queue takes a batch or a share of the horizon from this order,
+    far fewer than the sample holds. Clustering 100,000 items into ``labels + 2 B`` clusters
+    cost 20 s a cycle; on a 10,000 sample, 1.1 s (half of it the quadratic k-NN typicality).
     """
     n = embeddings.shape[0]
     if n > TYPICLUST_SAMPLE:
         sample = np.sort(rng.choice(n, size=TYPICLUST_SAMPLE, replace=False)).astype(np.int64)
         head = sample[
-            cold_start_order(embeddings[sample], labeled[sample], batch_size=batch_size, rng=rng)
+            cold_start_order(
+                embeddings[sample], labeled[sample], batch_size=batch_size, rng=rng, basis=basis
+            )
         ]
         rest = np.setdiff1d(np.flatnonzero(~labeled), sample, assume_unique=True)
         order: IntArray = np.concatenate([head, rng.permutation(rest)]).astype(np.int64)
         return order
-    space = reduce(embeddings, rng=rng)
+    space = reduce(embeddings, rng=rng, basis=basis)
     n_clusters = int(labeled.sum()) + CLUSTER_RATIO * max(batch_size, 1)
     scores, _ = cold_start_scores(space, labeled, n_clusters=n_clusters, rng=rng)
     candidates = np.flatnonzero(~labeled).astype(np.int64)

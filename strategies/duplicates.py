@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 from numpy.typing import NDArray
 
+from strategies.base import Basis
 from strategies.combine import Priority
 from strategies.neighbours import unit_pairs
 
@@ -55,6 +56,7 @@ def near_copies_of_labeled(
     threshold: float,
     seed: int = 0,
     among: NDArray[np.int64] | None = None,
+    basis: Basis | None = None,
 ) -> NDArray[np.bool_]:
     """(n,) True for unlabeled items whose centred cosine to some labeled item is >= threshold.
 
@@ -66,6 +68,8 @@ def near_copies_of_labeled(
         among: only these items are tested (default every unlabeled one); labeled ones in it are
             skipped. The centre stays the mean of every item, so a tested item's answer is the
             same either way.
+        basis: the pool's principal directions, for the neighbour index to reduce on instead of
+            fitting its own (the answer is the same: see :func:`strategies.neighbours.unit_pairs`).
     """
     out = np.zeros(len(labeled), dtype=bool)
     if not labeled.any() or labeled.all():
@@ -75,7 +79,8 @@ def near_copies_of_labeled(
     rows = np.flatnonzero(~labeled) if among is None else among[~labeled[among]]
     queries = centred_unit(x, rows, mean=mean)
     base = centred_unit(x, np.flatnonzero(labeled), mean=mean)
-    found, _, _ = unit_pairs(queries, base, threshold=threshold, seed=seed)
+    directions = None if basis is None else basis.components
+    found, _, _ = unit_pairs(queries, base, threshold=threshold, seed=seed, directions=directions)
     out[rows[found]] = True
     return out
 
@@ -88,6 +93,7 @@ def demote_copies(
     threshold: float,
     seed: int = 0,
     head: int | None = None,
+    basis: Basis | None = None,
 ) -> Priority:
     """``priority`` with the near-copies of labeled items among its first ``head`` positions
     (default all) moved behind every other unlabeled item.
@@ -97,7 +103,12 @@ def demote_copies(
     order = priority.order
     among = order if head is None or head >= order.shape[0] else order[:head]
     copies = near_copies_of_labeled(
-        embeddings, labeled, threshold=threshold, seed=seed, among=np.asarray(among, np.int64)
+        embeddings,
+        labeled,
+        threshold=threshold,
+        seed=seed,
+        among=np.asarray(among, np.int64),
+        basis=basis,
     )
     return demote(priority, copies)
 

@@ -124,6 +124,7 @@ def unit_pairs(
     threshold: float,
     seed: int = 0,
     same: bool = False,
+    directions: NDArray[np.float32] | None = None,
 ) -> Pairs:
     """(query row, base row, cosine) of every pair with cosine >= ``threshold``.
 
@@ -134,10 +135,16 @@ def unit_pairs(
         seed: fixes the principal components' sample and the cells.
         same: ``queries`` is ``base``: each pair once, as (lower row, higher row), never an item
             with itself.
+        directions: (k, d) orthonormal rows to reduce on (at most :data:`DIMS` are used) instead
+            of the principal components of ``base`` fitted here. Any orthonormal rows keep the
+            search exact; directions that carry the vectors' spread leave fewer candidates.
     """
     if not len(queries) or not len(base):
         return _empty()
-    basis = _reducer(base, seed)
+    if directions is not None and directions.shape[1] == base.shape[1] > DIMS + 1:
+        basis: NDArray[np.float32] | None = np.ascontiguousarray(directions[:DIMS], np.float32)
+    else:
+        basis = _reducer(base, seed)
     zb = _reduce(base, basis)
     zq = zb if same else _reduce(queries, basis)
     # Reduced vectors are unit vectors whose distances never exceed the full ones, so their inner

@@ -49,6 +49,7 @@ from backend.model.train import blas_threads
 from backend.settings import Settings
 from backend.store.db import Store
 from backend.store.project_settings import effective_settings
+from strategies.base import Basis
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,10 @@ def run_cycle(
 
             def clusters_for(
                 task_ids: NDArray[np.int64], x: NDArray[np.floating[Any]]
-            ) -> NDArray[np.int64]:
-                labels, again = project_clusters(settings, project_id, task_ids, x)
-                reused.append(again)
-                return labels
+            ) -> tuple[NDArray[np.int64], Basis | None]:
+                found = project_clusters(settings, project_id, task_ids, x)
+                reused.append(found.reused)
+                return found.labels, found.basis
 
             model_phase = len(snap.targets.task_ids) >= settings.strategy.cold_start_labels
             arrays = build_pool(

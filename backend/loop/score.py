@@ -20,7 +20,7 @@ from backend.loop.targets import annotator_matrix
 from backend.loop.task_fields import slice_columns, slice_ids
 from backend.settings import Settings
 from strategies import Pool
-from strategies.base import threads
+from strategies.base import Basis, threads
 from strategies.combine import Priority, prioritize
 from strategies.duplicates import demote_copies
 
@@ -35,7 +35,10 @@ def _annotator_matrix(snap: Snapshot, task_ids: NDArray[np.int64]) -> NDArray[np
     return annotator_matrix(snap.annotations, task_ids, classes)[0]
 
 
-ClustersFor = Callable[[NDArray[np.int64], NDArray[np.floating[Any]]], NDArray[np.int64]]
+#: ``clusters_for(task_ids, embeddings)``: each task's cluster and the pool's principal directions.
+ClustersFor = Callable[
+    [NDArray[np.int64], NDArray[np.floating[Any]]], tuple[NDArray[np.int64], Basis | None]
+]
 
 
 def build_pool(
@@ -49,8 +52,9 @@ def build_pool(
 
     ``slice_fields``: task data fields whose values are the pool's slices (None: the offered
     low-cardinality fields, see :mod:`backend.loop.task_fields`).
-    ``clusters_for(task_ids, embeddings)``: the pool's clusters once a model exists (the cycle
-    reuses stored ones, :mod:`backend.loop.clusters`); None lets the strategies run k-means.
+    ``clusters_for(task_ids, embeddings)``: the pool's clusters and principal directions once a
+    model exists (the cycle reuses stored ones, :mod:`backend.loop.clusters`); None lets the
+    strategies run k-means and fit their own directions.
     """
     task_ids = np.array(sorted(embeddings), dtype=np.int64)
     index = {int(t): i for i, t in enumerate(task_ids)}
@@ -69,6 +73,9 @@ def build_pool(
         oos = probs.copy()
         for row, task in enumerate(trained.used.task_ids):
             oos[index[int(task)]] = trained.model.oos_probs[row]
+    clusters, basis = (
+        clusters_for(task_ids, x) if clusters_for and probs is not None else (None, None)
+    )
     pool = Pool(
         labels=labels,
         probs=probs,
@@ -76,10 +83,11 @@ def build_pool(
         embeddings=x,
         oos_probs=oos,
         annotations=_annotator_matrix(snap, task_ids),
-        clusters=clusters_for(task_ids, x) if clusters_for and probs is not None else None,
+        clusters=clusters,
         targets=tags if snap.cfg.multiple and oos is not None else None,
         slices=_slices(snap, task_ids, slice_fields),
         multilabel=snap.cfg.multiple,
+        basis=basis,
     )
     return task_ids, pool, probs
 
@@ -115,6 +123,7 @@ def score_stage(settings: Settings, scored_pool: tuple[NDArray[np.int64], Pool, 
                 threshold=settings.diagnosis.near_duplicate_similarity,
                 seed=settings.model.seed,
                 head=copy_search_head(settings),
+                basis=pool.basis,
             )
     return Scored(task_ids, pool, priority, probs)
 

@@ -192,7 +192,7 @@ def _judge(
     fresh = np.asarray([r for r in picked.pop(AUDIT, []) if r in labeled_audit], dtype=np.int64)
     rng = np.random.default_rng(cycle_id)
     rewards = judge_push(
-        proxy_features(pool.embeddings, rng=rng),
+        proxy_features(pool.embeddings, rng=rng, basis=pool.basis),
         pool.labels,
         {a: np.asarray(r, dtype=np.int64) for a, r in picked.items()},
         audit,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies import coldstart
-from strategies.coldstart import cold_start_order, reduce
+from strategies import Pool, coldstart
+from strategies.base import Basis
+from strategies.coldstart import cold_start_order, principal_basis, reduce
 from strategies.duplicates import centred_unit
 
 
@@ -53,6 +54,58 @@ def test_the_components_fitted_on_a_sample_span_the_pools_own(
     fit = design @ np.linalg.lstsq(design, full, rcond=None)[0]
     r2 = 1 - ((full - fit) ** 2).sum(axis=0) / ((full - full.mean(axis=0)) ** 2).sum(axis=0)
     assert sampled.shape == (3000, 5) and r2.min() >= 0.99, r2
+
+
+def test_a_shared_basis_is_projected_on_instead_of_fitting_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above the sample size, reduce projects on the pool's basis when it holds enough directions
+    (and fits its own otherwise); the cold start order run on it is reproducible and still
+    reaches the uncovered blobs first."""
+    monkeypatch.setattr(coldstart, "SEED_SAMPLE", 300)
+    x, y = _blobs([250] * 8, seed=3)
+    wide = np.concatenate([x, np.random.default_rng(4).normal(size=(len(x), 200))], axis=1)
+    wide = wide.astype(np.float32)
+    basis = principal_basis(wide, dims=64, rng=np.random.default_rng(5))
+    assert basis is not None and basis.dims == 64 and basis.dim == 232
+    on_basis = reduce(wide, dims=16, rng=np.random.default_rng(0), basis=basis)
+    np.testing.assert_allclose(on_basis, basis.project(wide, 16), rtol=1e-6)
+    narrow = Basis(basis.mean, basis.components[:8])  # too few directions: fitted here
+    own = reduce(wide, dims=16, rng=np.random.default_rng(0), basis=narrow)
+    assert own.shape == (2000, 16) and not np.allclose(own[:, 8:], 0)
+    labeled = np.zeros(len(y), dtype=bool)
+    labeled[[3, 700]] = True
+    spans = []
+    for seed in range(5):
+        order = cold_start_order(
+            wide, labeled, batch_size=4, rng=np.random.default_rng(seed), basis=basis
+        )
+        again = cold_start_order(
+            wide, labeled, batch_size=4, rng=np.random.default_rng(seed), basis=basis
+        )
+        assert np.array_equal(order, again)
+        assert np.array_equal(np.sort(order), np.flatnonzero(~labeled))
+        spans.append(len(set(y[order[:8]].tolist())))
+    assert np.mean(spans) >= 6.5, spans
+
+
+def test_a_pool_checks_its_basis() -> None:
+    """A basis must come with embeddings of its size; with_basis checks it alone."""
+    x = np.random.default_rng(0).normal(size=(20, 6))
+    basis = Basis(np.zeros(6), np.eye(6)[:3])
+    labels = np.full(20, -1)
+    assert Pool(labels, embeddings=x, basis=basis).basis is basis
+    with pytest.raises(ValueError, match="needs the embeddings"):
+        Pool(labels, basis=basis)
+    with pytest.raises(ValueError, match="dimensions"):
+        Pool(labels, embeddings=x[:, :5], basis=basis)
+    with pytest.raises(ValueError, match="dimensions, its mean"):
+        Basis(np.zeros(5), np.eye(6)[:3])
+    with pytest.raises(ValueError, match="NaN"):
+        Basis(np.zeros(6), np.full((3, 6), np.nan))
+    assert Pool(labels, embeddings=x).with_basis(basis).basis is basis
+    with pytest.raises(ValueError, match="dimensions"):
+        Pool(labels, embeddings=x[:, :5]).with_basis(basis)
 
 
 def test_centred_unit_vectors_are_the_same_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from strategies import neighbours
+from strategies.base import Basis
+from strategies.coldstart import principal_basis
 from strategies.duplicates import centred_unit, near_copies_of_labeled
 from strategies.neighbours import brute_force_pairs, unit_pairs
 
@@ -69,6 +71,27 @@ def test_near_copies_of_labeled_equal_brute_force(indexed: None) -> None:
     expected = np.zeros(3000, dtype=bool)
     expected[rows[hit]] = True
     found = near_copies_of_labeled(raw, labeled, threshold=0.95)
+    assert expected.sum() > 20 and np.array_equal(found, expected)
+
+
+@pytest.mark.parametrize("source", ["pool", "random"])
+def test_near_copies_on_given_directions_equal_brute_force(indexed: None, source: str) -> None:
+    """Directions handed in (the pool's shared basis, or any orthonormal rows at all) change
+    which candidates are checked, never the answer."""
+    raw = planted(3000, 256, np.random.default_rng(6))
+    labeled = np.random.default_rng(7).random(3000) < 0.3
+    if source == "pool":
+        basis = principal_basis(raw.astype(np.float32), rng=np.random.default_rng(8))
+    else:
+        q, _ = np.linalg.qr(np.random.default_rng(9).normal(size=(256, 128)))
+        basis = Basis(np.zeros(256, np.float32), q.T.astype(np.float32))
+    assert basis is not None
+    x = centred_unit(raw)
+    rows = np.flatnonzero(~labeled)
+    hit, _, _ = brute_force_pairs(x[rows], x[labeled], threshold=0.95)
+    expected = np.zeros(3000, dtype=bool)
+    expected[rows[hit]] = True
+    found = near_copies_of_labeled(raw, labeled, threshold=0.95, basis=basis)
     assert expected.sum() > 20 and np.array_equal(found, expected)
 
 
