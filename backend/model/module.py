@@ -90,6 +90,22 @@ class StackedHead(nn.Module):
         hidden = self._drop(F.relu(hidden + self.b_hidden[:, None]), mc_generator)
         return torch.baddbmm(self.b_out[:, None], hidden, self.w_out)
 
+    def standardizing(self, mean: torch.Tensor, scale: torch.Tensor) -> StackedHead:
+        """A copy in eval mode that takes raw inputs ``x`` and returns what this stack returns for
+        ``(x - mean) / scale`` with dropout off: the standardization is folded into the first
+        layer (weights divided by ``scale``, ``mean / scale`` times them taken off the bias), so
+        predicting a pool skips two passes over its embeddings. Computed in float64."""
+        out = self.select(list(range(self.n_heads)))
+        shift = (mean.double() / scale.double()).view(1, -1, 1)
+        inv = (1.0 / scale.double()).view(1, -1, 1)
+        first_w, first_b = ("w_out", "b_out") if self.kind == "linear" else ("w_hidden", "b_hidden")
+        w = getattr(out, first_w).detach().double()
+        b = getattr(out, first_b).detach().double()
+        with torch.no_grad():
+            getattr(out, first_w).copy_((w * inv).float())
+            getattr(out, first_b).copy_((b - (w * shift).sum(dim=1)).float())
+        return out.eval()
+
     def select(self, heads: list[int]) -> StackedHead:
         """A new stack holding copies of the given heads."""
         out = StackedHead(

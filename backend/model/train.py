@@ -43,6 +43,9 @@ from backend.settings import ModelSettings
 
 #: Rows per forward pass when a trained head predicts a pool (:meth:`TrainedModel._chunked`).
 INFERENCE_ROWS = 8192
+#: Largest ``|mean / std|`` of an embedding dimension for which the heads take raw embeddings with
+#: their standardization folded in (:meth:`TrainedModel._folds_standardization`).
+FOLD_MAX_OFFSET = 100.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,31 +99,51 @@ class TrainedModel:
         self,
         embeddings: NDArray[np.floating[Any]],
         *forwards: Callable[[torch.Tensor], torch.Tensor],
+        standardize: bool = True,
     ) -> list[NDArray[np.float64]]:
-        """Each of ``forwards`` over the standardized embeddings, :data:`INFERENCE_ROWS` rows at a
-        time (each chunk standardized once for all of them), joined along the item axis (the last
-        but one): a 100,000 x 1280 pool standardized at once is two 0.5 GB temporaries, written
-        to fresh memory (1.6 s a call)."""
+        """Each of ``forwards`` over the embeddings, :data:`INFERENCE_ROWS` rows at a time, joined
+        along the item axis (the last but one). With ``standardize`` each chunk is standardized
+        once for all of them (a 100,000 x 1280 pool standardized at once is two 0.5 GB
+        temporaries, written to fresh memory: 1.6 s a call); without, the forwards take the raw
+        rows (:meth:`_folded`)."""
         rows = min(max(embeddings.shape[0], 1), INFERENCE_ROWS)
-        buffer = np.empty((rows, embeddings.shape[1]), dtype=np.float32)  # one, reused per chunk
+        buffer = np.empty((rows, embeddings.shape[1]), dtype=np.float32) if standardize else None
         parts: list[list[NDArray[Any]]] = [[] for _ in forwards]
         for i in range(0, max(embeddings.shape[0], 1), INFERENCE_ROWS):
             chunk = embeddings[i : i + INFERENCE_ROWS]
-            x = self._inputs(chunk, buffer[: chunk.shape[0]])
+            if buffer is not None:
+                x = self._inputs(chunk, buffer[: chunk.shape[0]])
+            else:
+                x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
             for forward, out in zip(forwards, parts, strict=True):
                 out.append(np.array(forward(x).numpy()))  # a copy: the buffer is written again
         return [np.concatenate(out, axis=-2).astype(np.float64, copy=False) for out in parts]
 
-    def _head_logits(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        head = self.head.eval()
+    def _folds_standardization(self) -> bool:
+        """Whether the heads may take raw embeddings with the standardization folded into their
+        first layer (:meth:`StackedHead.standardizing`): bootstrap committees (MC dropout drops
+        standardized inputs) and offsets small enough for float32 (``|mean / std| <=``
+        :data:`FOLD_MAX_OFFSET`: a larger one is mostly cancelled in the folded bias)."""
+        offset = np.abs(self.feature_mean / self.feature_std)
+        return self.committee is not None and float(offset.max(initial=0.0)) <= FOLD_MAX_OFFSET
+
+    def _folded(self, stack: StackedHead) -> Callable[[torch.Tensor], torch.Tensor]:
+        folded = stack.standardizing(
+            torch.from_numpy(np.asarray(self.feature_mean, dtype=np.float32)),
+            torch.from_numpy(np.asarray(self.feature_std, dtype=np.float32)),
+        )
+        return folded
+
+    def _head_logits(self, *, folded: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+        head = self._folded(self.head) if folded else self.head.eval()
         return lambda x: head(x)[0]
 
-    def _committee_logits(self) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _committee_logits(self, *, folded: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
         """The committee's (M, rows, C) logits of a chunk. Bootstrap members are separate heads;
         MC dropout runs the main head M times with dropout on, drawing masks from a generator
         seeded with ``seed`` here (same input, same output)."""
         if self.committee is not None:
-            return self.committee.eval()
+            return self._folded(self.committee) if folded else self.committee.eval()
         gen = torch.Generator().manual_seed(self.seed)
         head = self.head.eval()
         return lambda x: torch.stack(
@@ -132,8 +155,11 @@ class TrainedModel:
 
     def logits(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (n, C) uncalibrated logits of the main head."""
+        fold = self._folds_standardization()
         with torch.inference_mode():
-            return self._chunked(embeddings, self._head_logits())[0]
+            return self._chunked(embeddings, self._head_logits(folded=fold), standardize=not fold)[
+                0
+            ]
 
     def predict_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (n, C) calibrated probabilities."""
@@ -141,17 +167,26 @@ class TrainedModel:
 
     def committee_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, d) embeddings to (M, n, C) calibrated probabilities, one slice per member."""
+        fold = self._folds_standardization()
         with torch.inference_mode():
-            return self._probabilities(self._chunked(embeddings, self._committee_logits())[0])
+            logits = self._chunked(
+                embeddings, self._committee_logits(folded=fold), standardize=not fold
+            )[0]
+        return self._probabilities(logits)
 
     def pool_proba(
         self, embeddings: NDArray[np.floating[Any]]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """:meth:`predict_proba` and :meth:`committee_proba` of the same embeddings (the same
-        values), standardizing each chunk once for both."""
+        values), standardizing each chunk once for both, or neither where the heads fold the
+        standardization in."""
+        fold = self._folds_standardization()
         with torch.inference_mode():
             head, committee = self._chunked(
-                embeddings, self._head_logits(), self._committee_logits()
+                embeddings,
+                self._head_logits(folded=fold),
+                self._committee_logits(folded=fold),
+                standardize=not fold,
             )
         return self._probabilities(head), self._probabilities(committee)
 

@@ -223,3 +223,27 @@ def test_a_pool_predicted_in_chunks_gets_what_one_pass_gives(
         np.testing.assert_allclose(chunked, members, atol=1e-6)
     np.testing.assert_array_equal(chunked, model.committee_proba(x))
     assert model.predict_proba(x[:0]).shape == (0, 4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 5_000.0])
+def test_folded_standardization_predicts_what_standardized_inputs_give(
+    offset: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bootstrap heads take raw embeddings with the standardization folded into their first
+    layer; their logits match the heads on standardized inputs. Embeddings whose mean is far from
+    zero next to their spread (float32 would lose it in the folded bias) stay unfolded."""
+    from backend.model import train
+
+    x, y, _ = blobs(100, spread=0.8, seed=11)
+    x = x + offset
+    settings = fast_settings(committee_mode="bootstrap", committee_size=3)
+    model = train_model(x, y, classes=CLASSES, multilabel=False, settings=settings)
+    assert model._folds_standardization() is (offset == 0.0)
+    probs, members = model.pool_proba(x)
+    logits = model.logits(x)
+    monkeypatch.setattr(train, "FOLD_MAX_OFFSET", -1.0)  # never fold: the standardized path
+    assert not model._folds_standardization()
+    np.testing.assert_allclose(model.logits(x), logits, atol=1e-4)
+    reference, reference_members = model.pool_proba(x)
+    np.testing.assert_allclose(probs, reference, atol=1e-5)
+    np.testing.assert_allclose(members, reference_members, atol=1e-5)
