@@ -610,3 +610,36 @@ def committee_rowwise(
         n, rows, work, lambda: np.empty((n_members + 2, min(rows, n), n_classes), dtype=dtype)
     )
     return out
+
+
+def fast_committee(committee: FloatArray) -> bool:
+    """Whether the compiled float32 committee kernels take ``committee``: float32, C-contiguous."""
+    return committee.dtype == np.float32 and committee.flags.c_contiguous
+
+
+def float_bits(values: FloatArray) -> NDArray[np.signedinteger[Any]]:
+    """A C-contiguous view of non-negative float32/float64 ``values`` as int32/int64 (copied only
+    when not C-contiguous): non-negative floats order as their bit patterns, and integer max and
+    min reductions vectorize in compiled loops where float ones do not."""
+    contiguous = np.ascontiguousarray(values, dtype=np.result_type(values.dtype, np.float32))
+    return contiguous.view(np.int32 if contiguous.dtype == np.float32 else np.int64)
+
+
+def compiled_rowwise(
+    kernel: Callable[..., None], array: NDArray[Any], *extra: Any
+) -> NDArray[np.float64]:
+    """Apply a compiled ``kernel(array, start, stop, out, *extra)`` to item chunks of a
+    C-contiguous (M, n, C) committee or (n, C) array (items on axis -2), on
+    :func:`available_threads` threads; (n,) float64.
+
+    The kernel writes ``out[start:stop]`` and releases the GIL, so chunks run in parallel; they
+    are as large as :func:`committee_rowwise`'s (several per thread balance the load)."""
+    n = array.shape[-2]
+    rows = max(64, COMMITTEE_CHUNK_ELEMENTS // max(1, array.size // max(n, 1)))
+    out = np.empty(n, dtype=np.float64)
+
+    def work(start: int, stop: int, _: None) -> None:
+        kernel(array, start, stop, out, *extra)
+
+    _over_chunks(n, rows, work, lambda: None)
+    return out

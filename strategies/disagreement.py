@@ -16,7 +16,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import FloatArray, IntArray, Signal, committee_rowwise, rowwise, xlogy_sum
+from strategies import kernels
+from strategies.base import (
+    FloatArray,
+    IntArray,
+    Signal,
+    committee_rowwise,
+    compiled_rowwise,
+    fast_committee,
+    float_bits,
+    rowwise,
+    xlogy_sum,
+)
 
 #: cleanlab's clip for confident thresholds and its fuzzy comparison, for an identical mask.
 _THRESHOLD_FLOOR = 2e-6
@@ -25,18 +36,6 @@ _FUZZ = 1e-6
 
 def _entropy_rows(p: FloatArray) -> FloatArray:
     out: FloatArray = -(p * np.log(np.maximum(p, np.finfo(p.dtype).tiny))).sum(axis=-1)
-    return out
-
-
-def _vote_entropy_block(block: FloatArray, scratch: FloatArray) -> NDArray[np.float64]:
-    # H = -sum_k (c_k/M) log(c_k/M) = -(1/M) sum_m log(c_m/M), where c_m counts the members that
-    # vote as member m does: an (M, M, rows) comparison instead of (rows, C) vote counts.
-    n_members = block.shape[0]
-    votes = block.argmax(axis=2)
-    agree = (votes[:, None, :] == votes[None, :, :]).sum(axis=1)
-    with np.errstate(divide="ignore"):  # agree >= 1, so log(0) in slot 0 is never looked up
-        table = -np.log(np.arange(n_members + 1) / n_members) / n_members
-    out: NDArray[np.float64] = table[agree].sum(axis=0)
     return out
 
 
@@ -49,7 +48,12 @@ def vote_entropy_scores(committee: FloatArray) -> NDArray[np.float64]:
     Returns:
         (n,) float64 in [0, log(min(M, C))], higher = members vote more differently.
     """
-    return committee_rowwise(_vote_entropy_block, committee)
+    # H = -sum_k (c_k/M) log(c_k/M) = -(1/M) sum_m log(c_m/M), where c_m counts the members that
+    # vote as member m does: a table lookup per member, no (n, C) vote counts.
+    n_members = committee.shape[0]
+    with np.errstate(divide="ignore"):  # agree >= 1, so log(0) in slot 0 is never looked up
+        table = -np.log(np.arange(n_members + 1) / n_members) / n_members
+    return compiled_rowwise(kernels.vote_entropy, float_bits(committee), table)
 
 
 def _kl_consensus_block(block: FloatArray, scratch: FloatArray) -> FloatArray:
@@ -67,7 +71,8 @@ def _kl_consensus_block(block: FloatArray, scratch: FloatArray) -> FloatArray:
 def kl_consensus_scores(committee: FloatArray) -> NDArray[np.float64]:
     """Largest KL divergence of a member from the consensus (mean) distribution.
 
-    Computed in the committee's dtype (float32 committees stay float32).
+    Computed in the committee's dtype: float32 committees in one compiled pass
+    (:func:`strategies.kernels.kl_consensus32`), float64 ones in numpy chunks.
 
     Args:
         committee: (M, n, C) member probabilities.
@@ -75,6 +80,8 @@ def kl_consensus_scores(committee: FloatArray) -> NDArray[np.float64]:
     Returns:
         (n,) float64 >= 0, higher = some member disagrees more with the consensus.
     """
+    if fast_committee(committee):
+        return compiled_rowwise(kernels.kl_consensus32, committee)
     return committee_rowwise(_kl_consensus_block, committee)
 
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from strategies.base import FloatArray, Signal, committee_rowwise, rowwise, xlogy_sum
+from strategies import kernels
+from strategies.base import (
+    FloatArray,
+    Signal,
+    committee_rowwise,
+    compiled_rowwise,
+    fast_committee,
+    float_bits,
+    rowwise,
+    xlogy_sum,
+)
 
 
 def _xlogx(p: FloatArray) -> FloatArray:
@@ -25,13 +35,6 @@ def _entropy_rows(p: FloatArray) -> FloatArray:
 def _binary_entropy_rows(p: FloatArray) -> FloatArray:
     out: FloatArray = -(_xlogx(p) + _xlogx(1.0 - p)).sum(axis=-1)
     return out
-
-
-def _margin_rows(p: FloatArray) -> FloatArray:
-    if p.shape[1] < 2:
-        return np.ones(p.shape[0], dtype=p.dtype)
-    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
-    return 1.0 - (top2[:, 1] - top2[:, 0])
 
 
 def least_confidence_scores(probs: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
@@ -59,7 +62,10 @@ def margin_scores(probs: FloatArray, *, multilabel: bool = False) -> NDArray[np.
     """
     if multilabel:
         return rowwise(lambda p: 1.0 - np.abs(2.0 * p - 1.0).min(axis=1, initial=1.0), probs)
-    return rowwise(_margin_rows, probs)
+    if probs.shape[1] < 2:
+        return np.ones(probs.shape[0])
+    bits = float_bits(probs)
+    return compiled_rowwise(kernels.margin, bits, bits.dtype.type(0))
 
 
 def entropy_scores(probs: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
@@ -94,7 +100,8 @@ def _bald_multilabel(block: FloatArray, scratch: FloatArray) -> FloatArray:
 def bald_scores(committee: FloatArray, *, multilabel: bool = False) -> NDArray[np.float64]:
     """BALD mutual information: H(mean of members) - mean of member entropies.
 
-    Computed in the committee's dtype (float32 committees stay float32).
+    Computed in the committee's dtype: float32 committees in one compiled pass
+    (:func:`strategies.kernels.bald32`), float64 ones in numpy chunks.
 
     Args:
         committee: (M, n, C) member probabilities (bootstrap members or MC-dropout samples).
@@ -102,6 +109,8 @@ def bald_scores(committee: FloatArray, *, multilabel: bool = False) -> NDArray[n
     Returns:
         (n,) float64 >= 0 (clipped), higher = members disagree more.
     """
+    if not multilabel and fast_committee(committee):
+        return compiled_rowwise(kernels.bald32, committee)
     return committee_rowwise(_bald_multilabel if multilabel else _bald_multiclass, committee)
 
 

@@ -165,18 +165,22 @@ class TrainedModel:
         """(n, d) embeddings to (n, C) calibrated probabilities."""
         return self._probabilities(self.logits(embeddings))
 
-    def committee_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
-        """(n, d) embeddings to (M, n, C) calibrated probabilities, one slice per member."""
+    def committee_proba(self, embeddings: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        """(n, d) embeddings to (M, n, C) calibrated probabilities, one slice per member.
+
+        float32: the committee is M times the size of the head's probabilities, and its signals
+        (BALD, vote entropy, KL to the consensus) run compiled on float32
+        (:mod:`strategies.kernels`)."""
         fold = self._folds_standardization()
         with torch.inference_mode():
             logits = self._chunked(
                 embeddings, self._committee_logits(folded=fold), standardize=not fold
             )[0]
-        return self._probabilities(logits)
+        return self._probabilities(logits).astype(np.float32)
 
     def pool_proba(
         self, embeddings: NDArray[np.floating[Any]]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
         """:meth:`predict_proba` and :meth:`committee_proba` of the same embeddings (the same
         values), standardizing each chunk once for both, or neither where the heads fold the
         standardization in."""
@@ -188,7 +192,7 @@ class TrainedModel:
                 self._committee_logits(folded=fold),
                 standardize=not fold,
             )
-        return self._probabilities(head), self._probabilities(committee)
+        return self._probabilities(head), self._probabilities(committee).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,8 @@ def test_committee_members_differ_and_are_reproducible(mode: str) -> None:
     model = train_model(x, y, classes=CLASSES, multilabel=False, settings=settings)
     members = model.committee_proba(x)
     assert members.shape == (4, 80, 4)
-    np.testing.assert_allclose(members.sum(axis=2), 1.0, atol=1e-9)
+    assert members.dtype == np.float32  # the compiled committee kernels' dtype
+    np.testing.assert_allclose(members.sum(axis=2), 1.0, atol=1e-6)
     assert np.abs(members[0] - members[1]).max() > 1e-3
     np.testing.assert_array_equal(members, model.committee_proba(x))
 

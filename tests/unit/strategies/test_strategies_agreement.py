@@ -153,6 +153,88 @@ def test_float32_committee_scores_match_float64(score: Any) -> None:
     np.testing.assert_allclose(score(members.astype(np.float32)), score(members), atol=2e-5)
 
 
+def _strided(array: np.ndarray) -> np.ndarray:
+    """The same values, not C-contiguous (members interleaved in memory)."""
+    out = np.swapaxes(np.ascontiguousarray(np.swapaxes(array, 0, 1)), 0, 1)
+    assert not out.flags.c_contiguous
+    return out
+
+
+@pytest.mark.parametrize("score", [bald_scores, kl_consensus_scores, vote_entropy_scores])
+@pytest.mark.parametrize("n_classes", [1, 2, 7, 50, 130])
+def test_compiled_float32_committee_kernels_match_numpy(score: Any, n_classes: int) -> None:
+    # C-contiguous float32 committees take the compiled pass; strided ones numpy's chunks.
+    members = _correlated_committee(5, n=600, n_classes=n_classes).astype(np.float32)
+    assert strategies.base.fast_committee(members)
+    compiled = score(members)
+    np.testing.assert_allclose(compiled, score(_strided(members)), atol=5e-6)
+    np.testing.assert_allclose(compiled, score(members.astype(np.float64)), atol=2e-5)
+    if n_classes > 1:
+        assert np.ptp(compiled) > 0.1  # items the members agree on and items they do not
+
+
+def test_compiled_float32_kernels_on_hard_votes_agree_with_modal() -> None:
+    rng = np.random.default_rng(8)
+    members = np.eye(6, dtype=np.float32)[rng.integers(6, size=(5, 400))]  # exact zeros, one-hot
+    committee = Committee([ActiveLearner(estimator=_fitted(p)) for p in members.astype(float)])
+    np.testing.assert_allclose(
+        kl_consensus_scores(members), KL_max_disagreement(committee, _index(400)), atol=1e-5
+    )
+    np.testing.assert_allclose(bald_scores(members), vote_entropy_scores(members), atol=1e-5)
+    assert np.isfinite(bald_scores(members)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vote_entropy_breaks_ties_as_argmax_does(dtype: Any) -> None:
+    # Tied top classes vote for the first of them, as numpy's argmax (and modAL's vote) picks.
+    rng = np.random.default_rng(9)
+    members = rng.integers(1, 4, size=(5, 500, 6)).astype(dtype)  # many exact ties
+    members /= members.sum(axis=2, keepdims=True)
+    votes = members.argmax(axis=2)
+    counts = np.stack([(votes == k).sum(axis=0) for k in range(6)], axis=1) / 5.0
+    expected = scipy_entropy(counts, axis=1)
+    np.testing.assert_allclose(vote_entropy_scores(members), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 100])
+def test_margin_equals_the_two_largest_values_with_ties(dtype: Any, n_classes: int) -> None:
+    rng = np.random.default_rng(11)
+    high = 4 if n_classes <= 3 else 120  # many exact ties, and rows without
+    probs = rng.integers(0, high, size=(700, n_classes)).astype(dtype) + 1e-3
+    probs /= probs.sum(axis=1, keepdims=True)
+    if n_classes == 1:
+        np.testing.assert_array_equal(margin_scores(probs), 1.0)
+        return
+    top2 = np.sort(probs.astype(np.float64), axis=1)[:, -2:]
+    expected = 1.0 - (top2[:, 1] - top2[:, 0])
+    assert (expected == 1.0).any() and (expected < 1.0).any()
+    np.testing.assert_array_equal(margin_scores(probs), expected)
+    np.testing.assert_array_equal(margin_scores(probs[::-1]), expected[::-1])  # strided rows
+
+
+def test_log32_is_as_accurate_as_float32_allows() -> None:
+    from strategies.kernels import log32_into
+
+    rng = np.random.default_rng(10)
+    x = np.concatenate(
+        [
+            rng.random(100_000, dtype=np.float32),
+            (10.0 ** rng.uniform(-37.9, 0.0, 100_000)).astype(np.float32),
+            np.float32([1.0, 0.5, 2.0**-126, np.nextafter(np.float32(1), np.float32(0))]),
+        ]
+    )
+    out = np.empty_like(x)
+    log32_into(x, out)
+    exact = np.log(x.astype(np.float64))
+    error = np.abs(out - exact) / np.maximum(np.abs(exact), 1.0)  # relative, absolute below 1
+    numpy_error = np.abs(np.log(x) - exact) / np.maximum(np.abs(exact), 1.0)
+    assert error.max() < 1.5 * numpy_error.max()
+    zero = np.empty(1, np.float32)
+    log32_into(np.zeros(1, np.float32), zero)
+    assert np.isfinite(zero[0]) and zero[0] < -87.0  # so 0 * log 0 is 0
+
+
 def _noisy_labels(seed: int, n: int = 400, n_classes: int = 5) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     truth = rng.integers(n_classes, size=n)
@@ -209,12 +291,13 @@ def test_scores_are_the_same_on_any_number_of_threads(
     monkeypatch.setattr(strategies.base, "CHUNK_ELEMENTS", 3_200)  # 64-item chunks
     members = _correlated_committee(3, n=1_050, n_classes=50)
     committee = score in (bald_scores, vote_entropy_scores, kl_consensus_scores)
-    arrays = members if committee else members[0]
-    with strategies.base.threads(1):
-        one = score(arrays)
-    for n_threads in (2, 3, 16):
-        with strategies.base.threads(n_threads):
-            np.testing.assert_array_equal(score(arrays), one)
+    for dtype in (np.float64, np.float32):  # float32 committees: the compiled kernels
+        arrays = (members if committee else members[0]).astype(dtype)
+        with strategies.base.threads(1):
+            one = score(arrays)
+        for n_threads in (2, 3, 16):
+            with strategies.base.threads(n_threads):
+                np.testing.assert_array_equal(score(arrays), one)
     assert strategies.base.available_threads() >= 1
 
 
