@@ -7,9 +7,11 @@ runs the stage twice, as two cycles do: the first fits the project's k-means clu
 reuses them (:mod:`backend.loop.clusters`). Seconds (wall and process CPU) per call of
 ``build_pool``, ``score_stage`` and ``select_stage`` (the cycle's ``score`` record is their sum).
 
-Baselines in the same run: the BLAS libraries' own thread count instead of ``model.blas_threads``
-(1), and k-means seeded three times on every item (what ran before seeding on a sample of
-:data:`strategies.coverage.SEED_SAMPLE`).
+The embeddings come as featurize hands a warm cycle's: one matrix in task order
+(:class:`backend.model.featurize.Embeddings`). Baselines in the same run: the BLAS libraries' own
+thread count instead of ``model.blas_threads`` (1), the embeddings as one vector per task
+(stacked into the pool's matrix, as before the table), and k-means seeded three times on every
+item (what ran before seeding on a sample of :data:`strategies.coverage.SEED_SAMPLE`).
 
     python benchmarks/bench_score_stage.py [--sizes 10000,100000] [--threads 2] [--only-now]
 """
@@ -23,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from backend.loop.fit import fit
 from backend.loop.score import build_pool, score_stage
 from backend.loop.selection import select_stage
 from backend.loop.targets import consensus_targets
+from backend.model.featurize import Embeddings
 from backend.model.train import blas_threads
 from backend.settings import Settings, load_settings
 from backend.store.db import Store
@@ -49,7 +52,7 @@ from strategies.base import Basis
 DIM, CLASSES, LABELED = 1280, 10, 0.03
 
 
-def _problem(n: int, seed: int = 0) -> tuple[Snapshot, dict[int, np.ndarray]]:
+def _problem(n: int, seed: int = 0) -> tuple[Snapshot, Embeddings]:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(CLASSES, DIM)).astype(np.float32)
     y = rng.integers(0, CLASSES, n)
@@ -66,7 +69,7 @@ def _problem(n: int, seed: int = 0) -> tuple[Snapshot, dict[int, np.ndarray]]:
         for i in range(n)
     ]
     snap = Snapshot(cfg, tasks, annotations, consensus_targets(annotations, cfg))
-    return snap, {i + 1: x[i] for i in range(n)}
+    return snap, Embeddings(np.arange(1, n + 1, dtype=np.int64), x)  # as featurize hands them
 
 
 @contextlib.contextmanager
@@ -84,7 +87,7 @@ def _stage(
     settings: Settings,
     store: Store,
     snap: Snapshot,
-    embeddings: dict[int, np.ndarray],
+    embeddings: Mapping[int, np.ndarray],
     trained: Trained,
 ) -> tuple[list[float], list[float]]:
     """(wall, cpu) seconds of build_pool, score_stage and select_stage, as the cycle calls them."""
@@ -128,21 +131,26 @@ def main() -> None:
                 with blas_threads(1):
                     model, used, _ = fit(settings, snap.cfg, snap.targets, embeddings, "bench")
                 trained = Trained(model, used, "bench")
+                as_dict = {int(t): embeddings[int(t)] for t in embeddings.ids}
                 variants = [
-                    ("now: blas_threads 1, k-means seeded on a sample", 1, False),
-                    (f"baseline: BLAS default ({args.threads} threads)", args.threads, False),
-                ]
+                    ("now: blas_threads 1, k-means seeded on a sample", 1, False, embeddings),
+                    (f"baseline: BLAS default ({args.threads} threads)", args.threads, False,
+                     embeddings),
+                    ("baseline: embeddings one vector per task (stacked)", 1, False, as_dict),
+                ]  # fmt: skip
                 if n <= coverage.FULL_KMEANS_MAX:  # above, mini-batch k-means seeded as before
-                    variants.append(("baseline: k-means seeded 3x on every item", 1, True))
+                    variants.append(
+                        ("baseline: k-means seeded 3x on every item", 1, True, embeddings)
+                    )
                 if args.only_now:
                     variants = variants[:1]
-                for name, n_threads, every_item in variants:
+                for name, n_threads, every_item, vectors in variants:
                     (Path(scratch) / "clusters").mkdir(exist_ok=True)
                     for stored in (Path(scratch) / "clusters").iterdir():
                         stored.unlink()  # the first cycle of each variant fits its clusters
                     with blas_threads(n_threads), _seeded_on_every_item(every_item):
                         for cycle in ("fit clusters", "reuse clusters"):
-                            wall, cpu = _stage(settings, store, snap, embeddings, trained)
+                            wall, cpu = _stage(settings, store, snap, vectors, trained)
                             rows.append(
                                 [f"{n:,}", name, cycle]
                                 + [f"{w:.2f} ({c:.2f})" for w, c in zip(wall, cpu, strict=True)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +28,7 @@ from backend.model.backbones import (
     weights_path,
 )
 from backend.model.checkpoint import save_checkpoint
+from backend.model.featurize import stack_rows
 from backend.model.train import TrainedModel, train_model
 from backend.settings import Settings
 from backend.store import repo
@@ -78,7 +79,7 @@ def fit(
     settings: Settings,
     cfg: LabelConfig,
     targets: Targets,
-    embeddings: dict[int, NDArray[np.floating[Any]]],
+    embeddings: Mapping[int, NDArray[np.floating[Any]]],
     backbone: str,
 ) -> tuple[TrainedModel, Targets, float]:
     """Train on the labeled tasks that have embeddings.
@@ -93,7 +94,7 @@ def fit(
     keep = np.array([int(t) in embeddings for t in targets.task_ids], dtype=bool)
     used = Targets(targets.task_ids[keep], targets.y[keep])
     check_enough(used, cfg.multiple)
-    x = np.stack([embeddings[int(t)] for t in used.task_ids])
+    x = stack_rows(embeddings, used.task_ids)
     t0 = time.perf_counter()
     model = train_model(
         x,
@@ -207,7 +208,7 @@ def train_stage(
     store: Store,
     project_id: int,
     snap: Snapshot,
-    embeddings: dict[int, NDArray[np.floating[Any]]],
+    embeddings: Mapping[int, NDArray[np.floating[Any]]],
     backbone: str,
 ) -> Trained | None:
     """A new model version (written, not yet current), or None while labels are too few."""

@@ -8,7 +8,7 @@ annotator, clusters and slices. :func:`score_stage` runs the strategies over it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from backend.loop.contract import Scored, Snapshot, Trained
 from backend.loop.targets import annotator_matrix
 from backend.loop.task_fields import slice_columns, slice_ids
+from backend.model.featurize import Embeddings
 from backend.settings import Settings
 from strategies import Pool
 from strategies.base import Basis, threads
@@ -43,7 +44,7 @@ ClustersFor = Callable[
 
 def build_pool(
     snap: Snapshot,
-    embeddings: dict[int, NDArray[np.floating[Any]]],
+    embeddings: Mapping[int, NDArray[np.floating[Any]]],
     trained: Trained | None,
     slice_fields: Sequence[str] | None = None,
     clusters_for: ClustersFor | None = None,
@@ -56,9 +57,10 @@ def build_pool(
     model exists (the cycle reuses stored ones, :mod:`backend.loop.clusters`); None lets the
     strategies run k-means and fit their own directions.
     """
-    task_ids = np.array(sorted(embeddings), dtype=np.int64)
-    index = {int(t): i for i, t in enumerate(task_ids)}
-    x = np.stack([embeddings[int(t)] for t in task_ids]) if len(task_ids) else np.zeros((0, 1))
+    table = Embeddings.of(embeddings)  # a cycle's featurize result already is one
+    task_ids = table.ids
+    index = {t: i for i, t in enumerate(task_ids.tolist())}
+    x = table.matrix if len(task_ids) else np.zeros((0, 1), dtype=np.float32)
     labels = np.full(len(task_ids), -1, dtype=np.int64)
     targets = snap.targets
     tags = np.zeros((len(task_ids), len(snap.cfg.labels)), dtype=np.int64)  # multi-label only

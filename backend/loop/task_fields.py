@@ -20,20 +20,27 @@ MAX_VALUES = 20
 
 def offered_fields(datas: Sequence[Mapping[str, Any]], *, exclude: Sequence[str] = ()) -> list[str]:
     """Task data fields that look like groups: strings, 2..MAX_VALUES values, on half the tasks."""
+    # A key is dropped at first sight when it can never be offered (excluded, labelloop's own, or
+    # past MAX_VALUES values), so the image field of 100,000 tasks is not tested value by value.
+    dropped = set(exclude)
     values: dict[str, set[str]] = {}
     present: dict[str, int] = {}
     for data in datas:
         for key, value in data.items():
-            if isinstance(value, str) and value and not _looks_like_data(value):
-                values.setdefault(key, set()).add(value)
+            if key in dropped or not isinstance(value, str) or not value:
+                continue
+            if key.startswith("labelloop_"):
+                dropped.add(key)
+            elif not _looks_like_data(value):
+                seen = values.setdefault(key, set())
+                seen.add(value)
+                if len(seen) > MAX_VALUES:
+                    dropped.add(key)
                 present[key] = present.get(key, 0) + 1
     return sorted(
         key
         for key, seen in values.items()
-        if 2 <= len(seen) <= MAX_VALUES
-        and present[key] * 2 >= len(datas)
-        and not key.startswith("labelloop_")
-        and key not in exclude
+        if key not in dropped and len(seen) >= 2 and present[key] * 2 >= len(datas)
     )
 
 

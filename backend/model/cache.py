@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,24 @@ class EmbeddingCache:
         if missing:
             found.update(self._legacy(missing, backbone))
         return found
+
+    def take_in_order(
+        self, shas: Sequence[str], backbone: str
+    ) -> tuple[NDArray[np.bool_], NDArray[np.float32]]:
+        """Which of ``shas`` are cached, and their vectors in ``shas`` order (a hash given twice
+        comes twice): an (hits, dim) block read in one pass (runs of consecutive rows in one
+        read each), for the caller to keep as it is."""
+        keys = [bytes.fromhex(sha) if len(sha) == 64 else None for sha in shas]
+        shelf = self._shelf(backbone)
+        rows = shelf.rows_of({key for key in keys if key is not None})
+        missing = {sha for sha, key in zip(shas, keys, strict=True) if key and key not in rows}
+        if missing and self._legacy(sorted(missing), backbone):  # moved into the shelf
+            rows = shelf.rows_of({key for key in keys if key is not None})
+        index = np.array([-1 if k is None else rows.get(k, -1) for k in keys], dtype=np.int64)
+        hit = index >= 0
+        if not hit.any():
+            return hit, np.zeros((0, shelf.dim or 0), dtype=np.float32)
+        return hit, shelf.take(index[hit])
 
     def put(self, sha: str, backbone: str, vector: NDArray[np.floating[Any]]) -> None:
         """Store one (dim,) vector; storing a key that is already there changes nothing."""

@@ -12,9 +12,10 @@ import io
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,12 +31,85 @@ Fetch = Callable[[], bytes]
 Progress = Callable[[int, int, float], None]
 
 
+class Embeddings(Mapping[int, NDArray[np.float32]]):
+    """Task id -> (dim,) float32 vector, held as one (n, dim) matrix in ascending task id order.
+
+    A warm cycle reads its 100,000 cached vectors in that order in one pass, and the pool and
+    the training set are that matrix (or rows gathered from it, :func:`stack_rows`) instead of
+    100,000 vectors stacked again. Callers read the matrix and never write it (it is not
+    flagged read-only: torch wraps it for inference without a copy).
+    """
+
+    def __init__(self, ids: NDArray[np.int64], matrix: NDArray[np.float32]) -> None:
+        if matrix.ndim != 2 or ids.shape != (matrix.shape[0],):
+            raise ValueError("Embeddings needs (n,) ids and an (n, dim) matrix")
+        if ids.shape[0] > 1 and not bool((np.diff(ids) > 0).all()):
+            raise ValueError("Embeddings ids must be strictly ascending")
+        self.ids = ids
+        self.matrix = matrix
+        self.ids.flags.writeable = False
+
+    @classmethod
+    def of(cls, vectors: Mapping[int, NDArray[np.floating[Any]]]) -> Embeddings:
+        """The same vectors as one matrix (copied once)."""
+        if isinstance(vectors, Embeddings):
+            return vectors
+        ids = np.array(sorted(vectors), dtype=np.int64)
+        if not len(ids):
+            return cls(ids, np.zeros((0, 0), dtype=np.float32))
+        matrix = np.stack([np.asarray(vectors[int(t)], dtype=np.float32) for t in ids])
+        return cls(ids, matrix)
+
+    def positions(self, task_ids: Sequence[int] | NDArray[np.integer[Any]]) -> NDArray[np.int64]:
+        """Rows of ``task_ids`` in the matrix; KeyError names the first one not held."""
+        wanted = np.asarray(task_ids, dtype=np.int64)
+        at = np.searchsorted(self.ids, wanted)
+        held = at < len(self.ids)
+        held[held] = self.ids[at[held]] == wanted[held]
+        if not held.all():
+            raise KeyError(int(wanted[~held][0]))
+        return at
+
+    def __getitem__(self, task_id: int) -> NDArray[np.float32]:
+        at = int(np.searchsorted(self.ids, task_id))
+        if at >= len(self.ids) or int(self.ids[at]) != task_id:
+            raise KeyError(task_id)
+        row: NDArray[np.float32] = self.matrix[at]
+        return row
+
+    def __contains__(self, task_id: object) -> bool:
+        if not isinstance(task_id, int | np.integer):
+            return False
+        at = int(np.searchsorted(self.ids, task_id))
+        return at < len(self.ids) and int(self.ids[at]) == task_id
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids.tolist())
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def stack_rows(
+    vectors: Mapping[int, NDArray[np.floating[Any]]],
+    task_ids: Sequence[int] | NDArray[np.integer[Any]],
+) -> NDArray[np.float32]:
+    """(len(task_ids), dim) vectors of ``task_ids`` in that order: the matrix itself when they are
+    all of an :class:`Embeddings` in its order, one gather from it for others, else a stack."""
+    if isinstance(vectors, Embeddings):
+        wanted = np.asarray(task_ids, dtype=np.int64)
+        if np.array_equal(wanted, vectors.ids):
+            return vectors.matrix
+        return vectors.matrix[vectors.positions(wanted)]
+    return np.stack([np.asarray(vectors[int(t)], dtype=np.float32) for t in task_ids])
+
+
 @dataclass(frozen=True)
 class FeaturizeResult:
     """What one featurization pass produced.
 
     Attributes:
-        embeddings: task id -> (dim,) float32 vector.
+        embeddings: task id -> (dim,) float32 vector, as one matrix (:class:`Embeddings`).
         failures: task id -> why its image could not be embedded (fetch, decode or preprocess).
         hashes: task id -> sha256 of the image bytes (the content half of the cache key).
         n_cached: items served from the cache (or a duplicate image in the same pass).
@@ -44,7 +118,7 @@ class FeaturizeResult:
         n_fetched: items whose image was fetched (the others were known and cached).
     """
 
-    embeddings: dict[int, NDArray[np.float32]]
+    embeddings: Embeddings
     failures: dict[int, str]
     hashes: dict[int, str]
     n_cached: int
@@ -112,17 +186,40 @@ class _Pass:
     next_log: int = 0
     #: images the first forward pass waits for (a runtime converts and checks on them)
     first_batch: int = 0
+    #: the known tasks' cached vectors as they were read (:meth:`reuse_known`)
+    known_block: Embeddings = field(
+        default_factory=lambda: Embeddings(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+    )
 
     def reuse_known(self, known: Mapping[int, str]) -> None:
-        """Serve the tasks whose image hash is known and cached, fetching nothing."""
-        found = self.cache.get_many(known.values(), self.backbone.name)
-        for task_id, sha in known.items():
-            vector = found.get(sha)
-            if vector is not None:
-                self.by_sha[sha] = self.embeddings[task_id] = vector
-                self.hashes[task_id] = sha
-                self.n_cached += 1
+        """Serve the tasks whose image hash is known and cached, fetching nothing: their vectors
+        are read in ascending task id order, one block (:attr:`known_block`)."""
+        ids = sorted(known)
+        hit, block = self.cache.take_in_order([known[t] for t in ids], self.backbone.name)
+        served = np.array(ids, dtype=np.int64)[hit]
+        for task_id, vector in zip(served.tolist(), block, strict=True):
+            sha = known[task_id]
+            self.by_sha[sha] = self.embeddings[task_id] = vector
+            self.hashes[task_id] = sha
+        self.n_cached += len(served)
+        self.known_block = Embeddings(served, block)
         self._progress()
+
+    def result_embeddings(self) -> Embeddings:
+        """Every embedded task's vector as one matrix: the known block as it was read when nothing
+        else was embedded (a warm cycle), else it and the others copied in once."""
+        block = self.known_block
+        if len(block) == len(self.embeddings):
+            return block
+        ids = np.array(sorted(self.embeddings), dtype=np.int64)
+        others = [t for t in ids.tolist() if t not in block]
+        dim = (block.matrix if len(block) else self.embeddings[others[0]]).shape[-1]
+        matrix = np.empty((len(ids), dim), dtype=np.float32)
+        if len(block):
+            matrix[np.searchsorted(ids, block.ids)] = block.matrix
+        if others:
+            matrix[np.searchsorted(ids, others)] = np.stack([self.embeddings[t] for t in others])
+        return Embeddings(ids, matrix)
 
     def add(self, ready: _Ready) -> None:
         self.n_fetched += 1
@@ -252,7 +349,7 @@ def featurize(
         state.rate(),
     )
     return FeaturizeResult(
-        embeddings=state.embeddings,
+        embeddings=state.result_embeddings(),
         failures=state.failures,
         hashes=state.hashes,
         n_cached=state.n_cached,

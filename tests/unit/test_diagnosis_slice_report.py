@@ -22,6 +22,28 @@ def test_low_cardinality_string_fields_are_offered() -> None:
     assert ids.tolist() == [0, 1, -1, 2]
 
 
+def test_offered_fields_keep_their_rules_at_every_boundary() -> None:
+    from backend.loop.task_fields import MAX_VALUES
+
+    n = 200
+    datas = [
+        {
+            "image": f"/data/upload/{i}.png",
+            "at_max": f"v{i % MAX_VALUES}",  # exactly MAX_VALUES values: offered
+            "past_max": f"v{i % (MAX_VALUES + 1)}",  # one more: not
+            "half": f"h{i % 2}" if i % 2 else "",  # set on half the tasks, 1 value: not
+            "site": f"s{i % 3}" if i < n // 2 else 7,  # strings on exactly half: offered
+            "few": f"f{i % 2}" if i < n // 2 - 1 else None,  # one short of half: not
+            "links": f"https://x/{i % 3}.jpg",  # URLs: not
+            "labelloop_flag": f"x{i % 2}",  # labelloop's own: not
+        }
+        for i in range(n)
+    ]
+    assert offered_fields(datas, exclude=["image"]) == ["at_max", "site"]
+    assert offered_fields(datas, exclude=["image", "site"]) == ["at_max"]
+    assert offered_fields([], exclude=["image"]) == []
+
+
 def test_wilson_and_the_one_sided_test() -> None:
     low, high = wilson(8, 10)
     assert 0.44 < low < 0.5 and 0.94 < high < 0.97

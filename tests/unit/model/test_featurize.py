@@ -11,7 +11,7 @@ import pytest
 
 from backend.model.backbones import TorchBackbone, build_backbone
 from backend.model.cache import EmbeddingCache, content_hash
-from backend.model.featurize import decode_image, featurize
+from backend.model.featurize import Embeddings, decode_image, featurize, stack_rows
 
 from .conftest import fast_settings, png_bytes
 
@@ -114,6 +114,69 @@ def test_known_hashes_are_served_without_fetching(backbone: TorchBackbone, tmp_p
     assert (second.n_fetched, second.n_computed, second.n_cached) == (1, 1, 2)
     np.testing.assert_array_equal(second.embeddings[1], first.embeddings[1])
     assert second.hashes == known
+
+
+def test_a_warm_pass_hands_out_the_block_it_read_in_task_order(
+    backbone: TorchBackbone, tmp_path: Path
+) -> None:
+    # The same image on tasks 7 and 2, a third image on 5: one vector each, in task id order.
+    a, b = png_bytes((200, 0, 0)), png_bytes((0, 0, 200))
+    items = [(7, fetcher(a)), (5, fetcher(b)), (2, fetcher(a))]
+    first = featurize(items, backbone, EmbeddingCache(tmp_path))
+    assert first.embeddings.ids.tolist() == [2, 5, 7]
+    known = {7: content_hash(a), 5: content_hash(b), 2: content_hash(a)}
+    warm = featurize(items, backbone, EmbeddingCache(tmp_path), known=known)
+    assert (warm.n_fetched, warm.n_computed, warm.n_cached) == (0, 0, 3)
+    assert warm.embeddings.ids.tolist() == [2, 5, 7]
+    np.testing.assert_array_equal(warm.embeddings.matrix, first.embeddings.matrix)
+    for task in (2, 5, 7):
+        assert np.shares_memory(warm.embeddings[task], warm.embeddings.matrix)
+    # One task new, one known but re-imported with new bytes: both in their place in the order.
+    c = png_bytes((0, 200, 0))
+    mixed = featurize(
+        [*items, (3, fetcher(c)), (6, fetcher(b))],
+        backbone,
+        EmbeddingCache(tmp_path),
+        known={7: content_hash(a), 2: content_hash(a)},
+    )
+    assert mixed.embeddings.ids.tolist() == [2, 3, 5, 6, 7]
+    direct = backbone.embed(backbone.preprocess(decode_image(c))[None])[0]
+    np.testing.assert_allclose(mixed.embeddings[3], direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mixed.embeddings[6], first.embeddings[5])
+    np.testing.assert_array_equal(mixed.embeddings[7], first.embeddings[7])
+
+
+def test_embeddings_table_gathers_rows_and_names_what_it_lacks() -> None:
+    rng = np.random.default_rng(3)
+    vectors = {int(t): rng.normal(size=4).astype(np.float32) for t in (9, 1, 4, 30)}
+    table = Embeddings.of(vectors)
+    assert table.ids.tolist() == [1, 4, 9, 30] and len(table) == 4 and list(table) == [1, 4, 9, 30]
+    assert stack_rows(table, [1, 4, 9, 30]) is table.matrix  # the whole table: no copy
+    np.testing.assert_array_equal(stack_rows(table, [30, 1]), np.stack([vectors[30], vectors[1]]))
+    np.testing.assert_array_equal(stack_rows(vectors, [30, 1]), stack_rows(table, [30, 1]))
+    assert 9 in table and 5 not in table and "9" not in table and 31 not in table
+    with pytest.raises(KeyError, match="5"):
+        stack_rows(table, [1, 5])
+    with pytest.raises(KeyError):
+        table[31]
+    with pytest.raises(ValueError, match="ascending"):
+        Embeddings(np.array([2, 1]), np.zeros((2, 4), np.float32))
+    empty = Embeddings.of({})
+    assert len(empty) == 0 and stack_rows(empty, []).shape[0] == 0
+
+
+def test_cache_takes_hashes_in_order_with_repeats_and_misses(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    vectors = {f"{i:064x}": rng.normal(size=8).astype(np.float32) for i in range(20)}
+    EmbeddingCache(tmp_path).put_many(vectors, "bb")
+    keys = list(vectors)
+    asked = [keys[3], f"{999:064x}", keys[3], *keys[10:14], "not-a-hash", keys[0]]
+    hit, block = EmbeddingCache(tmp_path).take_in_order(asked, "bb")
+    assert hit.tolist() == [True, False, True, True, True, True, True, False, True]
+    expected = [vectors[sha] for sha, h in zip(asked, hit, strict=True) if h]
+    np.testing.assert_array_equal(block, np.stack(expected))
+    none, empty = EmbeddingCache(tmp_path).take_in_order([f"{998:064x}"], "other")
+    assert not none.any() and empty.shape[0] == 0
 
 
 def test_cache_is_shared_between_instances_and_reads_the_old_layout(tmp_path: Path) -> None:
