@@ -57,6 +57,7 @@ def near_copies_of_labeled(
     seed: int = 0,
     among: NDArray[np.int64] | None = None,
     basis: Basis | None = None,
+    mean: NDArray[np.floating] | None = None,
 ) -> NDArray[np.bool_]:
     """(n,) True for unlabeled items whose centred cosine to some labeled item is >= threshold.
 
@@ -70,12 +71,16 @@ def near_copies_of_labeled(
             same either way.
         basis: the pool's principal directions, for the neighbour index to reduce on instead of
             fitting its own (the answer is the same: see :func:`strategies.neighbours.unit_pairs`).
+        mean: (d,) the mean of every item, when known (``Pool.embedding_mean``); computed here
+            when None.
     """
     out = np.zeros(len(labeled), dtype=bool)
     if not labeled.any() or labeled.all():
         return out
     x = np.asarray(embeddings, dtype=np.float32)
-    mean = x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+    if mean is None:
+        mean = x.mean(axis=0, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1)
     rows = np.flatnonzero(~labeled) if among is None else among[~labeled[among]]
     queries = centred_unit(x, rows, mean=mean)
     base = centred_unit(x, np.flatnonzero(labeled), mean=mean)
@@ -94,6 +99,7 @@ def demote_copies(
     seed: int = 0,
     head: int | None = None,
     basis: Basis | None = None,
+    mean: NDArray[np.floating] | None = None,
 ) -> Priority:
     """``priority`` with the near-copies of labeled items among its first ``head`` positions
     (default all) moved behind every other unlabeled item.
@@ -109,6 +115,7 @@ def demote_copies(
         seed=seed,
         among=np.asarray(among, np.int64),
         basis=basis,
+        mean=mean,
     )
     return demote(priority, copies)
 

@@ -126,6 +126,7 @@ def score_stage(settings: Settings, scored_pool: tuple[NDArray[np.int64], Pool, 
                 seed=settings.model.seed,
                 head=copy_search_head(settings),
                 basis=pool.basis,
+                mean=pool.embedding_mean,
             )
     return Scored(task_ids, pool, priority, probs)
 

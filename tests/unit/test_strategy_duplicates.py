@@ -59,6 +59,10 @@ def test_searching_only_the_head_finds_the_same_copies_there() -> None:
     among = priority.order[:head]
     found = near_copies_of_labeled(x, labeled, threshold=0.95, among=among)
     assert np.array_equal(found, everywhere & np.isin(np.arange(n), among))
+    mean = Pool(labels=np.full(n, -1), embeddings=x).embedding_mean  # as the cycle passes it
+    assert np.array_equal(
+        near_copies_of_labeled(x, labeled, threshold=0.95, among=among, mean=mean), found
+    )
     # Put one copy at the front and one behind the head: only the first is moved back.
     order = priority.order.tolist()
     for item in (200, 201, 300):

@@ -201,7 +201,9 @@ def test_embeddings_whose_sum_overflows_are_accepted_and_opposite_infinities_rej
     huge = np.full_like(arrays["embeddings"], 3e38, dtype=np.float32)
     with np.errstate(over="ignore"):
         assert not np.isfinite(huge.sum())  # the quick check overflows, each value is finite
-    assert Pool(**{**arrays, "embeddings": huge}).embeddings is not None
+    pool = Pool(**{**arrays, "embeddings": huge})
+    assert pool.embeddings is not None and pool.embedding_mean is not None
+    np.testing.assert_allclose(pool.embedding_mean, 3e38, rtol=1e-6)
     both = huge.copy()
     both[0, 0], both[1, 0] = np.inf, -np.inf  # their sum is NaN, still not finite
     with pytest.raises(ValueError, match="embeddings contains NaN or infinite values"):
@@ -277,3 +279,13 @@ def test_multilabel_review_signals_score_a_pool_with_targets() -> None:
         assert len(REGISTRY[name](pool, 5, rng=np.random.default_rng(0))) == 5
     with pytest.raises(ValueError, match="not defined for multi-label pools"):
         REGISTRY["normalized_margin"](pool, 5, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_pool_knows_its_embedding_mean(dtype: Any) -> None:
+    rng = np.random.default_rng(12)
+    x = (rng.normal(size=(9_000, 16)) * 50 + 1e3).astype(dtype)  # several blocks, a large mean
+    pool = Pool(labels=np.full(9_000, -1), embeddings=x)
+    assert pool.embedding_mean is not None and not pool.embedding_mean.flags.writeable
+    np.testing.assert_allclose(pool.embedding_mean, x.mean(axis=0, dtype=np.float64), rtol=1e-6)
+    assert Pool(labels=np.full(9_000, -1)).embedding_mean is None
