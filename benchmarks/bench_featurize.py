@@ -14,6 +14,7 @@ scales and flips to 640x480, so they compress like photographs. Threads are pinn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
@@ -22,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -257,8 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def cache_section(n: int, dim: int) -> None:
-    """Seconds to load ``n`` cached embeddings into one matrix: the arrays against one ``.npy``
-    file per embedding (the layout before; timed on at most 5,000 files and scaled)."""
+    """Seconds to load ``n`` cached embeddings into one matrix (the cycle's read, in task order,
+    against the per-hash dict stacked into one, and one ``.npy`` file per embedding, the layout
+    before: timed on at most 5,000 files and scaled); then the warm featurize stage of ``n``
+    tasks through the store (nothing fetched), with the cycle's collector pause and without."""
     from backend.model.cache import EmbeddingCache
 
     rng = np.random.default_rng(0)
@@ -268,14 +271,17 @@ def cache_section(n: int, dim: int) -> None:
         for start in range(0, n, 10_000):
             block = rng.normal(size=(min(10_000, n - start), dim)).astype(np.float32)
             cache.put_many(dict(zip(shas[start : start + 10_000], block, strict=True)), "bb")
-        loads = []
-        for _ in range(2):  # a new process's first read, then a long-lived scheduler's next one
-            started = time.perf_counter()
-            found = EmbeddingCache(Path(tmp)).get_many(shas, "bb")
-            matrix = np.stack([found[sha] for sha in shas])
-            loads.append(time.perf_counter() - started)
-            assert matrix.shape == (n, dim)
-            del found, matrix
+        rows = []
+        for name, load in (
+            ("cache, the cycle's read into one matrix (take_in_order)", _take_in_order),
+            ("cache, per-hash dict then stacked (before; baseline)", _dict_then_stack),
+        ):
+            for when in ("first load", "next load"):  # a new cache object each time
+                started = time.perf_counter()
+                matrix = load(EmbeddingCache(Path(tmp)), shas)
+                rows.append([f"{name}, {when}", f"{time.perf_counter() - started:.2f}"])
+                assert matrix.shape == (n, dim)
+                del matrix
         files = min(n, 5_000)
         folder = Path(tmp) / "per-file"
         for sha in shas[:files]:
@@ -285,15 +291,97 @@ def cache_section(n: int, dim: int) -> None:
         loaded = [np.load(folder / sha[:2] / f"{sha}.npy") for sha in shas[:files]]
         per_file = (time.perf_counter() - started) * n / files
         assert len(loaded) == files
+        rows.append(["one .npy per embedding (before; baseline)", f"{per_file:.2f} (scaled)"])
+        print_table(
+            ["layout", f"seconds to load {n:,} x {dim} embeddings"],
+            rows,
+            "embedding cache load into one matrix (page cache warm; a first load also pays for "
+            "touching fresh memory)",
+        )
+        stage_section(Path(tmp), shas)
+
+
+def _take_in_order(cache: Any, shas: list[str]) -> np.ndarray:
+    hit, block = cache.take_in_order(shas, "bb")
+    assert hit.all()
+    return np.asarray(block)
+
+
+def _dict_then_stack(cache: Any, shas: list[str]) -> np.ndarray:
+    found = cache.get_many(shas, "bb")
+    return np.stack([found[sha] for sha in shas])
+
+
+class _CachedOnly:
+    """A backbone for the warm stage: every vector is cached, so nothing may reach it."""
+
+    name, dim = "bb", 1280
+
+    def pixels(self, image: object) -> np.ndarray:
+        raise AssertionError("the warm stage decoded an image")
+
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        raise AssertionError("the warm stage ran the backbone")
+
+
+def stage_section(cache_dir: Path, shas: list[str]) -> None:
+    """The cycle's featurize stage (``embed_tasks``) on ``len(shas)`` tasks whose images the
+    store remembers and the cache holds: known hashes, the cache read and the bookkeeping."""
+    from sqlalchemy import insert, select
+
+    from backend.loop.cycle import CollectorPause
+    from backend.loop.embed import embed_tasks
+    from backend.settings import load_settings
+    from backend.store.db import Store
+    from backend.store.models import Project, Task, TaskImage
+
+    n = len(shas)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "embeddings").symlink_to(cache_dir)
+        base = load_settings(None)
+        settings = base.model_copy(
+            update={"store": base.store.model_copy(update={"data_dir": Path(tmp)})}
+        )
+        store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        store.upgrade()
+        refs = [f"/data/local-files/?d=images/{i}.jpg" for i in range(n)]
+        with store.session() as session:
+            session.add(Project(id=1, title="bench"))
+            session.flush()
+            session.execute(
+                insert(Task),
+                [{"id": i + 1, "project_id": 1, "image_ref": r, "data": {"image": r}}
+                 for i, r in enumerate(refs)],
+            )  # fmt: skip
+            session.execute(
+                insert(TaskImage),
+                [{"task_id": i + 1, "project_id": 1, "sha": shas[i], "backbone": "bb",
+                  "image_ref": r} for i, r in enumerate(refs)],
+            )  # fmt: skip
+        with store.session() as session:
+            tasks = list(session.scalars(select(Task).where(Task.project_id == 1)))
+            session.expunge_all()
+
+        def fetch(ref: str) -> bytes:
+            raise AssertionError(f"the warm stage fetched {ref}")
+
+        rows = []
+        variants = (("collector paused (as the runner runs cycles)", True), ("collector on", False))
+        for name, pause in variants:
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                with CollectorPause() if pause else contextlib.nullcontext():
+                    result, _ = embed_tasks(settings, store, tasks, fetch, backbone=_CachedOnly())
+                times.append(time.perf_counter() - started)
+                assert len(result.embeddings) == n and result.n_fetched == 0
+                del result
+            rows.append([name] + [f"{t:.2f}" for t in times])
+        store.dispose()
     print_table(
-        ["layout", f"seconds to load {n:,} x {dim} embeddings"],
-        [
-            ["one .npy per embedding (before; baseline)", f"{per_file:.2f} (scaled from {files})"],
-            ["arrays, first load in a new process", f"{loads[0]:.2f}"],
-            ["arrays, next load in the same process", f"{loads[1]:.2f}"],
-        ],
-        "embedding cache load into one matrix (page cache warm; a new process also pays for "
-        "touching its memory the first time)",
+        ["variant", "first", "second", "third"],
+        rows,
+        f"warm featurize stage, {n:,} tasks through the store (sqlite), nothing fetched; seconds",
     )
 
 

@@ -24,7 +24,9 @@ to the new predictions once they are all imported.
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +54,37 @@ from backend.store.project_settings import effective_settings
 from strategies.base import Basis
 
 log = logging.getLogger(__name__)
+
+
+class CollectorPause:
+    """Python's cycle collector paused while cycles run: ``with pause:`` around each (across
+    threads: it resumes when the last running cycle ends, if it was on before the first).
+
+    A snapshot of 100,000 tasks holds millions of tracked objects, and every stage that builds
+    its own (100,000 fetch closures, rows, dicts) set off full collections that scanned them all
+    again (a warm featurize stage at 100,000 tasks: 0.9-1.4 s with it on, 0.9 s paused; more in
+    the stages that build more). Reference counting
+    still frees everything as it goes; only garbage in reference cycles waits for the collector,
+    which runs again once no cycle does. The runtime's runner holds one for its process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._resume = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._running += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0 and self._resume:
+                gc.enable()
 
 
 def run_cycle(

@@ -53,9 +53,8 @@ def embed_tasks(
     """
     project_ids = {t.project_id for t in tasks}
     with store.session() as session:
-        known: dict[int, str] = {}
-        for project_id in project_ids:
-            known.update(task_images.known_hashes(session, project_id, tasks))
+        stored = task_images.stored_rows(session, project_ids)
+    known = task_images.known_hashes(stored, tasks)
     items = [(t.id, partial(fetch, t.image_ref)) for t in tasks if t.image_ref]
     result, backbone_name = embed_items(
         settings, items, backbone=backbone, known=known, progress=progress, engines=engines
@@ -68,7 +67,7 @@ def embed_tasks(
             chunk = stale[start : start + task_images.CHUNK]
             for task in session.scalars(select(Task).where(Task.id.in_(chunk))):
                 task.image_error = failures.get(task.id)
-        task_images.record(session, tasks, result, backbone_name)
+        task_images.record(session, tasks, result, backbone_name, stored)
     return result, backbone_name
 
 

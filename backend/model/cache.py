@@ -106,14 +106,30 @@ class _Shelf:
             return {key: self.rows[key] for key in wanted if key in self.rows}
 
     def take(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
-        """(len(rows), dim) float32 copy of the given rows (rows of :meth:`rows_of`)."""
+        """(len(rows), dim) float32 vectors of the given rows (rows of :meth:`rows_of`).
+
+        Rows that are one run of consecutive stored rows (a warm cycle's, in task order, mostly
+        are) come as a copy-on-write map of the file: no fresh memory to fault in (reading
+        100,000 x 1,280 into a new array took 0.14-0.9 s, most of it the kernel handing out
+        pages). Stored rows are never rewritten, and a torn tail cut off is past them.
+        Others are copied, one read per run."""
         with self._lock:
             dim, stored = self.dim, self._n
         if dim is None or (len(rows) and int(rows.max()) >= stored):
             raise LookupError("rows not in the embedding cache; take rows of rows_of()")
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        if len(rows) and not len(breaks):
+            mapped = np.memmap(
+                self.vectors_path,
+                dtype=np.float32,
+                mode="c",
+                offset=int(rows[0]) * 4 * dim,
+                shape=(len(rows), dim),
+            )
+            view: NDArray[np.float32] = np.asarray(mapped)  # a plain array over the map
+            return view
         out = np.empty((len(rows), dim), dtype=np.float32)
         # Runs where consecutive outputs are consecutive rows: each is one read into ``out``.
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         starts, ends = np.r_[0, breaks], np.r_[breaks, len(rows)]
         with self.vectors_path.open("rb", buffering=0) as handle:
             for start, end in zip(starts.tolist(), ends.tolist(), strict=True):

@@ -8,6 +8,7 @@ it embedded) and cached are served without fetching anything.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -70,18 +71,18 @@ class Embeddings(Mapping[int, NDArray[np.float32]]):
             raise KeyError(int(wanted[~held][0]))
         return at
 
+    @functools.cached_property
+    def _rows(self) -> dict[int, int]:
+        """Task id -> row, built at the first single lookup (a scalar search per lookup cost
+        3 us: 0.3 s for 100,000 membership tests)."""
+        return {task_id: row for row, task_id in enumerate(self.ids.tolist())}
+
     def __getitem__(self, task_id: int) -> NDArray[np.float32]:
-        at = int(np.searchsorted(self.ids, task_id))
-        if at >= len(self.ids) or int(self.ids[at]) != task_id:
-            raise KeyError(task_id)
-        row: NDArray[np.float32] = self.matrix[at]
+        row: NDArray[np.float32] = self.matrix[self._rows[int(task_id)]]
         return row
 
     def __contains__(self, task_id: object) -> bool:
-        if not isinstance(task_id, int | np.integer):
-            return False
-        at = int(np.searchsorted(self.ids, task_id))
-        return at < len(self.ids) and int(self.ids[at]) == task_id
+        return isinstance(task_id, int | np.integer) and int(task_id) in self._rows
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.ids.tolist())

@@ -74,3 +74,50 @@ def test_second_pass_fetches_nothing_and_a_changed_reference_is_fetched_again(
     embed_tasks(settings, store, tasks(), images.fetch)
     assert images.fetched == []
     store.dispose()
+
+
+def test_record_writes_only_rows_that_change(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from sqlalchemy import select
+
+    from backend.store import task_images
+    from backend.store.models import Project, Task, TaskImage
+
+    @dataclass
+    class Result:
+        embeddings: dict[int, object]
+        hashes: dict[int, str]
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store.upgrade()
+    with store.session() as session:
+        session.add_all([Project(id=1), Project(id=2)])
+        session.flush()
+        session.add_all([Task(id=i, project_id=1, image_ref=f"/img/{i}.png") for i in (1, 2, 3)])
+        session.add(Task(id=9, project_id=2, image_ref="/img/9.png"))
+    with store.session() as session:
+        tasks = list(session.scalars(select(Task).order_by(Task.id)))
+        session.expunge_all()
+    shas = {i: f"{i:064x}" for i in (1, 2, 3, 9)}
+    everything = Result({i: None for i in shas}, shas)
+    with store.session() as session:
+        assert task_images.record(session, tasks, everything, "bb") == 4  # all new
+    with store.session() as session:
+        assert task_images.record(session, tasks, everything, "bb") == 0  # a warm cycle
+    tasks[1].image_ref = "/img/2-again.png"  # re-imported
+    changed = Result({1: None, 2: None, 3: None}, {**shas, 3: f"{33:064x}"})
+    with store.session() as session:
+        assert task_images.record(session, tasks, changed, "bb") == 2
+    with store.session() as session:
+        assert task_images.record(session, tasks[:1], everything, "other-backbone") == 1
+    with store.session() as session:
+        rows = {
+            r.task_id: (r.sha, r.backbone, r.image_ref) for r in session.scalars(select(TaskImage))
+        }
+    assert rows == {
+        1: (shas[1], "other-backbone", "/img/1.png"),
+        2: (shas[2], "bb", "/img/2-again.png"),
+        3: (f"{33:064x}", "bb", "/img/3.png"),
+        9: (shas[9], "bb", "/img/9.png"),
+    }

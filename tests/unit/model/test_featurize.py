@@ -177,6 +177,13 @@ def test_cache_takes_hashes_in_order_with_repeats_and_misses(tmp_path: Path) -> 
     np.testing.assert_array_equal(block, np.stack(expected))
     none, empty = EmbeddingCache(tmp_path).take_in_order([f"{998:064x}"], "other")
     assert not none.any() and empty.shape[0] == 0
+    # One run of stored rows comes mapped, copy on write: a write never reaches the cache.
+    hit, run = EmbeddingCache(tmp_path).take_in_order(keys[4:12], "bb")
+    assert hit.all() and type(run) is np.ndarray and run.flags.writeable
+    np.testing.assert_array_equal(run, np.stack([vectors[sha] for sha in keys[4:12]]))
+    run[:] = 0.0
+    again = EmbeddingCache(tmp_path).get_many(keys[4:12], "bb")
+    np.testing.assert_array_equal(again[keys[5]], vectors[keys[5]])
 
 
 def test_cache_is_shared_between_instances_and_reads_the_old_layout(tmp_path: Path) -> None:
