@@ -91,7 +91,9 @@ def slice_columns(
 ) -> dict[str, tuple[str | None, ...]]:
     """Slice field -> each task's value, in ``task_ids`` order (``tasks``: rows with ``id`` and
     ``data``)."""
-    data = {t.id: t.data or {} for t in tasks}
-    datas = [data.get(int(t), {}) for t in task_ids]
+    data = {t.id: t.data for t in tasks}
+    empty: dict[str, Any] = {}
+    ids = task_ids.tolist() if isinstance(task_ids, np.ndarray) else [int(t) for t in task_ids]
+    datas = [data.get(t) or empty for t in ids]
     fields = project_slice_fields(datas, configured, image_key=image_key)
     return {name: field_values(datas, name) for name in fields}

@@ -121,3 +121,30 @@ def test_centred_unit_vectors_are_the_same_block_by_block(monkeypatch: pytest.Mo
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     np.testing.assert_allclose(blocks, centred / np.maximum(norms, 1e-12), atol=1e-5)
     assert np.isfinite(blocks).all()
+
+
+def test_kmeans_plusplus_seeds_spread_like_scikit_learns() -> None:
+    from sklearn.cluster import kmeans_plusplus
+
+    from strategies.coverage import kmeans_plusplus_rows
+
+    rng = np.random.default_rng(13)
+    blobs = rng.normal(scale=20.0, size=(12, 16))
+    x = blobs[rng.integers(12, size=3_000)] + rng.normal(size=(3_000, 16))
+    ours, theirs = [], []
+    for seed in range(5):
+        rows = kmeans_plusplus_rows(x, 60, rng=np.random.default_rng(seed))
+        assert len(set(rows.tolist())) == 60  # distinct items
+        np.testing.assert_array_equal(
+            rows, kmeans_plusplus_rows(x, 60, rng=np.random.default_rng(seed))
+        )
+        if seed == 0:  # 12 seeds land in 12 different blobs
+            twelve = kmeans_plusplus_rows(x, 12, rng=np.random.default_rng(seed))
+            nearest = ((x[twelve, None, :] - blobs[None]) ** 2).sum(axis=2).argmin(axis=1)
+            assert len(set(nearest.tolist())) == 12
+        potential = lambda c: ((x[:, None, :] - c[None]) ** 2).sum(axis=2).min(axis=1).sum()  # noqa: E731
+        ours.append(potential(x[rows]))
+        theirs.append(potential(kmeans_plusplus(x, 60, random_state=seed)[0]))
+    assert np.mean(ours) < 1.05 * np.mean(theirs)
+    same = kmeans_plusplus_rows(np.ones((50, 4)), 5, rng=np.random.default_rng(0))
+    assert same.shape == (5,)  # identical items: any of them, no division by zero
