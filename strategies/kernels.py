@@ -17,12 +17,33 @@ Kernels write ``out[start:stop]`` for items ``start..stop-1`` of a C-contiguous 
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+log = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _compiled(**options: Any) -> Callable[[_F], _F]:
+    """``njit(cache=True, **options)``, or without the on-disk cache where numba finds no
+    writable place for it (next to this file, ``NUMBA_CACHE_DIR`` or the user's cache
+    directory): such a process compiles on first use instead of failing to import."""
+
+    def wrap(function: _F) -> _F:
+        try:
+            return cast(_F, njit(cache=True, **options)(function))
+        except RuntimeError as error:  # numba: "cannot cache function ...: no locator available"
+            log.info("numba cache unavailable (%s); compiling %s per process", error, function)
+            return cast(_F, njit(**options)(function))
+
+    return wrap
+
 
 _LN2 = np.float32(np.log(2.0))
 _SQRT2 = np.float32(np.sqrt(2.0))
@@ -85,7 +106,7 @@ def _as_float_typing(typingctx: Any, bits: Any) -> Any:
 _as_float: Any = intrinsic(_as_float_typing)
 
 
-@njit(fastmath=True, nogil=True, error_model="numpy", inline="always", cache=True)
+@_compiled(fastmath=True, nogil=True, error_model="numpy", inline="always")
 def log32(x: Any) -> Any:
     """Natural log of a non-negative, finite float32 (``log(0)`` = -88.03)."""
     exponent, y = _exponent_mantissa(x)
@@ -103,14 +124,14 @@ def log32(x: Any) -> Any:
     return (exponent + high) * _LN2 + (z - _HALF * z2 + z2 * z * p)
 
 
-@njit(fastmath=True, nogil=True, error_model="numpy", cache=True)
+@_compiled(fastmath=True, nogil=True, error_model="numpy")
 def log32_into(x: Any, out: Any) -> None:
     """``out[i] = log32(x[i])`` over 1-D float32 arrays."""
     for i in range(x.shape[0]):
         out[i] = log32(x[i])
 
 
-@njit(fastmath=True, nogil=True, error_model="numpy", inline="always", cache=True)
+@_compiled(fastmath=True, nogil=True, error_model="numpy", inline="always")
 def _members_pass(committee: Any, row: int, mean: Any, own: Any) -> None:
     """One read of an item's members: ``own[m] = sum_c p log p`` and ``mean`` their average."""
     n_members, _, n_classes = committee.shape
@@ -125,7 +146,7 @@ def _members_pass(committee: Any, row: int, mean: Any, own: Any) -> None:
     mean *= np.float32(1.0 / n_members)
 
 
-@njit(fastmath=True, nogil=True, error_model="numpy", cache=True)
+@_compiled(fastmath=True, nogil=True, error_model="numpy")
 def bald32(committee: Any, start: int, stop: int, out: Any) -> None:
     """BALD, ``max(H(mean) - mean_m H(p_m), 0)``, of a float32 (M, n, C) committee."""
     n_members, _, n_classes = committee.shape
@@ -139,7 +160,7 @@ def bald32(committee: Any, start: int, stop: int, out: Any) -> None:
         out[row] = max(np.float64(own.sum()) / n_members - consensus, 0.0)
 
 
-@njit(fastmath=True, nogil=True, error_model="numpy", cache=True)
+@_compiled(fastmath=True, nogil=True, error_model="numpy")
 def kl_consensus32(committee: Any, start: int, stop: int, out: Any) -> None:
     """Largest ``KL(p_m || mean)`` over the members of a float32 (M, n, C) committee, >= 0."""
     n_members, _, n_classes = committee.shape
@@ -158,7 +179,7 @@ def kl_consensus32(committee: Any, start: int, stop: int, out: Any) -> None:
         out[row] = largest
 
 
-@njit(nogil=True, cache=True)
+@_compiled(nogil=True)
 def vote_entropy(bits: Any, start: int, stop: int, out: Any, table: Any) -> None:
     """Entropy of the members' hard votes (each member's first largest class).
 
@@ -188,7 +209,7 @@ def vote_entropy(bits: Any, start: int, stop: int, out: Any, table: Any) -> None
         out[row] = entropy
 
 
-@njit(nogil=True, cache=True)
+@_compiled(nogil=True)
 def margin(bits: Any, start: int, stop: int, out: Any, zero: Any) -> None:
     """``1 - (top1 - top2)`` of (n, C) probabilities given as ``bits`` (as :func:`vote_entropy`'s),
     C >= 2; ``zero`` is 0 in the bits' integer type. Two equal largest values: margin 0."""

@@ -376,3 +376,20 @@ def test_multilabel_confident_learning_equals_cleanlab(seed: int) -> None:
     assert theirs.sum() > 0
     np.testing.assert_array_equal(ours[labeled], theirs)
     assert not ours[~labeled].any()
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No place numba may write its cache (a read-only install, no user cache directory): the
+    # kernel compiles for this process instead of failing at import.
+    import numba.core.caching
+
+    from strategies.kernels import _compiled
+
+    monkeypatch.setattr(numba.core.caching.FunctionCache._impl_class, "_locator_classes", [])
+
+    def twice(x: float) -> float:
+        return 2.0 * x
+
+    with pytest.raises(RuntimeError, match="no locator"):
+        numba.njit(cache=True)(twice)
+    assert _compiled()(twice)(3.0) == 6.0
