@@ -63,9 +63,9 @@ class CollectorPause:
     A snapshot of 100,000 tasks holds millions of tracked objects, and every stage that builds
     its own (100,000 fetch closures, rows, dicts) set off full collections that scanned them all
     again (a warm featurize stage at 100,000 tasks: 0.9-1.4 s with it on, 0.9 s paused; more in
-    the stages that build more). Reference counting
-    still frees everything as it goes; only garbage in reference cycles waits for the collector,
-    which runs again once no cycle does. The runtime's runner holds one for its process.
+    the stages that build more). Reference counting still frees everything as it goes; only
+    garbage in reference cycles waits for the collector, which runs again once no cycle does.
+    The runtime's runner holds one for its process.
     """
 
     def __init__(self) -> None:

@@ -280,11 +280,12 @@ class EmbeddingCache:
         comes twice): an (hits, dim) block read in one pass (runs of consecutive rows in one
         read each), for the caller to keep as it is."""
         keys = [bytes.fromhex(sha) if len(sha) == 64 else None for sha in shas]
+        distinct = {key for key in keys if key is not None}
         shelf = self._shelf(backbone)
-        rows = shelf.rows_of({key for key in keys if key is not None})
+        rows = shelf.rows_of(distinct)
         missing = {sha for sha, key in zip(shas, keys, strict=True) if key and key not in rows}
         if missing and self._legacy(sorted(missing), backbone):  # moved into the shelf
-            rows = shelf.rows_of({key for key in keys if key is not None})
+            rows = shelf.rows_of(distinct)
         index = np.array([-1 if k is None else rows.get(k, -1) for k in keys], dtype=np.int64)
         hit = index >= 0
         if not hit.any():

@@ -51,15 +51,17 @@ class Embeddings(Mapping[int, NDArray[np.float32]]):
         self.ids.flags.writeable = False
 
     @classmethod
+    def empty(cls) -> Embeddings:
+        """No vectors."""
+        return cls(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))
+
+    @classmethod
     def of(cls, vectors: Mapping[int, NDArray[np.floating[Any]]]) -> Embeddings:
         """The same vectors as one matrix (copied once)."""
         if isinstance(vectors, Embeddings):
             return vectors
         ids = np.array(sorted(vectors), dtype=np.int64)
-        if not len(ids):
-            return cls(ids, np.zeros((0, 0), dtype=np.float32))
-        matrix = np.stack([np.asarray(vectors[int(t)], dtype=np.float32) for t in ids])
-        return cls(ids, matrix)
+        return cls(ids, stack_rows(vectors, ids)) if len(ids) else cls.empty()
 
     def positions(self, task_ids: Sequence[int] | NDArray[np.integer[Any]]) -> NDArray[np.int64]:
         """Rows of ``task_ids`` in the matrix; KeyError names the first one not held."""
@@ -188,9 +190,7 @@ class _Pass:
     #: images the first forward pass waits for (a runtime converts and checks on them)
     first_batch: int = 0
     #: the known tasks' cached vectors as they were read (:meth:`reuse_known`)
-    known_block: Embeddings = field(
-        default_factory=lambda: Embeddings(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
-    )
+    known_block: Embeddings = field(default_factory=Embeddings.empty)
 
     def reuse_known(self, known: Mapping[int, str]) -> None:
         """Serve the tasks whose image hash is known and cached, fetching nothing: their vectors

@@ -27,16 +27,20 @@ class Embedded(Protocol):
 Stored = dict[int, tuple[str, str, str | None]]
 
 
+def _stored_where(session: Session, condition: Any) -> Stored:
+    rows = session.execute(
+        select(TaskImage.task_id, TaskImage.sha, TaskImage.backbone, TaskImage.image_ref).where(
+            condition
+        )
+    )
+    return {int(task_id): (sha, bb, ref) for task_id, sha, bb, ref in rows}
+
+
 def stored_rows(session: Session, project_ids: Iterable[int]) -> Stored:
     """Every stored row of the projects, as plain columns (one query per project)."""
     stored: Stored = {}
     for project_id in project_ids:
-        rows = session.execute(
-            select(TaskImage.task_id, TaskImage.sha, TaskImage.backbone, TaskImage.image_ref).where(
-                TaskImage.project_id == project_id
-            )
-        )
-        stored.update((int(task_id), (sha, bb, ref)) for task_id, sha, bb, ref in rows)
+        stored.update(_stored_where(session, TaskImage.project_id == project_id))
     return stored
 
 
@@ -63,12 +67,8 @@ def record(
     stored = dict(stored)
     elsewhere = [t for t in embedded if t not in stored]  # new tasks, or rows of another project
     for start in range(0, len(elsewhere), CHUNK):
-        rows = session.execute(
-            select(TaskImage.task_id, TaskImage.sha, TaskImage.backbone, TaskImage.image_ref).where(
-                TaskImage.task_id.in_(elsewhere[start : start + CHUNK])
-            )
-        )
-        stored.update((int(task_id), (sha, bb, ref)) for task_id, sha, bb, ref in rows)
+        chunk = elsewhere[start : start + CHUNK]
+        stored.update(_stored_where(session, TaskImage.task_id.in_(chunk)))
     changed = [
         task_id
         for task_id, task in embedded.items()
@@ -113,27 +113,21 @@ def known_hashes(stored: Stored, tasks: Sequence[Task]) -> dict[int, str]:
     """Task id -> the content hash of its image, for tasks whose image reference is still the one
     that was embedded (their image need not be fetched again to find its cached vector);
     ``stored``: :func:`stored_rows` of their projects."""
-    refs = {t.id: t.image_ref for t in tasks if t.image_ref}
-    return _same_ref(((t, sha, ref) for t, (sha, _, ref) in stored.items()), refs)
+    return _same_ref(stored, {t.id: t.image_ref for t in tasks if t.image_ref})
 
 
 def known_by_ref(session: Session, refs: Mapping[int, str]) -> dict[int, str]:
     """Like :func:`known_hashes` for a few tasks given as task id -> current image reference."""
     ids = list(refs)
-    out: dict[int, str] = {}
+    stored: Stored = {}
     for start in range(0, len(ids), CHUNK):
-        rows = session.execute(
-            select(TaskImage.task_id, TaskImage.sha, TaskImage.image_ref).where(
-                TaskImage.task_id.in_(ids[start : start + CHUNK])
-            )
-        )
-        out.update(_same_ref(rows, refs))
-    return out
+        stored.update(_stored_where(session, TaskImage.task_id.in_(ids[start : start + CHUNK])))
+    return _same_ref(stored, refs)
 
 
-def _same_ref(rows: Iterable[Any], refs: Mapping[int, str | None]) -> dict[int, str]:
+def _same_ref(stored: Stored, refs: Mapping[int, str | None]) -> dict[int, str]:
     return {
-        int(task_id): sha
-        for task_id, sha, ref in rows
-        if ref is not None and refs.get(int(task_id)) == ref
+        task_id: sha
+        for task_id, (sha, _, ref) in stored.items()
+        if ref is not None and refs.get(task_id) == ref
     }
