@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _compiled(**options: Any) -> Callable[[_F], _F]:
+def compiled(**options: Any) -> Callable[[_F], _F]:
     """``njit(cache=True, **options)``, or without the on-disk cache where numba finds no
     writable place for it (next to this file, ``NUMBA_CACHE_DIR`` or the user's cache
     directory): such a process compiles on first use instead of failing to import."""
@@ -106,7 +106,7 @@ def _as_float_typing(typingctx: Any, bits: Any) -> Any:
 _as_float: Any = intrinsic(_as_float_typing)
 
 
-@_compiled(fastmath=True, nogil=True, error_model="numpy", inline="always")
+@compiled(fastmath=True, nogil=True, error_model="numpy", inline="always")
 def log32(x: Any) -> Any:
     """Natural log of a non-negative, finite float32 (``log(0)`` = -88.03)."""
     exponent, y = _exponent_mantissa(x)
@@ -124,14 +124,14 @@ def log32(x: Any) -> Any:
     return (exponent + high) * _LN2 + (z - _HALF * z2 + z2 * z * p)
 
 
-@_compiled(fastmath=True, nogil=True, error_model="numpy")
+@compiled(fastmath=True, nogil=True, error_model="numpy")
 def log32_into(x: Any, out: Any) -> None:
     """``out[i] = log32(x[i])`` over 1-D float32 arrays."""
     for i in range(x.shape[0]):
         out[i] = log32(x[i])
 
 
-@_compiled(fastmath=True, nogil=True, error_model="numpy", inline="always")
+@compiled(fastmath=True, nogil=True, error_model="numpy", inline="always")
 def _members_pass(committee: Any, row: int, mean: Any, own: Any) -> None:
     """One read of an item's members: ``own[m] = sum_c p log p`` and ``mean`` their average."""
     n_members, _, n_classes = committee.shape
@@ -146,7 +146,7 @@ def _members_pass(committee: Any, row: int, mean: Any, own: Any) -> None:
     mean *= np.float32(1.0 / n_members)
 
 
-@_compiled(fastmath=True, nogil=True, error_model="numpy")
+@compiled(fastmath=True, nogil=True, error_model="numpy")
 def bald32(committee: Any, start: int, stop: int, out: Any) -> None:
     """BALD, ``max(H(mean) - mean_m H(p_m), 0)``, of a float32 (M, n, C) committee."""
     n_members, _, n_classes = committee.shape
@@ -160,7 +160,7 @@ def bald32(committee: Any, start: int, stop: int, out: Any) -> None:
         out[row] = max(np.float64(own.sum()) / n_members - consensus, 0.0)
 
 
-@_compiled(fastmath=True, nogil=True, error_model="numpy")
+@compiled(fastmath=True, nogil=True, error_model="numpy")
 def kl_consensus32(committee: Any, start: int, stop: int, out: Any) -> None:
     """Largest ``KL(p_m || mean)`` over the members of a float32 (M, n, C) committee, >= 0."""
     n_members, _, n_classes = committee.shape
@@ -179,7 +179,7 @@ def kl_consensus32(committee: Any, start: int, stop: int, out: Any) -> None:
         out[row] = largest
 
 
-@_compiled(nogil=True)
+@compiled(nogil=True)
 def vote_entropy(bits: Any, start: int, stop: int, out: Any, table: Any) -> None:
     """Entropy of the members' hard votes (each member's first largest class).
 
@@ -209,7 +209,7 @@ def vote_entropy(bits: Any, start: int, stop: int, out: Any, table: Any) -> None
         out[row] = entropy
 
 
-@_compiled(nogil=True)
+@compiled(nogil=True)
 def margin(bits: Any, start: int, stop: int, out: Any, zero: Any) -> None:
     """``1 - (top1 - top2)`` of (n, C) probabilities given as ``bits`` (as :func:`vote_entropy`'s),
     C >= 2; ``zero`` is 0 in the bits' integer type. Two equal largest values: margin 0."""

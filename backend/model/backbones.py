@@ -89,7 +89,8 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     the single biggest saving on large photos.
     """
     image.draft("RGB", (size, size))
-    image = image.convert("RGB")
+    if image.mode != "RGB":  # converting an RGB image would only copy it
+        image = image.convert("RGB")
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))

@@ -383,7 +383,7 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatc
     # kernel compiles for this process instead of failing at import.
     import numba.core.caching
 
-    from strategies.kernels import _compiled
+    from strategies.kernels import compiled
 
     monkeypatch.setattr(numba.core.caching.FunctionCache._impl_class, "_locator_classes", [])
 
@@ -392,4 +392,4 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatc
 
     with pytest.raises(RuntimeError, match="no locator"):
         numba.njit(cache=True)(twice)
-    assert _compiled()(twice)(3.0) == 6.0
+    assert compiled()(twice)(3.0) == 6.0
