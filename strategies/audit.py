@@ -5,7 +5,10 @@ Every strategy picks the items it finds informative, so accuracy measured on the
 therefore drawn uniformly at random from the unlabeled pool and recorded as such. The model's
 prediction for such an item is made before its label arrives (prequential), so the fraction of
 audit items the model got right is an unbiased estimate of its accuracy on the pool it served,
-with a binomial confidence interval (Wilson's, which keeps its coverage at small counts).
+with an exact binomial confidence interval (Clopper-Pearson's: it covers the truth at least as
+often as it says for every accuracy and count; Wilson's 90 % interval covers an accuracy of 0.8 to
+0.995 in as few as 79-87 % of draws at 5-50 audit items, and accuracy near 1 is where a model
+soon is). Outcomes of several models (a Poisson binomial) only make it more conservative.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import norm
+from scipy.stats import beta as beta_dist
 
 from strategies.base import IntArray
 
@@ -64,7 +67,7 @@ class AccuracyEstimate:
         n: audit items with a prediction made before their label arrived.
         correct: how many of those the model predicted right.
         accuracy: ``correct / n`` (NaN when ``n`` is 0).
-        low, high: the Wilson interval at ``confidence``.
+        low, high: the exact (Clopper-Pearson) interval at ``confidence``.
         confidence: two-sided confidence of ``[low, high]``.
     """
 
@@ -87,15 +90,14 @@ class AccuracyEstimate:
         }
 
 
-def wilson_interval(correct: int, n: int, *, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion; (0, 1) when ``n`` is 0."""
+def exact_interval(correct: int, n: int, *, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Clopper-Pearson interval of a binomial proportion; (0, 1) when ``n`` is 0."""
     if n == 0:
         return 0.0, 1.0
-    z = float(norm.ppf(0.5 + confidence / 2.0))
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    tail = (1.0 - confidence) / 2.0
+    low = 0.0 if correct == 0 else float(beta_dist.ppf(tail, correct, n - correct + 1))
+    high = 1.0 if correct == n else float(beta_dist.ppf(1.0 - tail, correct + 1, n - correct))
+    return low, high
 
 
 def prequential_accuracy(
@@ -109,5 +111,5 @@ def prequential_accuracy(
     """
     n = int(correct.shape[0])
     hits = int(np.count_nonzero(correct))
-    low, high = wilson_interval(hits, n, confidence=confidence)
+    low, high = exact_interval(hits, n, confidence=confidence)
     return AccuracyEstimate(n, hits, hits / n if n else math.nan, low, high, confidence)

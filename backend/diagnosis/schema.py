@@ -358,7 +358,8 @@ class TaskExplanation(_Model):
 
 
 class AuditEstimate(_Model):
-    """Accuracy from audit items (uniform draws): ``correct`` of ``n``, Wilson interval."""
+    """Accuracy from audit items (uniform draws): ``correct`` of ``n``, exact (Clopper-Pearson)
+    interval."""
 
     n: int
     correct: int
