@@ -91,6 +91,21 @@ def planted_bad(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engines, "_convert_openvino", bad)
 
 
+def test_openvino_splits_a_batch_over_its_streams_and_keeps_each_rows_embedding(
+    base: TorchBackbone, tmp_path: Path
+) -> None:
+    runtime = RuntimeBackbone(
+        base, settings(runtime="openvino", precision="fp32", num_threads=2), tmp_path
+    )
+    x = images(7, seed=3)
+    runtime.embed_pixels(x)  # converts and checks
+    engine = runtime.engine
+    assert isinstance(engine, engines._OpenVinoEngine)
+    one_by_one = np.concatenate([engine.run(x[i : i + 1]) for i in range(7)])
+    for size in (1, 2, 5, 7):  # split into parts of unequal length
+        np.testing.assert_allclose(engine.run(x[:size]), one_by_one[:size], rtol=1e-5, atol=1e-5)
+
+
 def test_a_bad_conversion_is_refused_and_auto_falls_back_to_torch(
     base: TorchBackbone,
     tmp_path: Path,
