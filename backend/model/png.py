@@ -70,8 +70,9 @@ def _header(data: bytes) -> tuple[int, int, int, bytes] | None:
     while pos + 12 <= end:
         length, kind = _CHUNK.unpack_from(data, pos)
         body = pos + 8
-        if body + length + 4 > end or (not parts and not _checksum_holds(data, pos, length)):
-            return None  # PIL checks every chunk's checksum up to the image data
+        checked = not parts and kind != b"IDAT"  # PIL checks the chunks before the image data
+        if body + length + 4 > end or (checked and not _checksum_holds(data, pos, length)):
+            return None
         if pos == len(SIGNATURE):
             size = _image_size(data, body, length) if kind == b"IHDR" else None
             if size is None:
