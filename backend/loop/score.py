@@ -59,7 +59,7 @@ def build_pool(
     """
     table = Embeddings.of(embeddings)  # a cycle's featurize result already is one
     task_ids = table.ids
-    index = {t: i for i, t in enumerate(task_ids.tolist())}
+    index = table.rows
     x = table.matrix if len(task_ids) else np.zeros((0, 1), dtype=np.float32)
     labels = np.full(len(task_ids), -1, dtype=np.int64)
     targets = snap.targets

@@ -75,17 +75,17 @@ class Embeddings(Mapping[int, NDArray[np.float32]]):
         return at
 
     @functools.cached_property
-    def _rows(self) -> dict[int, int]:
-        """Task id -> row, built at the first single lookup (a scalar search per lookup cost
-        3 us: 0.3 s for 100,000 membership tests)."""
+    def rows(self) -> Mapping[int, int]:
+        """Task id -> row of the matrix, built at the first single lookup (a scalar search per
+        lookup cost 3 us: 0.3 s for 100,000 membership tests)."""
         return {task_id: row for row, task_id in enumerate(self.ids.tolist())}
 
     def __getitem__(self, task_id: int) -> NDArray[np.float32]:
-        row: NDArray[np.float32] = self.matrix[self._rows[int(task_id)]]
+        row: NDArray[np.float32] = self.matrix[self.rows[int(task_id)]]
         return row
 
     def __contains__(self, task_id: object) -> bool:
-        return isinstance(task_id, int | np.integer) and int(task_id) in self._rows
+        return isinstance(task_id, int | np.integer) and int(task_id) in self.rows
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.ids.tolist())

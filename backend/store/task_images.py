@@ -36,6 +36,15 @@ def _stored_where(session: Session, condition: Any) -> Stored:
     return {int(task_id): (sha, bb, ref) for task_id, sha, bb, ref in rows}
 
 
+def _stored_by_task(session: Session, task_ids: Sequence[int]) -> Stored:
+    """The stored rows of ``task_ids``, as plain columns (one query per :data:`CHUNK` ids)."""
+    ids = list(task_ids)
+    stored: Stored = {}
+    for start in range(0, len(ids), CHUNK):
+        stored.update(_stored_where(session, TaskImage.task_id.in_(ids[start : start + CHUNK])))
+    return stored
+
+
 def stored_rows(session: Session, project_ids: Iterable[int]) -> Stored:
     """Every stored row of the projects, as plain columns (one query per project)."""
     stored: Stored = {}
@@ -65,10 +74,8 @@ def record(
     if stored is None:
         stored = stored_rows(session, {t.project_id for t in embedded.values()})
     stored = dict(stored)
-    elsewhere = [t for t in embedded if t not in stored]  # new tasks, or rows of another project
-    for start in range(0, len(elsewhere), CHUNK):
-        chunk = elsewhere[start : start + CHUNK]
-        stored.update(_stored_where(session, TaskImage.task_id.in_(chunk)))
+    # new tasks, or rows stored under another project
+    stored.update(_stored_by_task(session, [t for t in embedded if t not in stored]))
     changed = [
         task_id
         for task_id, task in embedded.items()
@@ -97,16 +104,8 @@ def record(
 
 def lookup(session: Session, task_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
     """Task id -> (image sha256, backbone) for the tasks that were ever embedded."""
-    out: dict[int, tuple[str, str]] = {}
-    ids = list(task_ids)
-    for start in range(0, len(ids), CHUNK):
-        rows = session.execute(
-            select(TaskImage.task_id, TaskImage.sha, TaskImage.backbone).where(
-                TaskImage.task_id.in_(ids[start : start + CHUNK])
-            )
-        )
-        out.update((int(task_id), (sha, backbone)) for task_id, sha, backbone in rows)
-    return out
+    stored = _stored_by_task(session, task_ids)
+    return {task_id: (sha, backbone) for task_id, (sha, backbone, _) in stored.items()}
 
 
 def known_hashes(stored: Stored, tasks: Sequence[Task]) -> dict[int, str]:
@@ -118,11 +117,7 @@ def known_hashes(stored: Stored, tasks: Sequence[Task]) -> dict[int, str]:
 
 def known_by_ref(session: Session, refs: Mapping[int, str]) -> dict[int, str]:
     """Like :func:`known_hashes` for a few tasks given as task id -> current image reference."""
-    ids = list(refs)
-    stored: Stored = {}
-    for start in range(0, len(ids), CHUNK):
-        stored.update(_stored_where(session, TaskImage.task_id.in_(ids[start : start + CHUNK])))
-    return _same_ref(stored, refs)
+    return _same_ref(_stored_by_task(session, list(refs)), refs)
 
 
 def _same_ref(stored: Stored, refs: Mapping[int, str | None]) -> dict[int, str]:
