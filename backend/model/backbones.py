@@ -86,7 +86,9 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Scale the shorter side to ``size`` and cut the central ``size`` x ``size`` square.
 
     JPEGs are decoded at a reduced scale when they are much larger than needed (``draft``), which is
-    the single biggest saving on large photos.
+    the single biggest saving on large photos. Only the central square is resampled (``box``, the
+    crop in source coordinates): the same pixels as scaling the whole image and cropping (to
+    rounding), without computing the columns or rows the crop would throw away.
     """
     image.draft("RGB", (size, size))
     if image.mode != "RGB":  # converting an RGB image would only copy it
@@ -94,9 +96,10 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    x, y = width / new_w, height / new_h  # source pixels per scaled pixel, per axis
+    box = (left * x, top * y, (left + size) * x, (top + size) * y)
+    return image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
 class TorchBackbone:

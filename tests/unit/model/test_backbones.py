@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from backend.model.backbones import BackboneUnavailableError, build_backbone
+from backend.model.backbones import BackboneUnavailableError, build_backbone, resize_center_crop
 
 from .conftest import fast_settings
 
@@ -53,3 +53,23 @@ def test_timm_without_the_extra_says_how_to_install_it(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "timm", None)  # as if the extra were not installed
     with pytest.raises(BackboneUnavailableError, match=r"labelloop\[timm\]"):
         build_backbone(fast_settings(backbone="timm"))
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (640, 480), (300, 301), (100, 150), (224, 224)])
+def test_center_crop_resamples_only_the_square_it_keeps(shape: tuple[int, int]) -> None:
+    """The central square, resampled alone, holds the pixels of the whole image scaled and then
+    cropped (up to rounding), for wide, tall, nearly square, upscaled and exact inputs."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, (*shape, 3)).cumsum(axis=0).cumsum(axis=1)
+    pixels = ((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    got = np.asarray(resize_center_crop(image, 224), dtype=np.int16)
+    height, width = shape
+    scale = 224 / min(width, height)
+    new_w, new_h = max(224, round(width * scale)), max(224, round(height * scale))
+    whole = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (new_w - 224) // 2, (new_h - 224) // 2
+    want = np.asarray(whole.crop((left, top, left + 224, top + 224)), dtype=np.int16)
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got - want).max() <= 1
+    assert np.abs(got - want).mean() < 0.01
