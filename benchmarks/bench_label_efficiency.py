@@ -22,9 +22,8 @@ LogisticRegressions. "ours: default" uses ``StrategySettings().weights`` and ``.
 Prints mean test accuracy at 50/100/200/300 labels and the labels needed to reach 95 % of the
 full-data accuracy (mean over seeds; ">B" when a seed never gets there within the budget B).
 Rows ``NAME + audit`` carry the audit share every push carries (10 %, uniform draws; the same share
-adaptive has), so a fixed strategy and the adaptive selection are compared on the same footing;
-``default + audit`` is what ``strategy.selection: fixed`` pushes, built by the cycle's own queue
-builder (in the cold-start phase the combination picks around the audit draws).
+adaptive has, and what ``strategy.selection: fixed`` pushes), so a fixed strategy and the adaptive
+selection are compared on the same footing.
 ``--quick``: the first named dataset only, 3 seeds, budget 300.
 """
 
@@ -54,15 +53,7 @@ from backend.settings import StrategySettings
 from backend.simulate.sets import GENERATED, generate
 from strategies import REGISTRY, Pool
 from strategies.audit import audit_count, draw_audit, prequential_accuracy
-from strategies.bandit import (
-    AUDIT,
-    Allocation,
-    Interleaved,
-    Reward,
-    build_queue,
-    judge_push,
-    proxy_features,
-)
+from strategies.bandit import AUDIT, build_queue, judge_push, proxy_features
 from strategies.base import threads
 from strategies.combine import prioritize
 
@@ -189,33 +180,6 @@ def _audited(pick: Callable[[State], np.ndarray]) -> Callable[[State], np.ndarra
     return audited
 
 
-def _queue(
-    state: State, rewards: list[Reward], *, adaptive: bool
-) -> tuple[Interleaved, Allocation]:
-    """The cycle's own queue builder over the configured combination (with the audit share; in
-    the cold-start phase the combination picks around the audit draws)."""
-    pool = _pool(state)
-    combined = prioritize(
-        pool, DEFAULT_WEIGHTS, rng=state.rng, batch_size=BATCH, fade_after=DEFAULT_FADE
-    )
-    return build_queue(
-        pool,
-        combined.order,
-        rewards,
-        rng=state.rng,
-        batch_size=BATCH,
-        audit_share=AUDIT_SHARE,
-        adaptive=adaptive,
-        cold=combined.phase == "cold_start",
-    )
-
-
-def _fixed_default(state: State) -> np.ndarray:
-    """What ``strategy.selection: fixed`` pushes: the combination with the audit share."""
-    built, _ = _queue(state, [], adaptive=False)
-    return np.asarray(built.order[:BATCH])
-
-
 def _adaptive(state: State) -> np.ndarray:
     """The cycle's selection: audit share + the bandit over the arms (``strategies.bandit``)."""
     mem = state.memory
@@ -238,7 +202,19 @@ def _adaptive(state: State) -> np.ndarray:
             n_classes=state.n_classes,
             fresh=fresh,
         )
-    built, allocation = _queue(state, mem["rewards"], adaptive=True)
+    pool = _pool(state)
+    combined = prioritize(
+        pool, DEFAULT_WEIGHTS, rng=state.rng, batch_size=BATCH, fade_after=DEFAULT_FADE
+    ).order
+    built, allocation = build_queue(
+        pool,
+        combined,
+        mem["rewards"],
+        rng=state.rng,
+        batch_size=BATCH,
+        audit_share=AUDIT_SHARE,
+        adaptive=True,
+    )
     chosen, arms = built.order[:BATCH], built.arms[:BATCH]
     mem["picks"] = (chosen, arms)
     mem["checks"].append(_audit_check(state, chosen, arms))
@@ -334,7 +310,8 @@ def methods() -> dict[str, Callable[[State], np.ndarray]]:
         "ours: adaptive (audit 10 % + bandit over random, margin, entropy, typiclust, default)"
     ] = _adaptive
     for name in FIXED:
-        table[f"{name} + audit"] = _fixed_default if name == "default" else _audited(table[name])
+        row = f"ours: default ({default})" if name == "default" else name
+        table[f"{name} + audit"] = _audited(table[row])
     table["  ablation: default, no fading"] = _combination(DEFAULT_WEIGHTS, {})
     table["  ablation: default, no batch diversity"] = _combination(
         DEFAULT_WEIGHTS, DEFAULT_FADE, diversity="none"

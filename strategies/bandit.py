@@ -48,10 +48,9 @@ from scipy.stats import beta as beta_dist
 from sklearn.linear_model import LogisticRegression
 
 from strategies import REGISTRY
-from strategies.audit import audit_count, audit_slots, draw_audit
+from strategies.audit import audit_slots, draw_audit
 from strategies.base import Basis, FloatArray, IntArray, Pool, eligible, top_k
 from strategies.coldstart import cold_start_order, reduce
-from strategies.combine import cold_order
 
 #: The portfolio, in the order the dashboard lists it. "combined" is the configured weighting.
 ARMS = ("random", "margin", "entropy", "typiclust", "combined")
@@ -500,37 +499,25 @@ def build_queue(
     batch_size: int,
     audit_share: float,
     adaptive: bool,
-    cold: bool = False,
 ) -> tuple[Interleaved, Allocation]:
     """This cycle's queue: audit items drawn uniformly, the rest shared among the arms.
-
-    The audit items are drawn first. In the cold-start phase (``cold``: ``combined`` is the
-    cold-start order) the combination's order is rebuilt around them
-    (:func:`strategies.combine.cold_order`), so the batch's other picks cover the clusters the
-    audit draws leave uncovered instead of the audit item doubling one cluster while another
-    goes without.
 
     Args:
         pool: the validated pool.
         combined: (m,) the configured combination's order.
         rewards: every reward so far (ignored unless ``adaptive``).
         adaptive: share among the arms by :func:`allocate`; else the combination alone.
-        cold: ``combined`` is the cold-start phase's order.
     """
-    candidates = eligible(pool, "label")
-    slots = audit_slots(
-        min(candidates.shape[0], HORIZON_BATCHES * batch_size), batch_size, audit_share
-    )
-    audit = draw_audit(candidates, int(slots.sum()), rng=rng)
-    if cold and audit.shape[0]:
-        combined = cold_order(
-            pool, audit[: audit_count(batch_size, audit_share)], rng=rng, batch_size=batch_size
-        )
     if adaptive:
         orders = arm_orders(pool, combined, rng=rng, batch_size=batch_size)
         allocation = allocate(rewards, list(orders), rng=rng)
     else:
         orders = {"combined": np.asarray(combined, dtype=np.int64)}
         allocation = Allocation({"combined": 1.0}, ())
+    candidates = eligible(pool, "label")
+    slots = audit_slots(
+        min(candidates.shape[0], HORIZON_BATCHES * batch_size), batch_size, audit_share
+    )
+    audit = draw_audit(candidates, int(slots.sum()), rng=rng)
     built = interleave(orders, allocation.shares, audit, slots)
     return built, allocation

@@ -269,44 +269,22 @@ def _label_queue(
 
 
 def _cold_queue(
-    pool: Pool,
-    *,
-    rng: np.random.Generator,
-    batch_size: int,
-    reserved: NDArray[np.bool_] | None = None,
+    pool: Pool, *, rng: np.random.Generator, batch_size: int
 ) -> tuple[IntArray, FloatVec, dict[str, FloatVec], IntArray]:
-    """Cold-start phase: TypiClust-style order from embeddings, or random without them.
-
-    ``reserved``: (n,) items the batch holds already (the audit draws), counted as labeled: they
-    cover their clusters and are left out of the order.
-    """
-    labeled = pool.labeled if reserved is None else pool.labeled | reserved
-    candidates = np.flatnonzero(~labeled).astype(np.int64)
+    """Cold-start phase: TypiClust-style order from embeddings, or random without them."""
+    candidates = eligible(pool, "label")
     if pool.embeddings is None:
         scores, name = rng.random(pool.n), "random"
         clusters: IntArray = np.zeros(pool.n, dtype=np.int64)
     else:
-        n_clusters = int(labeled.sum()) + batch_size
+        n_clusters = int(pool.labeled.sum()) + batch_size
         scores, clusters = cold_start_scores(
-            pool.embeddings, labeled, n_clusters=n_clusters, rng=rng
+            pool.embeddings, pool.labeled, n_clusters=n_clusters, rng=rng
         )
         name = "cold_start"
     fused = rank_normalize(scores, candidates)
     order = top_k(scores, candidates, candidates.shape[0], rng=rng).indices
     return order, fused, {name: fused}, clusters
-
-
-def cold_order(
-    pool: Pool, reserved: IntArray, *, rng: np.random.Generator, batch_size: int
-) -> IntArray:
-    """The cold-start phase's order of the unlabeled items around items already drawn for the
-    batch (``reserved``, e.g. its audit sample): they count as labeled, so the order's first
-    picks cover the clusters they leave uncovered and the batch does not spend two labels on one
-    cluster while another has none; ``reserved`` items are left out of the order."""
-    mask = np.zeros(pool.n, dtype=bool)
-    mask[reserved] = True
-    picks = max(1, batch_size - int(mask.sum()))  # clusters: the labels once the batch is in
-    return _cold_queue(pool, rng=rng, batch_size=picks, reserved=mask)[0]
 
 
 def review_queue(

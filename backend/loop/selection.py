@@ -270,7 +270,6 @@ def plan(
         batch_size=strategy.batch_size,
         audit_share=strategy.audit_share,
         adaptive=adaptive,
-        cold=priority.phase == "cold_start",
     )
     row = {int(t): i for i, t in enumerate(task_ids)}
     current = crossfit_accuracy(pool, _audit_rows(store, project_id, pool, row))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from strategies import Pool, combine
+from strategies import Pool
 from strategies.audit import audit_slots, draw_audit
 from strategies.bandit import (
     AUDIT,
@@ -314,26 +314,3 @@ def test_proxy_features_of_a_large_pool_keep_its_strongest_directions() -> None:
     for k in range(3):  # the first components are the planted directions, in order
         assert abs(np.corrcoef(proxy[:, k], strong[:, k])[0, 1]) > 0.99
     np.testing.assert_array_equal(proxy, proxy_features(x, rng=np.random.default_rng(1)))
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_the_cold_start_batch_covers_what_its_audit_item_leaves_uncovered(seed: int) -> None:
-    """Ten separated groups, nothing labeled, a batch of 10 with one audit draw: the cold-start
-    picks are made around the audit item, so the batch holds one item of every group (the audit
-    item no longer doubles a group the cold start covers while another goes without)."""
-    rng = np.random.default_rng(seed)
-    groups = np.repeat(np.arange(10), 40)
-    x = rng.normal(0, 0.3, (400, 16))
-    x[np.arange(400), groups] += 6.0
-    pool = Pool(labels=np.full(400, -1), embeddings=x)
-    before = combine.prioritize(
-        pool, {"margin": 1.0}, rng=np.random.default_rng(seed), batch_size=10
-    )
-    assert before.phase == "cold_start"
-    built, _ = build_queue(
-        pool, before.order, [], rng=np.random.default_rng(seed), batch_size=10, audit_share=0.1,
-        adaptive=False, cold=True,
-    )  # fmt: skip
-    batch = built.order[:10]
-    assert built.arms[:10].count(AUDIT) == 1
-    assert sorted(groups[batch].tolist()) == list(range(10))
