@@ -236,7 +236,7 @@ class ImageQuality(_Model):
 
 
 class SliceRow(_Model):
-    """One slice: labeled support, out-of-sample accuracy (95 % Wilson interval), macro F1
+    """One slice: labeled support, out-of-sample accuracy (exact 95 % interval), macro F1
     (95 % bootstrap interval), gap to the rest, and ``worse`` when significantly below it."""
 
     value: str

@@ -2,9 +2,9 @@
 source), and on images with a quality issue.
 
 Which fields, and each task's value, come from :mod:`backend.loop.task_fields`. Per slice:
-labeled support, out-of-sample accuracy with a Wilson 95 % interval, macro F1 with a bootstrap 95 %
-interval, the gap to the rest of the labeled items, and ``worse`` when a one-sided two-proportion
-z-test puts the slice's accuracy below the rest's at p < 0.05.
+labeled support, out-of-sample accuracy with an exact (Clopper-Pearson) 95 % interval, macro F1
+with a bootstrap 95 % interval, the gap to the rest of the labeled items, and ``worse`` when a
+one-sided two-proportion z-test puts the slice's accuracy below the rest's at p < 0.05.
 """
 
 from __future__ import annotations
@@ -16,21 +16,21 @@ import numpy as np
 from numpy.typing import NDArray
 
 from backend.diagnosis.schema import SliceField, SliceRow
+from strategies.audit import exact_interval
 
 #: Labeled items a slice needs before it can be flagged worse.
 MIN_SUPPORT = 5
 BOOTSTRAP = 200
-Z95 = 1.959964
 
 
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 * sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def accuracy_interval(successes: int, n: int) -> tuple[float, float]:
+    """95 % exact (Clopper-Pearson) interval of a slice's accuracy, (0, 1) when ``n`` is 0.
+
+    Exact rather than Wilson's: Wilson's interval covers proportions near 1, where a slice's
+    accuracy soon is, in as few as 79-87 % of draws at 5-50 items; the exact one never covers less
+    often than it says.
+    """
+    return exact_interval(successes, n, confidence=0.95)
 
 
 def worse_p_value(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -67,7 +67,7 @@ def slice_row(
     """One slice against the rest (both masks over labeled items)."""
     n, k = int(members.sum()), int((pred[members] == y[members]).sum())
     n_rest, k_rest = int(rest.sum()), int((pred[rest] == y[rest]).sum())
-    low, high = wilson(k, n)
+    low, high = accuracy_interval(k, n)
     f1 = f1_low = f1_high = None
     if n:
         f1 = _macro_f1(y[members], pred[members])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
-from backend.diagnosis.slice_report import wilson, worse_p_value
+from backend.diagnosis.slice_report import accuracy_interval, worse_p_value
 from backend.loop.task_fields import offered_fields, slice_ids
 from backend.settings import DiagnosisSettings
 
@@ -44,9 +44,12 @@ def test_offered_fields_keep_their_rules_at_every_boundary() -> None:
     assert offered_fields([], exclude=["image"]) == []
 
 
-def test_wilson_and_the_one_sided_test() -> None:
-    low, high = wilson(8, 10)
-    assert 0.44 < low < 0.5 and 0.94 < high < 0.97
+def test_the_exact_interval_and_the_one_sided_test() -> None:
+    low, high = accuracy_interval(8, 10)  # Clopper-Pearson 95 %: [0.4439, 0.9748]
+    assert abs(low - 0.4439) < 1e-3 and abs(high - 0.9748) < 1e-3
+    low, high = accuracy_interval(10, 10)  # all right: [0.025 ** (1 / 10), 1]
+    assert abs(low - 0.025**0.1) < 1e-9 and high == 1.0
+    assert accuracy_interval(0, 0) == (0.0, 1.0)
     assert worse_p_value(10, 50, 90, 100) < 0.001
     assert worse_p_value(45, 50, 90, 100) == 0.5 and worse_p_value(48, 50, 90, 100) > 0.8
 
