@@ -23,16 +23,6 @@ MIN_SUPPORT = 5
 BOOTSTRAP = 200
 
 
-def accuracy_interval(successes: int, n: int) -> tuple[float, float]:
-    """95 % exact (Clopper-Pearson) interval of a slice's accuracy, (0, 1) when ``n`` is 0.
-
-    Exact rather than Wilson's: Wilson's interval covers proportions near 1, where a slice's
-    accuracy soon is, in as few as 79-87 % of draws at 5-50 items; the exact one never covers less
-    often than it says.
-    """
-    return exact_interval(successes, n, confidence=0.95)
-
-
 def worse_p_value(k1: int, n1: int, k2: int, n2: int) -> float:
     """One-sided p-value that proportion 1 is below proportion 2 (pooled two-proportion z)."""
     if n1 == 0 or n2 == 0:
@@ -67,7 +57,9 @@ def slice_row(
     """One slice against the rest (both masks over labeled items)."""
     n, k = int(members.sum()), int((pred[members] == y[members]).sum())
     n_rest, k_rest = int(rest.sum()), int((pred[rest] == y[rest]).sum())
-    low, high = accuracy_interval(k, n)
+    # Exact (Clopper-Pearson), not Wilson's: Wilson's covers accuracies near 1, where a slice's
+    # soon is, in as few as 79-87 % of draws at 5-50 items; the exact one never covers less often.
+    low, high = exact_interval(k, n, confidence=0.95)
     f1 = f1_low = f1_high = None
     if n:
         f1 = _macro_f1(y[members], pred[members])

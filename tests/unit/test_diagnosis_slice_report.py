@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import beta
 
 from backend.diagnosis.compute import DiagnosisInputs, compute_diagnosis
-from backend.diagnosis.slice_report import accuracy_interval, worse_p_value
+from backend.diagnosis.slice_report import worse_p_value
 from backend.loop.task_fields import offered_fields, slice_ids
 from backend.settings import DiagnosisSettings
 
@@ -44,12 +45,7 @@ def test_offered_fields_keep_their_rules_at_every_boundary() -> None:
     assert offered_fields([], exclude=["image"]) == []
 
 
-def test_the_exact_interval_and_the_one_sided_test() -> None:
-    low, high = accuracy_interval(8, 10)  # Clopper-Pearson 95 %: [0.4439, 0.9748]
-    assert abs(low - 0.4439) < 1e-3 and abs(high - 0.9748) < 1e-3
-    low, high = accuracy_interval(10, 10)  # all right: [0.025 ** (1 / 10), 1]
-    assert abs(low - 0.025**0.1) < 1e-9 and high == 1.0
-    assert accuracy_interval(0, 0) == (0.0, 1.0)
+def test_the_one_sided_test() -> None:
     assert worse_p_value(10, 50, 90, 100) < 0.001
     assert worse_p_value(45, 50, 90, 100) == 0.5 and worse_p_value(48, 50, 90, 100) > 0.8
 
@@ -81,6 +77,13 @@ def test_the_slice_with_noisier_labels_is_flagged_worse() -> None:
     assert phone.worse and not scanner.worse and field.slices[0].value == "phone"
     assert phone.support == 100 and phone.accuracy is not None and phone.gap is not None
     assert phone.accuracy_low < phone.accuracy < phone.accuracy_high
+    # The exact (Clopper-Pearson) 95 % bounds of the slice's k right out of n (rows keep 4 places).
+    k = round(phone.accuracy * 100)
+    assert phone.accuracy_low == pytest.approx(beta.ppf(0.025, k, 100 - k + 1), abs=5e-5)
+    assert phone.accuracy_high == pytest.approx(beta.ppf(0.975, k + 1, 100 - k), abs=5e-5)
+    # All 300 right: the lower bound is 0.025 ** (1 / 300), the upper one 1.
+    assert scanner.accuracy_low == pytest.approx(0.025 ** (1 / 300), abs=5e-5)
+    assert scanner.accuracy_high == 1.0
     assert phone.gap < -0.25 and scanner.accuracy == 1.0
     assert phone.f1_low is not None and phone.f1_high is not None
     assert phone.f1_low <= (phone.macro_f1 or 0) <= phone.f1_high
