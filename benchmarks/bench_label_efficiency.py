@@ -53,7 +53,7 @@ from backend.settings import StrategySettings
 from backend.simulate.sets import GENERATED, generate
 from strategies import REGISTRY, Pool
 from strategies.audit import audit_count, draw_audit, prequential_accuracy
-from strategies.bandit import AUDIT, build_queue, judge_push, proxy_features
+from strategies.bandit import AUDIT, build_queue, judge_pending, proxy_features
 from strategies.base import threads
 from strategies.combine import prioritize
 
@@ -184,24 +184,32 @@ def _adaptive(state: State) -> np.ndarray:
     """The cycle's selection: audit share + the bandit over the arms (``strategies.bandit``)."""
     mem = state.memory
     if "proxy" not in mem:
-        mem.update(proxy=proxy_features(state.X, rng=state.rng), rewards=[], audit=[], checks=[])
+        mem.update(
+            proxy=proxy_features(state.X, rng=state.rng),
+            rewards=[],
+            audit=[],
+            checks=[],
+            pending={},
+        )
     previous = mem.pop("picks", None)
     if previous is not None:  # the annotator labeled the whole previous batch
         rows, arms = previous
-        picked: dict[str, list[int]] = {}
+        pending: dict[str, list[int]] = mem["pending"]
         for row, arm in zip(rows, arms, strict=True):
-            picked.setdefault(arm, []).append(int(row))
-        fresh = np.asarray(picked.pop(AUDIT, []), dtype=np.int64)
-        mem["audit"] += fresh.tolist()
-        mem["rewards"] += judge_push(
+            pending.setdefault(arm, []).append(int(row))
+            if arm == AUDIT:
+                mem["audit"].append(int(row))
+        rewards, consumed = judge_pending(
             mem["proxy"],
             state.labels,
-            {a: np.asarray(r, dtype=np.int64) for a, r in picked.items()},
+            pending,
             np.asarray(mem["audit"], dtype=np.int64),
             cycle=len(mem["checks"]),
             n_classes=state.n_classes,
-            fresh=fresh,
         )
+        mem["rewards"] += rewards
+        for arm in consumed:
+            pending.pop(arm, None)
     pool = _pool(state)
     combined = prioritize(
         pool, DEFAULT_WEIGHTS, rng=state.rng, batch_size=BATCH, fade_after=DEFAULT_FADE

@@ -15,9 +15,13 @@ so every arm is judged on as many labels), and scored on the audit items (held o
 fit; uniform draws from the pool, so the score is unbiased for the pool). When random had no pick
 in a push, the push's own audit items (uniform draws too) stand in for its labels and the push is
 judged on the audit items of earlier pushes: random needs no share of its own to be the
-reference. An arm
-*wins* a cycle when its labels lowered the audit Brier score more than random's labels did (ties
-count half). Wins are scale-free, so cycles early (large gains) and late (small gains) weigh alike.
+reference. An arm's labels are pooled over pushes until it holds ``MIN_JUDGED`` of them and the
+reference as many (:func:`judge_pending`): judged one label against one, random's labels (the
+audit items' own distribution) win well over half the time even against an arm that is better
+with five or more, and that bias alone would hand random a share. An arm
+*wins* a judgment when its labels lowered the audit Brier score more than random's labels did
+(ties count half). Wins are scale-free, so judgments early (large gains) and late (small gains)
+weigh alike.
 
 Allocation. Each arm's chance of beating random in a cycle has a Beta posterior over its
 discounted wins (``discount`` per cycle of age: the best arm changes as labels grow). Each cycle
@@ -73,6 +77,10 @@ PROXY_DIMS = 32
 #: The interleaved, recorded part of the queue spans this many batches; the rest follows the
 #: arm with the largest share.
 HORIZON_BATCHES = 3
+#: An arm is judged once it holds this many labeled picks not judged yet, against as many
+#: reference labels (random's picks or audit items): a comparison on one or two labels is a coin
+#: flip tilted toward random (its labels are the audit items' own distribution).
+MIN_JUDGED = 5
 
 
 @dataclass(frozen=True)
@@ -488,6 +496,50 @@ def judge_push(
         excluded[rows] = True
     base = np.flatnonzero((labels >= 0) & ~excluded).astype(np.int64)
     return arm_rewards(x, labels, base, picked, judged_on, cycle=cycle, n_classes=n_classes)
+
+
+def judge_pending(
+    x: NDArray[np.float64],
+    labels: IntArray,
+    pending: Mapping[str, Sequence[int]],
+    audit: IntArray,
+    *,
+    cycle: int,
+    n_classes: int,
+    min_labels: int = MIN_JUDGED,
+) -> tuple[list[Reward], frozenset[str]]:
+    """Judge the arms whose labeled picks, pooled over pushes until judged, are enough.
+
+    Args:
+        pending: arm -> its labeled picks not judged yet, oldest first; ``AUDIT`` -> the labeled
+            audit items not yet used as the reference.
+        audit: every labeled audit item (what the arms are judged on).
+        min_labels: an arm is judged once it holds this many picks, and only when the reference
+            (random's pending picks, else the pending audit items) holds as many.
+
+    Returns:
+        The rewards (filed under ``cycle``) and the keys of ``pending`` they consumed: the judged
+        arms, random when its picks were the reference, and ``AUDIT``. Empty while no arm or no
+        reference is ready; only ``AUDIT`` when every labeled audit item is pending (the first
+        judgment: those become the items later ones are judged on, the arms' picks wait).
+    """
+    ready = {
+        a: np.asarray(r, dtype=np.int64)
+        for a, r in pending.items()
+        if a not in ("random", AUDIT) and len(r) >= min_labels
+    }
+    own = np.asarray(pending.get("random", ()), dtype=np.int64)
+    fresh = np.asarray(pending.get(AUDIT, ()), dtype=np.int64)
+    if own.shape[0] >= min_labels:
+        ready["random"] = own
+    elif fresh.shape[0] < min_labels:
+        return [], frozenset()
+    if not ready.keys() - {"random"}:
+        return [], frozenset()
+    rewards = judge_push(x, labels, ready, audit, cycle=cycle, n_classes=n_classes, fresh=fresh)
+    if not rewards:  # no earlier audit item to judge on: the reference's become the first
+        return [], frozenset({AUDIT})
+    return rewards, frozenset(ready) | {AUDIT}
 
 
 def build_queue(

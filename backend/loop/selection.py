@@ -5,7 +5,8 @@ Each cycle, after scoring:
 1. :func:`resolve` marks the pending picks of the previous push whose task is labeled now: those
    labels arrived while that push was the live queue. An audit pick's outcome (was the model's
    prediction at push time right?) feeds :func:`audit_accuracy`.
-2. :func:`plan` turns the judged picks into rewards (:func:`strategies.bandit.arm_rewards`), sets
+2. :func:`plan` judges each arm once its labeled picks, pooled over pushes, are enough
+   (:func:`strategies.bandit.judge_pending`) and files the rewards, sets
    the arms' shares from every reward of the project (:func:`strategies.bandit.allocate`; with
    ``strategy.selection: fixed`` the configured weights alone) and builds the queue: audit items
    drawn uniformly, interleaved with the arms' picks.
@@ -40,7 +41,7 @@ from strategies.bandit import (
     Belief,
     Reward,
     build_queue,
-    judge_push,
+    judge_pending,
     proxy_features,
 )
 from strategies.combine import Priority
@@ -159,48 +160,63 @@ def audit_accuracy(
 
 
 def load_rewards(store: Store, project_id: int) -> list[Reward]:
-    """Every reward of the project, cycles numbered 0, 1, ... in order."""
+    """Every reward of the project, filed under the number of its push among the project's pushes
+    (0, 1, ... in order), so that rewards age by pushes, also where judgments skip some."""
     with store.session() as session:
         rows = session.scalars(
             select(SelectionReward)
             .where(SelectionReward.project_id == project_id)
             .order_by(SelectionReward.cycle_id)
         ).all()
-        numbers = {c: i for i, c in enumerate(sorted({r.cycle_id for r in rows}))}
+        pushes = session.scalars(
+            select(SelectionPick.cycle_id).where(SelectionPick.project_id == project_id).distinct()
+        ).all()
+        numbers = {c: i for i, c in enumerate(sorted({*pushes, *(r.cycle_id for r in rows)}))}
         return [Reward(numbers[r.cycle_id], r.arm, r.win, r.gain, r.n) for r in rows]
 
 
-def _judge(
-    store: Store,
-    project_id: int,
-    pool: Pool,
-    task_ids: NDArray[np.int64],
-    done: Sequence[SelectionPick],
-) -> list[Reward]:
-    """File the rewards of the newest push's judged picks (:func:`strategies.bandit.judge_push`)."""
-    arm_picks = [p for p in done if p.arm != AUDIT]
-    if not arm_picks or pool.embeddings is None or pool.multilabel:
+def _judge(store: Store, project_id: int, pool: Pool, task_ids: NDArray[np.int64]) -> list[Reward]:
+    """File the rewards of the arms whose labeled picks, pooled over pushes, are enough to judge
+    (:func:`strategies.bandit.judge_pending`), and mark the picks the judgment used."""
+    if pool.embeddings is None or pool.multilabel:
         return []
-    cycle_id = max(p.cycle_id for p in arm_picks)
     row = {int(t): i for i, t in enumerate(task_ids)}
-    picked: dict[str, list[int]] = {}
-    for pick in sorted(done, key=lambda p: p.position):
-        if pick.cycle_id == cycle_id and pick.task_id in row:
-            picked.setdefault(pick.arm, []).append(row[pick.task_id])
-    audit = _audit_rows(store, project_id, pool, row)
-    labeled_audit = set(audit.tolist())  # the push's own audit items join random's reference
-    fresh = np.asarray([r for r in picked.pop(AUDIT, []) if r in labeled_audit], dtype=np.int64)
+    with store.session() as session:
+        waiting = session.execute(
+            select(
+                SelectionPick.id, SelectionPick.task_id, SelectionPick.arm, SelectionPick.cycle_id
+            )
+            .where(
+                SelectionPick.project_id == project_id,
+                SelectionPick.state == "labeled",
+                SelectionPick.judged.is_(False),
+            )
+            .order_by(SelectionPick.cycle_id, SelectionPick.position)
+        ).all()
+    pending: dict[str, list[int]] = {}
+    ids: dict[str, list[int]] = {}
+    for pick_id, task_id, arm, _ in waiting:
+        if task_id in row and pool.labeled[row[task_id]]:  # still labeled
+            pending.setdefault(arm, []).append(row[task_id])
+            ids.setdefault(arm, []).append(pick_id)
+    if not pending.keys() - {AUDIT}:
+        return []
+    cycle_id = max(c for *_, c in waiting)
     rng = np.random.default_rng(cycle_id)
-    rewards = judge_push(
+    rewards, consumed = judge_pending(
         proxy_features(pool.embeddings, rng=rng, basis=pool.basis),
         pool.labels,
-        {a: np.asarray(r, dtype=np.int64) for a, r in picked.items()},
-        audit,
+        pending,
+        _audit_rows(store, project_id, pool, row),
         cycle=cycle_id,
         n_classes=int(pool.n_classes or pool.labels.max() + 1),
-        fresh=fresh,
     )
+    used = [i for arm in consumed for i in ids.get(arm, [])]
     with store.session() as session:
+        if used:
+            session.execute(
+                update(SelectionPick).where(SelectionPick.id.in_(used)).values(judged=True)
+            )
         session.add_all(
             SelectionReward(
                 project_id=project_id, cycle_id=cycle_id, arm=r.arm, win=r.win, gain=r.gain, n=r.n
@@ -260,8 +276,8 @@ def plan(
     adaptive = adaptive and not pool.multilabel and pool.embeddings is not None
     rewards: list[Reward] = []
     if write:
-        done = resolve(store, project_id, labels)
-        rewards = _judge(store, project_id, pool, task_ids, done) if adaptive else []
+        resolve(store, project_id, labels)
+        rewards = _judge(store, project_id, pool, task_ids) if adaptive else []
     built, allocation = build_queue(
         pool,
         priority.order,

@@ -299,6 +299,7 @@ class SelectionPick(Base):
     ``predicted`` is the model's label for the task when it was pushed (None before a model
     existed). The next cycle resolves every pending pick: ``labeled`` (the label arrived while this
     push was the live queue; ``label`` and ``correct`` filled) or ``expired`` (it did not).
+    Labeled picks wait, ``judged`` False, until the bandit has enough of an arm's to judge it.
     """
 
     __tablename__ = "selection_picks"
@@ -318,6 +319,8 @@ class SelectionPick(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     label: Mapped[str | None] = mapped_column(String(500))
     correct: Mapped[bool | None] = mapped_column(Boolean)
+    #: True once the bandit used the labeled pick (an arm's pick judged, or a reference label).
+    judged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None]
 

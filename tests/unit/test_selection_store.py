@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from backend.loop import selection
 from backend.store.db import Store
 from backend.store.models import SelectionPick
+from strategies import Pool
 
 
 def _states(store: Store) -> dict[int, str]:
@@ -46,3 +49,53 @@ def test_strategy_show_lines_name_trusted_arms_and_both_accuracies() -> None:
     assert any("margin" in line and "trusted" in line for line in lines)
     assert any(line.startswith("audit accuracy (prequential, 40 items): 0.800") for line in lines)
     assert lines[-1].endswith("0.610")
+
+
+def _pushed(store: Store, cycle: int, tasks: list[int], arms: tuple[str, ...]) -> None:
+    selection.record(store, 7, cycle, f"v{cycle}", tasks, arms, [None] * len(tasks))
+    selection.resolve(store, 7, {t: "x" for t in tasks})  # every pick labeled
+
+
+def _judged(store: Store) -> dict[int, bool]:
+    with store.session() as session:
+        return {p.task_id: p.judged for p in session.query(SelectionPick).all()}
+
+
+def test_arm_picks_wait_pooled_over_pushes_until_enough_to_judge(store: Store) -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 1, (n, 6))
+    x[np.arange(n), y] += 3.0
+    labels = np.full(n, -1)
+    task_ids = np.arange(1000, 1000 + n, dtype=np.int64)
+    labels[:30] = y[:30]  # what the arms share
+    pushes = [list(range(30 + 4 * c, 34 + 4 * c)) for c in range(4)]  # 2 picks + 2 audit each
+    arms = ("margin", "audit", "margin", "audit")
+    rewards = []
+    for cycle, rows in enumerate(pushes, start=1):
+        labels[rows] = y[rows]
+        _pushed(store, cycle, [int(task_ids[r]) for r in rows], arms)
+        pool = Pool(labels=labels.copy(), probs=np.full((n, 3), 1 / 3), embeddings=x)
+        rewards.append(selection._judge(store, 7, pool, task_ids))
+    # One or two labels per arm and push are a coin flip: nothing is judged until 5 wait ...
+    assert rewards[0] == [] and rewards[1] == []
+    # ... then the first 6 audit items (no earlier audit item to judge on) become the reference
+    # set later judgments are scored on; the margin picks keep waiting ...
+    assert rewards[2] == []
+    judged = _judged(store)
+    assert all(judged[int(task_ids[r])] for p in pushes[:3] for r in p[1::2])
+    assert not any(judged[int(task_ids[r])] for p in pushes[:3] for r in p[::2])
+    # ... and are judged once enough fresh audit items stand in for random's labels again.
+    for cycle, rows in enumerate([list(range(50 + 4 * c, 54 + 4 * c)) for c in range(2)], start=5):
+        labels[rows] = y[rows]
+        _pushed(store, cycle, [int(task_ids[r]) for r in rows], arms)
+        pool = Pool(labels=labels.copy(), probs=np.full((n, 3), 1 / 3), embeddings=x)
+        rewards.append(selection._judge(store, 7, pool, task_ids))
+    assert rewards[4] == []  # 4 fresh audit items: one short
+    (reward,) = rewards[5]
+    assert (reward.arm, reward.n) == ("margin", 6)  # 6 fresh audit items against 12 margin picks
+    (loaded,) = selection.load_rewards(store, 7)
+    assert (loaded.arm, loaded.cycle) == ("margin", 5)  # the sixth push: rewards age by pushes
+    judged = _judged(store)
+    assert all(judged.values())  # the judged arm's picks and the reference are used up

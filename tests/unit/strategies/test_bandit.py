@@ -4,7 +4,7 @@ The arms are planted as orders: a *helpful* arm takes first the items a model fi
 far gets wrong (an oracle of its errors), a *useless* one takes the nearest neighbours of an item
 already labeled (near-duplicates, which teach nothing new). Each cycle the
 bandit allocates a batch, the planted annotator labels it with the true classes, and
-:func:`strategies.bandit.judge_push` judges the arms on the audit items, exactly as a cycle does.
+:func:`strategies.bandit.judge_pending` judges the arms on the audit items, exactly as a cycle does.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from strategies.bandit import (
     arm_rewards,
     build_queue,
     interleave,
+    judge_pending,
     judge_push,
     proxy_features,
 )
@@ -48,9 +49,10 @@ def _blobs(seed: int, n: int = 1200) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loop(
-    x: np.ndarray, y: np.ndarray, planted: Orders, *, cycles: int, seed: int
+    x: np.ndarray, y: np.ndarray, planted: Orders, *, cycles: int, seed: int, batch: int = BATCH
 ) -> list[Mapping[str, float]]:
-    """Run the bandit for ``cycles`` pushes; returns the shares of each cycle."""
+    """Run the bandit for ``cycles`` pushes of ``batch`` labels, every pick pooled until judged
+    (:func:`strategies.bandit.judge_pending`, as a cycle does); returns the shares of each cycle."""
     rng = np.random.default_rng(seed)
     labels = np.full(y.shape[0], -1)
     start = rng.choice(y.shape[0], 10, replace=False)  # a first random batch
@@ -58,31 +60,27 @@ def _loop(
     proxy = proxy_features(x, rng=rng)
     rewards: list[Reward] = []
     audit_rows: list[int] = []
+    pending: dict[str, list[int]] = {}
     history = []
     for cycle in range(cycles):
         unlabeled = np.flatnonzero(labels < 0)
         orders = {"random": rng.permutation(unlabeled), **planted(labels, rng)}
         allocation = allocate(rewards, list(orders), rng=rng)
         history.append(allocation.shares)
-        slots = audit_slots(BATCH, BATCH, 0.1)
+        slots = audit_slots(batch, batch, 0.1)
         audit = draw_audit(unlabeled, int(slots.sum()), rng=rng)
         built = interleave(orders, allocation.shares, audit, slots)
-        batch, arms = built.order[:BATCH], built.arms[:BATCH]
-        labels[batch] = y[batch]
-        picked: dict[str, list[int]] = {}
-        for row, arm in zip(batch, arms, strict=True):
-            picked.setdefault(arm, []).append(int(row))
-        fresh = picked.pop(AUDIT, [])
-        audit_rows += fresh
-        rewards += judge_push(
-            proxy,
-            labels,
-            {a: np.asarray(r) for a, r in picked.items()},
-            np.asarray(audit_rows),
-            cycle=cycle,
-            n_classes=3,
-            fresh=np.asarray(fresh, dtype=np.int64),
+        labels[built.order[:batch]] = y[built.order[:batch]]
+        for row, arm in zip(built.order[:batch], built.arms[:batch], strict=True):
+            pending.setdefault(arm, []).append(int(row))
+            if arm == AUDIT:
+                audit_rows.append(int(row))
+        filed, consumed = judge_pending(
+            proxy, labels, pending, np.asarray(audit_rows), cycle=cycle, n_classes=3
         )
+        rewards += filed
+        for arm in consumed:
+            del pending[arm]
     return history
 
 
