@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from alembic import command
+from sqlalchemy import text
 
 from backend.loop import selection
-from backend.store.db import Store
+from backend.store.db import Store, alembic_config
 from backend.store.models import SelectionPick
 from strategies import Pool
 
@@ -99,3 +101,24 @@ def test_arm_picks_wait_pooled_over_pushes_until_enough_to_judge(store: Store) -
     assert (loaded.arm, loaded.cycle) == ("margin", 5)  # the sixth push: rewards age by pushes
     judged = _judged(store)
     assert all(judged.values())  # the judged arm's picks and the reference are used up
+
+
+def test_upgrading_counts_the_picks_labeled_before_as_judged(store: Store) -> None:
+    """Before pooling every labeled pick was judged the cycle after its push: an upgraded store
+    must not judge them again; pending picks still wait for their labels."""
+    command.downgrade(alembic_config(store.engine), "0013")
+    columns = "project_id, cycle_id, task_id, arm, position, state, created_at"
+    with store.engine.begin() as conn:
+        for task, state in ((1, "labeled"), (2, "pending"), (3, "expired")):
+            conn.execute(
+                text(
+                    f"INSERT INTO selection_picks ({columns}) "
+                    f"VALUES (7, 1, {task}, 'margin', 0, '{state}', '2030-01-01 00:00:00')"
+                )
+            )
+    store.upgrade()
+    judged = _judged(store)
+    assert judged[1] is True
+    assert judged[2] is False
+    selection.record(store, 7, 2, "v2", [4], ("audit",), [None])
+    assert _judged(store)[4] is False  # new picks start unjudged
