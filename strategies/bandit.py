@@ -12,9 +12,9 @@ apart, so each arm's labels are judged by a paired counterfactual instead: a pro
 (multinomial logistic regression on the embeddings) is fit on the labels the arms had in common
 (``base``) and on ``base`` plus the first ``m`` labels of each arm (``m`` the smallest arm's count,
 so every arm is judged on as many labels), and scored on the audit items (held out from every
-fit; uniform draws from the pool, so the score is unbiased for the pool). When random had no pick
-in a push, the push's own audit items (uniform draws too) stand in for its labels and the push is
-judged on the audit items of earlier pushes: random needs no share of its own to be the
+fit; uniform draws from the pool, so the score is unbiased for the pool). When random has too few
+labels of its own, the audit items not yet used (uniform draws too) stand in for them and the
+arms are judged on the audit items used before: random needs no share of its own to be the
 reference. An arm's labels are pooled over pushes until it holds ``MIN_JUDGED`` of them and the
 reference as many (:func:`judge_pending`): judged one label against one, random's labels (the
 audit items' own distribution) win well over half the time even against an arm that is better
@@ -24,10 +24,10 @@ with five or more, and that bias alone would hand random a share. An arm
 weigh alike.
 
 Allocation. Each arm's chance of beating random in a cycle has a Beta posterior over its
-discounted wins (``discount`` per cycle of age: the best arm changes as labels grow). Each cycle
+discounted wins (``discount`` per push of age: the best arm changes as labels grow). Each cycle
 the non-audit part of the batch is split by probability matching (Thompson sampling): the share of
 an arm is how often it has the highest draw. With a batch of tens of labels and a tenth of it
-audited, one cycle's comparisons rest on a few labels and a few audit items and are close to coin
+audited, one judgment's comparisons rest on a few labels and a few audit items and are close to coin
 flips, and probability matching on coin flips spreads the batch evenly over arms whatever they
 are worth. So the configured combination (the *incumbent*, the measured default, which starts
 trusted a little) keeps the batch until evidence says otherwise: another arm (a *challenger*)
@@ -85,10 +85,10 @@ MIN_JUDGED = 5
 
 @dataclass(frozen=True)
 class Reward:
-    """One arm's result in one cycle.
+    """One arm's result in one judgment.
 
     Attributes:
-        cycle: an increasing cycle number (age = newest cycle - cycle).
+        cycle: an increasing push number the judgment is filed under (age = newest - cycle).
         arm: the arm's name.
         win: 1 if its labels helped the audit score more than random's, 0 if less, 0.5 tied.
         gain: decrease of the audit Brier score from its labels (per ``n`` labels).
@@ -480,10 +480,10 @@ def judge_push(
     ``audit`` (every labeled audit item), with every other labeled item as the shared base.
 
     Args:
-        fresh: the push's own labeled audit items (a subset of ``audit``). When random had no
-            pick in the push they stand in for its picks (they are uniform draws from the pool
-            too) and leave the items the push is judged on, which are then the audit items of
-            earlier pushes: drawn before this push's picks, so still unbiased for the pool.
+        fresh: labeled audit items not used yet (a subset of ``audit``). When ``picked`` has no
+            random picks they stand in for them (they are uniform draws from the pool too) and
+            leave the items the arms are judged on, which are then the other audit items
+            (uniform draws too, so still unbiased for the pool).
     """
     judged_on = np.asarray(audit, dtype=np.int64)
     own = picked.get("random")
@@ -511,15 +511,18 @@ def judge_pending(
     """Judge the arms whose labeled picks, pooled over pushes until judged, are enough.
 
     Args:
-        pending: arm -> its labeled picks not judged yet, oldest first; ``AUDIT`` -> the labeled
-            audit items not yet used as the reference.
+        pending: arm -> its labeled picks not judged yet, oldest first (one per item, none an
+            audit item); ``AUDIT`` -> the labeled audit items no judgment has used yet.
         audit: every labeled audit item (what the arms are judged on).
         min_labels: an arm is judged once it holds this many picks, and only when the reference
             (random's pending picks, else the pending audit items) holds as many.
 
     Returns:
         The rewards (filed under ``cycle``) and the keys of ``pending`` they consumed: the judged
-        arms, random when its picks were the reference, and ``AUDIT``. Empty while no arm or no
+        arms, random when its picks were the reference, and ``AUDIT`` (scored on or standing in
+        for random). Each judged arm is compared on its oldest ``m`` picks (``m`` the smallest
+        count, :func:`arm_rewards`); its newer ones are consumed with them, so that every
+        judgment compares labels of the same pushes. Empty while no arm or no
         reference is ready; only ``AUDIT`` when every labeled audit item is pending (the first
         judgment: those become the items later ones are judged on, the arms' picks wait).
     """

@@ -193,25 +193,36 @@ def _judge(store: Store, project_id: int, pool: Pool, task_ids: NDArray[np.int64
             )
             .order_by(SelectionPick.cycle_id, SelectionPick.position)
         ).all()
+    audit = _audit_rows(store, project_id, pool, row)
+    audited = set(audit.tolist())
     pending: dict[str, list[int]] = {}
     ids: dict[str, list[int]] = {}
-    for pick_id, task_id, arm, _ in waiting:
-        if task_id in row and pool.labeled[row[task_id]]:  # still labeled
-            pending.setdefault(arm, []).append(row[task_id])
-            ids.setdefault(arm, []).append(pick_id)
-    if not pending.keys() - {AUDIT}:
-        return []
-    cycle_id = max(c for *_, c in waiting)
-    rng = np.random.default_rng(cycle_id)
-    rewards, consumed = judge_pending(
-        proxy_features(pool.embeddings, rng=rng, basis=pool.basis),
-        pool.labels,
-        pending,
-        _audit_rows(store, project_id, pool, row),
-        cycle=cycle_id,
-        n_classes=int(pool.n_classes or pool.labels.max() + 1),
-    )
-    used = [i for arm in consumed for i in ids.get(arm, [])]
+    retired: list[int] = []  # picks that can never be judged fairly
+    seen: set[int] = set()
+    for pick_id, task_id, arm, _ in reversed(waiting):  # newest first: one pick per task
+        r = row.get(task_id)
+        if r is None or not pool.labeled[r]:
+            continue  # no longer labeled: waits until it is again
+        if r in seen or (arm != AUDIT and r in audited):
+            retired.append(pick_id)  # picked again later, or an audit item (scored on)
+            continue
+        seen.add(r)
+        pending.setdefault(arm, []).insert(0, r)
+        ids.setdefault(arm, []).insert(0, pick_id)
+    used = list(retired)
+    rewards: list[Reward] = []
+    if pending.keys() - {AUDIT}:
+        cycle_id = max(c for *_, c in waiting)
+        rng = np.random.default_rng(cycle_id)
+        rewards, consumed = judge_pending(
+            proxy_features(pool.embeddings, rng=rng, basis=pool.basis),
+            pool.labels,
+            pending,
+            audit,
+            cycle=cycle_id,
+            n_classes=int(pool.n_classes or pool.labels.max() + 1),
+        )
+        used += [i for arm in consumed for i in ids.get(arm, [])]
     with store.session() as session:
         if used:
             session.execute(
@@ -219,7 +230,7 @@ def _judge(store: Store, project_id: int, pool: Pool, task_ids: NDArray[np.int64
             )
         session.add_all(
             SelectionReward(
-                project_id=project_id, cycle_id=cycle_id, arm=r.arm, win=r.win, gain=r.gain, n=r.n
+                project_id=project_id, cycle_id=r.cycle, arm=r.arm, win=r.win, gain=r.gain, n=r.n
             )
             for r in rewards
         )

@@ -122,3 +122,20 @@ def test_upgrading_counts_the_picks_labeled_before_as_judged(store: Store) -> No
     assert judged[2] is False
     selection.record(store, 7, 2, "v2", [4], ("audit",), [None])
     assert _judged(store)[4] is False  # new picks start unjudged
+
+
+def test_a_task_picked_twice_or_audited_is_never_trained_on_and_scored_on(store: Store) -> None:
+    """A task whose label went and came back may hold an older arm pick beside a newer one, or
+    beside an audit pick: only one pick per task waits, and never an arm pick of an audit item."""
+    n = 60
+    labels = np.full(n, -1)
+    labels[:40] = np.arange(40) % 2
+    task_ids = np.arange(1000, 1000 + n, dtype=np.int64)
+    _pushed(store, 1, [1000, 1001], ("margin", "margin"))
+    _pushed(store, 2, [1000, 1001], ("margin", "audit"))  # both labeled again, re-picked
+    x = np.random.default_rng(0).normal(size=(n, 4))
+    pool = Pool(labels=labels, probs=np.full((n, 2), 0.5), embeddings=x)
+    assert selection._judge(store, 7, pool, task_ids) == []  # 1 margin pick, 1 audit item
+    with store.session() as session:
+        picks = {(p.cycle_id, p.task_id): p.judged for p in session.query(SelectionPick).all()}
+    assert picks == {(1, 1000): True, (1, 1001): True, (2, 1000): False, (2, 1001): False}

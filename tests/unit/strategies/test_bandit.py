@@ -80,7 +80,7 @@ def _loop(
         )
         rewards += filed
         for arm in consumed:
-            del pending[arm]
+            pending.pop(arm, None)
     return history
 
 
@@ -312,3 +312,36 @@ def test_proxy_features_of_a_large_pool_keep_its_strongest_directions() -> None:
     for k in range(3):  # the first components are the planted directions, in order
         assert abs(np.corrcoef(proxy[:, k], strong[:, k])[0, 1]) > 0.99
     np.testing.assert_array_equal(proxy, proxy_features(x, rng=np.random.default_rng(1)))
+
+
+def test_judge_pending_waits_for_enough_labels_and_prefers_random_own_picks() -> None:
+    x, y = _blobs(0, n=300)
+    labels = y.copy()
+    proxy = proxy_features(x, rng=np.random.default_rng(0))
+    audit = np.arange(0, 20)
+    few = {"margin": [30, 31, 32, 33], "random": [40, 41, 42, 43, 44], AUDIT: [0, 1, 2, 3, 4]}
+    assert judge_pending(proxy, labels, few, audit, cycle=4, n_classes=3) == ([], frozenset())
+    ready = {**few, "margin": [30, 31, 32, 33, 34, 35, 36]}
+    rewards, consumed = judge_pending(proxy, labels, ready, audit, cycle=4, n_classes=3)
+    # Random's 5 own picks are the reference; the arms are compared on 5 labels each.
+    (reward,) = rewards
+    assert (reward.arm, reward.n, reward.cycle) == ("margin", 5, 4)
+    assert consumed == {"margin", "random", AUDIT}
+    assert rewards == judge_push(
+        proxy,
+        labels,
+        {"margin": np.arange(30, 37), "random": np.arange(40, 45)},
+        audit,
+        cycle=4,
+        n_classes=3,
+    )
+    # Without random's own picks the 5 waiting audit items stand in, judged on the other 15.
+    alone = {"margin": ready["margin"], AUDIT: [0, 1, 2, 3, 4]}
+    rewards, consumed = judge_pending(proxy, labels, alone, audit, cycle=5, n_classes=3)
+    assert [r.n for r in rewards] == [5] and consumed == {"margin", AUDIT}
+    # Every labeled audit item waiting (the first judgment): they only become the judged-on set.
+    first = {"margin": ready["margin"], AUDIT: list(range(20))}
+    assert judge_pending(proxy, labels, first, audit, cycle=6, n_classes=3) == (
+        [],
+        frozenset({AUDIT}),
+    )
