@@ -23,7 +23,7 @@ with five or more, and that bias alone would hand random a share. An arm
 (ties count half). Wins are scale-free, so judgments early (large gains) and late (small gains)
 weigh alike.
 
-Allocation. Each arm's chance of beating random in a cycle has a Beta posterior over its
+Allocation. Each arm's chance of beating random in a judgment has a Beta posterior over its
 discounted wins (``discount`` per push of age: the best arm changes as labels grow). Each cycle
 the non-audit part of the batch is split by probability matching (Thompson sampling): the share of
 an arm is how often it has the highest draw. With a batch of tens of labels and a tenth of it

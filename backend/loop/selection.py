@@ -207,8 +207,11 @@ def _judge(store: Store, project_id: int, pool: Pool, task_ids: NDArray[np.int64
             retired.append(pick_id)  # picked again later, or an audit item (scored on)
             continue
         seen.add(r)
-        pending.setdefault(arm, []).insert(0, r)
-        ids.setdefault(arm, []).insert(0, pick_id)
+        pending.setdefault(arm, []).append(r)
+        ids.setdefault(arm, []).append(pick_id)
+    for arm in pending:  # oldest first, as judged
+        pending[arm].reverse()
+        ids[arm].reverse()
     used = list(retired)
     rewards: list[Reward] = []
     if pending.keys() - {AUDIT}:
